@@ -1,1 +1,38 @@
-"""Scaling laws for value-based RL: learning curves -> crossings -> fitted laws -> budgets -> proposals."""
+"""Scaling laws for value-based RL: learning curves -> crossings -> fitted laws -> budgets -> proposals.
+
+Python API (mirrors the `pql-jax fit ...` / `pql-jax propose` commands):
+
+- ``fit_all(curves, PipelineConfig(...)) -> Results`` and ``fit_all_file(curves, out, config)``
+- ``fit_data_efficiency(crossings_df, shared=False, normalise=None, holdout=None)`` and
+  ``fit_data_efficiency_file(path, out, ...)``
+- ``fit_fixed_effects(df, y, x="utd", group="env", shared=True)``, ``fit_hparam_file(...)``
+- ``fit_law(law, df, y="data", group="env", shared=())`` with laws ``DATA_SIGMA``,
+  ``DATA_SIGMA_N``, ``BATCH_SIGMA_N``
+- ``load_curves``, ``load_crossings``, ``run_groups``, ``bootstrap_crossings``,
+  ``first_crossings``, ``best_hparams``, ``cell_crossings``
+- ``BudgetModel`` (Pareto frontier, Problems 3.1 / 3.2, precision), ``propose(dir, utds=..., budget=...)``
+"""
+
+from pql_jax.scaling.api import fit_all_file, fit_data_efficiency_file, fit_hparam_file, write_results
+from pql_jax.scaling.budget import BudgetModel, budget_power_laws, delta_from_throughput, measured_k
+from pql_jax.scaling.curves import (RunGroup, auto_thresholds, bootstrap_crossings, crossings_table,
+                                    first_crossings, isotonic_rows, run_groups)
+from pql_jax.scaling.datafit import DataEfficiencyFit, bootstrap_refit, fit_data_efficiency
+from pql_jax.scaling.fit import LawFit, PowerFit, fit_fixed_effects, fit_law, holdout_split
+from pql_jax.scaling.hparams import best_hparams, cell_crossings
+from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, parse_number
+from pql_jax.scaling.laws import BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS, Law, compute, power_law
+from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
+from pql_jax.scaling.propose import propose, round_batch, round_sig, write_proposals
+
+__all__ = [
+    "fit_all", "fit_all_file", "PipelineConfig", "Results", "write_results",
+    "fit_data_efficiency", "fit_data_efficiency_file", "DataEfficiencyFit", "bootstrap_refit",
+    "fit_fixed_effects", "fit_hparam_file", "fit_law", "holdout_split", "LawFit", "PowerFit",
+    "Law", "LAWS", "DATA_SIGMA", "DATA_SIGMA_N", "BATCH_SIGMA_N", "compute", "power_law",
+    "load_curves", "load_crossings", "normalise_returns", "parse_number",
+    "RunGroup", "run_groups", "auto_thresholds", "bootstrap_crossings", "crossings_table",
+    "first_crossings", "isotonic_rows", "best_hparams", "cell_crossings",
+    "BudgetModel", "budget_power_laws", "delta_from_throughput", "measured_k",
+    "propose", "round_batch", "round_sig", "write_proposals",
+]

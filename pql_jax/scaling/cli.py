@@ -1,0 +1,160 @@
+"""`pql-jax fit data-efficiency | batch-size | learning-rate | all` and `pql-jax propose`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from pql_jax.errors import UserError
+from pql_jax.scaling.io import parse_number, parse_numbers
+
+
+def _max_return(text):
+    """'1000' or 'cheetah=900,walker=1000'."""
+    if text is None:
+        return None
+    if "=" not in text:
+        return parse_number(text)
+    out = {}
+    for part in text.split(","):
+        env, _, val = part.partition("=")
+        out[env.strip()] = parse_number(val)
+    return out
+
+
+def _summary(rows, cols) -> str:
+    """A small fixed-width table."""
+    lines = ["  ".join(f"{c:>12}" for c in cols)]
+    for r in rows:
+        lines.append("  ".join(f"{v:>12.4g}" if isinstance(v, (float, np.floating)) else f"{str(v):>12}"
+                               for v in (r.get(c, "") for c in cols)))
+    return "\n".join(lines)
+
+
+def cmd_data_efficiency(args) -> int:
+    """Fit D_J to a crossings table; write fit.json and predictions.csv."""
+    from pql_jax.scaling.api import fit_data_efficiency_file
+
+    fit = fit_data_efficiency_file(args.crossings, args.out, shared=args.shared_exponents,
+                                   normalise="median" if args.median_normalise else None,
+                                   holdout=args.holdout)
+    rows = [{"level": lv, "env": env, **p, "loss": f.loss} for lv, f in fit.fits.items() for env, p in f.params.items()]
+    print(f"{fit.law.formula}   loss {fit.loss:.4g} over {fit.n} points")
+    print(_summary(rows, ["level", "env"] + list(fit.law.params) + ["loss"]))
+    if fit.holdout:
+        print(f"held out ({fit.holdout['expr']}): {fit.holdout}")
+    print(f"wrote {os.path.join(args.out, 'fit.json')} and predictions.csv")
+    return 0
+
+
+def cmd_hparam(args, hp: str) -> int:
+    """Fit B*(sigma) or eta*(sigma) to a best-hyperparameter table."""
+    from pql_jax.scaling.api import fit_hparam_file
+
+    pf = fit_hparam_file(args.table, args.out, hp, shared=not args.per_env)
+    rows = [{"env": g, "coef": pf.coef[g], "slope": pf.slope[g], "slope_se": pf.slope_se[g]} for g in pf.coef]
+    print(f"{hp} = coef * utd^(-slope)   loss {pf.loss:.4g}")
+    print(_summary(rows, ["env", "coef", "slope", "slope_se"]))
+    return 0
+
+
+def cmd_all(args) -> int:
+    """Run the whole pipeline and write every table, fit, figure and report.md."""
+    from pql_jax.scaling.pipeline import PipelineConfig
+    from pql_jax.scaling.api import fit_all_file
+
+    cfg = PipelineConfig(
+        max_return=_max_return(args.max_return), thresholds=parse_numbers(args.thresholds) if args.thresholds else None,
+        n_thresholds=args.n_thresholds, base=args.base, select_level=args.select_level,
+        resamples=args.resamples, seed=args.seed, k=args.k, delta=_delta(args),
+        model_size=args.model_size, shared=args.shared_exponents, per_env_slopes=args.per_env,
+        normalise="median" if args.median_normalise else None, holdout=args.holdout,
+        figures=not args.no_figures)
+    res = fit_all_file(args.curves, args.out, cfg)
+    print("stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items()))
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"wrote {args.out}/report.md")
+    return 0
+
+
+def _delta(args):
+    if args.delta is not None:
+        return args.delta
+    if args.flops_per_s is not None and args.env_steps_per_s is not None:
+        from pql_jax.scaling.budget import delta_from_throughput
+
+        return delta_from_throughput(args.flops_per_s, args.env_steps_per_s)
+    return None
+
+
+def cmd_propose(args) -> int:
+    """Print and write the proposal table."""
+    from pql_jax.scaling.propose import propose, write_proposals
+
+    if (args.utd is None) == (args.budget is None):
+        raise UserError("propose: give exactly one of --utd or --budget")
+    table = propose(args.dir, utds=parse_numbers(args.utd) if args.utd else None,
+                    budget=parse_number(args.budget) if args.budget else None, env=args.env)
+    path = write_proposals(table, args.out or os.path.join(args.dir, "proposals.csv"))
+    print(table.to_string(index=False))
+    print(f"wrote {path}")
+    return 0
+
+
+def _positive(text):
+    v = parse_number(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+def add_subcommands(subparsers) -> None:
+    """Add `fit` (data-efficiency, batch-size, learning-rate, all) and `propose`."""
+    fit = subparsers.add_parser("fit", help="fit scaling laws to crossings or learning curves")
+    fsub = fit.add_subparsers(dest="fit_command", required=True)
+    de = fsub.add_parser("data-efficiency", help="fit D_J(utd[, N]) to a crossings CSV")
+    de.add_argument("crossings")
+    de.add_argument("--out", required=True)
+    _law_options(de)
+    de.set_defaults(func=cmd_data_efficiency)
+    for name, hp in (("batch-size", "batch_size"), ("learning-rate", "lr")):
+        p = fsub.add_parser(name, help=f"fit {hp} = coef * utd^-slope (shared slope, per-env intercepts)")
+        p.add_argument("table", help=f"CSV with env (optional), utd, {hp}")
+        p.add_argument("--out", required=True)
+        p.add_argument("--per-env", action="store_true", help="one slope per env")
+        p.set_defaults(func=lambda a, hp=hp: cmd_hparam(a, hp))
+    al = fsub.add_parser("all", help="learning curves -> crossings -> laws -> budgets -> report")
+    al.add_argument("curves")
+    al.add_argument("--out", required=True)
+    al.add_argument("--max-return", help="normalise returns to 0..1000: a number or env=value,...")
+    al.add_argument("--thresholds", help="comma-separated return thresholds (default: auto)")
+    al.add_argument("--n-thresholds", type=int, default=5)
+    al.add_argument("--base", type=float, help="lowest level of auto thresholds")
+    al.add_argument("--select-level", type=int, help="threshold level used to pick best B / lr")
+    al.add_argument("--resamples", type=int, default=100, help="seed bootstrap resamples")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--k", type=_positive, default=10.0, help="FLOPs per parameter per sample")
+    al.add_argument("--delta", type=_positive, help="FLOPs per env step in the budget F = C + delta D")
+    al.add_argument("--flops-per-s", type=_positive, help="with --env-steps-per-s: delta = ratio")
+    al.add_argument("--env-steps-per-s", type=_positive)
+    al.add_argument("--model-size", type=_positive, help="critic parameters when not a column")
+    al.add_argument("--per-env", action="store_true", help="B*, eta* slopes per env")
+    al.add_argument("--no-figures", action="store_true")
+    _law_options(al)
+    al.set_defaults(func=cmd_all)
+    pr = subparsers.add_parser("propose", help="recommended (utd, batch_size, lr, model_size)")
+    pr.add_argument("dir", help="output directory of `fit all`")
+    pr.add_argument("--utd", help="comma-separated UTDs (fractions like 1/1024 allowed)")
+    pr.add_argument("--budget", help="target budget F (FLOPs)")
+    pr.add_argument("--env", help="only this env")
+    pr.add_argument("--out", help="CSV path (default DIR/proposals.csv)")
+    pr.set_defaults(func=cmd_propose)
+
+
+def _law_options(p) -> None:
+    p.add_argument("--holdout", help="rows to hold out of the fit, e.g. 'utd>=8'")
+    p.add_argument("--shared-exponents", action="store_true", help="share D_J exponents across envs")
+    p.add_argument("--median-normalise", action="store_true", help="pool envs after median normalisation")

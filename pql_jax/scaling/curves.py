@@ -1,0 +1,158 @@
+"""Learning curves to crossings: seed means, isotonic fits, interpolated first crossings, and
+the seed bootstrap (seeded per run group, so results do not depend on which other groups exist).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import isotonic_regression
+
+from pql_jax.errors import UserError
+from pql_jax.scaling.io import HPARAM_COLUMNS
+
+#: Columns of a cell: the unit whose best hyperparameters are chosen and whose D_J is fitted.
+CELL_COLUMNS = ("env", "utd", "model_size")
+
+
+@dataclass
+class RunGroup:
+    """One hyperparameter setting of one env: its seeds' curves on a common step grid."""
+
+    key: tuple  # (env, *hyperparameter values)
+    steps: np.ndarray  # (T,)
+    returns: np.ndarray  # (n_seeds, T)
+
+
+def group_keys(df: pd.DataFrame) -> list[str]:
+    """The columns that identify a run group: env plus the hyperparameter columns present."""
+    return ["env"] + [c for c in HPARAM_COLUMNS if c in df.columns]
+
+
+def _common_grid(block: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds x steps matrix; gaps are filled by linear interpolation between a seed's own
+    logging points and steps not covered by every seed are dropped."""
+    wide = block.pivot(index="seed", columns="step", values="return")
+    if wide.isna().to_numpy().any():
+        wide = wide.interpolate(axis=1, limit_area="inside").dropna(axis=1)
+    return wide.columns.to_numpy(float), wide.to_numpy(float)
+
+
+def run_groups(df: pd.DataFrame) -> list[RunGroup]:
+    """Split curves into run groups with a seeds x steps matrix each."""
+    keys = group_keys(df)
+    out = []
+    for key, block in df.groupby(keys, sort=True):
+        steps, mat = _common_grid(block)
+        if len(steps) == 0:
+            raise UserError(f"curves: the seeds of run {key} share no logging steps")
+        out.append(RunGroup(tuple(key), steps, mat))
+    return out
+
+
+def isotonic_rows(y: np.ndarray) -> np.ndarray:
+    """Non-decreasing least-squares fit of every row (scipy's PAVA, one call per row)."""
+    return np.stack([isotonic_regression(row).x for row in np.atleast_2d(y)])
+
+
+def first_crossings(steps: np.ndarray, iso: np.ndarray, thresholds) -> np.ndarray:
+    """First step at which each monotone row reaches each threshold, linearly interpolated
+    between the two logging points around it; NaN where never reached. Shape (rows, n_J)."""
+    iso = np.atleast_2d(iso)
+    J = np.asarray(thresholds, float)
+    first = (iso[:, :, None] < J[None, None, :]).sum(axis=1)  # rows are monotone: count = index
+    T = iso.shape[1]
+    hi = np.clip(first, 0, T - 1)
+    lo = np.clip(first - 1, 0, T - 1)
+    y0 = np.take_along_axis(iso, lo, axis=1)
+    y1 = np.take_along_axis(iso, hi, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(y1 > y0, (J[None, :] - y0) / (y1 - y0), 0.0)
+    out = steps[lo] + frac * (steps[hi] - steps[lo])
+    out = np.where(first == 0, steps[0], out)
+    return np.where(first >= T, np.nan, out)
+
+
+def group_rng(seed: int, key: tuple) -> np.random.Generator:
+    """A generator seeded by the global seed and a stable hash of the group key."""
+    return np.random.default_rng([int(seed), zlib.crc32(repr(key).encode())])
+
+
+def resample_means(group: RunGroup, n_resamples: int, seed: int) -> np.ndarray:
+    """Row 0: the seed mean; rows 1..K: means over seeds drawn with replacement."""
+    n = group.returns.shape[0]
+    counts = group_rng(seed, group.key).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
+    weights = np.vstack([np.full((1, n), 1.0 / n), counts / n])
+    return weights @ group.returns
+
+
+def check_seed_variation(groups: list[RunGroup]) -> None:
+    """Raise when no run group has two different seed curves (the bootstrap would be empty)."""
+    for g in groups:
+        r = g.returns
+        if r.shape[0] > 1 and not np.allclose(r, r[0]):
+            return
+    raise UserError("curves: all seeds are identical (or one seed per run) in every run group; "
+                    "the seed bootstrap needs at least 2 different seeds (or use --resamples 0)")
+
+
+def auto_thresholds(groups: list[RunGroup], keys: list[str], n: int = 5,
+                    base: float | None = None, shared: bool = False) -> dict:
+    """Per env (or one set for all when ``shared``): n thresholds evenly spaced strictly between
+    ``base`` (default: the highest starting level) and the best level that every
+    (env, utd, model_size) cell reaches with its best hyperparameters."""
+    at = [keys.index(c) for c in CELL_COLUMNS if c in keys]
+    rows = []
+    for g in groups:
+        iso = isotonic_rows(g.returns.mean(axis=0))[0]
+        rows.append({"env": g.key[0], "cell": tuple(g.key[i] for i in at), "start": iso[0], "final": iso[-1]})
+    t = pd.DataFrame(rows)
+    if shared:
+        t["env"] = "*"
+    out = {}
+    for env, sub in t.groupby("env"):
+        top = sub.groupby("cell")["final"].max().min()
+        lo = sub["start"].max() if base is None else float(base)
+        if not top > lo:
+            where = "any env" if shared else f"env {env}"
+            raise UserError(f"no threshold is reached by every utd of {where}: best common level "
+                            f"{top:.4g} is not above the base {lo:.4g}")
+        out[env] = lo + (top - lo) * np.arange(1, n + 1) / (n + 1)
+    return out
+
+
+def bootstrap_crossings(groups: list[RunGroup], thresholds: dict, n_resamples: int = 100,
+                        seed: int = 0) -> np.ndarray:
+    """Crossings D[g, k, j] for every group, resample (k = 0 is the plain seed mean) and
+    threshold; NaN where not reached. ``thresholds`` maps env (or '*') to an array."""
+    nj = len(next(iter(thresholds.values())))
+    out = np.full((len(groups), n_resamples + 1, nj), np.nan)
+    for i, g in enumerate(groups):
+        J = thresholds.get(g.key[0], thresholds.get("*"))
+        iso = isotonic_rows(resample_means(g, n_resamples, seed))
+        out[i] = first_crossings(g.steps, iso, J)
+    return out
+
+
+def crossings_table(groups: list[RunGroup], keys: list[str], thresholds: dict,
+                    D: np.ndarray) -> pd.DataFrame:
+    """Long table: one row per (run group, threshold) with the crossing, its bootstrap SE and
+    the fraction of resamples that reached the threshold."""
+    rows = []
+    for i, g in enumerate(groups):
+        J = thresholds.get(g.key[0], thresholds.get("*"))
+        for j, thr in enumerate(J):
+            boot = D[i, 1:, j]
+            rows.append({**dict(zip(keys, g.key)), "level": j, "threshold": float(thr),
+                         "data": D[i, 0, j], "data_std": _nanstd(boot),
+                         "reached": bool(np.isfinite(D[i, 0, j])),
+                         "reached_frac": float(np.isfinite(boot).mean()) if boot.size else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def _nanstd(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.std(ddof=1)) if len(x) > 1 else float("nan")

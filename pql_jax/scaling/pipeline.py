@@ -1,0 +1,258 @@
+"""`fit all`: learning curves -> crossings -> best hyperparameters -> laws -> budgets, with the
+seed bootstrap carried through every stage and a timing per stage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pql_jax.errors import UserError
+from pql_jax.scaling import budget as bud
+from pql_jax.scaling import curves as cv
+from pql_jax.scaling.datafit import bootstrap_refit, fit_data_efficiency
+from pql_jax.scaling.fit import fit_fixed_effects, fit_law, single_thread_blas
+from pql_jax.scaling.hparams import best_hparams, cell_crossings
+from pql_jax.scaling.io import load_curves, require_columns, require_distinct
+from pql_jax.scaling.laws import BATCH_SIGMA_N, batch_size_b
+
+
+@dataclass
+class PipelineConfig:
+    """Options of `fit all` (CLI flags of the same names)."""
+
+    max_return: object = None  # float or {env: float}: normalise returns to 0..1000
+    thresholds: list | None = None  # explicit thresholds (else n_thresholds auto-spaced)
+    n_thresholds: int = 5
+    base: float | None = None  # lowest threshold base (default: the highest starting level)
+    select_level: int | None = None  # threshold level used to pick best B / lr (default middle)
+    resamples: int = 100
+    seed: int = 0
+    k: float = 10.0
+    delta: float | None = None
+    model_size: float | None = None  # N when the table has no model_size column
+    shared: bool = False  # share D_J exponents across envs
+    per_env_slopes: bool = False  # B*, eta* slopes per env instead of fixed effects
+    normalise: str | None = None  # 'median' normalisation of D across envs
+    holdout: str | None = None
+    figures: bool = True
+
+
+@dataclass
+class Results:
+    """Every table and fit of a `fit all` run (written by ``write_results``)."""
+
+    config: PipelineConfig
+    tables: dict = field(default_factory=dict)  # name -> DataFrame
+    fits: dict = field(default_factory=dict)  # name -> JSON-ready dict
+    objects: dict = field(default_factory=dict)  # fitted objects for figures / proposals
+    notes: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self, timings: dict):
+        self.timings, self.t = timings, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def fit_all(curves, config: PipelineConfig | None = None) -> Results:
+    """Run the whole pipeline on learning curves (path or DataFrame); see ``write_results``."""
+    cfg = config or PipelineConfig()
+    res = Results(cfg)
+    timer = _Timer(res.timings)
+    df, notes = load_curves(curves, cfg.max_return)
+    res.notes += notes
+    require_columns(df, ["utd"], "curves")
+    require_distinct(df, "utd", "curves")
+    if cfg.model_size is not None and "model_size" not in df.columns:
+        df["model_size"] = float(cfg.model_size)
+    keys = cv.group_keys(df)
+    groups = cv.run_groups(df)
+    if cfg.resamples > 0:
+        cv.check_seed_variation(groups)
+    timer.lap("load")
+    if cfg.thresholds:
+        thresholds = {"*": np.sort(np.asarray(cfg.thresholds, float))}
+    else:
+        thresholds = cv.auto_thresholds(groups, keys, cfg.n_thresholds, cfg.base,
+                                        shared=cfg.max_return is not None)
+    D = cv.bootstrap_crossings(groups, thresholds, cfg.resamples, cfg.seed)
+    if not np.isfinite(D[:, 0, :]).any():
+        raise UserError("no threshold is reached by any run (thresholds "
+                        + ", ".join(f"{t:g}" for t in next(iter(thresholds.values()))) + ")")
+    gdf = pd.DataFrame([g.key for g in groups], columns=keys)
+    res.objects.update(groups=groups, thresholds=thresholds, keys=keys)
+    res.tables["crossings_runs"] = cv.crossings_table(groups, keys, thresholds, D)
+    timer.lap("bootstrap_crossings")
+    nj = D.shape[2]
+    level = cfg.select_level if cfg.select_level is not None else nj // 2
+    best, per_resample = best_hparams(gdf, D, min(level, nj - 1))
+    res.tables["best_hparams"] = best
+    _fit_hparams(res, best, per_resample)
+    timer.lap("best_hparams_fits")
+    cells, Dc = cell_crossings(gdf, D, thresholds)
+    res.tables["crossings"] = cells
+    with single_thread_blas():
+        _fit_data(res, cells, Dc)
+    timer.lap("data_efficiency_fit")
+    with single_thread_blas():
+        _budgets(res, df, cells)
+    timer.lap("budget")
+    res.summary = {"config": asdict(cfg), "select_level": level, "notes": res.notes,
+                   "thresholds": {e: list(map(float, t)) for e, t in thresholds.items()}}
+    return res
+
+
+def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict) -> None:
+    """B*(sigma), eta*(sigma) (fixed effects or per env) and B*(sigma, N) when N varies."""
+    for hp, name in (("batch_size", "batch_size"), ("lr", "learning_rate")):
+        if hp not in best.columns or best[f"n_{hp}"].max() < 2:
+            continue
+        ok = np.isfinite(best[hp].to_numpy())
+        sub = best[ok]
+        if sub.groupby("env")["utd"].nunique().min() < 3:
+            res.notes.append(f"{name} law skipped: needs at least 3 distinct utd values per env")
+            continue
+        pf = fit_fixed_effects(sub, hp, "utd", shared=not res.config.per_env_slopes)
+        boot = per_resample[hp][ok]
+        cols = np.isfinite(boot).all(axis=0) & (boot > 0).all(axis=0)
+        if cols.sum() > 1:
+            slopes = [fit_fixed_effects(sub.assign(**{hp: boot[:, c]}), hp, "utd",
+                                        shared=not res.config.per_env_slopes).slope
+                      for c in np.flatnonzero(cols)]
+            pf.bootstrap_se = {"slope": {g: float(np.std([s[g] for s in slopes], ddof=1)) for g in pf.slope}}
+        res.objects[name] = pf
+        res.fits[f"fit_{name}"] = pf.to_dict()
+    if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects:
+        sub = best[np.isfinite(best["batch_size"])]
+        try:
+            with single_thread_blas():
+                lf = fit_law(BATCH_SIGMA_N, sub, y="batch_size")
+            res.objects["batch_size_n"] = lf
+            d = lf.to_dict()
+            d["paper_b"] = {g: batch_size_b(p) for g, p in lf.params.items()}
+            res.fits["fit_batch_size_n"] = d
+        except UserError as exc:
+            res.notes.append(f"B*(sigma, N) law skipped: {exc}")
+
+
+def _fit_data(res: Results, cells: pd.DataFrame, Dc: np.ndarray) -> None:
+    """D_J fits on the best-tuned crossings, with bootstrap refits for parameter SEs."""
+    cfg = res.config
+    fit, pred = fit_data_efficiency(cells, shared=cfg.shared, normalise=cfg.normalise, holdout=cfg.holdout)
+    res.objects["data"] = fit
+    res.tables["predictions"] = pred
+    res.notes += fit.notes
+    res.objects["data_boot"] = {}
+    if Dc.shape[1] <= 2 or cfg.shared or cfg.normalise:
+        if Dc.shape[1] > 2:
+            res.notes.append("bootstrap SEs of D_J parameters are computed for per-env fits only; "
+                             "shared / normalised fits report Hessian SEs")
+        res.fits["fit"] = fit.to_dict()
+        return
+    train = pred[np.isfinite(pred["data"])]
+    if "held_out" in train:
+        train = train[~train["held_out"]]
+    for lv, lf in fit.fits.items():
+        for env in lf.params:
+            rows = train[(train["env"] == env) & (train["level"] == lv)]
+            cell_idx = rows.index.to_numpy() // Dc.shape[2]
+            lx = {k: np.log(rows[k].to_numpy(float)) for k in lf.law.inputs}
+            theta = bootstrap_refit(lf, env, lx, np.log(Dc[cell_idx, 1:, lv].T))
+            res.objects["data_boot"][(env, lv)] = theta
+            vals = np.exp(theta[np.isfinite(theta).all(1)])
+            if len(vals) > 1:
+                lf.bootstrap_se[env] = dict(zip(lf.law.params, vals.std(0, ddof=1).tolist()))
+    res.fits["fit"] = fit.to_dict()
+
+
+def _batch_fn(res: Results, df: pd.DataFrame, env: str):
+    """B(sigma, N) for compute: the fitted law, else the observed batch size, else 1."""
+    if "batch_size_n" in res.objects and env in res.objects["batch_size_n"].params:
+        lf = res.objects["batch_size_n"]
+        return lambda s, n: lf.predict(env, utd=s, model_size=n)
+    if "batch_size" in res.objects:
+        pf = res.objects["batch_size"]
+        return lambda s, n: pf.predict(env, s)
+    b = float(df.loc[df["env"] == env, "batch_size"].median()) if "batch_size" in df else 1.0
+    return lambda s, n: np.full(np.broadcast(s, n).shape, b)
+
+
+def _budgets(res: Results, df: pd.DataFrame, cells: pd.DataFrame) -> None:
+    """Budget models per (env, level): Pareto frontiers, Problem 3.2, precision, power laws."""
+    cfg, fit = res.config, res.objects["data"]
+    k = bud.measured_k(df)
+    if k is not None:
+        res.notes.append(f"k measured from flops / critic_updates: {k:.4g} FLOPs per parameter per sample")
+    k = k if k is not None else cfg.k
+    if "model_size" not in df.columns:
+        res.notes.append("no model_size column: compute is per critic parameter (N = 1); pass --model-size")
+    n_vary = fit.law.name == "data_sigma_n"
+    models = {}
+    for lv, lf in fit.fits.items():
+        for env in fit.thresholds[lv]:
+            sub = cells[cells["env"] == env]
+            N = float(sub["model_size"].median()) if "model_size" in sub else 1.0
+            models[(env, lv)] = bud.BudgetModel(
+                env, lv, fit.thresholds[lv][env], _data_fn(fit, env, lv), _batch_fn(res, df, env), k, 0.0,
+                (sub["utd"].min(), sub["utd"].max()), N,
+                (sub["model_size"].min(), sub["model_size"].max()) if n_vary else None)
+    delta = cfg.delta
+    if delta is None:
+        ok = cells[np.isfinite(cells["data"])]
+        ratios = [models[(r.env, r.level)].compute(r.utd, getattr(r, "model_size", None)) / r.data
+                  for r in ok.itertuples() if (r.env, r.level) in models]
+        delta = float(np.median(ratios))
+        res.notes.append(f"delta not given: using {delta:.4g} FLOPs per env step (median C/D of the "
+                         "sweep, weighing data and compute equally); pass --delta")
+    rows, fronts = [], []
+    for key, m in models.items():
+        m.delta = delta
+        opt = m.solve_budget()
+        opt.update(m.precision(opt))
+        opt.update(_budget_bootstrap(res, m, key))
+        rows.append(opt)
+        fronts.append(m.frontier())
+    res.objects["budget_models"] = models
+    res.tables["budget"] = pd.DataFrame(rows)
+    res.tables["pareto"] = pd.concat(fronts, ignore_index=True)
+    laws = bud.budget_power_laws(res.tables["budget"])
+    res.fits["fit_budget"] = {"k": k, "delta": delta, "laws": laws}
+
+
+def _data_fn(fit, env, lv):
+    """D_J(sigma, N) of one env and level as a function of (sigma, N)."""
+    if fit.law.name == "data_sigma_n":
+        return lambda s, n: fit.predict(env, lv, utd=s, model_size=n)
+    return lambda s, n: fit.predict(env, lv, utd=s) * np.ones(np.shape(n))
+
+
+def _budget_bootstrap(res: Results, m: bud.BudgetModel, key) -> dict:
+    """Bootstrap SEs of the budget-optimal utd (N), D*, C*, F* from the refitted D_J laws."""
+    theta = res.objects.get("data_boot", {}).get(key)
+    if theta is None:
+        return {}
+    law = res.objects["data"].law
+    theta = theta[np.isfinite(theta).all(1)]
+    s = m.sigma_grid(401)
+    N = m.n_grid(81)
+    S, NN = (a.ravel() for a in np.meshgrid(s, N, indexing="ij"))
+    logx = {"utd": np.log(S), "model_size": np.log(NN)}
+    dat = np.exp(law.log_predict(logx, [theta[:, j:j + 1] for j in range(theta.shape[1])]))
+    comp = m.k * NN * m.batch(S, NN) * S * dat
+    F = comp + m.delta * dat
+    i = np.argmin(F, axis=1)
+    r = np.arange(len(F))
+    out = {"utd_se": S[i].std(ddof=1), "data_se": dat[r, i].std(ddof=1),
+           "compute_se": comp[r, i].std(ddof=1), "budget_se": F[r, i].std(ddof=1)}
+    if m.n_range is not None:
+        out["model_size_se"] = NN[i].std(ddof=1)
+    return {k: float(v) for k, v in out.items()}

@@ -1,0 +1,192 @@
+"""Figures (PNG, matplotlib Agg): isotonic curves with crossings, B* / eta* fits, D_J(sigma)
+with held-out points, Pareto frontiers with iso-budget lines, sigma*(F), D_J over (sigma, N)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pql_jax.scaling.curves import first_crossings, isotonic_rows  # noqa: E402
+
+MAX_PANELS = 8
+
+
+def make_figures(res, out_dir: str) -> list[str]:
+    """Draw every figure that the results support; return the file names written."""
+    os.makedirs(out_dir, exist_ok=True)
+    made = []
+    for name, fn in (("isotonic_curves.png", isotonic_curves), ("batch_size_fit.png", hparam_fit("batch_size")),
+                     ("learning_rate_fit.png", hparam_fit("learning_rate")), ("data_efficiency.png", data_efficiency),
+                     ("pareto.png", pareto), ("sigma_star.png", sigma_star), ("data_sigma_n.png", data_sigma_n)):
+        fig = fn(res)
+        if fig is not None:
+            fig.savefig(os.path.join(out_dir, name), dpi=90)
+            plt.close(fig)
+            made.append(name)
+    return made
+
+
+def _panels(n: int, w: float = 3.4, h: float = 2.9):
+    n = max(1, min(n, MAX_PANELS))
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def isotonic_curves(res):
+    """Seed-mean returns, isotonic fit and interpolated crossings of each utd's best run (first env)."""
+    groups, keys = res.objects.get("groups"), res.objects.get("keys")
+    best = res.tables["crossings"]
+    env = groups[0].key[0]
+    cells = best[(best["env"] == env) & (best["level"] == res.summary.get("select_level", 0))]
+    fig, axes = _panels(len(cells))
+    J = res.objects["thresholds"].get(env, res.objects["thresholds"].get("*"))
+    for ax, (_, c) in zip(axes, cells.iterrows()):
+        want = {"env": env, "utd": c["utd"], "batch_size": c.get("best_batch_size"), "lr": c.get("best_lr"),
+                "model_size": c.get("model_size")}
+        g = next((g for g in groups if all(want[k] is None or want[k] != want[k] or v == want[k]
+                                           for k, v in zip(keys, g.key))), None)
+        if g is None:
+            continue
+        mean = g.returns.mean(axis=0)
+        iso = isotonic_rows(mean)[0]
+        cross = first_crossings(g.steps, iso, J)[0]
+        ax.plot(g.steps, mean, ".", ms=2, color="0.6", label="seed mean")
+        ax.plot(g.steps, iso, "-", color="C0", label="isotonic fit")
+        ax.plot(cross, J, "o", color="C3", ms=4, label="crossings")
+        ax.set_title(f"{env} utd={c['utd']:.4g}", fontsize=9)
+        ax.set_xlabel("env steps", fontsize=8)
+    axes[0].set_ylabel("return")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def hparam_fit(name: str):
+    """B*(utd) or eta*(utd): bootstrap-averaged best values with error bars and the fits."""
+    def draw(res):
+        pf = res.objects.get(name)
+        if pf is None:
+            return None
+        hp = pf.y
+        t = res.tables["best_hparams"]
+        fig, ax = plt.subplots(figsize=(5.2, 4))
+        u = np.geomspace(t["utd"].min(), t["utd"].max(), 50)
+        for i, (env, sub) in enumerate(t.groupby("env")):
+            if env not in pf.coef:
+                continue
+            ax.errorbar(sub["utd"], sub[hp], yerr=sub[f"{hp}_std"].fillna(0), fmt="o", ms=3, color=f"C{i % 10}",
+                        label=env, capsize=2)
+            ax.plot(u, pf.predict(env, u), "-", color=f"C{i % 10}", lw=1)
+        slope = next(iter(pf.slope.values()))
+        ax.set(xscale="log", yscale="log", xlabel="utd", ylabel=hp,
+               title=f"{hp}* ~ utd^-{slope:.3f}" + (" (shared slope)" if pf.shared else ""))
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        return fig
+    return draw
+
+
+def data_efficiency(res):
+    """D_J(utd) per env: crossings with bootstrap error bars, fitted laws, held-out points (x)."""
+    fit, pred = res.objects["data"], res.tables["predictions"]
+    if fit.law.name != "data_sigma":
+        return None
+    envs = list(dict.fromkeys(pred["env"]))
+    fig, axes = _panels(len(envs))
+    u = np.geomspace(pred["utd"].min() / 2, pred["utd"].max() * 2, 80)
+    for ax, env in zip(axes, envs):
+        for lv in sorted(fit.fits):
+            if env not in fit.thresholds[lv]:
+                continue
+            sub = pred[(pred["env"] == env) & (pred["level"] == lv)]
+            held = sub["held_out"] if "held_out" in sub else np.zeros(len(sub), bool)
+            col = f"C{lv % 10}"
+            ax.errorbar(sub["utd"][~held], sub["data"][~held], yerr=sub["data_std"][~held].fillna(0),
+                        fmt="o", ms=3, color=col, capsize=2, label=f"J={fit.thresholds[lv][env]:.0f}")
+            ax.plot(sub["utd"][held], sub["data"][held], "x", ms=7, color=col)
+            ax.plot(u, fit.predict(env, lv, utd=u), "-", lw=1, color=col)
+        ax.set(xscale="log", yscale="log", xlabel="utd", title=env)
+    axes[0].set_ylabel("env steps to threshold D_J")
+    axes[0].legend(fontsize=6)
+    fig.suptitle("D_J(utd); x = held out of the fit", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def pareto(res):
+    """Data-compute frontiers per threshold with iso-budget lines through the optima."""
+    if "pareto" not in res.tables:
+        return None
+    front, opt = res.tables["pareto"], res.tables["budget"]
+    envs = list(dict.fromkeys(front["env"]))
+    fig, axes = _panels(len(envs))
+    delta = res.fits["fit_budget"]["delta"]
+    for ax, env in zip(axes, envs):
+        for lv, sub in front[front["env"] == env].groupby("level"):
+            o = opt[(opt["env"] == env) & (opt["level"] == lv)].iloc[0]
+            ax.plot(sub["compute"], sub["data"], "-", color=f"C{lv % 10}", lw=1.2)
+            c = np.geomspace(sub["compute"].min(), o["budget"] * 0.999, 50)
+            ax.plot(c, (o["budget"] - c) / delta, ":", color=f"C{lv % 10}", lw=0.8)
+            ax.plot(o["compute"], o["data"], "o", color=f"C{lv % 10}", ms=4)
+        ax.set(xscale="log", yscale="log", xlabel="compute C_J (FLOPs)", title=env)
+        ax.set_ylim(front[front["env"] == env]["data"].min() / 1.5, front[front["env"] == env]["data"].max() * 1.5)
+    axes[0].set_ylabel("data D_J (env steps)")
+    fig.suptitle("Pareto frontiers (lines), iso-budget F = C + delta D (dotted), optima (dots)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sigma_star(res):
+    """Budget-optimal utd against the budget, fitted power law, held-out budgets (x)."""
+    laws = res.fits.get("fit_budget", {}).get("laws") or {}
+    if "utd" not in laws:
+        return None
+    t = res.tables["budget"]
+    law = laws["utd"]
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    for i, (env, sub) in enumerate(t.groupby("env")):
+        sub = sub.sort_values("budget")
+        held = sub["budget"].rank(ascending=False) <= law["n_held_out"] / max(t["env"].nunique(), 1)
+        col = f"C{i % 10}"
+        ax.plot(sub["budget"][~held], sub["utd"][~held], "o", ms=4, color=col, label=env)
+        ax.plot(sub["budget"][held], sub["utd"][held], "x", ms=7, color=col)
+        f = np.geomspace(sub["budget"].min() / 1.5, sub["budget"].max() * 1.5, 30)
+        ax.plot(f, law["coef"][env] * f ** law["exponent"], "--", lw=1, color=col)
+    ax.set(xscale="log", yscale="log", xlabel="budget F* = C + delta D", ylabel="utd*",
+           title=f"utd* ~ F^{law['exponent']:.3f}; x = held out")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def data_sigma_n(res):
+    """D_J over (utd, N) for the first env at the middle level: contours and the crossings."""
+    fit = res.objects["data"]
+    if fit.law.name != "data_sigma_n":
+        return None
+    pred = res.tables["predictions"]
+    lv = sorted(fit.fits)[len(fit.fits) // 2]
+    env = next(iter(fit.thresholds[lv]))
+    sub = pred[(pred["env"] == env) & (pred["level"] == lv)]
+    u = np.geomspace(sub["utd"].min() / 2, sub["utd"].max() * 2, 80)
+    n = np.geomspace(sub["model_size"].min() / 2, sub["model_size"].max() * 2, 80)
+    U, N = np.meshgrid(u, n)
+    Z = fit.predict(env, lv, utd=U, model_size=N)
+    fig, ax = plt.subplots(figsize=(5.4, 4.2))
+    cs = ax.contour(U, N, Z, levels=np.geomspace(Z.min(), Z.max(), 12), cmap="viridis")
+    ax.clabel(cs, fontsize=6, fmt="%.2g")
+    sc = ax.scatter(sub["utd"], sub["model_size"], c=np.log10(sub["data"]), cmap="viridis", edgecolor="k")
+    fig.colorbar(sc, ax=ax, label="log10 D_J (runs)")
+    ax.set(xscale="log", yscale="log", xlabel="utd", ylabel="model size N",
+           title=f"{env}: D_J(utd, N), J={fit.thresholds[lv][env]:.0f}")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,128 @@
+"""Proposals: recommended (utd, batch_size, lr, model_size) from the fits of `fit all`, for a
+list of UTDs or for a target budget F."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from pql_jax.errors import UserError
+
+
+def round_batch(b: float, multiple: int = 16) -> int:
+    """Batch size rounded to the nearest multiple of 16 (at least 16)."""
+    return int(max(multiple, multiple * round(float(b) / multiple)))
+
+
+def round_sig(x: float, digits: int = 3) -> float:
+    """x rounded to 3 significant figures."""
+    return float(f"{float(x):.{digits - 1}e}") if np.isfinite(x) and x != 0 else float(x)
+
+
+def _load(dir_: str, name: str):
+    path = os.path.join(dir_, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _power(fit: dict | None, env: str, x: float) -> float:
+    """coef * x^(-slope) from a fit_*.json power fit; NaN when absent."""
+    if not fit or env not in fit["params"]:
+        return float("nan")
+    p = fit["params"][env]
+    return p["coef"] * x ** (-p["slope"])
+
+
+def _batch(fits: dict, env: str, utd: float, n: float) -> float:
+    bn = fits.get("fit_batch_size_n")
+    if bn and env in bn["params"] and np.isfinite(n):
+        p = bn["params"][env]
+        return p["a"] / utd ** p["alpha"] / (1 + (p["n_half"] / n) ** p["beta"])
+    return _power(fits.get("fit_batch_size"), env, utd)
+
+
+def propose(dir_: str, utds=None, budget: float | None = None, env: str | None = None) -> pd.DataFrame:
+    """Table of recommended hyperparameters per env: for each utd in ``utds``, or for the
+    budget-optimal utd (and N) of ``budget`` from the sigma*(F) (and N*(F)) power laws."""
+    if not os.path.isdir(dir_):
+        raise UserError(f"propose: no such directory {dir_} (run `pql-jax fit all` first)")
+    fits = {n: _load(dir_, f"{n}.json") for n in ("fit_batch_size", "fit_learning_rate",
+                                                   "fit_batch_size_n", "fit_budget")}
+    if not any(fits.values()):
+        raise UserError(f"propose: {dir_} holds no fit_*.json files from `pql-jax fit all`")
+    envs = _envs(dir_, fits)
+    if env is not None:
+        if env not in envs:
+            raise UserError(f"propose: unknown env {env!r} (known: {', '.join(envs)})")
+        envs = [env]
+    sizes = _model_sizes(dir_)
+    rows = []
+    for e in envs:
+        if budget is not None:
+            rows.append(_for_budget(fits, e, budget, sizes.get(e, np.nan)))
+        else:
+            for u in utds:
+                if not u > 0:
+                    raise UserError(f"propose: utd must be positive, got {u:g}")
+                rows.append(_row(fits, e, u, sizes.get(e, np.nan)))
+    return pd.DataFrame(rows)
+
+
+def _for_budget(fits, env, F, n_default) -> dict:
+    laws = (fits.get("fit_budget") or {}).get("laws") or {}
+    if "utd" not in laws or env not in laws["utd"]["coef"]:
+        raise UserError("propose --budget: no sigma*(F) law in this directory (needs >= 3 thresholds per env)")
+    if not F > 0:
+        raise UserError(f"propose: budget must be positive, got {F:g}")
+    utd = laws["utd"]["coef"][env] * F ** laws["utd"]["exponent"]
+    n = laws["model_size"]["coef"][env] * F ** laws["model_size"]["exponent"] if "model_size" in laws else n_default
+    row = _row(fits, env, utd, n)
+    row["budget"] = F
+    for y in ("data", "compute"):
+        if y in laws:
+            row[f"{y}_pred"] = laws[y]["coef"][env] * F ** laws[y]["exponent"]
+    return row
+
+
+def _row(fits, env, utd, n) -> dict:
+    b = _batch(fits, env, utd, n)
+    lr = _power(fits.get("fit_learning_rate"), env, utd)
+    return {"env": env, "utd": utd, "batch_size": round_batch(b) if np.isfinite(b) else np.nan,
+            "lr": round_sig(lr), "model_size": round_sig(n) if np.isfinite(n) else np.nan}
+
+
+def _envs(dir_: str, fits: dict) -> list:
+    for f in fits.values():
+        if f and "params" in f:
+            return list(f["params"])
+    laws = (fits.get("fit_budget") or {}).get("laws") or {}
+    return list(next(iter(laws.values()))["coef"]) if laws else []
+
+
+def _model_sizes(dir_: str) -> dict:
+    path = os.path.join(dir_, "budget.csv")
+    if not os.path.isfile(path):
+        return {}
+    t = pd.read_csv(path)
+    if "model_size" not in t or (t["model_size"] == 1).all():
+        return {}
+    return t.groupby("env")["model_size"].median().to_dict()
+
+
+def write_proposals(table: pd.DataFrame, path: str) -> str:
+    """Write the table via a temporary file, so a failure leaves no partial CSV."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
