@@ -76,7 +76,7 @@ def _check_fittable(sub: pd.DataFrame, law: Law) -> str | None:
         if len(vals) < 3:
             return (f"a law needs at least 3 distinct {col} values, found "
                     f"{', '.join(f'{v:g}' for v in vals) or 'none'}")
-    if len(sub) <= len(law.params):
+    if len(sub) < len(law.params):
         return f"{len(sub)} points cannot fix {len(law.params)} parameters"
     return None
 
@@ -188,5 +188,5 @@ def bootstrap_refit(fit: LawFit, group, lx: dict, LY: np.ndarray, iters: int = 3
         better = lc < loss
         theta[better], r[better], loss[better] = cand[better], rc[better], lc[better]
         lam = np.where(better, lam / 3, lam * 4)
-    theta[W.sum(1) <= len(law.params)] = np.nan
+    theta[W.sum(1) < len(law.params)] = np.nan
     return theta

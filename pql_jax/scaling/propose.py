@@ -14,7 +14,7 @@ from pql_jax.errors import UserError
 
 def round_batch(b: float, multiple: int = 16) -> int:
     """Batch size rounded to the nearest multiple of 16 (at least 16)."""
-    return int(max(multiple, multiple * round(float(b) / multiple)))
+    return int(max(multiple, multiple * np.floor(float(b) / multiple + 0.5)))
 
 
 def round_sig(x: float, digits: int = 3) -> float:

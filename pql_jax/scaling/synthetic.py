@@ -41,7 +41,8 @@ def make_sweep(n_envs: int = 7, utds=(0.25, 0.5, 1, 2, 4, 8), batch_sizes=(64, 2
         def shape(utd, N):
             out = 1 + (planted_b(J, p) / utd) ** p["a"]
             return out if N is None else out + (p["n_half"] / N) ** p["beta"]
-        t_max = 2.5 * d_min[env] * h[-1] * shape(min(utds), sizes[0] and min(sizes))[-1]
+        i8 = np.searchsorted(J, 0.85 * r_max)
+        t_max = 2.5 * d_min[env] * h[i8] * shape(min(utds), sizes[0] and min(sizes))[i8]
         steps = np.linspace(t_max / points, t_max, points)
         for utd in utds:
             bstar, lstar = b0[env] * utd ** -p["batch_slope"], lr0[env] * utd ** -p["lr_slope"]
