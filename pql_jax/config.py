@@ -1,0 +1,325 @@
+"""Typed, frozen run configuration: YAML files plus dotted `key=value` overrides, validated.
+
+Every field is documented once, here. Sections: `env`, `agent`, `run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pql_jax.errors import UserError
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which simulator task to train on and how many copies run in parallel."""
+
+    name: str = "playground:CartpoleSwingup"
+    """`brax:<env>` (e.g. brax:ant) or `playground:<env>` (e.g. playground:CheetahRun)."""
+    num_envs: int = 4096
+    """Parallel training envs stepped together (one vector step collects num_envs transitions)."""
+    episode_length: int = 1000
+    """Time limit in env steps; reaching it is a truncation (bootstrapped), not a terminal."""
+    brax_backend: str = "positional"
+    """Brax physics backend for brax:* envs: generalized, positional, spring or mjx."""
+    playground_impl: str = "jax"
+    """MJX implementation for playground:* envs: jax (CPU and GPU) or warp (GPU only)."""
+    action_repeat: int = 1
+    """Repeat each action this many env steps (rewards summed)."""
+    eval_envs: int = 16
+    """Envs for deterministic-policy evaluation at every logging point (0 disables)."""
+    val_envs: int = 0
+    """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """PQL learner: networks, losses, update schedule, exploration, optimiser."""
+
+    utd: float = 1.0 / 512
+    """Critic updates per collected transition; may be fractional (written as 1/512 in YAML)."""
+    critic_actor_ratio: int = 2
+    """One actor update every this many critic updates (PQL's beta_p:v = 1:2)."""
+    batch_size: int = 8192
+    """Transitions per critic and actor update."""
+    buffer_capacity: int = 5_000_000
+    """Replay capacity in transitions (FIFO ring; rounded down to a multiple of num_envs)."""
+    n_step: int = 3
+    """Steps summed in the return target before bootstrapping with gamma^n."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.05
+    """Polyak rate of the target critic, applied after every critic update."""
+    critic_lr: float = 5e-4
+    """AdamW learning rate of the critic."""
+    actor_lr: float = 5e-4
+    """AdamW learning rate of the actor."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay for both networks (torch's default, which PQL used)."""
+    max_grad_norm: float = 0.5
+    """Global-norm gradient clipping per network."""
+    critic_width: int = 512
+    """Width of the critic's first hidden layer."""
+    critic_depth: int = 3
+    """Hidden layers in each Q network."""
+    actor_width: int = 512
+    """Width of the actor's first hidden layer."""
+    actor_depth: int = 3
+    """Hidden layers in the actor."""
+    taper: bool = True
+    """Halve the width at each deeper layer (512, 256, 128 as in PQL); False keeps it constant."""
+    layer_norm: bool = False
+    """LayerNorm after each hidden linear layer (actor and critic)."""
+    activation: str = "elu"
+    """Hidden activation: elu, relu, gelu, silu or tanh."""
+    distributional: bool = False
+    """Categorical (C51) critic, PQL-D."""
+    num_atoms: int = 51
+    """Atoms of the categorical critic."""
+    v_min: float = -10.0
+    """Lowest atom value of the categorical critic."""
+    v_max: float = 10.0
+    """Highest atom value of the categorical critic."""
+    std_min: float = 0.05
+    """Smallest per-env exploration noise std (mixed exploration: linspace(std_min, std_max))."""
+    std_max: float = 0.8
+    """Largest per-env exploration noise std."""
+    target_noise: float = 0.8
+    """Std of target-policy smoothing noise."""
+    target_noise_clip: float = 0.2
+    """Clip of target-policy smoothing noise."""
+    reward_scale: float = 1.0
+    """Multiplies rewards in the critic target."""
+    obs_clip: float = 5.0
+    """Normalised observations are clipped to [-obs_clip, obs_clip]."""
+    normalize_obs: bool = True
+    """Running mean/variance observation normalisation."""
+    warmup_steps: int = 32
+    """Vector steps of uniform random actions before the policy acts and updates start."""
+    passive_critic_widths: tuple[int, ...] = ()
+    """Widths of passive critics: trained on the same batches onto the main critic's TD targets,
+    never used to act or to form targets (TD-overfitting diagnostics)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Length of training, logging, checkpoints and seeding."""
+
+    seed: int = 0
+    """PRNG seed: the same config and seed give the same numbers on the same machine."""
+    total_env_steps: int = 10_000_000
+    """Training env steps (transitions collected); rounded up to whole chunks."""
+    chunk_steps: int = 64
+    """Vector steps per jitted chunk; metrics are logged and eval runs once per chunk."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every this many chunks (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    checkpoint_buffer: bool = True
+    """Include the replay buffer in checkpoints (exact resume needs it)."""
+    memory_limit_gb: float = 0.0
+    """Refuse runs estimated to need more device memory than this (0: the device's own size)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole training run."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS = {"env": EnvConfig, "agent": AgentConfig, "run": RunConfig}
+
+
+def parse_number(text: str) -> float:
+    """Parse '1/512', '5e-4' or '3' as a float; raise ValueError otherwise."""
+    text = str(text).strip()
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(Fraction(num.strip())) / float(Fraction(den.strip()))
+    return float(text)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, or raise UserError."""
+    hint = typing.get_origin(annotation) or annotation
+    try:
+        if annotation is bool or annotation == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if annotation is int or annotation == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            number = parse_number(value) if isinstance(value, str) else value
+            if float(number) != int(float(number)):
+                raise ValueError
+            return int(number)
+        if annotation is float or annotation == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(parse_number(value) if isinstance(value, str) else value)
+        if annotation is str or annotation == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if hint is tuple or str(annotation).startswith("tuple"):
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip() else []
+            if value is None:
+                value = []
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return tuple(_coerce(key, v, int) for v in value)
+    except (ValueError, TypeError, ZeroDivisionError):
+        pass
+    else:
+        raise UserError(f"config key {key}: unsupported type {annotation}")
+    raise UserError(f"config key {key}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from a nested mapping on top of `base` (defaults when None)."""
+    config = base or Config()
+    if not isinstance(data, dict):
+        raise UserError("config must be a mapping with sections env, agent, run")
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section {section!r}; known: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise UserError(f"config section {section!r} must be a mapping")
+        for key, value in values.items():
+            config = set_value(config, f"{section}.{key}", value)
+    return config
+
+
+def set_value(config: Config, dotted: str, value: Any) -> Config:
+    """Return `config` with the dotted key (e.g. agent.utd) set to `value`, type-checked."""
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] not in SECTIONS:
+        raise UserError(f"unknown config key {dotted!r}; keys look like agent.utd or env.num_envs")
+    section, key = parts
+    types = _field_types(SECTIONS[section])
+    if key not in types:
+        close = [k for k in types if k.startswith(key[:3])]
+        hint = f" (did you mean {', '.join(section + '.' + k for k in close)}?)" if close else ""
+        raise UserError(f"unknown config key {dotted!r}{hint}")
+    sub = replace(getattr(config, section), **{key: _coerce(dotted, value, types[key])})
+    return replace(config, **{section: sub})
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` strings in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form section.key=value")
+        key, value = item.split("=", 1)
+        config = set_value(config, key.strip(), value.strip())
+    return config
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (None: defaults), apply overrides, validate."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+        config = from_dict(data, config)
+    config = apply_overrides(config, list(overrides))
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Nested plain-Python mapping (YAML-safe) of a Config."""
+    out = dataclasses.asdict(config)
+    out["agent"]["passive_critic_widths"] = list(config.agent.passive_critic_widths)
+    return out
+
+
+def dump(config: Config) -> str:
+    """YAML text that `load` reads back to the same Config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def utd_fraction(utd: float, num_envs: int) -> Fraction:
+    """Critic updates per vector step, utd * num_envs, as an exact fraction."""
+    return (Fraction(utd).limit_denominator(1 << 24) * num_envs).limit_denominator(1 << 20)
+
+
+def validate(config: Config) -> None:
+    """Raise UserError naming the first impossible value."""
+    e, a, r = config.env, config.agent, config.run
+    checks = [
+        (e.num_envs >= 1, "env.num_envs must be >= 1"),
+        (e.episode_length >= 1, "env.episode_length must be >= 1"),
+        (e.action_repeat >= 1, "env.action_repeat must be >= 1"),
+        (e.eval_envs >= 0, "env.eval_envs must be >= 0"),
+        (e.val_envs >= 0, "env.val_envs must be >= 0"),
+        (e.playground_impl in ("jax", "warp"), "env.playground_impl must be jax or warp"),
+        (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
+        (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
+        (a.batch_size >= 1, "agent.batch_size must be >= 1"),
+        (a.buffer_capacity >= e.num_envs * (a.n_step + 1),
+         f"agent.buffer_capacity must hold at least num_envs * (n_step + 1) = {e.num_envs * (a.n_step + 1)} transitions"),
+        (a.batch_size <= a.buffer_capacity,
+         f"agent.batch_size ({a.batch_size}) must not exceed agent.buffer_capacity ({a.buffer_capacity})"),
+        (a.n_step >= 1, "agent.n_step must be >= 1"),
+        (0 < a.gamma <= 1, "agent.gamma must be in (0, 1]"),
+        (0 < a.tau <= 1, "agent.tau must be in (0, 1]"),
+        (a.critic_lr > 0 and a.actor_lr > 0, "agent.critic_lr and agent.actor_lr must be > 0"),
+        (a.weight_decay >= 0, "agent.weight_decay must be >= 0"),
+        (a.max_grad_norm > 0, "agent.max_grad_norm must be > 0"),
+        (min(a.critic_width, a.actor_width) >= 1, "agent.critic_width and agent.actor_width must be >= 1"),
+        (min(a.critic_depth, a.actor_depth) >= 1, "agent.critic_depth and agent.actor_depth must be >= 1"),
+        (a.activation in ("elu", "relu", "gelu", "silu", "tanh"),
+         f"agent.activation {a.activation!r} is not one of elu, relu, gelu, silu, tanh"),
+        (a.num_atoms >= 2, "agent.num_atoms must be >= 2"),
+        (a.v_min < a.v_max, f"agent.v_min ({a.v_min}) must be < agent.v_max ({a.v_max})"),
+        (0 <= a.std_min <= a.std_max,
+         f"agent.std_min ({a.std_min}) must be >= 0 and <= agent.std_max ({a.std_max})"),
+        (a.target_noise >= 0 and a.target_noise_clip >= 0, "agent.target_noise and target_noise_clip must be >= 0"),
+        (a.reward_scale > 0, "agent.reward_scale must be > 0"),
+        (a.obs_clip > 0, "agent.obs_clip must be > 0"),
+        (a.warmup_steps >= 0, "agent.warmup_steps must be >= 0"),
+        (all(w >= 1 for w in a.passive_critic_widths), "agent.passive_critic_widths must be >= 1"),
+        (r.total_env_steps >= 1, "run.total_env_steps must be >= 1"),
+        (r.chunk_steps >= 1, "run.chunk_steps must be >= 1"),
+        (r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
+        (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        (r.memory_limit_gb >= 0, "run.memory_limit_gb must be >= 0"),
+    ]
+    rate = utd_fraction(a.utd, e.num_envs)
+    checks.append((rate.numerator * rate.denominator < 2**31,
+                   f"agent.utd={a.utd} at env.num_envs={e.num_envs} gives updates per step {rate}, too fine a fraction; round it"))
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    floats = {"agent." + f.name: getattr(a, f.name) for f in fields(a) if isinstance(getattr(a, f.name), float)}
+    for key, value in floats.items():
+        if not math.isfinite(value):
+            raise UserError(f"{key} must be finite (got {value})")

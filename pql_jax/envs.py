@@ -1,0 +1,165 @@
+"""Brax and MuJoCo Playground envs behind one functional, vectorised, auto-resetting API.
+
+Time-limit truncation and true termination are kept apart: `terminal` means the MDP ended
+(no bootstrap), `truncated` means the time limit cut the episode (bootstrap from `next_obs`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from pql_jax.config import EnvConfig
+from pql_jax.errors import UserError
+
+BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
+             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
+
+
+def known_envs() -> list[str]:
+    """Every env name this build accepts."""
+    names = [f"brax:{n}" for n in BRAX_ENVS]
+    try:
+        from mujoco_playground import registry
+
+        names += [f"playground:{n}" for n in registry.dm_control_suite.ALL_ENVS]
+        names += [f"playground:{n}" for n in registry.locomotion.ALL_ENVS]
+        names += [f"playground:{n}" for n in registry.manipulation.ALL_ENVS]
+    except Exception:  # noqa: BLE001 - playground optional at listing time
+        pass
+    return names
+
+
+def check_env_name(name: str) -> None:
+    """Raise UserError (listing the known envs) unless `name` is a known env."""
+    known = known_envs()
+    if name not in known:
+        listing = ", ".join(n for n in known if n.startswith("brax:") or "playground:" in n and n.count(":") == 1)
+        raise UserError(f"unknown env {name!r}; known envs: {listing}")
+
+
+class EnvState(struct.PyTreeNode):
+    """Vectorised env state plus our own episode bookkeeping (all leaves have a leading env axis)."""
+
+    sim: Any
+    """The simulator's own state pytree."""
+    obs: jax.Array
+    """Current observation [E, obs]."""
+    episode_step: jax.Array
+    """Steps taken in the current episode [E]."""
+    episode_return: jax.Array
+    """Undiscounted return so far in the current episode [E]."""
+    key: jax.Array
+    """PRNG key per env for resets [E, 2]."""
+
+
+class StepOut(NamedTuple):
+    """One vector step's transition, for the learner."""
+
+    next_obs: jax.Array
+    """Observation after the action (the final one when the episode ended), [E, obs]."""
+    reward: jax.Array
+    terminal: jax.Array
+    """True termination: do not bootstrap."""
+    truncated: jax.Array
+    """Time limit reached without termination: bootstrap from next_obs."""
+    episode_return: jax.Array
+    """Return of episodes that ended this step (0 where none ended)."""
+
+
+class VecEnv(NamedTuple):
+    """A pure, vmapped env: `reset(key, n) -> EnvState`, `step(state, action) -> (EnvState, StepOut)`."""
+
+    name: str
+    obs_size: int
+    action_size: int
+    reset: Callable[[jax.Array, int], EnvState]
+    step: Callable[[EnvState, jax.Array], tuple[EnvState, StepOut]]
+
+
+def _flat_obs(obs: Any) -> jax.Array:
+    if isinstance(obs, dict):  # playground locomotion: actor sees 'state'
+        obs = obs["state"]
+    return obs
+
+
+@functools.lru_cache(maxsize=None)
+def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length: int):
+    """Instantiate the raw simulator env (cached: building an env parses its model)."""
+    kind, _, task = name.partition(":")
+    if kind == "brax":
+        from brax import envs as brax_envs
+
+        return brax_envs.get_environment(task, backend=brax_backend)
+    if kind == "playground":
+        from mujoco_playground import registry
+
+        overrides = {"impl": playground_impl}
+        return registry.load(task, config_overrides=overrides)
+    raise UserError(f"unknown env {name!r}")
+
+
+def make_env(config: EnvConfig) -> VecEnv:
+    """Build the vectorised, auto-resetting env described by `config`."""
+    check_env_name(config.name)
+    sim = _load_sim(config.name, config.brax_backend, config.playground_impl, config.episode_length)
+    obs_size = sim.observation_size
+    if isinstance(obs_size, dict):
+        obs_size = obs_size["state"]
+    obs_size = int(obs_size if isinstance(obs_size, int) else obs_size[0])
+    action_size = int(sim.action_size)
+    episode_length = config.episode_length
+    action_repeat = config.action_repeat
+
+    sim_reset = jax.vmap(sim.reset)
+
+    def sim_step(states, action):
+        def one(state, act):
+            def body(carry, _):
+                s, total = carry
+                s = sim.step(s, act)
+                return (s, total + s.reward), None
+
+            (state, total), _ = jax.lax.scan(body, (state, jnp.zeros(())), None, length=action_repeat)
+            return state.replace(reward=total)
+
+        return jax.vmap(one)(states, action)
+
+    def reset(key: jax.Array, num: int) -> EnvState:
+        keys = jax.random.split(key, num * 2).reshape(num, 2, -1)
+        states = sim_reset(keys[:, 0])
+        return EnvState(sim=states, obs=_flat_obs(states.obs), episode_step=jnp.zeros(num, jnp.int32),
+                        episode_return=jnp.zeros(num), key=keys[:, 1])
+
+    def step(state: EnvState, action: jax.Array) -> tuple[EnvState, StepOut]:
+        sim_state = sim_step(state.sim, action)
+        next_obs = _flat_obs(sim_state.obs)
+        reward = sim_state.reward.astype(jnp.float32)
+        episode_step = state.episode_step + action_repeat
+        terminal = sim_state.done > 0.5
+        truncated = (episode_step >= episode_length) & ~terminal
+        done = terminal | truncated
+        episode_return = state.episode_return + reward
+        split = jax.vmap(jax.random.split)(state.key)
+        new_key, reset_key = split[:, 0], split[:, 1]
+
+        def with_resets(_):
+            fresh = sim_reset(reset_key)
+            pick = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), new, old)
+            return jax.tree.map(pick, fresh, sim_state)
+
+        # Skip the reset work on steps where no episode ended (every step but the last of an
+        # episode in fixed-length tasks); under vmap of a population this becomes a select.
+        sim_state = jax.lax.cond(jnp.any(done), with_resets, lambda _: sim_state, None)
+        out = StepOut(next_obs=next_obs, reward=reward, terminal=terminal, truncated=truncated,
+                      episode_return=jnp.where(done, episode_return, 0.0))
+        new_state = EnvState(sim=sim_state, obs=_flat_obs(sim_state.obs),
+                             episode_step=jnp.where(done, 0, episode_step),
+                             episode_return=jnp.where(done, 0.0, episode_return), key=new_key)
+        return new_state, out
+
+    return VecEnv(config.name, obs_size, action_size, reset, step)

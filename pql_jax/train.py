@@ -1,0 +1,365 @@
+"""make_train(config) -> pure, jittable PQL training: `init(key)`, `chunk(state)`, `train(key)`.
+
+One vector step = act in every env, store the transitions, then do exactly
+floor((t+1) r) - floor(t r) critic updates (r = utd * num_envs) with an actor update every
+`critic_actor_ratio` critic updates. A chunk is `chunk_steps` vector steps in one lax.scan,
+followed by evaluation and TD diagnostics. Every value that may differ between members of a
+population (learning rates, UTD, gamma, noise ...) lives in `TrainState.hp` as an array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from pql_jax import losses, replay, schedule
+from pql_jax.config import Config, utd_fraction
+from pql_jax.envs import EnvState, VecEnv, make_env
+from pql_jax.networks import Actor, DoubleCritic, hidden_widths
+from pql_jax.normalize import RunningStats, init_stats, normalize, update_stats
+
+F32 = jnp.float32
+
+
+class HParams(struct.PyTreeNode):
+    """Array-valued hyperparameters: may differ between vmapped members of one program."""
+
+    rate_num: jax.Array
+    """Critic updates per vector step = rate_num / rate_den (exact utd * num_envs)."""
+    rate_den: jax.Array
+    critic_actor_ratio: jax.Array
+    warmup_steps: jax.Array
+    gamma: jax.Array
+    tau: jax.Array
+    critic_lr: jax.Array
+    actor_lr: jax.Array
+    weight_decay: jax.Array
+    max_grad_norm: jax.Array
+    std_min: jax.Array
+    std_max: jax.Array
+    target_noise: jax.Array
+    target_noise_clip: jax.Array
+    reward_scale: jax.Array
+
+
+def hparams_from_config(config: Config) -> HParams:
+    """The array-valued hyperparameters of one run."""
+    a = config.agent
+    rate = utd_fraction(a.utd, config.env.num_envs)
+    i32 = lambda v: jnp.asarray(v, jnp.int32)
+    f32 = lambda v: jnp.asarray(v, F32)
+    return HParams(i32(rate.numerator), i32(rate.denominator), i32(a.critic_actor_ratio), i32(a.warmup_steps),
+                   f32(a.gamma), f32(a.tau), f32(a.critic_lr), f32(a.actor_lr), f32(a.weight_decay),
+                   f32(a.max_grad_norm), f32(a.std_min), f32(a.std_max), f32(a.target_noise),
+                   f32(a.target_noise_clip), f32(a.reward_scale))
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a run needs to continue bit-identically: one pytree."""
+
+    hp: HParams
+    actor_params: Any
+    actor_opt: Any
+    critic_params: Any
+    critic_target: Any
+    critic_opt: Any
+    passive_params: tuple
+    passive_opt: tuple
+    obs_stats: RunningStats
+    env: EnvState
+    val_env: EnvState
+    buffer: replay.ReplayBuffer
+    val_buffer: replay.ReplayBuffer
+    key: jax.Array
+    step: jax.Array
+    """Vector steps done."""
+    critic_updates: jax.Array
+    actor_updates: jax.Array
+    diverged: jax.Array
+    """Set once a loss or parameter became NaN/Inf; a diverged state is frozen."""
+
+
+def _optimizer(learning_rate, weight_decay, max_norm):
+    return optax.chain(optax.clip_by_global_norm(max_norm), optax.adamw(learning_rate, weight_decay=weight_decay))
+
+
+# Learning rate, weight decay and clip norm live in the optimiser state, so they can be vmapped.
+make_optimizer = optax.inject_hyperparams(_optimizer)
+
+# Per-chunk accumulators: sums over updates / episodes, turned into means at the chunk's end.
+_SUMS = ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_loss", "actor_grad_norm",
+         "actor_count", "return_sum", "episodes")
+
+
+@dataclass(frozen=True)
+class Learner:
+    """Static structure of a run (shapes, networks, env); the functions are pure and jittable."""
+
+    config: Config
+    env: VecEnv
+    actor: Actor
+    critic: DoubleCritic
+    passive: tuple
+    buffer_rows: int
+    val_rows: int
+    max_updates: int
+
+    # ---- helpers -------------------------------------------------------------------------
+    @property
+    def atoms(self):
+        a = self.config.agent
+        return losses.support(a.num_atoms, a.v_min, a.v_max) if a.distributional else None
+
+    def norm(self, state: TrainState, obs):
+        a = self.config.agent
+        return normalize(state.obs_stats, obs, a.obs_clip, a.normalize_obs)
+
+    def policy(self, state: TrainState, obs):
+        return self.actor.apply(state.actor_params, self.norm(state, obs))
+
+    # ---- init ----------------------------------------------------------------------------
+    def init(self, key, hp: HParams) -> TrainState:
+        """Fresh state: networks, optimisers, envs, empty buffers."""
+        e = self.config.env
+        keys = jax.random.split(key, 6 + len(self.passive))
+        obs0 = jnp.zeros((1, self.env.obs_size))
+        act0 = jnp.zeros((1, self.env.action_size))
+        actor_params = self.actor.init(keys[0], obs0)
+        critic_params = self.critic.init(keys[1], obs0, act0)
+        passive_params = tuple(p.init(k, obs0, act0) for p, k in zip(self.passive, keys[6:]))
+        critic_tx = make_optimizer(hp.critic_lr, hp.weight_decay, hp.max_grad_norm)
+        actor_tx = make_optimizer(hp.actor_lr, hp.weight_decay, hp.max_grad_norm)
+        obs, act = self.env.obs_size, self.env.action_size
+        return TrainState(
+            hp=hp, actor_params=actor_params, actor_opt=actor_tx.init(actor_params),
+            critic_params=critic_params, critic_target=critic_params, critic_opt=critic_tx.init(critic_params),
+            passive_params=passive_params, passive_opt=tuple(critic_tx.init(p) for p in passive_params),
+            obs_stats=init_stats(obs), env=self.env.reset(keys[2], e.num_envs),
+            val_env=self.env.reset(keys[3], max(e.val_envs, 1)),
+            buffer=replay.init_buffer(self.buffer_rows, e.num_envs, obs, act),
+            val_buffer=replay.init_buffer(self.val_rows, max(e.val_envs, 1), obs, act),
+            key=keys[4], step=jnp.zeros((), jnp.int32), critic_updates=jnp.zeros((), jnp.int32),
+            actor_updates=jnp.zeros((), jnp.int32), diverged=jnp.zeros((), jnp.bool_))
+
+    # ---- learning ------------------------------------------------------------------------
+    def td_target(self, state: TrainState, batch: replay.Batch, key):
+        """Clipped double-Q target with target-policy smoothing (no gradient)."""
+        hp = state.hp
+        next_obs = self.norm(state, batch.next_obs)
+        action = losses.smoothed_target_action(self.actor.apply(state.actor_params, next_obs), key,
+                                               hp.target_noise, hp.target_noise_clip)
+        out = self.critic.apply(state.critic_target, next_obs, action)
+        if self.config.agent.distributional:
+            target = losses.categorical_target(out, batch.nstep_return, batch.discount, self.atoms)
+        else:
+            target = losses.scalar_target(out, batch.nstep_return, batch.discount)
+        return jax.lax.stop_gradient(target)
+
+    def sample(self, state: TrainState, buffer, key):
+        a = self.config.agent
+        return replay.sample(buffer, key, a.batch_size, a.n_step, state.hp.gamma, state.hp.reward_scale)
+
+    def critic_update(self, state: TrainState, key):
+        """One critic (and passive critic) gradient step on a fresh batch, then Polyak."""
+        categorical = self.config.agent.distributional
+        sample_key, noise_key = jax.random.split(key)
+        batch = self.sample(state, state.buffer, sample_key)
+        target = self.td_target(state, batch, noise_key)
+        obs = self.norm(state, batch.obs)
+        tx = make_optimizer(state.hp.critic_lr, state.hp.weight_decay, state.hp.max_grad_norm)
+
+        def step_net(net, params, opt_state):
+            def loss_fn(p):
+                out = net.apply(p, obs, batch.action)
+                return losses.td_loss(out, target, categorical), out
+
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss, out, optax.global_norm(grads)
+
+        params, opt, loss, out, grad_norm = step_net(self.critic, state.critic_params, state.critic_opt)
+        passive = [step_net(n, p, o) for n, p, o in zip(self.passive, state.passive_params, state.passive_opt)]
+        state = state.replace(
+            critic_params=params, critic_opt=opt,
+            critic_target=optax.incremental_update(params, state.critic_target, state.hp.tau),
+            passive_params=tuple(p[0] for p in passive), passive_opt=tuple(p[1] for p in passive),
+            critic_updates=state.critic_updates + 1)
+        q_mean = jnp.mean(losses.expected_q(out, self.atoms))
+        return state, {"critic_loss": loss, "q_mean": q_mean, "critic_grad_norm": grad_norm, "critic_count": F32(1)}
+
+    def actor_update(self, state: TrainState, key):
+        """One actor step: maximise min over heads of Q(s, pi(s))."""
+        obs = self.norm(state, self.sample(state, state.buffer, key).obs)
+        tx = make_optimizer(state.hp.actor_lr, state.hp.weight_decay, state.hp.max_grad_norm)
+
+        def loss_fn(p):
+            return losses.actor_loss(self.critic.apply(state.critic_params, obs, self.actor.apply(p, obs)), self.atoms)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.actor_params)
+        updates, opt = tx.update(grads, state.actor_opt, state.actor_params)
+        state = state.replace(actor_params=optax.apply_updates(state.actor_params, updates), actor_opt=opt,
+                              actor_updates=state.actor_updates + 1)
+        return state, {"actor_loss": loss, "actor_grad_norm": optax.global_norm(grads), "actor_count": F32(1)}
+
+    def update(self, state: TrainState, key):
+        """A critic update, and an actor update when the ratio says so."""
+        critic_key, actor_key = jax.random.split(key)
+        state, metrics = self.critic_update(state, critic_key)
+        due = state.critic_updates % state.hp.critic_actor_ratio == 0
+        zero_actor = {"actor_loss": F32(0), "actor_grad_norm": F32(0), "actor_count": F32(0)}
+        state, actor_metrics = jax.lax.cond(due, self.actor_update, lambda s, k: (s, zero_actor), state, actor_key)
+        return state, {**metrics, **actor_metrics}
+
+    def updates_due(self, state: TrainState):
+        """Critic updates to do at this vector step (0 during warm-up)."""
+        hp = state.hp
+        after = state.step - hp.warmup_steps
+        due = schedule.updates_at_step(jnp.maximum(after, 0), hp.rate_num, hp.rate_den)
+        ready = (after >= 0) & (replay.sampleable_rows(state.buffer, self.config.agent.n_step) > 0)
+        return jnp.where(ready, due, 0)
+
+    # ---- acting --------------------------------------------------------------------------
+    def act(self, state: TrainState, env_state: EnvState, key, explore_stds):
+        """Uniform random actions during warm-up, else the policy plus per-env Gaussian noise."""
+        shape = (env_state.obs.shape[0], self.env.action_size)
+        noise_key, uniform_key = jax.random.split(key)
+        policy = self.policy(state, env_state.obs)
+        noisy = jnp.clip(policy + explore_stds[:, None] * jax.random.normal(noise_key, shape), -1.0, 1.0)
+        uniform = jax.random.uniform(uniform_key, shape, minval=-1.0, maxval=1.0)
+        return jnp.where(state.step < state.hp.warmup_steps, uniform, noisy)
+
+    def collect(self, state: TrainState, env_state: EnvState, buffer, key):
+        """One vector step of the given envs into the given buffer."""
+        n = env_state.obs.shape[0]
+        stds = schedule.exploration_stds(n, state.hp.std_min, state.hp.std_max)
+        action = self.act(state, env_state, key, stds)
+        new_env, out = self.env.step(env_state, action)
+        buffer = replay.insert(buffer, env_state.obs, action, out.reward, out.terminal, out.truncated, out.next_obs)
+        return new_env, buffer, out
+
+    def vector_step(self, state: TrainState, sums):
+        """Act, store, update the normaliser, then do the updates this step is due."""
+        key, act_key, val_key, update_key = jax.random.split(state.key, 4)
+        obs = state.env.obs
+        env, buffer, out = self.collect(state, state.env, state.buffer, act_key)
+        val_env, val_buffer = state.val_env, state.val_buffer
+        if self.config.env.val_envs > 0:
+            val_env, val_buffer, _ = self.collect(state, state.val_env, state.val_buffer, val_key)
+        count = self.updates_due(state)
+        state = state.replace(env=env, buffer=buffer, val_env=val_env, val_buffer=val_buffer,
+                              obs_stats=update_stats(state.obs_stats, obs), key=key)
+        ended = out.terminal | out.truncated
+        sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(out.episode_return),
+                "episodes": sums["episodes"] + jnp.sum(ended)}
+        zero = {k: F32(0) for k in ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_loss",
+                                    "actor_grad_norm", "actor_count")}
+
+        def one_update(i, carry):
+            st, acc = carry
+            st, m = jax.lax.cond(i < count, self.update, lambda s, k: (s, zero), st, jax.random.fold_in(update_key, i))
+            return st, {k: acc[k] + m.get(k, 0.0) for k in acc}
+
+        state, sums = jax.lax.fori_loop(0, self.max_updates, one_update, (state, sums))
+        return state.replace(step=state.step + 1), sums
+
+    # ---- evaluation and diagnostics -------------------------------------------------------
+    def evaluate(self, state: TrainState, key):
+        """Mean undiscounted return of one deterministic-policy episode per eval env."""
+        e = self.config.env
+        if e.eval_envs == 0:
+            return F32(jnp.nan)
+        horizon = -(-e.episode_length // e.action_repeat)
+
+        def body(carry, _):
+            env_state, total, alive = carry
+            env_state, out = self.env.step(env_state, self.policy(state, env_state.obs))
+            total = total + jnp.where(alive, out.reward, 0.0)
+            return (env_state, total, alive & ~(out.terminal | out.truncated)), None
+
+        start = self.env.reset(key, e.eval_envs)
+        init = (start, jnp.zeros(e.eval_envs), jnp.ones(e.eval_envs, jnp.bool_))
+        (_, total, _), _ = jax.lax.scan(body, init, None, length=horizon)
+        return jnp.mean(total)
+
+    def td_errors(self, state: TrainState, buffer, key):
+        """Per-head TD loss of the main and passive critics on a batch from `buffer`."""
+        categorical = self.config.agent.distributional
+        sample_key, noise_key = jax.random.split(key)
+        batch = self.sample(state, buffer, sample_key)
+        target = self.td_target(state, batch, noise_key)
+        obs = self.norm(state, batch.obs)
+        nets = [(self.critic, state.critic_params)] + list(zip(self.passive, state.passive_params))
+        return [losses.td_loss(n.apply(p, obs, batch.action), target, categorical) / 2 for n, p in nets]
+
+    def chunk(self, state: TrainState):
+        """`chunk_steps` vector steps, then eval and diagnostics; returns (state, metrics).
+
+        A diverged state (NaN/Inf in a loss or parameter) is returned unchanged.
+        """
+        sums0 = {k: F32(0) for k in _SUMS}
+        new, sums = jax.lax.scan(lambda s, _: (self.vector_step(*s), None), (state, sums0), None,
+                                 length=self.config.run.chunk_steps)[0]
+        eval_key, td_key, val_key, next_key = jax.random.split(new.key, 4)
+        new = new.replace(key=next_key)
+        mean = lambda k, c: sums[k] / jnp.maximum(sums[c], 1.0)
+        train_td = self.td_errors(new, new.buffer, td_key)
+        metrics = {
+            "critic_loss": mean("critic_loss", "critic_count"), "q_mean": mean("q_mean", "critic_count"),
+            "critic_grad_norm": mean("critic_grad_norm", "critic_count"),
+            "actor_loss": mean("actor_loss", "actor_count"), "actor_grad_norm": mean("actor_grad_norm", "actor_count"),
+            "online_return": jnp.where(sums["episodes"] > 0, sums["return_sum"] / jnp.maximum(sums["episodes"], 1), jnp.nan),
+            "episodes": sums["episodes"], "eval_return": self.evaluate(new, eval_key),
+            "critic_param_norm": optax.global_norm(new.critic_params),
+            "actor_param_norm": optax.global_norm(new.actor_params), "td_train": train_td[0],
+            **{f"passive{i}_td_train": v for i, v in enumerate(train_td[1:])},
+        }
+        if self.config.env.val_envs > 0:
+            val_td = self.td_errors(new, new.val_buffer, val_key)
+            metrics.update({"td_val": val_td[0], "td_gap": val_td[0] - train_td[0],
+                            **{f"passive{i}_td_val": v for i, v in enumerate(val_td[1:])}})
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+            (new.critic_params, new.actor_params, metrics["critic_loss"], metrics["actor_loss"]))]))
+        diverged = state.diverged | ~finite
+        new = new.replace(diverged=diverged)
+        out = jax.tree.map(lambda old, fresh: jnp.where(state.diverged, old, fresh), state, new)
+        metrics.update({"env_steps": out.step * self.config.env.num_envs, "vector_steps": out.step,
+                        "critic_updates": out.critic_updates, "actor_updates": out.actor_updates,
+                        "diverged": diverged, "nonfinite": ~finite})
+        return out, metrics
+
+    def num_chunks(self) -> int:
+        """Chunks that cover run.total_env_steps."""
+        per_chunk = self.config.run.chunk_steps * self.config.env.num_envs
+        return -(-self.config.run.total_env_steps // per_chunk)
+
+    def train(self, key) -> tuple[TrainState, dict]:
+        """The whole run as one pure function of the key: (final state, metrics stacked per chunk)."""
+        state = self.init(key, hparams_from_config(self.config))
+        return jax.lax.scan(lambda s, _: self.chunk(s), state, None, length=self.num_chunks())
+
+
+def make_train(config: Config, max_updates: int | None = None) -> Learner:
+    """Build the learner for `config`. `max_updates` (>= this run's need) lets a population share code."""
+    a, e = config.agent, config.env
+    env = make_env(e)
+    out_dim = a.num_atoms if a.distributional else 1
+    critic_layers = hidden_widths(a.critic_width, a.critic_depth, a.taper)
+    critic = DoubleCritic(critic_layers, out_dim, a.activation, a.layer_norm)
+    actor = Actor(hidden_widths(a.actor_width, a.actor_depth, a.taper), env.action_size, a.activation, a.layer_norm)
+    passive = tuple(DoubleCritic(hidden_widths(w, a.critic_depth, a.taper), out_dim, a.activation, a.layer_norm)
+                    for w in a.passive_critic_widths)
+    rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
+    val_rows = max(min(rows, a.batch_size), a.n_step + 1) if e.val_envs else a.n_step + 1
+    need = schedule.max_updates_per_step(utd_fraction(a.utd, e.num_envs))
+    return Learner(config, env, actor, critic, passive, rows, val_rows, max(need, max_updates or 0))
+
+
+def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
+    """Move a chunk's metrics to numpy (one transfer per chunk)."""
+    return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
