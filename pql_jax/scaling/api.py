@@ -60,21 +60,25 @@ def fit_all_file(curves, out: str, config: PipelineConfig | None = None) -> Resu
 
 def write_results(res: Results, out: str) -> None:
     """Write a pipeline result into ``out`` (atomically: all files or none)."""
-    from pql_jax.scaling import plots, report
+    from pql_jax.scaling import report
 
     with atomic_output_dir(out) as tmp:
         t0 = time.perf_counter()
-        figures = plots.make_figures(res, os.path.join(tmp, "figures")) if res.config.figures else []
+        figures = []
+        if res.config.figures:  # matplotlib is imported only when figures are wanted
+            from pql_jax.scaling import plots
+
+            figures = plots.make_figures(res, os.path.join(tmp, "figures"))
         res.timings["figures"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for name, table in res.tables.items():
             table.to_csv(os.path.join(tmp, f"{name}.csv"), index=False)
         for name, obj in res.fits.items():
             write_json(os.path.join(tmp, f"{name}.json"), obj)
+        res.timings["write"] = time.perf_counter() - t0
         res.summary["timings"] = res.timings
         write_json(os.path.join(tmp, "summary.json"), res.summary)
         report.write_report(res, tmp, figures)
-        res.timings["write"] = time.perf_counter() - t0
 
 
 def read_crossings(path) -> pd.DataFrame:

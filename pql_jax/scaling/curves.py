@@ -44,9 +44,17 @@ def _common_grid(block: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def run_groups(df: pd.DataFrame) -> list[RunGroup]:
     """Split curves into run groups with a seeds x steps matrix each."""
     keys = group_keys(df)
+    df = df.sort_values(keys + ["seed", "step"], kind="stable")
+    seed, step, ret = (df[c].to_numpy(float) for c in ("seed", "step", "return"))
     out = []
-    for key, block in df.groupby(keys, sort=True):
-        steps, mat = _common_grid(block)
+    for key, pos in df.groupby(keys, sort=True).indices.items():
+        key = key if isinstance(key, tuple) else (key,)
+        n = len(np.unique(seed[pos]))
+        st = step[pos].reshape(n, -1) if len(pos) % n == 0 else None
+        if st is not None and (st == st[0]).all():  # fast path: every seed logs the same steps
+            steps, mat = st[0], ret[pos].reshape(n, -1)
+        else:
+            steps, mat = _common_grid(df.iloc[pos])
         if len(steps) == 0:
             raise UserError(f"curves: the seeds of run {key} share no logging steps")
         out.append(RunGroup(tuple(key), steps, mat))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pql_jax.errors import UserError
-from pql_jax.scaling.fit import LawFit, fit_law, holdout_split, single_thread_blas
+from pql_jax.scaling.fit import LawFit, _bounds, fit_law, holdout_split, single_thread_blas
 from pql_jax.scaling.laws import DATA_SIGMA, DATA_SIGMA_N, Law
 
 
@@ -166,8 +166,9 @@ def bootstrap_refit(fit: LawFit, group, lx: dict, LY: np.ndarray, iters: int = 3
     LY = np.where(W > 0, LY, 0.0)
     R = len(LY)
     theta = np.tile(np.log([fit.params[group][p] for p in law.params]), (R, 1))
-    lo = np.array([-np.inf if p not in law.exponents else np.log(0.005) for p in law.params])
-    hi = np.array([np.inf if p not in law.exponents else np.log(10.0) for p in law.params])
+    box = _bounds(law, law.grid(lx))  # the same box as the main fit: no runaway along ridges
+    lo = np.array([-np.inf] + [b[0] for b in box])
+    hi = np.array([np.inf] + [b[1] for b in box])
 
     def resid(th):
         return W * (LY - law.log_predict(lx, [th[:, j:j + 1] for j in range(th.shape[1])]))

@@ -118,12 +118,25 @@ def _grid_losses(law, lx, ly, grid):
 
 def _lbfgsb(fun, x0, bounds):
     with np.errstate(all="ignore"):
-        res = minimize(fun, x0, method="L-BFGS-B", bounds=bounds,
+        res = minimize(fun, x0, method="L-BFGS-B", bounds=bounds, jac=True,
                        options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-9})
     return res.x, float(res.fun)
 
 
-def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 4):
+def _with_gradient(loss_many):
+    """(f, grad) by central differences, all 2p + 1 points in one vectorised loss call
+    (scipy's own finite differences call the loss once per point, which dominates here)."""
+    def fun(th):
+        h = 1e-6
+        eye = np.eye(len(th)) * h
+        pts = np.vstack([th, th + eye, th - eye])
+        f = loss_many(pts)
+        p = len(th)
+        return float(f[0]), (f[1:p + 1] - f[p + 1:]) / (2 * h)
+    return fun
+
+
+def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 3):
     """Best log shape parameters and loss for one group: grid starts (or given ones) + L-BFGS-B."""
     grid = law.grid(lx)
     bounds = _bounds(law, grid)
@@ -131,9 +144,7 @@ def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 4):
         pts, losses = _grid_losses(law, lx, ly, grid)
         starts = pts[np.argsort(losses)[:n_starts]]
 
-    def fun(th):
-        return float(_profiled_loss(law, lx, ly, list(th)))
-
+    fun = _with_gradient(lambda pts: _profiled_loss(law, lx, ly, [pts[:, j:j + 1] for j in range(pts.shape[1])]))
     best = min((_lbfgsb(fun, np.asarray(s, float), bounds) for s in starts), key=lambda t: t[1])
     scale = float(np.mean(ly - law.log_shape(lx, list(best[0]))))
     return np.concatenate([[scale], best[0]]), best[1]
@@ -161,7 +172,7 @@ def _public(law: Law, theta, se_theta) -> tuple[dict, dict]:
 
 
 def fit_law(law: Law, df: pd.DataFrame, y: str = "data", group: str = "env",
-            shared: tuple = (), n_starts: int = 4) -> LawFit:
+            shared: tuple = (), n_starts: int = 3) -> LawFit:
     """Fit ``law`` to ``df[y]`` per group, optionally sharing some exponents across groups."""
     groups = list(pd.unique(df[group]))
     shared = tuple(s for s in shared if s in law.exponents) if len(groups) > 1 else ()
@@ -200,8 +211,10 @@ def _fit_shared(law, df, y, group, groups, shared, thetas):
             full[i] = per[codes, k]
         return list(full)
 
-    def fun(v):
+    def one(v):
         return float(_profiled_loss(law, lx, ly, unpack(v), codes, G))
+
+    fun = _with_gradient(lambda pts: np.array([one(v) for v in pts]))
 
     per = np.array([[thetas[g][1 + i] for i in oi] for g in groups]).ravel()
     cand_shared = [np.array([thetas[g][1 + i] for g in groups]) for i in si]
@@ -210,7 +223,7 @@ def _fit_shared(law, df, y, group, groups, shared, thetas):
         starts.append(np.concatenate([vals, per]))
     grid = law.grid(lx)
     bounds = [_bounds(law, grid)[i] for i in si] + [_bounds(law, grid)[i] for i in oi] * G
-    losses = [fun(s) for s in starts]
+    losses = [one(s) for s in starts]
     best = min((_lbfgsb(fun, starts[j], bounds) for j in np.argsort(losses)[:3]), key=lambda t: t[1])
     out = {}
     for gi, g in enumerate(groups):

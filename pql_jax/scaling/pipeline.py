@@ -13,7 +13,7 @@ from pql_jax.errors import UserError
 from pql_jax.scaling import budget as bud
 from pql_jax.scaling import curves as cv
 from pql_jax.scaling.datafit import bootstrap_refit, fit_data_efficiency
-from pql_jax.scaling.fit import fit_fixed_effects, fit_law, single_thread_blas
+from pql_jax.scaling.fit import fit_fixed_effects, fit_law, fixed_effects_bootstrap, single_thread_blas
 from pql_jax.scaling.hparams import best_hparams, cell_crossings
 from pql_jax.scaling.io import load_curves, require_columns, require_distinct
 from pql_jax.scaling.laws import BATCH_SIGMA_N, batch_size_b
@@ -125,10 +125,12 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict) -> None:
         boot = per_resample[hp][ok]
         cols = np.isfinite(boot).all(axis=0) & (boot > 0).all(axis=0)
         if cols.sum() > 1:
-            slopes = [fit_fixed_effects(sub.assign(**{hp: boot[:, c]}), hp, "utd",
-                                        shared=not res.config.per_env_slopes).slope
-                      for c in np.flatnonzero(cols)]
-            pf.bootstrap_se = {"slope": {g: float(np.std([s[g] for s in slopes], ddof=1)) for g in pf.slope}}
+            if pf.shared:
+                se = float(np.std(fixed_effects_bootstrap(sub, boot[:, cols]), ddof=1))
+                pf.bootstrap_se = {"slope": {g: se for g in pf.slope}}
+            else:
+                pf.bootstrap_se = {"slope": {g: float(np.std(fixed_effects_bootstrap(
+                    sub[sub["env"] == g], boot[(sub["env"] == g).to_numpy()][:, cols]), ddof=1)) for g in pf.slope}}
         res.objects[name] = pf
         res.fits[f"fit_{name}"] = pf.to_dict()
     if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects:
