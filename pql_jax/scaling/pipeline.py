@@ -222,7 +222,7 @@ def _budgets(res: Results, df: pd.DataFrame, cells: pd.DataFrame) -> None:
         opt.update(m.precision(opt))
         opt.update(_budget_bootstrap(res, m, key))
         rows.append(opt)
-        fronts.append(m.frontier())
+        fronts.append(m.frontier(model_size=opt["model_size"]))  # the frontier through the optimum
     res.objects["budget_models"] = models
     res.tables["budget"] = pd.DataFrame(rows)
     res.tables["pareto"] = pd.concat(fronts, ignore_index=True)

@@ -25,6 +25,8 @@ def make_figures(res, out_dir: str) -> list[str]:
                      ("pareto.png", pareto), ("sigma_star.png", sigma_star), ("data_sigma_n.png", data_sigma_n)):
         fig = fn(res)
         if fig is not None:
+            for ax in fig.axes:
+                _quiet_minor_ticks(ax)
             fig.savefig(os.path.join(out_dir, name), dpi=90)
             plt.close(fig)
             made.append(name)
@@ -32,12 +34,31 @@ def make_figures(res, out_dir: str) -> list[str]:
 
 
 def _layout(fig) -> None:
-    """Fixed margins (tight_layout costs ~0.3 s per multi-panel figure)."""
-    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.12, top=0.88, wspace=0.3, hspace=0.45)
+    """Fixed margins in inches (tight_layout costs ~0.3 s per multi-panel figure)."""
+    w, h = fig.get_figwidth(), fig.get_figheight()
+    fig.subplots_adjust(left=1.0 / w, right=1 - 0.15 / w, bottom=0.55 / h, top=1 - 0.7 / h,
+                        wspace=0.35, hspace=0.55)
+
+
+def _quiet_minor_ticks(ax) -> None:
+    """No labels on minor ticks of log axes (they overlap on short ranges)."""
+    from matplotlib.ticker import NullFormatter
+
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "log":
+            axis.set_minor_formatter(NullFormatter())
+
+
+def fmt_utd(u: float) -> str:
+    """utd as '1/1024' when it is the inverse of an integer, else 4 significant figures."""
+    inv = 1.0 / u
+    return f"1/{round(inv)}" if u < 1 and abs(inv - round(inv)) < 1e-6 * inv else f"{u:.4g}"
 
 
 def _panels(n: int, w: float = 3.4, h: float = 2.9):
     n = max(1, min(n, MAX_PANELS))
+    if n == 1:
+        w, h = 5.0, 4.0
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
@@ -64,10 +85,10 @@ def isotonic_curves(res):
         mean = g.returns.mean(axis=0)
         iso = isotonic_rows(mean)[0]
         cross = first_crossings(g.steps, iso, J)[0]
-        ax.plot(g.steps, mean, ".", ms=2, color="0.6", label="seed mean")
+        ax.plot(g.steps, mean, ".", ms=4, color="0.45", label="seed mean")
         ax.plot(g.steps, iso, "-", color="C0", label="isotonic fit")
         ax.plot(cross, J, "o", color="C3", ms=4, label="crossings")
-        ax.set_title(f"{env} utd={c['utd']:.4g}", fontsize=9)
+        ax.set_title(f"{env} utd={fmt_utd(c['utd'])}", fontsize=9)
         ax.set_xlabel("env steps", fontsize=8)
     axes[0].set_ylabel("return")
     axes[0].legend(fontsize=7)
@@ -188,10 +209,13 @@ def data_sigma_n(res):
     U, N = np.meshgrid(u, n)
     Z = fit.predict(env, lv, utd=U, model_size=N)
     fig, ax = plt.subplots(figsize=(5.4, 4.2))
-    cs = ax.contour(U, N, Z, levels=np.geomspace(Z.min(), Z.max(), 12), cmap="viridis")
+    from matplotlib.colors import LogNorm
+
+    norm = LogNorm(vmin=min(Z.min(), sub["data"].min()), vmax=max(Z.max(), sub["data"].max()))
+    cs = ax.contour(U, N, Z, levels=np.geomspace(Z.min(), Z.max(), 12), cmap="viridis", norm=norm)
     ax.clabel(cs, fontsize=6, fmt="%.2g")
-    sc = ax.scatter(sub["utd"], sub["model_size"], c=np.log10(sub["data"]), cmap="viridis", edgecolor="k")
-    fig.colorbar(sc, ax=ax, label="log10 D_J (runs)")
+    sc = ax.scatter(sub["utd"], sub["model_size"], c=sub["data"], cmap="viridis", norm=norm, edgecolor="k")
+    fig.colorbar(sc, ax=ax, label="D_J (contours: fit, dots: runs)")
     ax.set(xscale="log", yscale="log", xlabel="utd", ylabel="model size N",
            title=f"{env}: D_J(utd, N), J={fit.thresholds[lv][env]:.0f}")
     _layout(fig)
