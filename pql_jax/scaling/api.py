@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pandas as pd
 
-from pql_jax.errors import UserError
 from pql_jax.scaling.datafit import DataEfficiencyFit, fit_data_efficiency
 from pql_jax.scaling.fit import PowerFit, fit_fixed_effects
 from pql_jax.scaling.io import (_numeric_column, _check_values, atomic_output_dir, load_crossings,
@@ -87,4 +86,4 @@ def read_crossings(path) -> pd.DataFrame:
 
 
 __all__ = ["fit_data_efficiency_file", "fit_hparam_file", "fit_all_file", "write_results",
-           "read_crossings", "UserError"]
+           "read_crossings"]

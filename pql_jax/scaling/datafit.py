@@ -4,7 +4,6 @@ extrapolation checks and vectorised bootstrap refits."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
