@@ -11,10 +11,58 @@ from pql_jax.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pql-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    from pql_jax.scaling import cli as scaling_cli
-
-    scaling_cli.add_subcommands(sub)
+    train = sub.add_parser("train", help="train one PQL agent", description=_cmd_train.__doc__)
+    train.add_argument("--config", help="YAML config (configs/<task>.yaml); defaults when omitted")
+    train.add_argument("--out", help="run directory (TensorBoard events, metrics.csv, checkpoints)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    train.set_defaults(func=_cmd_train)
+    envs = sub.add_parser("envs", help="list the env names pql_jax accepts")
+    envs.set_defaults(func=_cmd_envs)
+    try:
+        from pql_jax.scaling import cli as scaling_cli
+    except ImportError:  # scaling module not installed in this build
+        scaling_cli = None
+    if scaling_cli is not None:
+        scaling_cli.add_subcommands(sub)
     return parser
+
+
+def _cmd_train(args) -> int:
+    """Train one agent; `--resume RUN_DIR` continues an interrupted run bit-identically."""
+    from pathlib import Path
+
+    from pql_jax import config as cfg_mod
+    from pql_jax import runner
+
+    if args.resume and args.config:
+        raise UserError("--resume takes its config from the run directory; drop --config")
+    if args.resume:
+        out = Path(args.resume)
+        config = runner.prepare_run_dir(out, None, True, args.overrides)
+    else:
+        if not args.out:
+            raise UserError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+        config = cfg_mod.load(args.config, args.overrides)
+        from pql_jax.envs import check_env_name
+
+        check_env_name(config.env.name)
+        out = Path(args.out)
+        config = runner.prepare_run_dir(out, config, False, [])
+    row = runner.train_run(config, out, resume=bool(args.resume), progress=not args.no_progress)
+    if row:
+        print(f"done: {row['env_steps']:,} env steps, eval return {row['eval_return']:.1f}, "
+              f"{row['critic_updates']:,} critic / {row['actor_updates']:,} actor updates; outputs in {out}")
+    return 0
+
+
+def _cmd_envs(args) -> int:
+    """Print the known env names."""
+    from pql_jax.envs import known_envs
+
+    print("\n".join(known_envs()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,11 @@ BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 
 
-def known_envs() -> list[str]:
-    """Every env name this build accepts."""
-    names = [f"brax:{n}" for n in BRAX_ENVS]
+def known_envs(include_playground: bool = True) -> list[str]:
+    """Every env name this build accepts (importing Playground's registry takes seconds)."""
+    names = ["test:pointmass"] + [f"brax:{n}" for n in BRAX_ENVS]
+    if not include_playground:
+        return names
     try:
         from mujoco_playground import registry
 
@@ -36,10 +38,11 @@ def known_envs() -> list[str]:
 
 def check_env_name(name: str) -> None:
     """Raise UserError (listing the known envs) unless `name` is a known env."""
+    if name in known_envs(include_playground=False):
+        return
     known = known_envs()
     if name not in known:
-        listing = ", ".join(n for n in known if n.startswith("brax:") or "playground:" in n and n.count(":") == 1)
-        raise UserError(f"unknown env {name!r}; known envs: {listing}")
+        raise UserError(f"unknown env {name!r}; known envs: {', '.join(known)}")
 
 
 class EnvState(struct.PyTreeNode):
@@ -91,6 +94,10 @@ def _flat_obs(obs: Any) -> jax.Array:
 def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length: int):
     """Instantiate the raw simulator env (cached: building an env parses its model)."""
     kind, _, task = name.partition(":")
+    if name == "test:pointmass":
+        from pql_jax.testenv import PointMass
+
+        return PointMass()
     if kind == "brax":
         from brax import envs as brax_envs
 
