@@ -1,10 +1,15 @@
 """Running observation statistics against numpy over the concatenated data; normalisation clipping."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pql_jax.normalize import RunningStats, init_stats, normalize, update_stats
+from pql_jax import normalize as _normalize
+from pql_jax.normalize import RunningStats, init_stats
+
+update_stats = jax.jit(_normalize.update_stats)
+normalize = jax.jit(_normalize.normalize)
 
 PRIOR = 1e-4  # init_stats' pseudo-count of a (mean 0, var 1) prior, as gym's RunningMeanStd
 
@@ -13,7 +18,7 @@ def _batches(seed=0):
     rng = np.random.default_rng(seed)
     loc = np.array([3.0, -1.0, 0.0, 100.0], np.float32)
     scale = np.array([2.0, 0.1, 1.0, 5.0], np.float32)
-    sizes = [64, 1, 17, 256, 3, 128]
+    sizes = [64, 1, 17, 64, 17, 1]  # uneven sizes, few distinct shapes (one compile each)
     return [(loc + scale * rng.standard_normal((n, 4))).astype(np.float32) for n in sizes]
 
 
@@ -23,9 +28,11 @@ def test_running_stats_match_numpy_over_concatenation():
     for b in batches:
         stats = update_stats(stats, jnp.asarray(b))
     data = np.concatenate(batches).astype(np.float64)
-    # Plain numpy over all data (the prior's 1e-4 weight is far below the tolerance).
+    # Plain numpy over all data. The prior pseudo-point (weight 1e-4, mean 0, var 1) shifts the
+    # variance by at most about PRIOR * (1 + mean^2) / N, which bounds the tolerance.
+    prior_shift = PRIOR * (1 + data.mean(0) ** 2) / len(data)
     np.testing.assert_allclose(np.asarray(stats.mean), data.mean(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(stats.var), data.var(0), rtol=1e-4, atol=1e-6)
+    assert np.all(np.abs(np.asarray(stats.var) - data.var(0)) <= 1e-4 * data.var(0) + 1.5 * prior_shift)
     assert float(stats.count) == pytest.approx(len(data) + PRIOR, rel=1e-6)
 
 
