@@ -20,12 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
     envs = sub.add_parser("envs", help="list the env names pql_jax accepts")
     envs.set_defaults(func=_cmd_envs)
-    try:
-        from pql_jax.scaling import cli as scaling_cli
-    except ImportError:  # scaling module not installed in this build
-        scaling_cli = None
-    if scaling_cli is not None:
-        scaling_cli.add_subcommands(sub)
+    from pql_jax.scaling import cli as scaling_cli
+
+    scaling_cli.add_subcommands(sub)
     return parser
 
 
@@ -41,16 +38,17 @@ def _cmd_train(args) -> int:
     if args.resume:
         out = Path(args.resume)
         config = runner.prepare_run_dir(out, None, True, args.overrides)
+        planned = runner.plan_run(config)
     else:
         if not args.out:
             raise UserError("train needs --out RUN_DIR (or --resume RUN_DIR)")
-        config = cfg_mod.load(args.config, args.overrides)
-        from pql_jax.envs import check_env_name
-
-        check_env_name(config.env.name)
         out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} already holds files; use --resume {out} or choose another --out")
+        config = cfg_mod.load(args.config, args.overrides)
+        planned = runner.plan_run(config)  # env names, sizes and memory are checked before writing
         config = runner.prepare_run_dir(out, config, False, [])
-    row = runner.train_run(config, out, resume=bool(args.resume), progress=not args.no_progress)
+    row = runner.train_run(config, out, resume=bool(args.resume), progress=not args.no_progress, planned=planned)
     if row:
         print(f"done: {row['env_steps']:,} env steps, eval return {row['eval_return']:.1f}, "
               f"{row['critic_updates']:,} critic / {row['actor_updates']:,} actor updates; outputs in {out}")

@@ -165,8 +165,13 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if annotation is int or annotation == "int":
             if isinstance(value, bool):
                 raise ValueError
-            number = parse_number(value) if isinstance(value, str) else value
-            if float(number) != int(float(number)):
+            if isinstance(value, int):
+                return value
+            text = str(value).strip()
+            if text.lstrip("+-").isdigit():  # exact, also beyond 2**53
+                return int(text)
+            number = parse_number(text) if isinstance(value, str) else float(value)
+            if not math.isfinite(number) or number != int(number):
                 raise ValueError
             return int(number)
         if annotation is float or annotation == "float":
@@ -185,7 +190,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             if not isinstance(value, (list, tuple)):
                 value = [value]
             return tuple(_coerce(key, v, int) for v in value)
-    except (ValueError, TypeError, ZeroDivisionError):
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError):
         pass
     else:
         raise UserError(f"config key {key}: unsupported type {annotation}")
@@ -307,18 +312,22 @@ def validate(config: Config) -> None:
         (a.obs_clip > 0, "agent.obs_clip must be > 0"),
         (a.warmup_steps >= 0, "agent.warmup_steps must be >= 0"),
         (all(w >= 1 for w in a.passive_critic_widths), "agent.passive_critic_widths must be >= 1"),
+        (0 <= r.seed < 2**32, f"run.seed must be in [0, 2**32) (got {r.seed})"),
         (r.total_env_steps >= 1, "run.total_env_steps must be >= 1"),
         (r.chunk_steps >= 1, "run.chunk_steps must be >= 1"),
         (r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
         (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (r.memory_limit_gb >= 0, "run.memory_limit_gb must be >= 0"),
     ]
-    rate = utd_fraction(a.utd, e.num_envs)
-    checks.append((rate.numerator * rate.denominator < 2**31,
-                   f"agent.utd={a.utd} at env.num_envs={e.num_envs} gives updates per step {rate}, too fine a fraction; round it"))
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    rate = utd_fraction(a.utd, e.num_envs)
+    if rate <= 0 or abs(float(rate) - a.utd * e.num_envs) > 1e-6 * a.utd * e.num_envs:
+        raise UserError(f"agent.utd={a.utd} is too small to schedule exactly at env.num_envs={e.num_envs}")
+    if rate.numerator * rate.denominator >= 2**31:
+        raise UserError(f"agent.utd={a.utd} at env.num_envs={e.num_envs} gives updates per step {rate}, "
+                        "too fine a fraction; round it")
     floats = {"agent." + f.name: getattr(a, f.name) for f in fields(a) if isinstance(getattr(a, f.name), float)}
     for key, value in floats.items():
         if not math.isfinite(value):

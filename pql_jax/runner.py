@@ -79,16 +79,22 @@ def host_row(metrics: dict, costs: Costs, num_envs: int, wall: float, chunk_time
     return row
 
 
+def plan_run(config: Config) -> tuple[Learner, Costs]:
+    """Build the learner and print its size and memory; UserError if it cannot fit."""
+    learner = make_train(config)
+    costs = run_costs(config, learner.env.obs_size, learner.env.action_size)
+    print(f"critic parameters N = {costs.critic_params:,}; actor {costs.actor_params:,}")
+    print(check_memory(costs, config))
+    return learner, costs
+
+
 def train_run(config: Config, out: Path, resume: bool = False, progress: bool = True,
-              stop_after_chunks: int | None = None) -> dict:
+              stop_after_chunks: int | None = None, planned: tuple[Learner, Costs] | None = None) -> dict:
     """Train (or resume) one run into `out`; returns the last metrics row.
 
     `stop_after_chunks` ends the process's work early (used to test resume).
     """
-    learner: Learner = make_train(config)
-    costs = run_costs(config, learner.env.obs_size, learner.env.action_size)
-    print(f"critic parameters N = {costs.critic_params:,}; actor {costs.actor_params:,}")
-    print(check_memory(costs, config))
+    learner, costs = planned or plan_run(config)
     ckpt = Checkpointer(out / "checkpoints", config.run.keep_checkpoints, config.run.checkpoint_buffer)
     hp = hparams_from_config(config)
     init = jax.jit(learner.init)
