@@ -15,7 +15,7 @@ from pql_jax.config import Config
 from pql_jax.costs import Costs, device_memory_bytes, format_bytes, run_costs
 from pql_jax.errors import UserError
 from pql_jax.metrics import MetricsTable, TensorBoard
-from pql_jax.train import Learner, hparams_from_config, make_train, metrics_to_host
+from pql_jax.train import Learner, compiled, hparams_from_config, make_train, metrics_to_host
 
 CONFIG_FILE = "config.yaml"
 TABLE_FILE = "metrics.csv"
@@ -97,7 +97,7 @@ def train_run(config: Config, out: Path, resume: bool = False, progress: bool = 
     learner, costs = planned or plan_run(config)
     ckpt = Checkpointer(out / "checkpoints", config.run.keep_checkpoints, config.run.checkpoint_buffer)
     hp = hparams_from_config(config)
-    init = jax.jit(learner.init)
+    init = compiled(learner, "init")
     state = init(jax.random.PRNGKey(config.run.seed), hp)
     start_chunk, wall_offset = 0, 0.0
     if resume and ckpt.latest_step() is not None:
@@ -107,7 +107,7 @@ def train_run(config: Config, out: Path, resume: bool = False, progress: bool = 
     resume_step = int(state.step) if resume else None
     table = MetricsTable(out / TABLE_FILE, resume_step if resume else None)
     tb = TensorBoard(out / "tb", purge_step=int(state.step) * config.env.num_envs if resume else None)
-    chunk = jax.jit(learner.chunk, donate_argnums=0)
+    chunk = compiled(learner, "chunk", donate_argnums=0)
     total = learner.num_chunks()
     bar = _progress(total * config.run.chunk_steps * config.env.num_envs, start_chunk * config.run.chunk_steps
                     * config.env.num_envs, progress)

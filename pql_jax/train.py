@@ -9,7 +9,7 @@ population (learning rates, UTD, gamma, noise ...) lives in `TrainState.hp` as a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import jax
@@ -342,6 +342,24 @@ class Learner:
         """The whole run as one pure function of the key: (final state, metrics stacked per chunk)."""
         state = self.init(key, hparams_from_config(self.config))
         return jax.lax.scan(lambda s, _: self.chunk(s), state, None, length=self.num_chunks())
+
+
+_PROGRAMS: dict = {}
+
+
+def program_key(config: Config):
+    """The part of a config that shapes the compiled program (seed and run length do not)."""
+    run = replace(config.run, seed=0, total_env_steps=1, checkpoint_every=0, keep_checkpoints=1,
+                  checkpoint_buffer=True, memory_limit_gb=0.0)
+    return replace(config, run=run)
+
+
+def compiled(learner: Learner, name: str, **jit_kwargs):
+    """`jax.jit(learner.<name>)`, shared by every learner with the same program in this process."""
+    key = (program_key(learner.config), learner.max_updates, name, tuple(sorted(jit_kwargs.items())))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = jax.jit(getattr(learner, name), **jit_kwargs)
+    return _PROGRAMS[key]
 
 
 def make_train(config: Config, max_updates: int | None = None) -> Learner:
