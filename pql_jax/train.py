@@ -85,6 +85,22 @@ class TrainState(struct.PyTreeNode):
     """Set once a loss or parameter became NaN/Inf; a diverged state is frozen."""
 
 
+# TrainState fields that updates change; masking an update selects over these only.
+LEARNED = ("actor_params", "actor_opt", "critic_params", "critic_target", "critic_opt", "passive_params",
+           "passive_opt", "critic_updates", "actor_updates")
+
+
+class PopulationSchedule(struct.PyTreeNode):
+    """Every member's update schedule, passed unbatched to a vmapped chunk ([K] arrays)."""
+
+    step: jax.Array
+    """Vector steps all members of the group have done (they advance together)."""
+    rate_num: jax.Array
+    rate_den: jax.Array
+    warmup_steps: jax.Array
+    critic_actor_ratio: jax.Array
+
+
 def _optimizer(learning_rate, weight_decay, max_norm):
     return optax.chain(optax.clip_by_global_norm(max_norm), optax.adamw(learning_rate, weight_decay=weight_decay))
 
@@ -207,22 +223,61 @@ class Learner:
                               actor_updates=state.actor_updates + 1)
         return state, {"actor_loss": loss, "actor_grad_norm": optax.global_norm(grads), "actor_count": F32(1)}
 
-    def update(self, state: TrainState, key):
-        """A critic update, and an actor update when the ratio says so."""
-        critic_key, actor_key = jax.random.split(key)
-        state, metrics = self.critic_update(state, critic_key)
-        due = state.critic_updates % state.hp.critic_actor_ratio == 0
-        zero_actor = {"actor_loss": F32(0), "actor_grad_norm": F32(0), "actor_count": F32(0)}
-        state, actor_metrics = jax.lax.cond(due, self.actor_update, lambda s, k: (s, zero_actor), state, actor_key)
-        return state, {**metrics, **actor_metrics}
+    def updates_due(self, sched, step):
+        """(updates at vector step `step`, updates done before it) for a schedule's rates.
 
-    def updates_due(self, state: TrainState):
-        """Critic updates to do at this vector step (0 during warm-up)."""
+        `sched` is an HParams or a PopulationSchedule; with [K] arrays the answers are [K].
+        Updates start once warm-up is over and the buffer holds a full n-step window.
+        """
+        start = jnp.maximum(sched.warmup_steps, self.config.agent.n_step - 1)
+        after = jnp.maximum(step - start, 0)
+        ready = step >= start
+        due = jnp.where(ready, schedule.updates_at_step(after, sched.rate_num, sched.rate_den), 0)
+        before = (after // sched.rate_den) * sched.rate_num + (after % sched.rate_den) * sched.rate_num // sched.rate_den
+        return due, before
+
+    def gated(self, group_pred, own_pred, fn, state: TrainState, key):
+        """Run `fn(state, key) -> (state, metrics)` when any member needs it, keep it where this one does.
+
+        `group_pred` is the same for every member of a vmapped population, so the lax.cond
+        really skips the work when no member needs it; `own_pred` masks it per member (a select
+        over the network fields only, never the replay buffer).
+        """
+        zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, state, key)[1])
+
+        def run(st):
+            new, metrics = fn(st, key)
+            keep = lambda a, b: jnp.where(own_pred, a, b)
+            merged = st.replace(**{f: jax.tree.map(keep, getattr(new, f), getattr(st, f)) for f in LEARNED})
+            return merged, jax.tree.map(lambda m: jnp.where(own_pred, m, jnp.zeros_like(m)), metrics)
+
+        return jax.lax.cond(group_pred, run, lambda st: (st, zero), state)
+
+    def update_phase(self, state: TrainState, sums, group: "PopulationSchedule | None", group_step, key):
+        """All critic (and actor) updates of one vector step, following the exact schedule."""
         hp = state.hp
-        after = state.step - hp.warmup_steps
-        due = schedule.updates_at_step(jnp.maximum(after, 0), hp.rate_num, hp.rate_den)
-        ready = (after >= 0) & (replay.sampleable_rows(state.buffer, self.config.agent.n_step) > 0)
-        return jnp.where(ready, due, 0)
+        own_count, own_before = self.updates_due(hp, state.step)
+        if group is None:
+            group_count, group_before, group_ratio = own_count, own_before, hp.critic_actor_ratio
+        else:
+            group_count, group_before = self.updates_due(group, group_step)
+            group_ratio = group.critic_actor_ratio
+
+        def one(i, carry):
+            st, acc = carry
+            critic_key, actor_key = jax.random.split(jax.random.fold_in(key, i))
+
+            def critic_then_actor(s, k):
+                s, metrics = self.critic_update(s, k)
+                own_actor = (own_before + i + 1) % hp.critic_actor_ratio == 0
+                group_actor = jnp.any((i < group_count) & ((group_before + i + 1) % group_ratio == 0))
+                s, actor_metrics = self.gated(group_actor, own_actor, self.actor_update, s, actor_key)
+                return s, {**metrics, **actor_metrics}
+
+            st, metrics = self.gated(jnp.any(i < group_count), i < own_count, critic_then_actor, st, critic_key)
+            return st, {k: acc[k] + metrics.get(k, 0.0) for k in acc}
+
+        return jax.lax.fori_loop(0, self.max_updates, one, (state, sums))
 
     # ---- acting --------------------------------------------------------------------------
     def act(self, state: TrainState, env_state: EnvState, key, explore_stds):
@@ -243,7 +298,7 @@ class Learner:
         buffer = replay.insert(buffer, env_state.obs, action, out.reward, out.terminal, out.truncated, out.next_obs)
         return new_env, buffer, out
 
-    def vector_step(self, state: TrainState, sums):
+    def vector_step(self, state: TrainState, sums, group=None, group_step=None):
         """Act, store, update the normaliser, then do the updates this step is due."""
         key, act_key, val_key, update_key = jax.random.split(state.key, 4)
         obs = state.env.obs
@@ -251,21 +306,12 @@ class Learner:
         val_env, val_buffer = state.val_env, state.val_buffer
         if self.config.env.val_envs > 0:
             val_env, val_buffer, _ = self.collect(state, state.val_env, state.val_buffer, val_key)
-        count = self.updates_due(state)
         state = state.replace(env=env, buffer=buffer, val_env=val_env, val_buffer=val_buffer,
                               obs_stats=update_stats(state.obs_stats, obs), key=key)
         ended = out.terminal | out.truncated
         sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(out.episode_return),
                 "episodes": sums["episodes"] + jnp.sum(ended)}
-        zero = {k: F32(0) for k in ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_loss",
-                                    "actor_grad_norm", "actor_count")}
-
-        def one_update(i, carry):
-            st, acc = carry
-            st, m = jax.lax.cond(i < count, self.update, lambda s, k: (s, zero), st, jax.random.fold_in(update_key, i))
-            return st, {k: acc[k] + m.get(k, 0.0) for k in acc}
-
-        state, sums = jax.lax.fori_loop(0, self.max_updates, one_update, (state, sums))
+        state, sums = self.update_phase(state, sums, group, group_step, update_key)
         return state.replace(step=state.step + 1), sums
 
     # ---- evaluation and diagnostics -------------------------------------------------------
@@ -297,14 +343,22 @@ class Learner:
         nets = [(self.critic, state.critic_params)] + list(zip(self.passive, state.passive_params))
         return [losses.td_loss(n.apply(p, obs, batch.action), target, categorical) / 2 for n, p in nets]
 
-    def chunk(self, state: TrainState):
+    def chunk(self, state: TrainState, group: "PopulationSchedule | None" = None):
         """`chunk_steps` vector steps, then eval and diagnostics; returns (state, metrics).
 
-        A diverged state (NaN/Inf in a loss or parameter) is returned unchanged.
+        `group` (unbatched, for vmapped populations) holds every member's schedule so that
+        update work is skipped on steps where no member updates. A diverged state (NaN/Inf in a
+        loss or parameter) is returned unchanged.
         """
         sums0 = {k: F32(0) for k in _SUMS}
-        new, sums = jax.lax.scan(lambda s, _: (self.vector_step(*s), None), (state, sums0), None,
-                                 length=self.config.run.chunk_steps)[0]
+        start = None if group is None else group.step
+
+        def body(carry, offset):
+            group_step = None if group is None else start + offset
+            return self.vector_step(*carry, group=group, group_step=group_step), None
+
+        steps = jnp.arange(self.config.run.chunk_steps, dtype=jnp.int32)
+        new, sums = jax.lax.scan(body, (state, sums0), steps)[0]
         eval_key, td_key, val_key, next_key = jax.random.split(new.key, 4)
         new = new.replace(key=next_key)
         mean = lambda k, c: sums[k] / jnp.maximum(sums[c], 1.0)
