@@ -18,6 +18,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     train.set_defaults(func=_cmd_train)
+    for name, func, helptext in (("plan", _cmd_plan, "print a sweep's members, groups, memory and FLOPs"),
+                                 ("sweep", _cmd_sweep, "train every member of a sweep as vmapped populations")):
+        cmd = sub.add_parser(name, help=helptext, description=func.__doc__)
+        cmd.add_argument("sweep_file", metavar="SWEEP.yaml")
+        if name == "sweep":
+            cmd.add_argument("--out", required=True, help="sweep directory (results.csv, tb/, checkpoints/)")
+            cmd.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+            cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+            cmd.add_argument("--batching", default="auto", choices=("auto", "map", "vmap"),
+                             help="members within a device: vmap (batched, fastest on accelerators) or map (one "
+                                  "after another, bit-identical to single runs); auto: map on CPU, vmap otherwise")
+        cmd.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the base config")
+        cmd.set_defaults(func=func)
     envs = sub.add_parser("envs", help="list the env names pql_jax accepts")
     envs.set_defaults(func=_cmd_envs)
     from pql_jax.scaling import cli as scaling_cli
@@ -55,6 +68,41 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _load_and_plan(args):
+    from pql_jax import population, sweep
+
+    spec = sweep.load_sweep(args.sweep_file, args.overrides)
+    costs = {m.index: population.member_costs(m) for m in spec.members}
+    limit = population.check_sweep_memory(spec, costs)
+    return spec, costs, population.plan_text(spec, costs, limit)
+
+
+def _cmd_plan(args) -> int:
+    """Print a sweep's members, their grouping into compiled programs, memory, FLOPs and masking waste."""
+    _, _, lines = _load_and_plan(args)
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    """Train a sweep: one vmapped, sharded program per group; results.csv has one row per member and logging point."""
+    from pathlib import Path
+
+    from pql_jax import population
+
+    spec, costs, lines = _load_and_plan(args)
+    print("\n".join(lines))
+    out = Path(args.out)
+    population.prepare_sweep_dir(out, spec, Path(args.sweep_file), args.resume)
+    rows = population.run_sweep(spec, out, costs, resume=args.resume, progress=not args.no_progress,
+                                batching=args.batching)
+    finished = [r for r in rows if r]
+    diverged = [r["member"] for r in finished if r.get("diverged")]
+    print(f"done: {len(spec.members)} members; results in {out / population.RESULTS_FILE}"
+          + (f"; diverged: {', '.join(diverged)}" if diverged else ""))
+    return 0
+
+
 def _cmd_envs(args) -> int:
     """Print the known env names."""
     from pql_jax.envs import known_envs
@@ -66,7 +114,13 @@ def _cmd_envs(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # argparse cannot take positional overrides after options once a positional came first
+        # (`sweep FILE --out D key=value`): collect those trailing key=value items here.
+        if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse already printed a one-line usage error
         return int(exc.code or 0) and 2
     try:

@@ -52,32 +52,33 @@ def _fmt(value) -> str | float:
 
 
 class MetricsTable:
-    """Appends rows to `path`; columns are fixed by the first row written."""
+    """Appends rows to `path`; a row with new columns widens the table (rewritten atomically)."""
 
-    def __init__(self, path: Path, resume_step: int | None = None, step_key: str = "vector_steps"):
+    def __init__(self, path: Path, resume_step: int | None = None, step_key: str = "vector_steps", keep=None):
+        """With `resume_step`, drop rows past it, except rows for which `keep(row)` is true."""
         self.path = Path(path)
         self.columns: list[str] | None = None
         rows = read_rows(self.path)
+        if rows:
+            self.columns = list(rows[0].keys())
         if rows and resume_step is not None:
-            kept = [r for r in rows if int(float(r[step_key])) <= resume_step]
-            self.columns = list(rows[0].keys())
+            kept = [r for r in rows if (keep is not None and keep(r)) or int(float(r[step_key])) <= resume_step]
             write_rows_atomic(self.path, kept, self.columns)
-        elif rows:
-            self.columns = list(rows[0].keys())
 
     def append(self, rows: Iterable[dict]) -> None:
         """Append rows (dicts of scalars) and flush to disk."""
         rows = [{k: _fmt(v) for k, v in row.items()} for row in rows]
         if not rows:
             return
-        new_file = self.columns is None or not self.path.exists()
-        if self.columns is None:
+        if self.columns is None or not self.path.exists():
             self.columns = list(rows[0].keys())
+            write_rows_atomic(self.path, [], self.columns)
+        new = [k for row in rows for k in row if k not in self.columns]
+        if new:
+            self.columns += list(dict.fromkeys(new))
+            write_rows_atomic(self.path, read_rows(self.path), self.columns)
         with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
-            if new_file:
-                writer.writeheader()
-            writer.writerows(rows)
+            csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerows(rows)
 
 
 class TensorBoard:

@@ -197,7 +197,7 @@ class Learner:
 
             (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss, out, optax.global_norm(grads)
+            return optax.apply_updates(params, updates), opt_state, loss, out, optax.tree.norm(grads)
 
         params, opt, loss, out, grad_norm = step_net(self.critic, state.critic_params, state.critic_opt)
         passive = [step_net(n, p, o) for n, p, o in zip(self.passive, state.passive_params, state.passive_opt)]
@@ -221,7 +221,7 @@ class Learner:
         updates, opt = tx.update(grads, state.actor_opt, state.actor_params)
         state = state.replace(actor_params=optax.apply_updates(state.actor_params, updates), actor_opt=opt,
                               actor_updates=state.actor_updates + 1)
-        return state, {"actor_loss": loss, "actor_grad_norm": optax.global_norm(grads), "actor_count": F32(1)}
+        return state, {"actor_loss": loss, "actor_grad_norm": optax.tree.norm(grads), "actor_count": F32(1)}
 
     def updates_due(self, sched, step):
         """(updates at vector step `step`, updates done before it) for a schedule's rates.
@@ -369,8 +369,8 @@ class Learner:
             "actor_loss": mean("actor_loss", "actor_count"), "actor_grad_norm": mean("actor_grad_norm", "actor_count"),
             "online_return": jnp.where(sums["episodes"] > 0, sums["return_sum"] / jnp.maximum(sums["episodes"], 1), jnp.nan),
             "episodes": sums["episodes"], "eval_return": self.evaluate(new, eval_key),
-            "critic_param_norm": optax.global_norm(new.critic_params),
-            "actor_param_norm": optax.global_norm(new.actor_params), "td_train": train_td[0],
+            "critic_param_norm": optax.tree.norm(new.critic_params),
+            "actor_param_norm": optax.tree.norm(new.actor_params), "td_train": train_td[0],
             **{f"passive{i}_td_train": v for i, v in enumerate(train_td[1:])},
         }
         if self.config.env.val_envs > 0:

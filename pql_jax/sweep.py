@@ -1,0 +1,218 @@
+"""Sweep files: a base config, axes (grid products and zipped lists) and seeds -> members -> groups.
+
+Members whose configs differ only in array-valued hyperparameters (seed, UTD, learning rates,
+gamma, tau, noise, reward scale, ...) share one compiled program and are vmapped together; a
+difference in anything that changes array shapes (batch size, widths, num_envs, n-step, ...)
+starts a new group.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, fields, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pql_jax import config as cfg_mod
+from pql_jax.config import Config, utd_fraction
+from pql_jax.errors import UserError
+from pql_jax.schedule import max_updates_per_step
+from pql_jax.train import program_key
+
+# Fields that live in the array-valued HParams / run seed: they may differ within a group.
+ARRAY_FIELDS = {
+    "agent": ("utd", "critic_actor_ratio", "warmup_steps", "gamma", "tau", "critic_lr", "actor_lr", "weight_decay",
+              "max_grad_norm", "std_min", "std_max", "target_noise", "target_noise_clip", "reward_scale"),
+    "run": ("seed",),
+}
+SPEC_KEYS = ("base", "overrides", "seeds", "grid", "zip", "name")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of a sweep."""
+
+    index: int
+    name: str
+    config: Config
+    values: dict
+    """The swept values of this member, by full dotted key (as written in the sweep file)."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """Members that share one compiled program (equal shapes)."""
+
+    index: int
+    members: tuple[Member, ...]
+
+    @property
+    def config(self) -> Config:
+        return self.members[0].config
+
+    @property
+    def max_updates(self) -> int:
+        """Updates per vector step the program must allow: the fastest member's ceil(utd * num_envs)."""
+        return max(max_updates_per_step(utd_fraction(m.config.agent.utd, m.config.env.num_envs)) for m in self.members)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    base: Config
+    axes: tuple[str, ...]
+    members: tuple[Member, ...]
+    groups: tuple[Group, ...]
+
+
+def resolve_key(key: str) -> str:
+    """`utd` -> `agent.utd`; dotted keys pass through (validated later)."""
+    if "." in key:
+        return key
+    owners = [s for s, cls in cfg_mod.SECTIONS.items() if key in {f.name for f in fields(cls)}]
+    if len(owners) != 1:
+        raise UserError(f"unknown sweep axis {key!r}" if not owners else f"sweep axis {key!r} is ambiguous: {owners}")
+    return f"{owners[0]}.{key}"
+
+
+def _axis(key: str, values: Any) -> list:
+    if not isinstance(values, list):
+        raise UserError(f"sweep axis {key!r} must be a list of values, got {values!r}")
+    if not values:
+        raise UserError(f"sweep axis {key!r} is empty")
+    return values
+
+
+def _combinations(spec: dict) -> tuple[list[str], list[dict]]:
+    """Axis names and one dict of values per combination (grid product x zipped lists)."""
+    grid = spec.get("grid") or {}
+    zipped = spec.get("zip") or {}
+    for part, name in ((grid, "grid"), (zipped, "zip")):
+        if not isinstance(part, dict):
+            raise UserError(f"sweep {name} must be a mapping of axis -> list of values")
+    grid_axes = {resolve_key(k): _axis(k, v) for k, v in grid.items()}
+    zip_axes = {resolve_key(k): _axis(k, v) for k, v in zipped.items()}
+    lengths = {len(v) for v in zip_axes.values()}
+    if len(lengths) > 1:
+        raise UserError(f"zipped sweep axes must have equal lengths, got {sorted(lengths)}")
+    if set(grid_axes) & set(zip_axes):
+        raise UserError(f"axis {sorted(set(grid_axes) & set(zip_axes))[0]!r} is in both grid and zip")
+    zip_rows = [dict(zip(zip_axes, row)) for row in zip(*zip_axes.values())] if zip_axes else [{}]
+    grid_rows = [dict(zip(grid_axes, row)) for row in itertools.product(*grid_axes.values())]
+    return list(grid_axes) + list(zip_axes), [{**g, **z} for g in grid_rows for z in zip_rows]
+
+
+def _seeds(value: Any, base_seed: int) -> list[int]:
+    if value is None:
+        return [base_seed]
+    if isinstance(value, bool):
+        raise UserError(f"seeds must be a count or a list of ints, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise UserError(f"seeds must be >= 1, got {value}")
+        return list(range(base_seed, base_seed + value))
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if len(set(value)) != len(value):
+            raise UserError("seeds list has duplicates")
+        return value
+    raise UserError(f"seeds must be a count or a non-empty list of ints, got {value!r}")
+
+
+def _short(value: Any) -> str:
+    return str(value).replace(" ", "").replace("/", ":")  # path-safe: names are also TensorBoard run dirs
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read a sweep file: members, their validated configs and their groups. UserError on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sweep file {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    if not isinstance(spec, dict):
+        raise UserError(f"sweep file {path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise UserError(f"unknown sweep key {unknown[0]!r}; known: {', '.join(SPEC_KEYS)}")
+    base_path = spec.get("base")
+    base_file = (path.parent / base_path) if base_path and not Path(base_path).is_absolute() else base_path
+    if base_path and not Path(base_file).is_file() and Path(base_path).is_file():
+        base_file = base_path  # also accept paths relative to the working directory
+    base_overrides = spec.get("overrides") or []
+    if isinstance(base_overrides, dict):
+        base_overrides = [f"{resolve_key(k)}={v}" for k, v in base_overrides.items()]
+    base = cfg_mod.load(base_file, list(base_overrides) + list(overrides))
+    axes, combos = _combinations(spec)
+    seeds = _seeds(spec.get("seeds"), base.run.seed)
+    members = []
+    for combo in combos:
+        for seed in seeds:
+            config = base
+            for key, value in combo.items():
+                config = cfg_mod.set_value(config, key, value)
+            config = cfg_mod.set_value(config, "run.seed", seed)
+            label = "_".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in combo.items())
+            name = f"m{len(members):03d}" + (f"_{label}" if label else "") + f"_seed={seed}"
+            try:
+                cfg_mod.validate(config)
+            except UserError as exc:
+                raise UserError(f"member {name}: {exc}")
+            members.append(Member(len(members), name, config, {**combo, "run.seed": seed}))
+    return Sweep(spec.get("name") or path.stem, base, tuple(axes), tuple(members), tuple(group_members(members)))
+
+
+def shape_key(config: Config) -> Config:
+    """The config with every array-valued field reset: equal keys -> one compiled program."""
+    defaults = {"agent": cfg_mod.AgentConfig(), "run": cfg_mod.RunConfig()}
+    for section, names in ARRAY_FIELDS.items():
+        reset = {n: getattr(defaults[section], n) for n in names}
+        config = replace(config, **{section: replace(getattr(config, section), **reset)})
+    return program_key(config)
+
+
+def group_members(members: list[Member]) -> list[Group]:
+    """Members grouped by shape, in first-appearance order."""
+    groups: dict[Config, list[Member]] = {}
+    for member in members:
+        groups.setdefault(shape_key(member.config), []).append(member)
+    return [Group(i, tuple(ms)) for i, ms in enumerate(groups.values())]
+
+
+def update_counts(config: Config, steps: int) -> np.ndarray:
+    """Critic updates at each of the first `steps` vector steps (exact, as the learner does)."""
+    rate = utd_fraction(config.agent.utd, config.env.num_envs)
+    start = max(config.agent.warmup_steps, config.agent.n_step - 1)
+    t = np.arange(steps, dtype=np.int64)
+    after = np.maximum(t - start, 0)
+    due = (after + 1) * rate.numerator // rate.denominator - after * rate.numerator // rate.denominator
+    return np.where(t >= start, due, 0)
+
+
+def masking_waste(group: Group) -> tuple[float, int, int]:
+    """(wasted fraction, useful updates, executed update slots) of a group's masked schedule.
+
+    Each vector step runs as many update slots as the busiest member needs, for every member;
+    a slot a member does not need is computed and discarded.
+    """
+    config = group.config
+    steps = -(-config.run.total_env_steps // (config.run.chunk_steps * config.env.num_envs)) * config.run.chunk_steps
+    counts = np.stack([update_counts(m.config, steps) for m in group.members])
+    useful = int(counts.sum())
+    executed = int(counts.max(axis=0).sum()) * len(group.members)
+    return (1.0 - useful / executed if executed else 0.0), useful, executed
+
+
+def format_value(value: Any) -> str:
+    """A swept value for tables: fractions stay fractions (1/512), floats keep their precision."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and 0 < value < 1 and Fraction(value).limit_denominator(1 << 20) == value:
+        frac = Fraction(value).limit_denominator(1 << 20)
+        return f"{frac.numerator}/{frac.denominator}" if frac.numerator == 1 else repr(value)
+    return str(value)

@@ -1,0 +1,202 @@
+"""Populations: member alone == member in population, divergence isolation, exact masked
+fractional UTD counts, grouping by shape, sharding over 2 CPU devices, results table, resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from pql_jax import population, sweep
+from pql_jax.cli import main
+from pql_jax.train import hparams_from_config, make_train, metrics_to_host
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["run.total_env_steps=4800", "run.chunk_steps=25", "run.checkpoint_every=2"]
+
+
+def write_sweep(tmp_path: Path, body: dict, name="sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "pointmass.yaml"), **body}))
+    return path
+
+
+def run_group(group, batching="map", devices=None):
+    program = population.GroupProgram(group, batching, devices)
+    states, out = program.initial_state(), []
+    for index in range(program.learner.num_chunks()):
+        states, metrics = program.step(states, index * group.config.run.chunk_steps)
+        out.append(metrics)
+    return out
+
+
+def run_alone(config):
+    learner = make_train(config)
+    state = jax.jit(learner.init)(jax.random.PRNGKey(config.run.seed), hparams_from_config(config))
+    chunk = jax.jit(learner.chunk)
+    out = []
+    for _ in range(learner.num_chunks()):
+        state, metrics = chunk(state)
+        out.append(metrics_to_host(metrics))
+    return out
+
+
+@pytest.fixture(scope="module")
+def utd_sweep(tmp_path_factory):
+    """3 fractional UTDs spanning 4x, 2 seeds: one group of 6 members."""
+    path = write_sweep(tmp_path_factory.mktemp("utd"), {"seeds": 2, "grid": {"utd": ["1/64", "1/32", "1/16"]}})
+    spec = sweep.load_sweep(path, SHORT)
+    return spec, run_group(spec.groups[0])
+
+
+def test_member_alone_equals_member_in_population(utd_sweep):
+    spec, population_metrics = utd_sweep
+    for position in (0, 5):  # slowest and fastest UTD
+        member = spec.groups[0].members[position]
+        alone = run_alone(member.config)
+        for chunk, (mine, theirs) in enumerate(zip(alone, population_metrics)):
+            for key, value in mine.items():
+                assert np.array_equal(value, theirs[key][position], equal_nan=True), (member.name, chunk, key)
+
+
+def test_neighbours_do_not_matter(utd_sweep):
+    """The same member in a population of 2 with a different neighbour and max UTD."""
+    spec, population_metrics = utd_sweep
+    members = spec.groups[0].members
+    pair = sweep.Group(0, (members[3], members[0]))  # utd 1/32 seed 1 first, then utd 1/64 seed 0
+    for mine, theirs in zip(run_group(pair), population_metrics):
+        for key in mine:
+            assert np.array_equal(mine[key][0], theirs[key][3], equal_nan=True), key
+            assert np.array_equal(mine[key][1], theirs[key][0], equal_nan=True), key
+
+
+def test_masked_fractional_utd_counts_are_exact(utd_sweep):
+    spec, population_metrics = utd_sweep
+    group = spec.groups[0]
+    for position, member in enumerate(group.members):
+        steps = int(population_metrics[-1]["vector_steps"][position])
+        expected = sweep.update_counts(member.config, steps).sum()
+        assert int(population_metrics[-1]["critic_updates"][position]) == expected
+        assert int(population_metrics[-1]["actor_updates"][position]) == expected // 2
+    waste, useful, executed = sweep.masking_waste(group)
+    assert useful == sum(int(population_metrics[-1]["critic_updates"][i]) for i in range(len(group.members)))
+    # UTDs 1/64, 1/32, 1/16 at 32 envs: 0.5, 1 and 2 updates per step; the group runs 2 slots a step.
+    assert executed == len(group.members) * 2 * (steps - max(member.config.agent.warmup_steps, 2))
+    assert waste == pytest.approx(1 - (0.5 + 1 + 2) / 6, abs=0.01)
+
+
+def test_vmap_batching_agrees_to_float_rounding(utd_sweep):
+    """vmap changes XLA's reduction order: equal counters, first chunk equal to ~1e-5."""
+    spec, mapped = utd_sweep
+    batched = run_group(spec.groups[0], "vmap")
+    for key in ("env_steps", "critic_updates", "actor_updates"):
+        assert np.array_equal(batched[-1][key], mapped[-1][key])
+    for key in ("critic_loss", "q_mean", "eval_return", "td_train"):
+        np.testing.assert_allclose(batched[0][key], mapped[0][key], rtol=1e-5, atol=1e-6)
+
+
+def test_divergent_member_is_frozen_and_flagged_others_unaffected(tmp_path):
+    path = write_sweep(tmp_path, {"zip": {"reward_scale": [1.0, 1e38], "gamma": [0.99, 1.0]}})
+    spec = sweep.load_sweep(path, SHORT)
+    assert len(spec.groups) == 1 and len(spec.groups[0].members) == 2
+    metrics = run_group(spec.groups[0])
+    healthy = run_alone(spec.groups[0].members[0].config)
+    assert metrics[-1]["diverged"][1] and not metrics[-1]["diverged"][0]
+    frozen_at = int(metrics[0]["env_steps"][1])
+    assert all(int(m["env_steps"][1]) == frozen_at for m in metrics)  # no progress after diverging
+    for mine, theirs in zip(healthy, metrics):
+        for key, value in mine.items():
+            assert np.array_equal(value, theirs[key][0], equal_nan=True), key
+
+
+def test_groups_split_by_shape_only(tmp_path):
+    path = write_sweep(tmp_path, {"seeds": [3, 4], "grid": {"utd": ["1/32", "1/16"], "batch_size": [64, 128],
+                                                          "critic_lr": [1e-4, 3e-4], "critic_width": [32, 64]}})
+    spec = sweep.load_sweep(path, SHORT)
+    assert len(spec.members) == 32
+    assert len(spec.groups) == 4  # batch_size x critic_width
+    for group in spec.groups:
+        shapes = {(m.config.agent.batch_size, m.config.agent.critic_width) for m in group.members}
+        assert len(shapes) == 1 and len(group.members) == 8
+        assert {m.config.run.seed for m in group.members} == {3, 4}
+
+
+def test_sharded_over_two_cpu_devices_matches_unsharded(tmp_path):
+    """Subprocess with 2 forced host devices: members split over devices give the numbers of the
+    1-device run (counters exactly; XLA's per-device CPU code rounds floats differently, ~1e-6)."""
+    script = tmp_path / "shard.py"
+    script.write_text(f"""
+import json, sys, jax, numpy as np
+sys.path.insert(0, {str(ROOT / 'tests')!r})
+from test_population import run_group, write_sweep, SHORT
+from pathlib import Path
+from pql_jax import sweep
+assert len(jax.devices()) == 2
+spec = sweep.load_sweep(write_sweep(Path({str(tmp_path)!r}), {{"seeds": 2, "grid": {{"utd": ["1/32", "1/16"]}}}}), SHORT)
+two = run_group(spec.groups[0], "map", jax.devices())
+one = run_group(spec.groups[0], "map", jax.devices()[:1])
+print(json.dumps({{"two": [{{k: v.tolist() for k, v in m.items()}} for m in two],
+                  "one": [{{k: v.tolist() for k, v in m.items()}} for m in one]}}))
+""")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    for two, one in zip(data["two"], data["one"]):
+        for key in ("env_steps", "critic_updates", "actor_updates", "diverged"):
+            assert two[key] == one[key], key
+    for key in ("critic_loss", "q_mean", "eval_return", "online_return"):
+        np.testing.assert_allclose(data["two"][0][key], data["one"][0][key], rtol=1e-5, atol=1e-5)
+
+
+def test_sweep_cli_table_tensorboard_and_resume(tmp_path, capsys):
+    path = write_sweep(tmp_path, {"seeds": 1, "grid": {"utd": ["1/32", "1/16"], "batch_size": [64, 128]}})
+    out, ref = tmp_path / "killed", tmp_path / "ref"
+    assert main(["sweep", str(path), "--out", str(ref), "--no-progress", *SHORT]) == 0
+    rows = list(csv.DictReader(open(ref / "results.csv")))
+    spec = sweep.load_sweep(path, SHORT)
+    chunks = make_train(spec.base).num_chunks()
+    assert len(rows) == len(spec.members) * chunks
+    for column in ("member", "env", "seed", "utd", "batch_size", "critic_lr", "model_size", "step", "return",
+                   "online_return", "critic_updates", "flops", "td_train", "diverged"):
+        assert column in rows[0], column
+    assert {r["utd_label"] for r in rows} == {"1/32", "1/16"}
+    assert len(list((ref / "tb").iterdir())) == len(spec.members)
+    # Interrupt after 3 chunks (mid group 0), then resume: the same table.
+    costs = {m.index: population.member_costs(m) for m in spec.members}
+    population.prepare_sweep_dir(out, spec, path, resume=False)
+    population.run_sweep(spec, out, costs, progress=False, stop_after_chunks=3)
+    assert main(["sweep", str(path), "--out", str(out), "--resume", "--no-progress", *SHORT]) == 0
+    resumed = list(csv.DictReader(open(out / "results.csv")))
+    key = lambda r: (r["member"], int(r["vector_steps"]))
+    for a, b in zip(sorted(rows, key=key), sorted(resumed, key=key)):
+        for column in ("return", "critic_loss", "critic_updates", "q_mean"):
+            assert a[column] == b[column], (a["member"], column)
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"grid": {"utdd": [1]}}, "unknown sweep axis 'utdd'"),
+    ({"grid": {"utd": []}}, "sweep axis 'utd' is empty"),
+    ({"grid": {"batch_size": ["big"]}}, "agent.batch_size"),
+    ({"grid": {"utd": [0.1, -1]}}, "agent.utd must be > 0"),
+    ({"zip": {"utd": [1, 2], "critic_lr": [1e-3]}}, "equal lengths"),
+    ({"grid": {"buffer_capacity": [10**11]}}, "needs ~"),
+    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"grids": {}}, "unknown sweep key 'grids'"),
+])
+def test_bad_sweep_is_one_line_exit_2_before_any_run(tmp_path, capsys, body, needle):
+    path = write_sweep(tmp_path, body)
+    out = tmp_path / "out"
+    code = main(["sweep", str(path), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not out.exists()
