@@ -240,21 +240,28 @@ class Learner:
         """Run `fn(state, key) -> (state, metrics)` when any member needs it, keep it where this one does.
 
         `group_pred` is the same for every member of a vmapped population, so the lax.cond
-        really skips the work when no member needs it; `own_pred` masks it per member (a select
-        over the network fields only, never the replay buffer).
+        really skips the work when no member needs it; `own_pred` masks it per member. Only the
+        network fields (LEARNED) pass through the cond: the replay buffer is read as a constant,
+        so it is never copied into the cond's outputs.
         """
-        zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, state, key)[1])
+        learned = {f: getattr(state, f) for f in LEARNED}
 
-        def run(st):
-            new, metrics = fn(st, key)
+        def run(fields):
+            new, metrics = fn(state.replace(**fields), key)
             keep = lambda a, b: jnp.where(own_pred, a, b)
-            merged = st.replace(**{f: jax.tree.map(keep, getattr(new, f), getattr(st, f)) for f in LEARNED})
-            return merged, jax.tree.map(lambda m: jnp.where(own_pred, m, jnp.zeros_like(m)), metrics)
+            kept = {f: jax.tree.map(keep, getattr(new, f), fields[f]) for f in LEARNED}
+            return kept, jax.tree.map(lambda m: jnp.where(own_pred, m, jnp.zeros_like(m)), metrics)
 
-        return jax.lax.cond(group_pred, run, lambda st: (st, zero), state)
+        zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(run, learned)[1])
+        fields, metrics = jax.lax.cond(group_pred, run, lambda fields: (fields, zero), learned)
+        return state.replace(**fields), metrics
 
     def update_phase(self, state: TrainState, sums, group: "PopulationSchedule | None", group_step, key):
-        """All critic (and actor) updates of one vector step, following the exact schedule."""
+        """All critic (and actor) updates of one vector step, following the exact schedule.
+
+        The loop carries only the network fields; buffer, statistics and hyperparameters are
+        loop constants.
+        """
         hp = state.hp
         own_count, own_before = self.updates_due(hp, state.step)
         if group is None:
@@ -264,7 +271,8 @@ class Learner:
             group_ratio = group.critic_actor_ratio
 
         def one(i, carry):
-            st, acc = carry
+            fields, acc = carry
+            st = state.replace(**fields)
             critic_key, actor_key = jax.random.split(jax.random.fold_in(key, i))
 
             def critic_then_actor(s, k):
@@ -275,9 +283,11 @@ class Learner:
                 return s, {**metrics, **actor_metrics}
 
             st, metrics = self.gated(jnp.any(i < group_count), i < own_count, critic_then_actor, st, critic_key)
-            return st, {k: acc[k] + metrics.get(k, 0.0) for k in acc}
+            return {f: getattr(st, f) for f in LEARNED}, {k: acc[k] + metrics.get(k, 0.0) for k in acc}
 
-        return jax.lax.fori_loop(0, self.max_updates, one, (state, sums))
+        learned = {f: getattr(state, f) for f in LEARNED}
+        fields, sums = jax.lax.fori_loop(0, self.max_updates, one, (learned, sums))
+        return state.replace(**fields), sums
 
     # ---- acting --------------------------------------------------------------------------
     def act(self, state: TrainState, env_state: EnvState, key, explore_stds):
