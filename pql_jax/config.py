@@ -242,18 +242,22 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parsed YAML of `path` ({} when empty); UserError if missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (None: defaults), apply overrides, validate."""
     config = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}")
-        config = from_dict(data, config)
+        config = from_dict(read_yaml(path), config)
     config = apply_overrides(config, list(overrides))
     validate(config)
     return config

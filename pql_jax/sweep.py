@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from pql_jax import config as cfg_mod
 from pql_jax.config import Config, utd_fraction
@@ -129,12 +128,7 @@ def _short(value: Any) -> str:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read a sweep file: members, their validated configs and their groups. UserError on bad input."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file {path} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    spec = cfg_mod.read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise UserError(f"sweep file {path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
     unknown = sorted(set(spec) - set(SPEC_KEYS))
