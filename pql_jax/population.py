@@ -3,7 +3,6 @@ whose population axis is sharded over every visible device."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from pql_jax.checkpoint import Checkpointer
 from pql_jax.costs import Costs, device_memory_bytes, format_bytes, run_costs
