@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
                                   "after another, bit-identical to single runs); auto: map on CPU, vmap otherwise")
         cmd.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the base config")
         cmd.set_defaults(func=func)
+    wf = sub.add_parser("workflow", help="the scaling workflow: sweeps -> fitted laws -> proposal -> verification",
+                        description=_cmd_workflow.__doc__)
+    wf.add_argument("workflow_file", metavar="WORKFLOW.yaml")
+    wf.add_argument("--out", required=True, help="run directory (one folder per stage, report.md)")
+    wf.add_argument("--from", dest="start", metavar="STAGE",
+                    help="rerun from this stage (hparam_sweep, fit_hparams, utd_sweep, fit_laws, verify, report)")
+    wf.add_argument("--no-progress", action="store_true", help="no progress bars")
+    wf.set_defaults(func=_cmd_workflow)
     envs = sub.add_parser("envs", help="list the env names pql_jax accepts")
     envs.set_defaults(func=_cmd_envs)
     from pql_jax.scaling import cli as scaling_cli
@@ -100,6 +108,16 @@ def _cmd_sweep(args) -> int:
     diverged = [r["member"] for r in finished if r.get("diverged")]
     print(f"done: {len(spec.members)} members; results in {out / population.RESULTS_FILE}"
           + (f"; diverged: {', '.join(diverged)}" if diverged else ""))
+    return 0
+
+
+def _cmd_workflow(args) -> int:
+    """Run the scaling workflow; finished stages are skipped, an interrupted sweep resumes."""
+    from pql_jax import workflow
+
+    report = workflow.run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress)
+    print(f"done: report in {report}; figures in {report.parent / 'report' / 'figures'} and "
+          f"{report.parent / 'fit_laws' / 'figures'}")
     return 0
 
 

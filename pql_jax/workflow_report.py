@@ -1,0 +1,253 @@
+"""The workflow's last stage: ``OUT/report.md`` (every law with its fitted values and
+uncertainties, extrapolation errors, TD-overfitting diagnostics, the proposal and its
+verification) and ``OUT/report/figures/``. Reads only files of the earlier stages."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _g(x, digits: int = 3) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return f"{x:.{digits}g}" if np.isfinite(x) else "n/a"
+
+
+def _table(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    cols = [c for c in cols if c in df.columns]
+    if df.empty or not cols:
+        return ["(none)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_g(r[c]) if not isinstance(r[c], str) else r[c] for c in cols) + " |")
+    return lines
+
+
+def _power_law(lines: list, name: str, fit: dict) -> None:
+    if not fit:
+        return
+    for env, p in fit["params"].items():
+        se = fit.get("se", {}).get(env, {})
+        bse = (fit.get("bootstrap_se", {}).get("slope") or {}).get(env)
+        lines.append(f"- {name} ({env}): {_g(p['coef'])} (+- {_g(se.get('coef'))}) x utd^-{_g(p['slope'])} "
+                     f"(slope +- {_g(se.get('slope'))} Hessian" + (f", +- {_g(bse)} bootstrap" if bse else "")
+                     + f"), i.e. ({_g(p['beta'])} / utd)^{_g(p['slope'])}; log-loss {_g(fit['loss'])}, "
+                     f"{fit['n']} points")
+        if se.get("slope") is not None and se["slope"] > abs(p["slope"]):
+            lines.append(f"  - the slope is not distinguishable from 0 (SE {_g(se['slope'])} > |{_g(p['slope'])}|): "
+                         "within this sweep the best value does not measurably depend on the UTD")
+
+
+def _td_table(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Final-point mean training / validation TD error (and passive critics) per value of ``by``."""
+    if df.empty or by not in df.columns or "td_train" not in df.columns:
+        return pd.DataFrame()
+    last = df.sort_values("step").groupby("member").tail(1)
+    cols = [c for c in last.columns if c in ("td_train", "td_val", "td_gap") or
+            (c.startswith("passive") and c.endswith(("td_train", "td_val")))]
+    t = last.groupby(by)[cols].mean(numeric_only=True).reset_index()
+    return t
+
+
+def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    ver = _csv(out / "verify" / "verification.csv")
+    cross = _csv(out / "fit_laws" / "crossings.csv")
+    fitj = _json(out / "fit_laws" / "fit.json")
+    if not cross.empty:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for lv, sub in cross.groupby("level"):
+            ok = sub[np.isfinite(sub["data"])]
+            line = ax.plot(ok["utd"], ok["data"], "o", label=f"J={sub['threshold'].iloc[0]:g}")[0]
+            pred = _csv(out / "fit_laws" / "predictions.csv")
+            if not pred.empty and "data_fit" in pred:
+                p = pred[pred["level"] == lv].sort_values("utd")
+                ax.plot(p["utd"], p["data_fit"], "-", color=line.get_color(), alpha=0.6)
+            if not ver.empty:
+                v = ver[ver["level"] == lv]
+                ax.plot(v["utd_value"], v["data_pred"], "s", mfc="none", color=line.get_color())
+                ax.plot(v["utd_value"], v["data_measured"], "*", ms=11, color=line.get_color())
+        ax.set(xscale="log", yscale="log", xlabel="UTD sigma", ylabel="env steps to threshold D_J",
+               title="D_J(sigma): sweep (o), fit (-), verify predicted (square) / measured (*)")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(figdir / "verification.png", dpi=110)
+        plt.close(fig)
+        made.append(("verification.png", "D_J(sigma) with the held-out verification"))
+    del fitj
+    hp = _csv(out / "hparam_sweep" / "results.csv")
+    ut = _csv(out / "utd_sweep" / "results.csv")
+    panels = [(d, by) for d, by in ((hp, "batch_size"), (ut, "critic_width")) if not _td_table(d, by).empty]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+        for ax, (d, by) in zip(axes[0], panels):
+            t = _td_table(d, by)
+            for col in [c for c in t.columns if c != by]:
+                if t[col].notna().any():
+                    ax.plot(t[by], t[col], "o-", label=col)
+            ax.set(xscale="log", yscale="log", xlabel=by, ylabel="TD error (final point, mean)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(figdir / "td_overfitting.png", dpi=110)
+        plt.close(fig)
+        made.append(("td_overfitting.png", "training vs validation TD error across batch size and critic width"))
+    return made
+
+
+def stage_report(wf, out: Path, progress: bool = True, log=print) -> dict:
+    """Write OUT/report.md and OUT/report/figures/."""
+    from pql_jax.workflow import STAGES, read_marker, utd_text
+
+    figdir = out / "report" / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    made = _figures(out, figdir)
+    L = [f"# Scaling workflow `{wf.name}`", "",
+         f"Workflow file: `{wf.path}` (copy: `workflow.yaml`); base config `{wf.base_path}`; returns normalised "
+         f"to 0..1000 by max return {wf.spec['max_return']}.", "", "## Stages", ""]
+    L += _table(pd.DataFrame([{"stage": s, "seconds": read_marker(out, s).get("seconds", "running"),
+                                "finished": read_marker(out, s).get("finished", "")} for s in STAGES[:-1]]),
+                ["stage", "seconds", "finished"])
+
+    # step 1-4
+    fh = _json(out / "fit_hparams" / "summary.json")
+    L += ["", "## Best batch size and learning rate (hparam sweep)", "",
+          f"Sweep: UTD {', '.join(utd_text(u) for u in wf.hparam['utd'])} x batch size "
+          f"{wf.hparam['batch_size']} x learning rate {wf.hparam['lr']}, seeds {wf.spec.get('seeds', 1)}; "
+          f"best values picked at threshold J = {_g(fh.get('threshold'))} (seed bootstrap, eqs. D.1/D.4).", ""]
+    L += _table(_csv(out / "fit_hparams" / "best_hparams.csv"),
+                ["utd", "batch_size", "batch_size_std", "n_batch_size", "lr", "lr_std", "n_lr"])
+    L.append("")
+    _power_law(L, "B*(sigma)", _json(out / "fit_hparams" / "fit_batch_size.json"))
+    _power_law(L, "eta*(sigma)", _json(out / "fit_hparams" / "fit_learning_rate.json"))
+    for n in fh.get("notes", []):
+        L.append(f"- note: {n}")
+    L += ["", "Settings of the UTD sweep (batch size rounded to a multiple of 16, lr to 3 s.f.):", ""]
+    L += _table(_csv(out / "fit_hparams" / "settings.csv"),
+                ["utd", "batch_size_raw", "batch_size_source", "batch_size", "lr_raw", "lr_source", "lr"])
+
+    # step 5-8
+    fl = _json(out / "fit_laws" / "summary.json")
+    L += ["", "## Data efficiency, compute and budget (UTD sweep)", ""]
+    if not fl.get("fitted"):
+        L.append(f"**No laws fitted**: {fl.get('reason', 'fit_laws did not run')}. The sweep's crossings "
+                 "are below; no line is drawn through them.")
+        cr = _csv(out / "utd_sweep" / "results.csv")
+        if not cr.empty:
+            last = cr.sort_values("step").groupby("member").tail(1)
+            L += ["", "Final eval return per UTD (raw, mean over seeds):", ""]
+            L += _table(last.groupby("utd_label")["return"].agg(["mean", "std"]).reset_index(),
+                        ["utd_label", "mean", "std"])
+    else:
+        cross = _csv(out / "fit_laws" / "crossings.csv")
+        fit = _json(out / "fit_laws" / "fit.json")
+        L += [f"D_J law: `{fit.get('formula', fit.get('form', ''))}`", ""]
+        for lv, f in sorted((fit.get("levels") or {}).items(), key=lambda kv: int(kv[0])):
+            sub = cross[cross["level"] == int(lv)] if not cross.empty else cross
+            reached = int(sub["reached"].sum()) if len(sub) else 0
+            L.append(f"- J = {_g(sub['threshold'].iloc[0]) if len(sub) else '?'}: "
+                     f"{reached} of {len(sub)} (UTD, N) cells reach it")
+            for env, p in (f.get("params") or {}).items():
+                se = (f.get("se") or {}).get(env) or {}
+                bse = (f.get("bootstrap_se") or {}).get(env) or {}
+                L.append(f"  - {env}: " + ", ".join(
+                    f"{k} = {_g(v)} (+- {_g(se.get(k))} Hessian" + (f", +- {_g(bse.get(k))} bootstrap)" if bse else ")")
+                    for k, v in p.items()) + f"; log-loss {_g(f.get('loss'))}, {f.get('n')} points")
+                loose = [k for k, v in p.items() if bse.get(k, 0) > abs(v) or se.get(k, 0) > abs(v)]
+                if loose:
+                    L.append(f"    - not determined by this data (SE > value): {', '.join(loose)}")
+        if not cross.empty:
+            miss = cross.groupby("level")["reached"].sum()
+            for lv, n in miss.items():
+                if n < 3:
+                    L.append(f"- J = {_g(cross.loc[cross['level'] == lv, 'threshold'].iloc[0])}: only {int(n)} UTD(s) "
+                             "reach it, too few for a law (needs 3): not fitted")
+        L += ["", "Crossings (env steps to threshold, best-tuned cell, bootstrap std):", ""]
+        L += _table(cross, ["utd", "model_size", "threshold", "data", "data_std", "reached_frac"])
+        pred = _csv(out / "fit_laws" / "predictions.csv")
+        if "held_out" in pred.columns and pred["held_out"].any():
+            h = pred[pred["held_out"] & np.isfinite(pred["data"])]
+            h = h.assign(rel_error=(h["data_fit"] - h["data"]) / h["data"])
+            L += ["", "Held-out points of the D_J fit (extrapolation error):", ""]
+            L += _table(h, ["utd", "threshold", "data", "data_fit", "rel_error"])
+        fb = _json(out / "fit_laws" / "fit_budget.json")
+        if fb:
+            L += ["", f"Compute C_J = k N B*(sigma) sigma D_J with k = {_g(fb.get('k'))}; budget F = C + delta D "
+                  f"with delta = {_g(fb.get('delta'))} FLOPs per env step.", ""]
+            L += _table(_csv(out / "fit_laws" / "budget.csv"),
+                        ["threshold", "utd", "utd_se", "model_size", "data", "compute", "budget", "budget_se"])
+            laws = fb.get("laws") or {}
+            for y, law in laws.items():
+                for env, c in (law.get("coef") or {}).items():
+                    L.append(f"- {y}*(F) ({env}) = {_g(c)} F^{_g(law['exponent'])}"
+                             + (f" (exponent +- {_g(law['exponent_se'])})" if "exponent_se" in law else ""))
+            if not laws:
+                L.append("- sigma*(F) law not fitted (needs >= 3 thresholds with a budget optimum)")
+        for n in fl.get("notes", []):
+            L.append(f"- note: {n}")
+        L += ["", "Figures of the fit: " + ", ".join(
+            f"[{f}](fit_laws/figures/{f})" for f in sorted(os.listdir(out / "fit_laws" / "figures")))
+              if (out / "fit_laws" / "figures").is_dir() else ""]
+
+    # proposal + verification
+    L += ["", "## Proposal and verification", ""]
+    L += _table(_csv(out / "fit_laws" / "proposal.csv"),
+                ["target", "utd", "batch_size", "lr", "model_size", "budget", "data_pred", "compute_pred"])
+    vs = _json(out / "verify" / "summary.json")
+    ver = _csv(out / "verify" / "verification.csv")
+    if not vs.get("verified"):
+        L += ["", f"Not verified: {vs.get('reason', 'verify did not run')}."]
+    else:
+        L += ["", "Measured vs predicted data-to-threshold at the proposed settings (held out from every fit):", ""]
+        L += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_measured",
+                          "data_measured_std", "rel_error"])
+        bad = ver[~ver["reached"].astype(bool)] if "reached" in ver else ver.iloc[:0]
+        if len(bad):
+            L.append(f"- {len(bad)} threshold(s) not reached by the verification runs: no measured D_J there.")
+        ok = ver[np.isfinite(ver["rel_error"])] if "rel_error" in ver else ver.iloc[:0]
+        if len(ok):
+            L.append(f"- median |relative error| {_g(np.median(np.abs(ok['rel_error'])))} over {len(ok)} threshold(s)")
+
+    # TD overfitting
+    L += ["", "## TD-overfitting diagnostics", "",
+          "Final-point mean TD error on training batches (`td_train`) and on a held-out validation stream "
+          "(`td_val`, needs `env.val_envs > 0`); `passive*` columns are passive critics (trained on the same "
+          "batches onto the main critic's targets, never acting).", ""]
+    for name, d, by in (("hparam sweep, by batch size", _csv(out / "hparam_sweep" / "results.csv"), "batch_size"),
+                        ("UTD sweep, by critic width", _csv(out / "utd_sweep" / "results.csv"), "critic_width")):
+        t = _td_table(d, by)
+        L += [f"{name}:", ""]
+        if t.empty or ("td_val" in t and not t["td_val"].notna().any()):
+            L.append("(no validation TD error logged: set env.val_envs > 0)" if not t.empty else "(none)")
+            if not t.empty:
+                L += [""] + _table(t, list(t.columns))
+        else:
+            L += _table(t, list(t.columns))
+        L.append("")
+    if made:
+        L += ["## Figures", ""] + [f"- [{f}](report/figures/{f}): {desc}" for f, desc in made]
+    (out / "report.md").write_text("\n".join(L) + "\n")
+    return {"report": str(out / "report.md"), "figures": [str(figdir / f) for f, _ in made]}

@@ -1,0 +1,148 @@
+"""The scaling workflow end to end on test:pointmass at seconds-scale settings: every stage and
+artifact, resume after an interrupted stage, --from, and bad input (one line, exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pql_jax import workflow
+from pql_jax.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MINI = {
+    "name": "mini",
+    "base": str(ROOT / "configs" / "pointmass.yaml"),
+    "overrides": {"env.num_envs": 8, "env.eval_envs": 8, "env.val_envs": 4, "run.total_env_steps": 3200,
+                  "run.chunk_steps": 50, "run.checkpoint_every": 4, "agent.critic_width": 32, "agent.actor_width": 32,
+                  "agent.buffer_capacity": 10000, "agent.passive_critic_widths": [16]},
+    "seeds": 2,
+    "max_return": 50,
+    "n_thresholds": 3,
+    "resamples": 20,
+    "hparam_sweep": {"utd": ["1/8", "1/4", "1/2"], "batch_size": [32, 64], "lr": [1e-3, 3e-3]},
+    # one batch size in the UTD sweep and verify keeps this test to few compiled programs
+    "utd_sweep": {"utd": ["1/16", "1/8", "1/4", "1/2", "1"], "batch_size_range": [32, 32]},
+    "verify": {"utd": "3/4"},
+}
+
+
+def _write(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _mtimes(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Run the workflow with a failure injected after stage 2, then resume it through the CLI."""
+    import jax
+
+    tmp = tmp_path_factory.mktemp("wf")
+    # identical programs (verify rerun by --from) are then loaded instead of recompiled
+    old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    jax.config.update("jax_compilation_cache_dir", str(tmp / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    try:
+        yield _run(tmp)
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
+
+
+def _run(tmp: Path):
+    wf = _write(tmp / "mini.yaml", MINI)
+    out = tmp / "out"
+    with pytest.raises(RuntimeError, match="injected"):
+        workflow.run_workflow(wf, out, progress=False, log=lambda *a: None, fail_after="fit_hparams")
+    assert workflow.is_done(out, "fit_hparams") and not (out / "utd_sweep" / "done.json").exists()
+    before = _mtimes(out)
+    assert main(["workflow", str(wf), "--out", str(out), "--no-progress"]) == 0
+    return wf, out, before
+
+
+def test_every_stage_and_artifact(run):
+    wf, out, _ = run
+    for stage in workflow.STAGES:
+        assert workflow.is_done(out, stage), stage
+    for f in ("workflow.yaml", "hparam_sweep/sweep.yaml", "hparam_sweep/results.csv", "fit_hparams/best_hparams.csv",
+              "fit_hparams/settings.csv", "utd_sweep/sweep.yaml", "utd_sweep/results.csv", "fit_laws/summary.json",
+              "verify/summary.json", "report.md"):
+        assert (out / f).is_file(), f
+    hp = pd.read_csv(out / "hparam_sweep" / "results.csv")
+    assert hp["member"].nunique() == 3 * 2 * 2 * 2 and {"td_train", "td_val"} <= set(hp.columns)
+    settings = pd.read_csv(out / "fit_hparams" / "settings.csv")
+    assert len(settings) == 6 and (settings["batch_size"] % 16 == 0).all()
+    assert (settings["batch_size"] == 32).all() and (settings["lr"] > 0).all()
+    ut = pd.read_csv(out / "utd_sweep" / "results.csv")
+    assert ut["member"].nunique() == 5 * 2 and ut["utd"].max() / ut["utd"].min() >= 16
+    report = (out / "report.md").read_text()
+    for heading in ("Best batch size", "Data efficiency", "Proposal and verification", "TD-overfitting"):
+        assert heading in report
+    fl = json.loads((out / "fit_laws" / "summary.json").read_text())
+    if fl["fitted"]:
+        for f in ("fit.json", "crossings.csv", "budget.csv", "proposal.csv", "verify_plan.csv"):
+            assert (out / "fit_laws" / f).is_file(), f
+        ver = pd.read_csv(out / "verify" / "verification.csv")
+        assert {"data_pred", "data_measured", "rel_error"} <= set(ver.columns) and (ver["data_pred"] > 0).all()
+        assert (ver["utd_value"] == 0.75).all()
+    else:
+        assert "No laws fitted" in report and fl["reason"] in report
+
+
+def test_resume_redoes_nothing_finished(run):
+    _, out, before = run
+    after = _mtimes(out)
+    for f, t in before.items():
+        if f.startswith(("hparam_sweep/", "fit_hparams/")) or f == "workflow.yaml":
+            assert after[f] == t, f"{f} was rewritten on resume"
+    # a finished workflow run again does nothing
+    wf = run[0]
+    assert main(["workflow", str(wf), "--out", str(out), "--no-progress"]) == 0
+    assert _mtimes(out) == after
+
+
+def test_from_stage_reruns_it_and_later_only(run):
+    wf, out, _ = run
+    before = _mtimes(out)
+    assert main(["workflow", str(wf), "--out", str(out), "--from", "fit_laws", "--no-progress"]) == 0
+    after = _mtimes(out)
+    for f, t in before.items():
+        if f.startswith(("hparam_sweep/", "fit_hparams/", "utd_sweep/")):
+            assert after[f] == t, f
+    assert after["fit_laws/done.json"] > before["fit_laws/done.json"]
+    assert after["report.md"] > before["report.md"]
+
+
+def _bad(capsys, argv, out: Path) -> str:
+    snapshot = _mtimes(out) if out.exists() else None
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    if snapshot is not None:
+        assert _mtimes(out) == snapshot
+    return err
+
+
+def test_bad_input(run, tmp_path, capsys):
+    wf, out, _ = run
+    assert "unknown stage" in _bad(capsys, ["workflow", str(wf), "--out", str(out), "--from", "nope"], out)
+    spec = {k: v for k, v in MINI.items()}
+    spec["hparam_sweep"] = {"utd": ["1/16", "1/4", "1"], "batch_size": [32, 64]}
+    missing = _write(tmp_path / "missing.yaml", spec)
+    assert "hparam_sweep.lr" in _bad(capsys, ["workflow", str(missing), "--out", str(tmp_path / "o1")], tmp_path / "o1")
+    assert not (tmp_path / "o1").exists()
+    other = _write(tmp_path / "other.yaml", {**MINI, "seeds": 3})
+    assert "different workflow" in _bad(capsys, ["workflow", str(other), "--out", str(out)], out)
+    narrow = _write(tmp_path / "narrow.yaml", {**MINI, "utd_sweep": {"utd": ["1/8", "1/4", "1/2"]}})
+    assert "16x" in _bad(capsys, ["workflow", str(narrow), "--out", str(tmp_path / "o2")], tmp_path / "o2")
+    held = _write(tmp_path / "held.yaml", {**MINI, "verify": {"utd": "1/4"}})
+    assert "held out" in _bad(capsys, ["workflow", str(held), "--out", str(tmp_path / "o3")], tmp_path / "o3")
