@@ -215,7 +215,13 @@ def stage_report(wf, out: Path, progress: bool = True, log=print) -> dict:
     # proposal + verification
     L += ["", "## Proposal and verification", ""]
     L += _table(_csv(out / "fit_laws" / "proposal.csv"),
-                ["target", "utd", "batch_size", "lr", "model_size", "budget", "data_pred", "compute_pred"])
+                ["target", "utd_proposed", "utd", "batch_size", "lr", "model_size", "budget", "data_pred",
+                 "compute_pred"])
+    L.append("")
+    L.append("(`utd_proposed`: sigma*(F) of the budget law; `utd`: rounded to a binary fraction the learner runs "
+             "exactly; `data_pred` / `compute_pred` of a budget row: D*(F), C*(F) of the budget power laws, i.e. at "
+             "the threshold that budget implies. The table below compares D_J at the fitted thresholds, at the "
+             "proposed settings, on fresh seeds.)")
     vs = _json(out / "verify" / "summary.json")
     ver = _csv(out / "verify" / "verification.csv")
     if not vs.get("verified"):

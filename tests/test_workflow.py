@@ -28,7 +28,7 @@ MINI = {
     "hparam_sweep": {"utd": ["1/8", "1/4", "1/2"], "batch_size": [32, 64], "lr": [1e-3, 3e-3]},
     # one batch size in the UTD sweep and verify keeps this test to few compiled programs
     "utd_sweep": {"utd": ["1/16", "1/8", "1/4", "1/2", "1"], "batch_size_range": [32, 32]},
-    "verify": {"utd": "3/4"},
+    "verify": {"utd": "3/4", "budget": "4x"},
 }
 
 
@@ -59,13 +59,36 @@ def run(tmp_path_factory):
 
 
 def _run(tmp: Path):
+    from pql_jax import population
+
     wf = _write(tmp / "mini.yaml", MINI)
     out = tmp / "out"
     with pytest.raises(RuntimeError, match="injected"):
         workflow.run_workflow(wf, out, progress=False, log=lambda *a: None, fail_after="fit_hparams")
     assert workflow.is_done(out, "fit_hparams") and not (out / "utd_sweep" / "done.json").exists()
     before = _mtimes(out)
+    # then the process "dies" inside the UTD sweep, after 4 chunks (a checkpoint)
+    real, calls = population.run_sweep, []
+
+    def interrupted(*args, **kw):
+        calls.append(kw["resume"])
+        real(*args, **{**kw, "stop_after_chunks": 4})
+        raise KeyboardInterrupt
+
+    population.run_sweep = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workflow.run_workflow(wf, out, progress=False, log=lambda *a: None)
+    finally:
+        population.run_sweep = real
+    assert calls == [False] and not workflow.is_done(out, "utd_sweep")
+    partial = pd.read_csv(out / "utd_sweep" / "run" / "results.csv")
     assert main(["workflow", str(wf), "--out", str(out), "--no-progress"]) == 0
+    resumed = pd.read_csv(out / "utd_sweep" / "results.csv")
+    first = resumed[resumed["step"] <= partial["step"].max()]
+    assert partial["step"].max() == 4 * 400 and len(first) == len(partial)
+    assert (first["wall_time"].to_numpy() == partial["wall_time"].to_numpy()).all()  # chunks 1-4 not redone
+    assert resumed["step"].max() == 3200
     return wf, out, before
 
 
@@ -93,7 +116,8 @@ def test_every_stage_and_artifact(run):
             assert (out / "fit_laws" / f).is_file(), f
         ver = pd.read_csv(out / "verify" / "verification.csv")
         assert {"data_pred", "data_measured", "rel_error"} <= set(ver.columns) and (ver["data_pred"] > 0).all()
-        assert (ver["utd_value"] == 0.75).all()
+        assert (ver.loc[ver["target"] == "utd 3/4", "utd_value"] == 0.75).all()
+        assert set(ver["target"]) <= {"utd 3/4"} | {t for t in ver["target"] if t.startswith("budget ")}
     else:
         assert "No laws fitted" in report and fl["reason"] in report
 
