@@ -262,6 +262,7 @@ def stage_verify(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         measured = float(m["data"].min()) if len(m) else float("nan")
         std = float(m["data_std"].iloc[0]) if len(m) else float("nan")
         rows.append({**p.to_dict(), "data_measured": measured, "data_measured_std": std,
+                     "first_log": float(df["step"].min()),
                      "reached": bool(np.isfinite(measured)),
                      "rel_error": (p["data_pred"] - measured) / measured if np.isfinite(measured) else float("nan")})
     pd.DataFrame(rows).to_csv(d / "verification.csv", index=False)

@@ -47,10 +47,10 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
     for env, p in fit["params"].items():
         se = fit.get("se", {}).get(env, {})
         bse = (fit.get("bootstrap_se", {}).get("slope") or {}).get(env)
-        lines.append(f"- {name} ({env}): {_g(p['coef'])} (+- {_g(se.get('coef'))}) x utd^-{_g(p['slope'])} "
+        lines.append(f"- {name} ({env}): {_g(p['coef'])} (+- {_g(se.get('coef'))}) x utd^({_g(-p['slope'])}) "
                      f"(slope +- {_g(se.get('slope'))} Hessian" + (f", +- {_g(bse)} bootstrap" if bse else "")
-                     + f"), i.e. ({_g(p['beta'])} / utd)^{_g(p['slope'])}; log-loss {_g(fit['loss'])}, "
-                     f"{fit['n']} points")
+                     + ")" + (f", i.e. ({_g(p['beta'])} / utd)^{_g(p['slope'])}" if p['slope'] > 0 else "")
+                     + f"; log-loss {_g(fit['loss'])}, {fit['n']} points")
         if se.get("slope") is not None and se["slope"] > abs(p["slope"]):
             lines.append(f"  - the slope is not distinguishable from 0 (SE {_g(se['slope'])} > |{_g(p['slope'])}|): "
                          "within this sweep the best value does not measurably depend on the UTD")
@@ -230,6 +230,12 @@ def stage_report(wf, out: Path, progress: bool = True, log=print) -> dict:
         L += ["", "Measured vs predicted data-to-threshold at the proposed settings (held out from every fit):", ""]
         L += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_measured",
                           "data_measured_std", "rel_error"])
+        if "first_log" in ver:
+            early = ver[ver["data_measured"] <= ver["first_log"] * (1 + 1e-9)]
+            if len(early):
+                L.append(f"- {len(early)} threshold(s) were already reached at the first logging point "
+                         f"({_g(early['first_log'].iloc[0])} env steps): the measured D_J there is an upper bound, "
+                         "not a measurement; log more often (`run.chunk_steps`) to resolve it.")
         bad = ver[~ver["reached"].astype(bool)] if "reached" in ver else ver.iloc[:0]
         if len(bad):
             L.append(f"- {len(bad)} threshold(s) not reached by the verification runs: no measured D_J there.")
