@@ -18,7 +18,7 @@ from pql_jax.errors import UserError
 from pql_jax.metrics import MetricsTable, TensorBoard
 from pql_jax.runner import host_row
 from pql_jax.sweep import Group, Member, Sweep, format_value, masking_waste
-from pql_jax.train import PopulationSchedule, hparams_from_config, make_train, metrics_to_host
+from pql_jax.train import PopulationSchedule, hparams_from_config, make_train, metrics_to_host, num_chunks
 
 RESULTS_FILE = "results.csv"
 HPARAM_COLUMNS = ("env.name", "env.num_envs", "agent.utd", "agent.batch_size", "agent.critic_lr", "agent.actor_lr",
@@ -177,7 +177,7 @@ def run_sweep(sweep: Sweep, out: Path, costs: dict[int, Costs], resume: bool = F
     """Train every group of the sweep; returns the last row of each member."""
     from tqdm.auto import tqdm
 
-    total = sum(make_train(g.config).num_chunks() * g.config.run.chunk_steps * g.config.env.num_envs * len(g.members)
+    total = sum(num_chunks(g.config) * g.config.run.chunk_steps * g.config.env.num_envs * len(g.members)
                 for g in sweep.groups)
     bar = tqdm(total=total, unit="step", unit_scale=True, disable=not progress, dynamic_ncols=True, desc="sweep")
     last_rows: list[dict] = []

@@ -20,7 +20,7 @@ from pql_jax import config as cfg_mod
 from pql_jax.config import Config, utd_fraction
 from pql_jax.errors import UserError
 from pql_jax.schedule import max_updates_per_step
-from pql_jax.train import program_key
+from pql_jax.train import num_chunks, program_key
 
 # Fields that live in the array-valued HParams / run seed: they may differ within a group.
 ARRAY_FIELDS = {
@@ -195,7 +195,7 @@ def masking_waste(group: Group) -> tuple[float, int, int]:
     a slot a member does not need is computed and discarded.
     """
     config = group.config
-    steps = -(-config.run.total_env_steps // (config.run.chunk_steps * config.env.num_envs)) * config.run.chunk_steps
+    steps = num_chunks(config) * config.run.chunk_steps
     counts = np.stack([update_counts(m.config, steps) for m in group.members])
     useful = int(counts.sum())
     executed = int(counts.max(axis=0).sum()) * len(group.members)

@@ -316,13 +316,17 @@ class Learner:
 
     def num_chunks(self) -> int:
         """Chunks that cover run.total_env_steps."""
-        per_chunk = self.config.run.chunk_steps * self.config.env.num_envs
-        return -(-self.config.run.total_env_steps // per_chunk)
+        return num_chunks(self.config)
 
     def train(self, key) -> tuple[TrainState, dict]:
         """The whole run as one pure function of the key: (final state, metrics stacked per chunk)."""
         state = self.init(key, hparams_from_config(self.config))
         return jax.lax.scan(lambda s, _: self.chunk(s), state, None, length=self.num_chunks())
+
+
+def num_chunks(config: Config) -> int:
+    """Chunks of `run.chunk_steps` vector steps that cover `run.total_env_steps`."""
+    return -(-config.run.total_env_steps // (config.run.chunk_steps * config.env.num_envs))
 
 
 _PROGRAMS: dict = {}
