@@ -114,7 +114,7 @@ def pql_overrides(args, task):
 def run_pql(args, task, seed):
     import jax
     from pql_jax import config as C
-    from pql_jax import train as T
+    from pql_jax.learner import pql as T
 
     t_start = time.time()
     overrides = pql_overrides(args, task)

@@ -52,7 +52,7 @@ def _cmd_train(args) -> int:
     from pathlib import Path
 
     from pql_jax import config as cfg_mod
-    from pql_jax import runner
+    from pql_jax.run import loop as runner
 
     if args.resume and args.config:
         raise UserError("--resume takes its config from the run directory; drop --config")
@@ -77,7 +77,7 @@ def _cmd_train(args) -> int:
 
 
 def _load_and_plan(args):
-    from pql_jax import population, sweep
+    from pql_jax.run import program as population, sweep
 
     spec = sweep.load_sweep(args.sweep_file, args.overrides)
     costs = {m.index: population.member_costs(m) for m in spec.members}
@@ -96,7 +96,7 @@ def _cmd_sweep(args) -> int:
     """Train a sweep: one vmapped, sharded program per group; results.csv has one row per member and logging point."""
     from pathlib import Path
 
-    from pql_jax import population
+    from pql_jax.run import program as population
 
     spec, costs, lines = _load_and_plan(args)
     print("\n".join(lines))
@@ -113,7 +113,7 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_workflow(args) -> int:
     """Run the scaling workflow; finished stages are skipped, an interrupted sweep resumes."""
-    from pql_jax import workflow
+    from pql_jax.workflow import spec as workflow
 
     report = workflow.run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress)
     print(f"done: report in {report}; figures in {report.parent / 'report' / 'figures'} and "

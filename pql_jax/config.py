@@ -1,6 +1,17 @@
 """Typed, frozen run configuration: YAML files plus dotted `key=value` overrides, validated.
 
-Every field is documented once, here. Sections: `env`, `agent`, `run`.
+Every field is documented once, here. Sections: `env`, `agent`, `run`. Each field also declares
+once what it is to a compiled program:
+
+- `member(...)`: a per-member value (an array in the learner's `HParams`, or the seed): members of
+  one population may differ in it and still share one compiled program;
+- `shape(...)`: shapes the compiled program (array sizes, network structure, env): members that
+  differ in it need separate programs; `column=True` also puts it in the results table;
+- `host(...)`: read only by the host loop (run length, checkpoints, memory limit).
+
+Everything else is derived from these declarations: `HParams`, the sweep's grouping, the results
+table's hyperparameter columns and the compiled-program cache key. This module also holds the
+one UTD parser (`parse_number`, `parse_utd`) and formatter (`format_utd`).
 """
 
 from __future__ import annotations
@@ -17,14 +28,31 @@ import yaml
 
 from pql_jax.errors import UserError
 
+MEMBER, SHAPE, HOST = "member", "shape", "host"
+
+
+def member(default):
+    """A per-member field: may differ between members of one compiled program."""
+    return field(default=default, metadata={"kind": MEMBER, "column": True})
+
+
+def shape(default, column: bool = False):
+    """A field that shapes the compiled program; `column` also puts it in the results table."""
+    return field(default=default, metadata={"kind": SHAPE, "column": column})
+
+
+def host(default):
+    """A field only the host loop reads (run length, checkpoints, memory)."""
+    return field(default=default, metadata={"kind": HOST, "column": False})
+
 
 @dataclass(frozen=True)
 class EnvConfig:
     """Which simulator task to train on and how many copies run in parallel."""
 
-    name: str = "playground:CartpoleSwingup"
+    name: str = shape("playground:CartpoleSwingup", column=True)
     """`brax:<env>` (e.g. brax:ant) or `playground:<env>` (e.g. playground:CheetahRun)."""
-    num_envs: int = 4096
+    num_envs: int = shape(4096, column=True)
     """Parallel training envs stepped together (one vector step collects num_envs transitions)."""
     episode_length: int = 1000
     """Time limit in env steps; reaching it is a truncation (bootstrapped), not a terminal."""
@@ -44,33 +72,33 @@ class EnvConfig:
 class AgentConfig:
     """PQL learner: networks, losses, update schedule, exploration, optimiser."""
 
-    utd: float = 1.0 / 512
+    utd: float = member(1.0 / 512)
     """Critic updates per collected transition; may be fractional (written as 1/512 in YAML)."""
-    critic_actor_ratio: int = 2
+    critic_actor_ratio: int = member(2)
     """One actor update every this many critic updates (PQL's beta_p:v = 1:2)."""
-    batch_size: int = 8192
+    batch_size: int = shape(8192, column=True)
     """Transitions per critic and actor update."""
     buffer_capacity: int = 5_000_000
     """Replay capacity in transitions (FIFO ring; rounded down to a multiple of num_envs)."""
-    n_step: int = 3
+    n_step: int = shape(3, column=True)
     """Steps summed in the return target before bootstrapping with gamma^n."""
-    gamma: float = 0.99
+    gamma: float = member(0.99)
     """Discount factor."""
-    tau: float = 0.05
+    tau: float = member(0.05)
     """Polyak rate of the target critic, applied after every critic update."""
-    critic_lr: float = 5e-4
+    critic_lr: float = member(5e-4)
     """AdamW learning rate of the critic."""
-    actor_lr: float = 5e-4
+    actor_lr: float = member(5e-4)
     """AdamW learning rate of the actor."""
-    weight_decay: float = 0.01
+    weight_decay: float = member(0.01)
     """AdamW decoupled weight decay for both networks (torch's default, which PQL used)."""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = member(0.5)
     """Global-norm gradient clipping per network."""
-    critic_width: int = 512
+    critic_width: int = shape(512, column=True)
     """Width of the critic's first hidden layer."""
-    critic_depth: int = 3
+    critic_depth: int = shape(3, column=True)
     """Hidden layers in each Q network."""
-    actor_width: int = 512
+    actor_width: int = shape(512, column=True)
     """Width of the actor's first hidden layer."""
     actor_depth: int = 3
     """Hidden layers in the actor."""
@@ -80,7 +108,7 @@ class AgentConfig:
     """LayerNorm after each hidden linear layer (actor and critic)."""
     activation: str = "elu"
     """Hidden activation: elu, relu, gelu, silu or tanh."""
-    distributional: bool = False
+    distributional: bool = shape(False, column=True)
     """Categorical (C51) critic, PQL-D."""
     num_atoms: int = 51
     """Atoms of the categorical critic."""
@@ -88,21 +116,21 @@ class AgentConfig:
     """Lowest atom value of the categorical critic."""
     v_max: float = 10.0
     """Highest atom value of the categorical critic."""
-    std_min: float = 0.05
+    std_min: float = member(0.05)
     """Smallest per-env exploration noise std (mixed exploration: linspace(std_min, std_max))."""
-    std_max: float = 0.8
+    std_max: float = member(0.8)
     """Largest per-env exploration noise std."""
-    target_noise: float = 0.8
+    target_noise: float = member(0.8)
     """Std of target-policy smoothing noise."""
-    target_noise_clip: float = 0.2
+    target_noise_clip: float = member(0.2)
     """Clip of target-policy smoothing noise."""
-    reward_scale: float = 1.0
+    reward_scale: float = member(1.0)
     """Multiplies rewards in the critic target."""
     obs_clip: float = 5.0
     """Normalised observations are clipped to [-obs_clip, obs_clip]."""
     normalize_obs: bool = True
     """Running mean/variance observation normalisation."""
-    warmup_steps: int = 32
+    warmup_steps: int = member(32)
     """Vector steps of uniform random actions before the policy acts and updates start."""
     passive_critic_widths: tuple[int, ...] = ()
     """Widths of passive critics: trained on the same batches onto the main critic's TD targets,
@@ -113,19 +141,19 @@ class AgentConfig:
 class RunConfig:
     """Length of training, logging, checkpoints and seeding."""
 
-    seed: int = 0
+    seed: int = member(0)
     """PRNG seed: the same config and seed give the same numbers on the same machine."""
-    total_env_steps: int = 10_000_000
+    total_env_steps: int = host(10_000_000)
     """Training env steps (transitions collected); rounded up to whole chunks."""
     chunk_steps: int = 64
     """Vector steps per jitted chunk; metrics are logged and eval runs once per chunk."""
-    checkpoint_every: int = 10
+    checkpoint_every: int = host(10)
     """Save a checkpoint every this many chunks (0: only at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = host(2)
     """How many recent checkpoints to keep."""
-    checkpoint_buffer: bool = True
+    checkpoint_buffer: bool = host(True)
     """Include the replay buffer in checkpoints (exact resume needs it)."""
-    memory_limit_gb: float = 0.0
+    memory_limit_gb: float = host(0.0)
     """Refuse runs estimated to need more device memory than this (0: the device's own size)."""
 
 
@@ -141,13 +169,71 @@ class Config:
 SECTIONS = {"env": EnvConfig, "agent": AgentConfig, "run": RunConfig}
 
 
-def parse_number(text: str) -> float:
-    """Parse '1/512', '5e-4' or '3' as a float; raise ValueError otherwise."""
+def field_keys(kind: str | None = None, column: bool | None = None) -> tuple[str, ...]:
+    """Dotted keys (agent.utd, ...) of the fields of a kind (member / shape / host), in order."""
+    return tuple(f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in fields(cls)
+                 if (kind is None or f.metadata.get("kind", SHAPE) == kind)
+                 and (column is None or f.metadata.get("column", False) == column))
+
+
+def get_value(config: "Config", dotted: str) -> Any:
+    """The value of a dotted key (agent.utd) in `config`."""
+    section, name = dotted.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _view_class(section: str, cls, kinds: tuple[str, ...]):
+    keep = [(f.name, f.type) for f in fields(cls) if f.metadata.get("kind", SHAPE) in kinds]
+    return dataclasses.make_dataclass(f"{cls.__name__}Shape", keep, frozen=True)
+
+
+_SHAPE_VIEWS = {s: _view_class(s, c, (SHAPE,)) for s, c in SECTIONS.items()}
+ProgramConfig = dataclasses.make_dataclass("ProgramConfig", list(SECTIONS), frozen=True)
+ProgramConfig.__doc__ = """The shape fields of a Config only (hashable): all a compiled program may read.
+
+Per-member and host fields are absent, so code built from it cannot read a member's value."""
+
+
+def program_config(config: "Config") -> "ProgramConfig":
+    """The part of `config` that shapes the compiled program (see ProgramConfig)."""
+    return ProgramConfig(**{s: view(**{f.name: getattr(getattr(config, s), f.name) for f in fields(view)})
+                            for s, view in _SHAPE_VIEWS.items()})
+
+
+def parse_number(text: Any) -> float:
+    """Parse 3, '5e-4', '1/512' or '1e-3/2' as a float; raise ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a number: {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
     text = str(text).strip()
-    if "/" in text:
-        num, den = text.split("/", 1)
-        return float(Fraction(num.strip())) / float(Fraction(den.strip()))
-    return float(text)
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(Fraction(num.strip())) / float(Fraction(den.strip()))
+        return float(text)
+    except ZeroDivisionError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def parse_utd(value: Any, where: str = "utd") -> float:
+    """A UTD from 1/512, '0.25' or 2: a finite float > 0, else UserError naming `where`."""
+    try:
+        v = parse_number(value)
+    except (ValueError, TypeError, OverflowError):
+        raise UserError(f"{where}: not a UTD: {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"{where}: UTD must be a finite number > 0, got {value!r}")
+    return v
+
+
+def format_utd(value: float) -> str:
+    """A UTD as configs and tables write it: exact fractions stay fractions (1/512, 3/64, 2)."""
+    value = float(value)
+    frac = Fraction(value).limit_denominator(1 << 20)
+    if value > 0 and abs(float(frac) - value) <= 1e-12 * value:
+        return f"{frac.numerator}/{frac.denominator}" if frac.denominator != 1 else str(frac.numerator)
+    return repr(value)
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pql_jax import losses as _losses
+from pql_jax.learner import losses as _losses
 
 
 class losses:  # noqa: N801 - jitted views of the module's functions (one compile each instead of op-by-op)

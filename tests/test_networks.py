@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pql_jax.networks import Actor, DoubleCritic, hidden_widths, mlp_param_count, param_count
+from pql_jax.learner.networks import Actor, DoubleCritic, hidden_widths, mlp_param_count, param_count
 
 
 def _shapes(model, *inputs):

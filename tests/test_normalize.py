@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pql_jax import normalize as _normalize
-from pql_jax.normalize import RunningStats, init_stats
+from pql_jax.learner import normalize as _normalize
+from pql_jax.learner.normalize import RunningStats, init_stats
 
 update_stats = jax.jit(_normalize.update_stats)
 normalize = jax.jit(_normalize.normalize)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pql_jax import population, sweep
+from pql_jax.run import program as population, sweep
 from pql_jax.cli import main
-from pql_jax.train import hparams_from_config, make_train, metrics_to_host
+from pql_jax.learner.pql import hparams_from_config, make_train, metrics_to_host
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["run.total_env_steps=4800", "run.chunk_steps=25", "run.checkpoint_every=2"]
@@ -137,7 +137,7 @@ import json, sys, jax, numpy as np
 sys.path.insert(0, {str(ROOT / 'tests')!r})
 from test_population import run_group, write_sweep, SHORT
 from pathlib import Path
-from pql_jax import sweep
+from pql_jax.run import sweep
 assert len(jax.devices()) == 2
 spec = sweep.load_sweep(write_sweep(Path({str(tmp_path)!r}), {{"seeds": 2, "grid": {{"utd": ["1/32", "1/16"]}}}}), SHORT)
 two = run_group(spec.groups[0], "map", jax.devices())

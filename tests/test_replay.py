@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pql_jax import replay
+from pql_jax.learner import replay
 
 
 _insert = jax.jit(replay.insert)

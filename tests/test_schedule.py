@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pql_jax.config import utd_fraction
-from pql_jax.schedule import exploration_stds, max_updates_per_step, updates_at_step
+from pql_jax.learner.schedule import exploration_stds, max_updates_per_step, updates_at_step
 
 RATES = [Fraction(1, 512), Fraction(1, 8), Fraction(1, 3), Fraction(7, 3), Fraction(8), Fraction(5, 2)]
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from pql_jax import config as cfg_mod
-from pql_jax import runner
+from pql_jax.run import loop as runner
 from pql_jax.cli import main
-from pql_jax.train import hparams_from_config, make_train, metrics_to_host
+from pql_jax.learner.pql import hparams_from_config, make_train, metrics_to_host
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTMASS = ROOT / "configs" / "pointmass.yaml"

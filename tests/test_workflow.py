@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pql_jax import workflow
+from pql_jax.workflow import spec as workflow
 from pql_jax.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def run(tmp_path_factory):
 
 
 def _run(tmp: Path):
-    from pql_jax import population
+    from pql_jax.run import program as population
 
     wf = _write(tmp / "mini.yaml", MINI)
     out = tmp / "out"

@@ -18,7 +18,7 @@ files under ``OUT/<stage>/``, then ``OUT/<stage>/done.json`` once they are compl
 6. ``report``: ``OUT/report.md`` and ``OUT/report/figures/``.
 
 This module holds the workflow file, the run directory and the sweep stages; the fitting stages
-and ``verify`` live in ``pql_jax.workflow_fits``, the report in ``pql_jax.workflow_report``.
+and ``verify`` live in ``pql_jax.workflow.fits``, the report in ``pql_jax.workflow.report``.
 
 Workflow YAML (paths relative to the workflow file)::
 
@@ -212,7 +212,7 @@ def _budget(value: Any):
 
 
 def _overrides(d: dict | None) -> list[str]:
-    from pql_jax.sweep import resolve_key
+    from pql_jax.run.sweep import resolve_key
 
     return [f"{resolve_key(k)}={v}" for k, v in (d or {}).items()]
 
@@ -281,7 +281,7 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
                 shutil.rmtree(out / stage)
         if start != "report" and (out / "report.md").exists():
             (out / "report.md").unlink()
-    from pql_jax import workflow_fits, workflow_report
+    from pql_jax.workflow import fits as workflow_fits, report as workflow_report
 
     funcs = {"hparam_sweep": stage_hparam_sweep, "fit_hparams": workflow_fits.stage_fit_hparams,
              "utd_sweep": stage_utd_sweep, "fit_laws": workflow_fits.stage_fit_laws,
@@ -319,8 +319,8 @@ def _write_sweep(wf: Workflow, path: Path, overrides: dict, grid: dict, zipped: 
 
 def _run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
     """Train the sweep in ``stage_dir/sweep.yaml`` into ``stage_dir/run``, resuming a partial run."""
-    from pql_jax import population
-    from pql_jax.sweep import load_sweep
+    from pql_jax.run import program as population
+    from pql_jax.run.sweep import load_sweep
 
     spec = load_sweep(stage_dir / "sweep.yaml")
     costs = {m.index: population.member_costs(m) for m in spec.members}
@@ -350,7 +350,7 @@ def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print
 
 def stage_utd_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
     """Step 5: the UTD list at the fitted B*, eta*, times the critic widths when given."""
-    from pql_jax.workflow_fits import _settings
+    from pql_jax.workflow.fits import _settings
 
     d = out / "utd_sweep"
     s = _settings(out)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pql_jax.errors import UserError
-from pql_jax.workflow import Workflow, _run_sweep_stage, _write_sweep, read_marker, utd_text
+from pql_jax.workflow.spec import Workflow, _run_sweep_stage, _write_sweep, read_marker, utd_text
 
 
 def _curves(wf: Workflow, path: Path):

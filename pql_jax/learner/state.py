@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from pql_jax import replay
+from pql_jax.learner import replay
 from pql_jax.config import Config, utd_fraction
 from pql_jax.envs import EnvState
-from pql_jax.normalize import RunningStats
+from pql_jax.learner.normalize import RunningStats
 
 F32 = jnp.float32
 

@@ -120,7 +120,7 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
 
 def stage_report(wf, out: Path, progress: bool = True, log=print) -> dict:
     """Write OUT/report.md and OUT/report/figures/."""
-    from pql_jax.workflow import STAGES, read_marker, utd_text
+    from pql_jax.workflow.spec import STAGES, read_marker, utd_text
 
     figdir = out / "report" / "figures"
     figdir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ import numpy as np
 from pql_jax import config as cfg_mod
 from pql_jax.config import Config, utd_fraction
 from pql_jax.errors import UserError
-from pql_jax.schedule import max_updates_per_step
-from pql_jax.train import num_chunks, program_key
+from pql_jax.learner.schedule import max_updates_per_step
+from pql_jax.learner.pql import num_chunks, program_key
 
 # Fields that live in the array-valued HParams / run seed: they may differ within a group.
 ARRAY_FIELDS = {

@@ -12,13 +12,13 @@ import numpy as np
 import yaml
 from jax.sharding import Mesh, PartitionSpec
 
-from pql_jax.checkpoint import Checkpointer
-from pql_jax.costs import Costs, device_memory_bytes, format_bytes, run_costs
+from pql_jax.run.checkpoint import Checkpointer
+from pql_jax.run.plan import Costs, device_memory_bytes, format_bytes, run_costs
 from pql_jax.errors import UserError
-from pql_jax.metrics import MetricsTable, TensorBoard
-from pql_jax.runner import host_row
-from pql_jax.sweep import Group, Member, Sweep, format_value, masking_waste
-from pql_jax.train import PopulationSchedule, hparams_from_config, make_train, metrics_to_host, num_chunks
+from pql_jax.run.tables import MetricsTable, TensorBoard
+from pql_jax.run.loop import host_row
+from pql_jax.run.sweep import Group, Member, Sweep, format_value, masking_waste
+from pql_jax.learner.pql import PopulationSchedule, hparams_from_config, make_train, metrics_to_host, num_chunks
 
 RESULTS_FILE = "results.csv"
 HPARAM_COLUMNS = ("env.name", "env.num_envs", "agent.utd", "agent.batch_size", "agent.critic_lr", "agent.actor_lr",

@@ -95,7 +95,7 @@ def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length
     """Instantiate the raw simulator env (cached: building an env parses its model)."""
     kind, _, task = name.partition(":")
     if name == "test:pointmass":
-        from pql_jax.testenv import PointMass
+        from pql_jax.envs.pointmass import PointMass
 
         return PointMass()
     if kind == "brax":

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 
 from pql_jax.config import Config
-from pql_jax.networks import hidden_widths, mlp_param_count
-from pql_jax.replay import buffer_bytes
+from pql_jax.learner.networks import hidden_widths, mlp_param_count
+from pql_jax.learner.replay import buffer_bytes
 
 
 @dataclass(frozen=True)

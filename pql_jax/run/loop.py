@@ -10,12 +10,12 @@ import jax
 import numpy as np
 
 from pql_jax import config as cfg_mod
-from pql_jax.checkpoint import Checkpointer
+from pql_jax.run.checkpoint import Checkpointer
 from pql_jax.config import Config
-from pql_jax.costs import Costs, device_memory_bytes, format_bytes, run_costs
+from pql_jax.run.plan import Costs, device_memory_bytes, format_bytes, run_costs
 from pql_jax.errors import UserError
-from pql_jax.metrics import MetricsTable, TensorBoard
-from pql_jax.train import Learner, compiled, hparams_from_config, make_train, metrics_to_host
+from pql_jax.run.tables import MetricsTable, TensorBoard
+from pql_jax.learner.pql import Learner, compiled, hparams_from_config, make_train, metrics_to_host
 
 CONFIG_FILE = "config.yaml"
 TABLE_FILE = "metrics.csv"

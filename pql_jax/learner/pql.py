@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pql_jax import losses, replay, schedule
+from pql_jax.learner import losses, replay, schedule
 from pql_jax.config import Config, utd_fraction
 from pql_jax.envs import EnvState, VecEnv, make_env
-from pql_jax.networks import Actor, DoubleCritic, hidden_widths
-from pql_jax.normalize import init_stats, normalize, update_stats
-from pql_jax.state import (  # noqa: F401 - re-exported: the state is part of this module's API
+from pql_jax.learner.networks import Actor, DoubleCritic, hidden_widths
+from pql_jax.learner.normalize import init_stats, normalize, update_stats
+from pql_jax.learner.state import (  # noqa: F401 - re-exported: the state is part of this module's API
     F32, LEARNED, HParams, PopulationSchedule, TrainState, hparams_from_config, make_optimizer)
 
 
