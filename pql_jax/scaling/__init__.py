@@ -8,31 +8,38 @@ Python API (mirrors the `pql-jax fit ...` / `pql-jax propose` commands):
 - ``fit_fixed_effects(df, y, x="utd", group="env", shared=True)``, ``fit_hparam_file(...)``
 - ``fit_law(law, df, y="data", group="env", shared=())`` with laws ``DATA_SIGMA``,
   ``DATA_SIGMA_N``, ``BATCH_SIGMA_N``
-- ``load_curves``, ``load_crossings``, ``run_groups``, ``bootstrap_crossings``,
-  ``first_crossings``, ``best_hparams``, ``cell_crossings``
+- ``load_curves``, ``load_crossings``, ``crossing_bootstrap`` (curves -> run groups -> thresholds
+  -> bootstrapped crossings), ``run_groups``, ``bootstrap_crossings``, ``first_crossings``,
+  ``best_hparams``, ``cell_crossings``
+- ``PowerFit.to_dict`` / ``PowerFit.from_dict`` (fit*.json of B*, eta*), and
+  ``PipelineConfig(hparam_fits=...)`` to use B*(sigma), eta*(sigma) fitted on another sweep
+- ``markdown_table``, ``fmt`` (report text), ``write_json`` (NaN as null)
 - ``BudgetModel`` (Pareto frontier, Problems 3.1 / 3.2, precision), ``propose(dir, utds=..., budget=...)``
 """
 
 from pql_jax.scaling.api import fit_all_file, fit_data_efficiency_file, fit_hparam_file, write_results
 from pql_jax.scaling.budget import BudgetModel, budget_power_laws, delta_from_throughput, measured_k
-from pql_jax.scaling.curves import (RunGroup, auto_thresholds, bootstrap_crossings, crossings_table,
-                                    first_crossings, isotonic_rows, run_groups)
+from pql_jax.scaling.curves import (CrossingBootstrap, RunGroup, auto_thresholds, bootstrap_crossings,
+                                    crossing_bootstrap, crossings_table, first_crossings, isotonic_rows,
+                                    run_groups)
 from pql_jax.scaling.datafit import DataEfficiencyFit, bootstrap_refit, fit_data_efficiency
 from pql_jax.scaling.fit import LawFit, PowerFit, fit_fixed_effects, fit_law, holdout_split
 from pql_jax.scaling.hparams import best_hparams, cell_crossings
-from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, parse_number
+from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, parse_number, write_json
 from pql_jax.scaling.laws import BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS, Law, compute, power_law
 from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
 from pql_jax.scaling.propose import propose, round_batch, round_sig, write_proposals
+from pql_jax.scaling.report import fmt, markdown_table
 
 __all__ = [
     "fit_all", "fit_all_file", "PipelineConfig", "Results", "write_results",
     "fit_data_efficiency", "fit_data_efficiency_file", "DataEfficiencyFit", "bootstrap_refit",
     "fit_fixed_effects", "fit_hparam_file", "fit_law", "holdout_split", "LawFit", "PowerFit",
     "Law", "LAWS", "DATA_SIGMA", "DATA_SIGMA_N", "BATCH_SIGMA_N", "compute", "power_law",
-    "load_curves", "load_crossings", "normalise_returns", "parse_number",
-    "RunGroup", "run_groups", "auto_thresholds", "bootstrap_crossings", "crossings_table",
+    "load_curves", "load_crossings", "normalise_returns", "parse_number", "write_json",
+    "RunGroup", "run_groups", "auto_thresholds", "crossing_bootstrap", "CrossingBootstrap",
+    "bootstrap_crossings", "crossings_table",
     "first_crossings", "isotonic_rows", "best_hparams", "cell_crossings",
     "BudgetModel", "budget_power_laws", "delta_from_throughput", "measured_k",
-    "propose", "round_batch", "round_sig", "write_proposals",
+    "propose", "round_batch", "round_sig", "write_proposals", "markdown_table", "fmt",
 ]

@@ -145,6 +145,40 @@ def bootstrap_crossings(groups: list[RunGroup], thresholds: dict, n_resamples: i
     return out
 
 
+@dataclass
+class CrossingBootstrap:
+    """The crossings of every run group of a curves table, with the seed bootstrap."""
+
+    groups: list  # RunGroup per hyperparameter setting
+    keys: list  # the columns of a group's key (env, then the hyperparameter columns present)
+    table: pd.DataFrame  # one row per group: its key columns
+    thresholds: dict  # env (or '*') -> sorted thresholds, one per level
+    D: np.ndarray  # (groups, 1 + resamples, levels): k = 0 the plain seed mean; NaN = not reached
+
+
+def crossing_bootstrap(df: pd.DataFrame, thresholds=None, resamples: int = 100, seed: int = 0,
+                       n_thresholds: int = 5, base: float | None = None, shared: bool = True,
+                       check_seeds: bool = False) -> CrossingBootstrap:
+    """Curves (from ``load_curves``) -> run groups -> thresholds -> bootstrapped crossings.
+
+    ``thresholds``: a list for every env, a dict env (or '*') -> list, or None for
+    ``n_thresholds`` auto-spaced ones (``auto_thresholds`` with ``base``, one set for all envs
+    when ``shared``). ``check_seeds`` raises when no group has two different seed curves.
+    """
+    keys = group_keys(df)
+    groups = run_groups(df)
+    if check_seeds and resamples > 0:
+        check_seed_variation(groups)
+    if thresholds is None:
+        thr = auto_thresholds(groups, keys, n_thresholds, base, shared=shared)
+    elif isinstance(thresholds, dict):
+        thr = {env: np.sort(np.asarray(t, float)) for env, t in thresholds.items()}
+    else:
+        thr = {"*": np.sort(np.asarray(thresholds, float))}
+    D = bootstrap_crossings(groups, thr, resamples, seed)
+    return CrossingBootstrap(groups, keys, pd.DataFrame([g.key for g in groups], columns=keys), thr, D)
+
+
 def crossings_table(groups: list[RunGroup], keys: list[str], thresholds: dict,
                     D: np.ndarray) -> pd.DataFrame:
     """Long table: one row per (run group, threshold) with the crossing, its bootstrap SE and

@@ -268,18 +268,46 @@ class PowerFit:
         return self.coef[group] * np.asarray(x, float) ** (-self.slope[group])
 
     def beta(self, group) -> float:
-        """The paper's beta in y = (beta / x)^alpha."""
-        s = self.slope[group]
-        return float(self.coef[group] ** (1.0 / s)) if s != 0 else float("nan")
+        """The paper's beta in y = (beta / x)^alpha = coef^(1/slope): inf (or 0) when that
+        overflows for a slope near 0, nan for a slope of exactly 0 (no such beta)."""
+        s, c = self.slope[group], self.coef[group]
+        if s == 0 or not c > 0:
+            return float("nan")
+        with np.errstate(over="ignore", under="ignore"):
+            return float(np.exp(np.log(c) / s))
 
     def to_dict(self) -> dict:
-        """JSON-ready summary."""
+        """JSON-ready summary (``PowerFit.from_dict`` reads it back)."""
         groups = list(self.coef)
         return {"form": "power", "formula": f"{self.y} = coef * {self.x}^(-slope) = (beta / {self.x})^slope",
-                "shared_slope": self.shared, "loss": self.loss, "n": self.n,
+                "y": self.y, "x": self.x, "shared_slope": self.shared, "loss": self.loss, "n": self.n,
                 "params": {g: {"coef": self.coef[g], "slope": self.slope[g], "beta": self.beta(g)} for g in groups},
                 "se": {g: {"coef": self.coef_se[g], "slope": self.slope_se[g]} for g in groups},
                 **({"bootstrap_se": self.bootstrap_se} if self.bootstrap_se else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PowerFit":
+        """The fit that ``to_dict`` (or a ``fit*.json`` of a power law) describes."""
+        y, x = d.get("y"), d.get("x")
+        if y is None or x is None:  # written before y / x were stored: read them off the formula
+            y, rhs = (part.strip() for part in d["formula"].split("=")[:2])
+            x = rhs.split("*", 1)[1].split("^", 1)[0].strip()
+        num = lambda v: float("nan") if v is None else float(v)  # noqa: E731 - JSON null is NaN
+        params, se = d["params"], d.get("se") or {}
+        pick = lambda table, key: {g: num((table.get(g) or {}).get(key)) for g in params}  # noqa: E731
+        return cls(y, x, pick(params, "slope"), pick(params, "coef"), pick(se, "slope"), pick(se, "coef"),
+                   num(d.get("loss")), int(d.get("n") or 0), bool(d.get("shared_slope", True)),
+                   {k: {g: num(v) for g, v in per.items()} for k, per in (d.get("bootstrap_se") or {}).items()})
+
+    def for_groups(self, groups) -> "PowerFit":
+        """This fit of one group applied to each of ``groups`` (a law fitted on one env's sweep)."""
+        if len(self.coef) != 1:
+            raise UserError(f"{self.y}({self.x}) law has fits for {len(self.coef)} groups; expected one to share")
+        (g,) = self.coef
+        each = lambda d: {h: d[g] for h in groups}  # noqa: E731
+        return PowerFit(self.y, self.x, each(self.slope), each(self.coef), each(self.slope_se), each(self.coef_se),
+                        self.loss, self.n, self.shared,
+                        {k: each(v) for k, v in self.bootstrap_se.items() if g in v})
 
 
 def design_matrix(df: pd.DataFrame, x: str, group: str, groups: list) -> np.ndarray:

@@ -7,12 +7,13 @@ so the command line can print it and exit with status 2 before anything is writt
 from __future__ import annotations
 
 import difflib
+import math
 import os
-from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 
+from pql_jax import config
 from pql_jax.errors import UserError
 
 #: Hyperparameter columns recognised in learning curves (after aliasing ``critic_lr`` -> ``lr``).
@@ -62,13 +63,15 @@ def require_columns(df: pd.DataFrame, required, what: str) -> None:
 
 
 def parse_number(text) -> float:
-    """Parse '0.5', '1e-3' or a fraction like '1/65536' into a float."""
-    if isinstance(text, (int, float, np.integer, np.floating)):
-        return float(text)
+    """Parse '0.5', '1e-3' or a fraction like '1/65536' into a float (``pql_jax.config``'s
+    parser; UserError naming the text otherwise, also for 'nan' / 'inf')."""
     try:
-        return float(Fraction(str(text).strip()))
-    except (ValueError, ZeroDivisionError):
+        v = config.parse_number(text)
+    except (ValueError, TypeError, OverflowError):
         raise UserError(f"not a number: {text!r}") from None
+    if isinstance(text, str) and not math.isfinite(v):
+        raise UserError(f"not a number: {text!r}")
+    return v
 
 
 def parse_numbers(text: str) -> list[float]:
@@ -87,8 +90,8 @@ def _numeric_column(df: pd.DataFrame, col: str, what: str) -> pd.Series:
             out.append(np.nan)
             continue
         try:
-            out.append(float(Fraction(str(v).strip())))
-        except (ValueError, ZeroDivisionError):
+            out.append(config.parse_number(v))
+        except (ValueError, TypeError, OverflowError):
             raise UserError(f"{what}: non-numeric value {v!r} in column '{col}' (row {i + 2})") from None
     return pd.Series(out, index=df.index, dtype=float)
 

@@ -38,6 +38,12 @@ class PipelineConfig:
     normalise: str | None = None  # 'median' normalisation of D across envs
     holdout: str | None = None
     figures: bool = True
+    # B*(sigma) / eta*(sigma) fitted elsewhere (e.g. on a hyperparameter sweep, when these curves
+    # have one batch size and learning rate per utd): {"batch_size": PowerFit, "learning_rate":
+    # PowerFit}. They take the place of fits to these curves in compute, budgets and proposals;
+    # a fit of one env stands for every env. Written to fit_<name>.json with "source".
+    hparam_fits: dict | None = None
+    hparam_fits_source: str = "given (PipelineConfig.hparam_fits)"
 
 
 @dataclass
@@ -74,21 +80,13 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
     require_distinct(df, "utd", "curves")
     if cfg.model_size is not None and "model_size" not in df.columns:
         df["model_size"] = float(cfg.model_size)
-    keys = cv.group_keys(df)
-    groups = cv.run_groups(df)
-    if cfg.resamples > 0:
-        cv.check_seed_variation(groups)
     timer.lap("load")
-    if cfg.thresholds:
-        thresholds = {"*": np.sort(np.asarray(cfg.thresholds, float))}
-    else:
-        thresholds = cv.auto_thresholds(groups, keys, cfg.n_thresholds, cfg.base,
-                                        shared=cfg.max_return is not None)
-    D = cv.bootstrap_crossings(groups, thresholds, cfg.resamples, cfg.seed)
+    cb = cv.crossing_bootstrap(df, cfg.thresholds or None, cfg.resamples, cfg.seed, n_thresholds=cfg.n_thresholds,
+                               base=cfg.base, shared=cfg.max_return is not None, check_seeds=True)
+    groups, keys, gdf, thresholds, D = cb.groups, cb.keys, cb.table, cb.thresholds, cb.D
     if not np.isfinite(D[:, 0, :]).any():
         raise UserError("no threshold is reached by any run (thresholds "
                         + ", ".join(f"{t:g}" for t in next(iter(thresholds.values()))) + ")")
-    gdf = pd.DataFrame([g.key for g in groups], columns=keys)
     res.objects.update(groups=groups, thresholds=thresholds, keys=keys)
     res.tables["crossings_runs"] = cv.crossings_table(groups, keys, thresholds, D)
     timer.lap("bootstrap_crossings")
@@ -97,6 +95,7 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
     best, per_resample = best_hparams(gdf, D, min(level, nj - 1))
     res.tables["best_hparams"] = best
     _fit_hparams(res, best, per_resample)
+    _given_hparams(res, sorted(gdf["env"].unique()))
     timer.lap("best_hparams_fits")
     cells, Dc = cell_crossings(gdf, D, thresholds)
     res.tables["crossings"] = cells
@@ -113,8 +112,9 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
 
 def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict) -> None:
     """B*(sigma), eta*(sigma) (fixed effects or per env) and B*(sigma, N) when N varies."""
+    given = res.config.hparam_fits or {}
     for hp, name in (("batch_size", "batch_size"), ("lr", "learning_rate")):
-        if hp not in best.columns or best[f"n_{hp}"].max() < 2:
+        if name in given or hp not in best.columns or best[f"n_{hp}"].max() < 2:
             continue
         ok = np.isfinite(best[hp].to_numpy())
         sub = best[ok]
@@ -144,6 +144,20 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict) -> None:
             res.fits["fit_batch_size_n"] = d
         except UserError as exc:
             res.notes.append(f"B*(sigma, N) law skipped: {exc}")
+
+
+def _given_hparams(res: Results, envs: list) -> None:
+    """B*(sigma), eta*(sigma) of ``PipelineConfig.hparam_fits`` as if fitted here."""
+    for name, pf in (res.config.hparam_fits or {}).items():
+        if name not in ("batch_size", "learning_rate"):
+            raise UserError(f"hparam_fits: unknown law {name!r}; known: batch_size, learning_rate")
+        missing = [e for e in envs if e not in pf.coef]
+        if missing:
+            if len(pf.coef) != 1:
+                raise UserError(f"hparam_fits: the {name} law has no fit for env {missing[0]}")
+            pf = pf.for_groups(envs)
+        res.objects[name] = pf
+        res.fits[f"fit_{name}"] = {**pf.to_dict(), "source": res.config.hparam_fits_source}
 
 
 def _fit_data(res: Results, cells: pd.DataFrame, Dc: np.ndarray) -> None:

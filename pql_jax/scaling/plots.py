@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pql_jax.config import format_utd  # noqa: E402
 from pql_jax.scaling.curves import first_crossings, isotonic_rows  # noqa: E402
 
 MAX_PANELS = 8
@@ -49,12 +50,6 @@ def _quiet_minor_ticks(ax) -> None:
             axis.set_minor_formatter(NullFormatter())
 
 
-def fmt_utd(u: float) -> str:
-    """utd as '1/1024' when it is the inverse of an integer, else 4 significant figures."""
-    inv = 1.0 / u
-    return f"1/{round(inv)}" if u < 1 and abs(inv - round(inv)) < 1e-6 * inv else f"{u:.4g}"
-
-
 def _panels(n: int, w: float = 3.4, h: float = 2.9):
     n = max(1, min(n, MAX_PANELS))
     if n == 1:
@@ -88,7 +83,7 @@ def isotonic_curves(res):
         ax.plot(g.steps, mean, ".", ms=4, color="0.45", label="seed mean")
         ax.plot(g.steps, iso, "-", color="C0", label="isotonic fit")
         ax.plot(cross, J, "o", color="C3", ms=4, label="crossings")
-        ax.set_title(f"{env} utd={fmt_utd(c['utd'])}", fontsize=9)
+        ax.set_title(f"{env} utd={format_utd(c['utd'])}", fontsize=9)
         ax.set_xlabel("env steps", fontsize=8)
     axes[0].set_ylabel("return")
     axes[0].legend(fontsize=7)

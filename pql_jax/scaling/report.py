@@ -8,13 +8,29 @@ import numpy as np
 import pandas as pd
 
 
-def _md_table(df: pd.DataFrame, cols, max_rows: int = 60) -> str:
-    """A markdown table of the given columns (numbers to 4 significant figures)."""
+def fmt(value, digits: int = 4) -> str:
+    """A table cell or number in text: floats to ``digits`` significant figures, NaN / None as
+    n/a, integers, booleans and strings as they are."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, (str, bool, np.bool_, int, np.integer)):
+        return str(value)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{x:.{digits}g}" if not np.isnan(x) else "n/a"
+
+
+def markdown_table(df: pd.DataFrame, cols, digits: int = 4, max_rows: int = 60) -> str:
+    """A markdown table of the given columns (those present), cells by ``fmt``; '(none)' when
+    there is no row or no such column."""
     cols = [c for c in cols if c in df.columns]
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
+    if df.empty or not cols:
+        return "(none)"
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.head(max_rows).iterrows():
-        lines.append("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(fmt(r[c], digits) for c in cols) + " |")
     if len(df) > max_rows:
         lines.append(f"\n({len(df) - max_rows} more rows in the CSV)")
     return "\n".join(lines)
@@ -28,7 +44,7 @@ def _power_section(title: str, fit: dict | None) -> list[str]:
                          for g, p in fit["params"].items()])
     return [f"## {title}", "", f"`{fit['formula']}`, shared slope: {fit['shared_slope']}, "
             f"loss (mean squared log error) {fit['loss']:.4g}, n = {fit['n']}", "",
-            _md_table(rows, ["env", "slope", "slope_se", "slope_bootstrap_se", "coef", "beta"]), ""]
+            markdown_table(rows, ["env", "slope", "slope_se", "slope_bootstrap_se", "coef", "beta"]), ""]
 
 
 def write_report(res, out_dir: str, figures: list[str]) -> str:
@@ -47,14 +63,14 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
     nr = cr.groupby("level")["reached"].agg(["size", "sum"]).reset_index()
     nr["threshold(s)"] = [", ".join(f"{t:.4g}" for t in sorted(cr[cr["level"] == lv]["threshold"].unique())[:3])
                           for lv in nr["level"]]
-    L += [_md_table(nr.rename(columns={"size": "runs", "sum": "reached"}), ["level", "threshold(s)", "runs", "reached"]), ""]
+    L += [markdown_table(nr.rename(columns={"size": "runs", "sum": "reached"}), ["level", "threshold(s)", "runs", "reached"]), ""]
     L += _power_section("Best batch size B*(utd)", res.fits.get("fit_batch_size"))
     L += _power_section("Best learning rate eta*(utd)", res.fits.get("fit_learning_rate"))
     if "fit_batch_size_n" in res.fits:
         f = res.fits["fit_batch_size_n"]
         rows = pd.DataFrame([{"env": g, **p, "b": f["paper_b"][g]} for g, p in f["params"].items()])
         L += ["## Best batch size B*(utd, N)", "", f"`{f['formula']}`, loss {f['loss']:.4g}", "",
-              _md_table(rows, ["env", "a", "alpha", "b", "n_half", "beta"]), ""]
+              markdown_table(rows, ["env", "a", "alpha", "b", "n_half", "beta"]), ""]
     L += ["## Data efficiency", "", f"`{fit.law.formula}`, loss {fit.loss:.4g} over {fit.n} points"
           + (f", normalisation: {fit.normalise}" if fit.normalise else ""), ""]
     rows = []
@@ -64,7 +80,7 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
             rows.append({"level": lv, "env": g, **p, **{f"{k}_se": v for k, v in lf.se[g].items()},
                          **{f"{k}_bse": v for k, v in bse.items()}})
     exps = list(fit.law.exponents)
-    L += [_md_table(pd.DataFrame(rows), ["level", "env"] + list(fit.law.params) + [f"{e}_se" for e in exps]
+    L += [markdown_table(pd.DataFrame(rows), ["level", "env"] + list(fit.law.params) + [f"{e}_se" for e in exps]
                     + [f"{e}_bse" for e in exps]), "", "(`_se`: Hessian; `_bse`: seed bootstrap)", ""]
     if fit.holdout:
         L += [f"Held out `{fit.holdout['expr']}`: {fit.holdout.get('n', 0)} points, mean |log error| "
@@ -75,12 +91,12 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
         b = res.tables["budget"]
         L += ["## Budget-optimal settings (Problem 3.2)", "",
               f"C = k N B sigma D with k = {fb['k']:.4g}; F = C + delta D with delta = {fb['delta']:.4g}.", "",
-              _md_table(b, ["env", "level", "threshold", "utd", "utd_se", "model_size", "batch_size", "data",
+              markdown_table(b, ["env", "level", "threshold", "utd", "utd_se", "model_size", "batch_size", "data",
                             "compute", "budget", "budget_se", "at_edge"]), "",
               "### Precision of the optimum", "",
               "Range of utd (N at its optimum) whose budget stays within 5% / 10% of the optimum; "
               "`ratio` = hi / lo (large = flat optimum, coarse settings suffice).", "",
-              _md_table(b, ["env", "level"] + [c for c in b.columns if c.startswith(("utd_5", "utd_10", "model_size_5",
+              markdown_table(b, ["env", "level"] + [c for c in b.columns if c.startswith(("utd_5", "utd_10", "model_size_5",
                                                                                        "model_size_10"))
                                                 and not c.endswith("open")]), ""]
         if fb["laws"]:
@@ -88,7 +104,7 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
                                  for y, law in fb["laws"].items()])
             L += ["### Power laws in the budget", "", "y* = coef_env F^exponent (exponent shared across envs); the "
                   "largest budgets of each env are held out of the fit.", "",
-                  _md_table(rows, ["quantity", "exponent", "exponent_se", "loss", "n_fit", "n_held_out",
+                  markdown_table(rows, ["quantity", "exponent", "exponent_se", "loss", "n_fit", "n_held_out",
                                    "held_out_mean_abs_log_error"]), ""]
     if figures:
         L += ["## Figures", ""] + [f"![{f}](figures/{f})\n" for f in figures]
