@@ -113,9 +113,9 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_workflow(args) -> int:
     """Run the scaling workflow; finished stages are skipped, an interrupted sweep resumes."""
-    from pql_jax.workflow import spec as workflow
+    from pql_jax.workflow import run_workflow
 
-    report = workflow.run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress)
+    report = run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress)
     print(f"done: report in {report}; figures in {report.parent / 'report' / 'figures'} and "
           f"{report.parent / 'fit_laws' / 'figures'}")
     return 0

@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pql_jax.config import format_utd
+from pql_jax.scaling import fmt, markdown_table
+from pql_jax.workflow.spec import STAGES, Workflow, read_marker
+
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -23,22 +27,14 @@ def _csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def _g(x, digits: int = 3) -> str:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    return f"{x:.{digits}g}" if np.isfinite(x) else "n/a"
+def _g(x) -> str:
+    """A number in the report's text: 3 significant figures."""
+    return fmt(x, 3)
 
 
 def _table(df: pd.DataFrame, cols: list[str]) -> list[str]:
-    cols = [c for c in cols if c in df.columns]
-    if df.empty or not cols:
-        return ["(none)"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_g(r[c]) if not isinstance(r[c], str) else r[c] for c in cols) + " |")
-    return lines
+    """A markdown table (3 significant figures) as lines of the report."""
+    return [markdown_table(df, cols, digits=3)]
 
 
 def _power_law(lines: list, name: str, fit: dict) -> None:
@@ -76,7 +72,6 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
     made = []
     ver = _csv(out / "verify" / "verification.csv")
     cross = _csv(out / "fit_laws" / "crossings.csv")
-    fitj = _json(out / "fit_laws" / "fit.json")
     if not cross.empty:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for lv, sub in cross.groupby("level"):
@@ -98,7 +93,6 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
         fig.savefig(figdir / "verification.png", dpi=110)
         plt.close(fig)
         made.append(("verification.png", "D_J(sigma) with the held-out verification"))
-    del fitj
     hp = _csv(out / "hparam_sweep" / "results.csv")
     ut = _csv(out / "utd_sweep" / "results.csv")
     panels = [(d, by) for d, by in ((hp, "batch_size"), (ut, "critic_width")) if not _td_table(d, by).empty]
@@ -118,10 +112,8 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
     return made
 
 
-def stage_report(wf, out: Path, progress: bool = True, log=print) -> dict:
+def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
     """Write OUT/report.md and OUT/report/figures/."""
-    from pql_jax.workflow.spec import STAGES, read_marker, utd_text
-
     figdir = out / "report" / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     made = _figures(out, figdir)
@@ -135,7 +127,7 @@ def stage_report(wf, out: Path, progress: bool = True, log=print) -> dict:
     # step 1-4
     fh = _json(out / "fit_hparams" / "summary.json")
     L += ["", "## Best batch size and learning rate (hparam sweep)", "",
-          f"Sweep: UTD {', '.join(utd_text(u) for u in wf.hparam['utd'])} x batch size "
+          f"Sweep: UTD {', '.join(format_utd(u) for u in wf.hparam['utd'])} x batch size "
           f"{wf.hparam['batch_size']} x learning rate {wf.hparam['lr']}, seeds {wf.spec.get('seeds', 1)}; "
           f"best values picked at threshold J = {_g(fh.get('threshold'))} (seed bootstrap, eqs. D.1/D.4).", ""]
     L += _table(_csv(out / "fit_hparams" / "best_hparams.csv"),

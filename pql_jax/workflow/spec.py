@@ -1,24 +1,8 @@
-"""The scaling workflow: one command from an empty run directory to fitted laws, a proposal, its
-verification and a report (seed 001, section 4.3, extended with model size).
+"""The workflow file (format below), the run directory and its stage markers.
 
-Stages, in order; each reads only files of earlier stages from the run directory and writes its
-files under ``OUT/<stage>/``, then ``OUT/<stage>/done.json`` once they are complete:
-
-1. ``hparam_sweep``: batch size x learning rate x UTD grid, several seeds (``sweep.yaml``,
-   ``results.csv``, ``tb/``, ``checkpoints/``).
-2. ``fit_hparams``: best B and eta per UTD (seed bootstrap), B*(sigma) and eta*(sigma) power laws
-   (``best_hparams.csv``, ``fit_batch_size.json``, ``fit_learning_rate.json``, ``settings.csv``:
-   the B*, eta* of every UTD of the UTD sweep, batch sizes rounded to a multiple of 16).
-3. ``utd_sweep``: the UTD list (spanning >= 16x) at the fitted settings, times the critic widths
-   (model-size axis) when given (``sweep.yaml``, ``results.csv``).
-4. ``fit_laws``: ``pql-jax fit all`` on the UTD sweep (crossings, D_J fits, budgets, sigma*(F)),
-   plus ``proposal.csv`` (held-out UTD and/or larger budget) and ``verify_plan.csv`` (the settings
-   to verify with their predicted data-to-threshold).
-5. ``verify``: runs ``verify_plan.csv``; ``verification.csv`` has predicted vs measured D_J.
-6. ``report``: ``OUT/report.md`` and ``OUT/report/figures/``.
-
-This module holds the workflow file, the run directory and the sweep stages; the fitting stages
-and ``verify`` live in ``pql_jax.workflow.fits``, the report in ``pql_jax.workflow.report``.
+A run directory OUT holds ``workflow.yaml`` (the workflow it belongs to) and one folder per stage
+(``STAGES``), each finished once it holds ``done.json``. The stages themselves live in
+``sweeps``, ``fits``, ``verify`` and ``report``; ``runner.run_workflow`` runs them in order.
 
 Workflow YAML (paths relative to the workflow file)::
 
@@ -56,13 +40,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from pql_jax import config as cfg_mod
@@ -77,25 +60,6 @@ UTD_KEYS = ("utd", "critic_width", "batch_size_range", "overrides")
 FIT_KEYS = ("holdout", "delta", "k")
 VERIFY_KEYS = ("utd", "budget", "seeds")
 MARKER = "done.json"
-
-
-def parse_utd(value: Any) -> float:
-    """`1/64`, `0.25`, 2 -> float (UserError otherwise)."""
-    try:
-        v = float(Fraction(str(value).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"workflow: not a UTD: {value!r}") from None
-    if not v > 0:
-        raise UserError(f"workflow: UTD must be positive, got {value!r}")
-    return v
-
-
-def utd_text(value: float) -> str:
-    """A UTD as the config reads it: exact fractions stay fractions (1/512, 3/64)."""
-    frac = Fraction(value).limit_denominator(1 << 20)
-    if abs(float(frac) - value) <= 1e-12 * value:
-        return f"{frac.numerator}/{frac.denominator}" if frac.denominator != 1 else str(frac.numerator)
-    return repr(float(value))
 
 
 @dataclass
@@ -163,10 +127,10 @@ def load_workflow(path: str | Path) -> Workflow:
     ver = _mapping(spec, "verify", VERIFY_KEYS)
     if ver.get("utd") is None and ver.get("budget") is None:
         raise UserError("workflow: missing key verify.utd (or verify.budget)")
-    hparam = {"utd": [parse_utd(u) for u in _list(hp, "utd", "hparam_sweep")],
+    hparam = {"utd": [cfg_mod.parse_utd(u, "workflow: hparam_sweep.utd") for u in _list(hp, "utd", "hparam_sweep")],
               "batch_size": [int(b) for b in _list(hp, "batch_size", "hparam_sweep")],
               "lr": [float(x) for x in _list(hp, "lr", "hparam_sweep")]}
-    utds = sorted(parse_utd(u) for u in _list(ut, "utd", "utd_sweep"))
+    utds = sorted(cfg_mod.parse_utd(u, "workflow: utd_sweep.utd") for u in _list(ut, "utd", "utd_sweep"))
     if len(set(utds)) < 3:
         raise UserError("workflow: utd_sweep.utd needs at least 3 distinct UTDs")
     if utds[-1] / utds[0] < 16 - 1e-9:
@@ -180,7 +144,7 @@ def load_workflow(path: str | Path) -> Workflow:
         raise UserError("workflow: utd_sweep.overrides must be a mapping")
     if not isinstance(spec.get("overrides") or {}, dict):
         raise UserError("workflow: overrides must be a mapping of section.key: value")
-    verify = {"utd": parse_utd(ver["utd"]) if ver.get("utd") is not None else None,
+    verify = {"utd": cfg_mod.parse_utd(ver["utd"], "workflow: verify.utd") if ver.get("utd") is not None else None,
               "budget": _budget(ver["budget"]) if ver.get("budget") is not None else None,
               "seeds": ver.get("seeds", _fresh_seeds(spec.get("seeds")))}
     if verify["utd"] is not None and utds[0] <= verify["utd"] <= utds[-1] and verify["utd"] in utds:
@@ -258,105 +222,6 @@ def read_marker(out: Path, stage: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_workflow(path: str | Path, out: str | Path, start: str | None = None, progress: bool = True,
-                 log=print, fail_after: str | None = None) -> Path:
-    """Run every unfinished stage (or every stage from ``start`` on); returns OUT/report.md.
-
-    ``fail_after`` (tests) raises RuntimeError right after that stage is marked done.
-    """
-    if start is not None and start not in STAGES:
-        raise UserError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
-    wf = load_workflow(path)
-    out = Path(out)
-    if start is not None and not (out / "workflow.yaml").is_file():
-        raise UserError(f"--from {start}: {out} holds no workflow run")
-    prepare_out(wf, out)
-    if start is not None:
-        first = STAGES.index(start)
-        missing = [s for s in STAGES[:first] if not is_done(out, s)]
-        if missing:
-            raise UserError(f"--from {start}: earlier stage {missing[0]} is not finished")
-        for stage in STAGES[first:]:
-            if (out / stage).exists():
-                shutil.rmtree(out / stage)
-        if start != "report" and (out / "report.md").exists():
-            (out / "report.md").unlink()
-    from pql_jax.workflow import fits as workflow_fits, report as workflow_report
-
-    funcs = {"hparam_sweep": stage_hparam_sweep, "fit_hparams": workflow_fits.stage_fit_hparams,
-             "utd_sweep": stage_utd_sweep, "fit_laws": workflow_fits.stage_fit_laws,
-             "verify": workflow_fits.stage_verify, "report": workflow_report.stage_report}
-    for stage in STAGES:
-        if is_done(out, stage):
-            log(f"[{stage}] done already, skipped")
-            continue
-        log(f"[{stage}] running")
-        t0 = time.perf_counter()
-        (out / stage).mkdir(parents=True, exist_ok=True)
-        info = funcs[stage](wf, out, progress=progress, log=log) or {}
-        mark_done(out, stage, {"seconds": round(time.perf_counter() - t0, 2), **info})
-        log(f"[{stage}] finished in {time.perf_counter() - t0:.1f} s")
-        if fail_after == stage:
-            raise RuntimeError(f"injected failure after stage {stage}")
-    return out / "report.md"
-
-
-# ----------------------------------------------------------------------------------------------
-# Sweeps
-
-
-def _write_sweep(wf: Workflow, path: Path, overrides: dict, grid: dict, zipped: dict, seeds) -> None:
-    spec = {"name": f"{wf.name}_{path.parent.name}", "base": str(wf.base_path),
-            "overrides": {**(wf.spec.get("overrides") or {}), **overrides},
-            "seeds": seeds if seeds is not None else 1, "grid": grid}
-    if zipped:
-        spec["zip"] = zipped
-    text = yaml.safe_dump(spec, sort_keys=False)
-    if path.is_file() and path.read_text() != text:
-        raise UserError(f"{path} holds a different sweep; rerun this stage with --from {path.parent.name}")
-    path.write_text(text)
-
-
-def _run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
-    """Train the sweep in ``stage_dir/sweep.yaml`` into ``stage_dir/run``, resuming a partial run."""
-    from pql_jax.run import program as population
-    from pql_jax.run.sweep import load_sweep
-
-    spec = load_sweep(stage_dir / "sweep.yaml")
-    costs = {m.index: population.member_costs(m) for m in spec.members}
-    population.check_sweep_memory(spec, costs)
-    run = stage_dir / "run"
-    resume = (run / "members.yaml").is_file()
-    if run.exists() and not resume:
-        shutil.rmtree(run)
-    log(f"  {len(spec.members)} members in {len(spec.groups)} compiled program(s)"
-        + (" (resuming)" if resume else ""))
-    population.prepare_sweep_dir(run, spec, stage_dir / "sweep.yaml", resume)
-    population.run_sweep(spec, run, costs, resume=resume, progress=progress,
-                         batching=wf.spec.get("batching", "auto"))
-    shutil.copyfile(run / population.RESULTS_FILE, stage_dir / "results.csv")
-    return {"members": len(spec.members), "groups": len(spec.groups)}
-
-
-def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
-    d = out / "hparam_sweep"
-    h = wf.hparam
-    _write_sweep(wf, d / "sweep.yaml", {},
-                 {"agent.utd": [utd_text(u) for u in h["utd"]], "agent.batch_size": h["batch_size"]},
-                 {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]}, wf.spec.get("seeds"))
-    return _run_sweep_stage(wf, d, progress, log)
-
-
-def stage_utd_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Step 5: the UTD list at the fitted B*, eta*, times the critic widths when given."""
-    from pql_jax.workflow.fits import _settings
-
-    d = out / "utd_sweep"
-    s = _settings(out)
-    s = s[s["utd_value"].apply(lambda u: any(abs(u - v) <= 1e-12 * v for v in wf.utd["utd"]))]
-    grid = {"agent.critic_width": wf.utd["critic_width"]} if wf.utd["critic_width"] else {}
-    zipped = {"agent.utd": list(s["utd"]), "agent.batch_size": [int(b) for b in s["batch_size"]],
-              "agent.critic_lr": [float(x) for x in s["lr"]], "agent.actor_lr": [float(x) for x in s["lr"]]}
-    _write_sweep(wf, d / "sweep.yaml", wf.utd["overrides"], grid, zipped, wf.spec.get("seeds"))
-    return _run_sweep_stage(wf, d, progress, log)
+def read_settings(out: Path) -> pd.DataFrame:
+    """``fit_hparams/settings.csv``: the fitted B*, eta* of every UTD the later stages run."""
+    return pd.read_csv(out / "fit_hparams" / "settings.csv", dtype={"utd": str})

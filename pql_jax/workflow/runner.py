@@ -1,0 +1,64 @@
+"""``run_workflow``: run every unfinished stage of a workflow in order (or every stage from one on)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from pql_jax.errors import UserError
+from pql_jax.workflow.fits import stage_fit_hparams, stage_fit_laws
+from pql_jax.workflow.report import stage_report
+from pql_jax.workflow.spec import STAGES, is_done, load_workflow, mark_done, prepare_out
+from pql_jax.workflow.sweeps import stage_hparam_sweep, stage_utd_sweep
+from pql_jax.workflow.verify import stage_verify
+
+#: Stage name -> stage function(wf, out, progress=, log=) -> info for its done.json.
+STAGE_FUNCTIONS = {"hparam_sweep": stage_hparam_sweep, "fit_hparams": stage_fit_hparams,
+                   "utd_sweep": stage_utd_sweep, "fit_laws": stage_fit_laws, "verify": stage_verify,
+                   "report": stage_report}
+assert tuple(STAGE_FUNCTIONS) == STAGES
+
+
+def run_workflow(path: str | Path, out: str | Path, start: str | None = None, progress: bool = True,
+                 log=print, fail_after: str | None = None) -> Path:
+    """Run every unfinished stage (or every stage from ``start`` on); returns OUT/report.md.
+
+    Bad input raises UserError before anything is written. ``fail_after`` (tests) raises
+    RuntimeError right after that stage is marked done.
+    """
+    if start is not None and start not in STAGES:
+        raise UserError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
+    wf = load_workflow(path)
+    out = Path(out)
+    if start is not None and not (out / "workflow.yaml").is_file():
+        raise UserError(f"--from {start}: {out} holds no workflow run")
+    prepare_out(wf, out)
+    if start is not None:
+        _clear_from(out, start)
+    for stage in STAGES:
+        if is_done(out, stage):
+            log(f"[{stage}] done already, skipped")
+            continue
+        log(f"[{stage}] running")
+        t0 = time.perf_counter()
+        (out / stage).mkdir(parents=True, exist_ok=True)
+        info = STAGE_FUNCTIONS[stage](wf, out, progress=progress, log=log) or {}
+        mark_done(out, stage, {"seconds": round(time.perf_counter() - t0, 2), **info})
+        log(f"[{stage}] finished in {time.perf_counter() - t0:.1f} s")
+        if fail_after == stage:
+            raise RuntimeError(f"injected failure after stage {stage}")
+    return out / "report.md"
+
+
+def _clear_from(out: Path, start: str) -> None:
+    """--from: remove the outputs of ``start`` and every later stage (earlier ones must be done)."""
+    first = STAGES.index(start)
+    missing = [s for s in STAGES[:first] if not is_done(out, s)]
+    if missing:
+        raise UserError(f"--from {start}: earlier stage {missing[0]} is not finished")
+    for stage in STAGES[first:]:
+        if (out / stage).exists():
+            shutil.rmtree(out / stage)
+    if start != "report" and (out / "report.md").exists():
+        (out / "report.md").unlink()

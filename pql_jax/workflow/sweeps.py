@@ -1,0 +1,73 @@
+"""The sweep stages: write a stage's ``sweep.yaml``, train it, copy its ``results.csv``.
+
+``hparam_sweep`` trains the UTD x batch size x learning rate grid; ``utd_sweep`` trains the UTD
+list at the settings ``fit_hparams`` fitted (times the critic widths when given). ``verify`` runs
+its plan through the same two functions (``write_sweep``, ``run_sweep_stage``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from pql_jax.config import format_utd
+from pql_jax.errors import UserError
+from pql_jax.run.launch import train_sweep_file
+from pql_jax.workflow.spec import Workflow, read_settings
+
+
+def write_sweep(wf: Workflow, path: Path, overrides: dict, grid: dict, zipped: dict, seeds) -> None:
+    """Write the sweep file of a stage (the workflow's base and overrides plus ``overrides``);
+    UserError when the stage already holds a different one (its run would not match)."""
+    spec = {"name": f"{wf.name}_{path.parent.name}", "base": str(wf.base_path),
+            "overrides": {**(wf.spec.get("overrides") or {}), **overrides},
+            "seeds": seeds if seeds is not None else 1, "grid": grid}
+    if zipped:
+        spec["zip"] = zipped
+    text = yaml.safe_dump(spec, sort_keys=False)
+    if path.is_file() and path.read_text() != text:
+        raise UserError(f"{path} holds a different sweep; rerun this stage with --from {path.parent.name}")
+    path.write_text(text)
+
+
+def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
+    """Train ``stage_dir/sweep.yaml`` into ``stage_dir/run`` (resuming a partial run), then copy
+    its results to ``stage_dir/results.csv``."""
+    run = stage_dir / "run"
+    resume = (run / "members.yaml").is_file()
+    if run.exists() and not resume:  # a run that died before it wrote its members: start over
+        shutil.rmtree(run)
+    if resume:
+        log(f"  resuming {run}")
+    rows = train_sweep_file(stage_dir / "sweep.yaml", run, resume=resume, progress=progress,
+                            batching=wf.spec.get("batching", "auto"), log=lambda text: log(_indent(text)))
+    shutil.copyfile(run / "results.csv", stage_dir / "results.csv")
+    return {"members": len(rows)}
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in str(text).splitlines())
+
+
+def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
+    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
+    d = out / "hparam_sweep"
+    h = wf.hparam
+    write_sweep(wf, d / "sweep.yaml", {},
+                {"agent.utd": [format_utd(u) for u in h["utd"]], "agent.batch_size": h["batch_size"]},
+                {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]}, wf.spec.get("seeds"))
+    return run_sweep_stage(wf, d, progress, log)
+
+
+def stage_utd_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
+    """Step 5: the UTD list at the fitted B*, eta*, times the critic widths when given."""
+    d = out / "utd_sweep"
+    s = read_settings(out)
+    s = s[s["utd_value"].apply(lambda u: any(abs(u - v) <= 1e-12 * v for v in wf.utd["utd"]))]
+    grid = {"agent.critic_width": wf.utd["critic_width"]} if wf.utd["critic_width"] else {}
+    zipped = {"agent.utd": list(s["utd"]), "agent.batch_size": [int(b) for b in s["batch_size"]],
+              "agent.critic_lr": [float(x) for x in s["lr"]], "agent.actor_lr": [float(x) for x in s["lr"]]}
+    write_sweep(wf, d / "sweep.yaml", wf.utd["overrides"], grid, zipped, wf.spec.get("seeds"))
+    return run_sweep_stage(wf, d, progress, log)
