@@ -206,10 +206,12 @@ def prepare_out(wf: Workflow, out: Path) -> None:
 
 
 def is_done(out: Path, stage: str) -> bool:
+    """Whether ``stage`` finished: its outputs are complete once its marker exists."""
     return (out / stage / MARKER).is_file()
 
 
 def mark_done(out: Path, stage: str, info: dict) -> None:
+    """Write ``OUT/<stage>/done.json`` (atomically) with the finish time and ``info``."""
     path = out / stage / MARKER
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"stage": stage, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **info},
@@ -218,6 +220,7 @@ def mark_done(out: Path, stage: str, info: dict) -> None:
 
 
 def read_marker(out: Path, stage: str) -> dict:
+    """The contents of a stage's ``done.json`` ({} while it has not finished)."""
     path = out / stage / MARKER
     return json.loads(path.read_text()) if path.is_file() else {}
 
