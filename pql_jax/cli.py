@@ -52,61 +52,43 @@ def _cmd_train(args) -> int:
     from pathlib import Path
 
     from pql_jax import config as cfg_mod
-    from pql_jax.run import loop as runner
+    from pql_jax.run import launch
 
     if args.resume and args.config:
         raise UserError("--resume takes its config from the run directory; drop --config")
     if args.resume:
         out = Path(args.resume)
-        config = runner.prepare_run_dir(out, None, True, args.overrides)
-        planned = runner.plan_run(config)
+        config = launch.resume_config(out, args.overrides)
     else:
         if not args.out:
             raise UserError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         out = Path(args.out)
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out} already holds files; use --resume {out} or choose another --out")
         config = cfg_mod.load(args.config, args.overrides)
-        planned = runner.plan_run(config)  # env names, sizes and memory are checked before writing
-        config = runner.prepare_run_dir(out, config, False, [])
-    row = runner.train_run(config, out, resume=bool(args.resume), progress=not args.no_progress, planned=planned)
+    row = launch.train_config(config, out, resume=bool(args.resume), progress=not args.no_progress)
     if row:
         print(f"done: {row['env_steps']:,} env steps, eval return {row['eval_return']:.1f}, "
               f"{row['critic_updates']:,} critic / {row['actor_updates']:,} actor updates; outputs in {out}")
     return 0
 
 
-def _load_and_plan(args):
-    from pql_jax.run import program as population, sweep
-
-    spec = sweep.load_sweep(args.sweep_file, args.overrides)
-    costs = {m.index: population.member_costs(m) for m in spec.members}
-    limit = population.check_sweep_memory(spec, costs)
-    return spec, costs, population.plan_text(spec, costs, limit)
-
-
 def _cmd_plan(args) -> int:
     """Print a sweep's members, their grouping into compiled programs, memory, FLOPs and masking waste."""
-    _, _, lines = _load_and_plan(args)
-    print("\n".join(lines))
+    from pql_jax.run import launch
+
+    print("\n".join(launch.plan_sweep(args.sweep_file, args.overrides)[2]))
     return 0
 
 
 def _cmd_sweep(args) -> int:
-    """Train a sweep: one vmapped, sharded program per group; results.csv has one row per member and logging point."""
+    """Train a sweep: one sharded program per group; results.csv has one row per member and logging point."""
     from pathlib import Path
 
-    from pql_jax.run import program as population
+    from pql_jax.run import launch
 
-    spec, costs, lines = _load_and_plan(args)
-    print("\n".join(lines))
-    out = Path(args.out)
-    population.prepare_sweep_dir(out, spec, Path(args.sweep_file), args.resume)
-    rows = population.run_sweep(spec, out, costs, resume=args.resume, progress=not args.no_progress,
-                                batching=args.batching)
-    finished = [r for r in rows if r]
-    diverged = [r["member"] for r in finished if r.get("diverged")]
-    print(f"done: {len(spec.members)} members; results in {out / population.RESULTS_FILE}"
+    rows = launch.train_sweep_file(args.sweep_file, args.out, args.overrides, resume=args.resume,
+                                   progress=not args.no_progress, batching=args.batching)
+    diverged = [r["member"] for r in rows if r.get("diverged")]
+    print(f"done: results in {Path(args.out) / 'results.csv'}"
           + (f"; diverged: {', '.join(diverged)}" if diverged else ""))
     return 0
 

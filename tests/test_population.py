@@ -4,48 +4,21 @@ fractional UTD counts, grouping by shape, sharding over 2 CPU devices, results t
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-import yaml
+from conftest import ROOT, SHORT, run_alone, run_group, small, write_sweep
 
-from pql_jax.run import program as population, sweep
 from pql_jax.cli import main
-from pql_jax.learner.pql import hparams_from_config, make_train, metrics_to_host
-
-ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["run.total_env_steps=4800", "run.chunk_steps=25", "run.checkpoint_every=2"]
-
-
-def write_sweep(tmp_path: Path, body: dict, name="sweep.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "pointmass.yaml"), **body}))
-    return path
-
-
-def run_group(group, batching="map", devices=None):
-    program = population.GroupProgram(group, batching, devices)
-    states, out = program.initial_state(), []
-    for index in range(program.learner.num_chunks()):
-        states, metrics = program.step(states, index * group.config.run.chunk_steps)
-        out.append(metrics)
-    return out
-
-
-def run_alone(config):
-    learner = make_train(config)
-    state = jax.jit(learner.init)(jax.random.PRNGKey(config.run.seed), hparams_from_config(config))
-    chunk = jax.jit(learner.chunk)
-    out = []
-    for _ in range(learner.num_chunks()):
-        state, metrics = chunk(state)
-        out.append(metrics_to_host(metrics))
-    return out
+from pql_jax.learner.pql import make_train, metrics_to_host, num_chunks
+from pql_jax.learner.state import hparams_from_config
+from pql_jax.run import launch, sweep
+from pql_jax.run.program import _PROGRAMS, GroupProgram, program_for, stack
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +30,8 @@ def utd_sweep(tmp_path_factory):
 
 
 def test_member_alone_equals_member_in_population(utd_sweep):
+    """The pure whole-run `jax.jit(learner.train)` of a member equals its rows in the host loop's
+    population program, bit for bit (map batching on CPU)."""
     spec, population_metrics = utd_sweep
     for position in (0, 5):  # slowest and fastest UTD
         member = spec.groups[0].members[position]
@@ -135,7 +110,7 @@ def test_sharded_over_two_cpu_devices_matches_unsharded(tmp_path):
     script.write_text(f"""
 import json, sys, jax, numpy as np
 sys.path.insert(0, {str(ROOT / 'tests')!r})
-from test_population import run_group, write_sweep, SHORT
+from conftest import run_group, write_sweep, SHORT
 from pathlib import Path
 from pql_jax.run import sweep
 assert len(jax.devices()) == 2
@@ -148,8 +123,6 @@ print(json.dumps({{"two": [{{k: v.tolist() for k, v in m.items()}} for m in two]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     for two, one in zip(data["two"], data["one"]):
         for key in ("env_steps", "critic_updates", "actor_updates", "diverged"):
@@ -164,7 +137,7 @@ def test_sweep_cli_table_tensorboard_and_resume(tmp_path, capsys):
     assert main(["sweep", str(path), "--out", str(ref), "--no-progress", *SHORT]) == 0
     rows = list(csv.DictReader(open(ref / "results.csv")))
     spec = sweep.load_sweep(path, SHORT)
-    chunks = make_train(spec.base).num_chunks()
+    chunks = num_chunks(spec.base)
     assert len(rows) == len(spec.members) * chunks
     for column in ("member", "env", "seed", "utd", "batch_size", "critic_lr", "model_size", "step", "return",
                    "online_return", "critic_updates", "flops", "td_train", "diverged"):
@@ -172,9 +145,7 @@ def test_sweep_cli_table_tensorboard_and_resume(tmp_path, capsys):
     assert {r["utd_label"] for r in rows} == {"1/32", "1/16"}
     assert len(list((ref / "tb").iterdir())) == len(spec.members)
     # Interrupt after 3 chunks (mid group 0), then resume: the same table.
-    costs = {m.index: population.member_costs(m) for m in spec.members}
-    population.prepare_sweep_dir(out, spec, path, resume=False)
-    population.run_sweep(spec, out, costs, progress=False, stop_after_chunks=3)
+    launch.train_sweep_file(path, out, SHORT, progress=False, stop_after_chunks=3, log=lambda *a: None)
     assert main(["sweep", str(path), "--out", str(out), "--resume", "--no-progress", *SHORT]) == 0
     resumed = list(csv.DictReader(open(out / "results.csv")))
     key = lambda r: (r["member"], int(r["vector_steps"]))
@@ -200,3 +171,72 @@ def test_bad_sweep_is_one_line_exit_2_before_any_run(tmp_path, capsys, body, nee
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+def test_vmapped_whole_run_over_seeds_and_hyperparameters():
+    """`jax.jit(jax.vmap(learner.train))` over seeds and learning rates / UTDs equals each member's
+    own whole run: counters exactly, float metrics to vmap's rounding."""
+    configs = [small(["run.total_env_steps=2400", f"run.seed={s}", f"agent.utd={u}", f"agent.critic_lr={lr}"])
+               for s, u, lr in ((0, "1/32", 3e-4), (1, "1/16", 1e-3), (2, "1/64", 5e-4))]
+    learner = make_train(configs[0], max_updates=2)
+    keys = jax.numpy.stack([jax.random.PRNGKey(c.run.seed) for c in configs])
+    hp = stack([hparams_from_config(c) for c in configs])
+    _, batched = jax.jit(jax.vmap(learner.train))(keys, hp)
+    batched = metrics_to_host(batched)
+    for i, config in enumerate(configs):
+        alone = run_alone(config)
+        for chunk, mine in enumerate(alone):
+            for key in ("env_steps", "critic_updates", "actor_updates"):
+                assert batched[key][i, chunk] == mine[key], (i, chunk, key)
+        for key in ("critic_loss", "q_mean", "eval_return"):
+            np.testing.assert_allclose(batched[key][i, 0], alone[0][key], rtol=1e-4, atol=1e-5)
+
+
+def test_program_cache_is_keyed_by_shape_only():
+    """Runs that differ in per-member values or run length share one compiled program; a shape
+    change gets its own."""
+    base = small()
+    variants = [small(o) for o in (["agent.critic_lr=1e-3"], ["run.seed=5", "agent.gamma=0.9"],
+                                    ["run.total_env_steps=9600"])]
+    first = program_for(*_program_args(base))
+    assert all(program_for(*_program_args(v)) is first for v in variants)
+    assert program_for(*_program_args(small(["agent.batch_size=64"]))) is not first
+    assert len({id(p) for p in _PROGRAMS.values()}) == len(_PROGRAMS)
+
+
+def _program_args(config):
+    from pql_jax.config import program_config
+
+    return program_config(config), sweep.single(config).groups[0].max_updates, 1, "map"
+
+
+def test_learner_cannot_read_per_member_values():
+    """The learner's config view has shape fields only: reading gamma or the UTD from it fails."""
+    learner = GroupProgram.build(sweep.single(small()).groups[0]).learner
+    assert learner.config.agent.batch_size == 128
+    for section, name in (("agent", "gamma"), ("agent", "utd"), ("agent", "critic_lr"), ("run", "seed"),
+                          ("run", "total_env_steps")):
+        with pytest.raises(AttributeError):
+            getattr(getattr(learner.config, section), name)
+
+
+def test_per_member_fields_declared_once():
+    """HParams, the grouping and the table columns all follow the config's member(...) declarations."""
+    from pql_jax.config import MEMBER, field_keys
+
+    members = field_keys(MEMBER)
+    hp = hparams_from_config(small())
+    names = {k.split(".")[1] for k in members} - {"utd", "seed"} | {"rate_num", "rate_den"}
+    assert set(hp.values) == names
+    base = small()
+    for key in members:  # changing any per-member field keeps the group; a shape field splits it
+        other = base
+        value = base.agent.utd * 2 if key == "agent.utd" else None
+        from pql_jax import config as C
+
+        current = C.get_value(base, key)
+        value = value if value is not None else (current + 1 if isinstance(current, int) else current * 0.5)
+        other = C.set_value(base, key, value)
+        assert sweep.group_key(other) == sweep.group_key(base), key
+    assert sweep.group_key(C.set_value(base, "agent.batch_size", 64)) != sweep.group_key(base)
+    assert sweep.group_key(C.set_value(base, "run.total_env_steps", 9600)) != sweep.group_key(base)

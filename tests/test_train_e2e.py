@@ -11,17 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
+from conftest import POINTMASS, run_alone
 
 from pql_jax import config as cfg_mod
-from pql_jax.run import loop as runner
 from pql_jax.cli import main
-from pql_jax.learner.pql import hparams_from_config, make_train, metrics_to_host
-
-ROOT = Path(__file__).resolve().parents[1]
-POINTMASS = ROOT / "configs" / "pointmass.yaml"
+from pql_jax.run import launch
 # Columns that depend only on (config, seed), not on wall-clock time.
 DETERMINISTIC = ("env_steps", "critic_updates", "actor_updates", "eval_return", "online_return", "critic_loss",
                  "actor_loss", "q_mean", "critic_param_norm", "actor_param_norm", "td_train", "flops")
@@ -48,21 +44,14 @@ def same_columns(a: list[dict], b: list[dict]) -> None:
 def reference_run(tmp_path_factory):
     """One uninterrupted run, shared by the comparisons below."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    config = runner.prepare_run_dir(out, small(), False, [])
-    runner.train_run(config, out, progress=False)
+    launch.train_config(small(), out, progress=False, log=lambda *a: None)
     return out
 
 
 def test_learns_pointmass():
     """Return clearly improves over training (random policy scores far lower)."""
     config = cfg_mod.load(POINTMASS, ["run.total_env_steps=24000"])
-    learner = make_train(config)
-    state = jax.jit(learner.init)(jax.random.PRNGKey(0), hparams_from_config(config))
-    chunk = jax.jit(learner.chunk)
-    returns = []
-    for _ in range(learner.num_chunks()):
-        state, metrics = chunk(state)
-        returns.append(float(metrics_to_host(metrics)["eval_return"]))
+    returns = [float(m["eval_return"]) for m in run_alone(config)]
     assert np.mean(returns[-3:]) > 18.0, returns
     assert np.mean(returns[-3:]) > returns[0] + 10.0, returns
 
@@ -81,15 +70,13 @@ def test_update_counts_follow_fractional_utd(reference_run):
 
 def test_same_seed_same_numbers(reference_run, tmp_path):
     out = tmp_path / "again"
-    config = runner.prepare_run_dir(out, small(), False, [])
-    runner.train_run(config, out, progress=False)
+    launch.train_config(small(), out, progress=False, log=lambda *a: None)
     same_columns(table(reference_run), table(out))
 
 
 def test_other_seed_other_numbers(reference_run, tmp_path):
     out = tmp_path / "seed1"
-    config = runner.prepare_run_dir(out, small(["run.seed=1"]), False, [])
-    runner.train_run(config, out, progress=False)
+    launch.train_config(small(["run.seed=1"]), out, progress=False, log=lambda *a: None)
     assert table(reference_run)[-1]["critic_loss"] != table(out)[-1]["critic_loss"]
 
 

@@ -1,15 +1,18 @@
-"""make_train(config) -> pure, jittable PQL training: `init(key)`, `chunk(state)`, `train(key)`.
+"""make_train(config) -> pure, jittable PQL training: `init(key, hp)`, `chunk(state, schedule)`,
+`train(key, hp)`.
 
 One vector step = act in every env, store the transitions, then do exactly
 floor((t+1) r) - floor(t r) critic updates (r = utd * num_envs) with an actor update every
 `critic_actor_ratio` critic updates. A chunk is `chunk_steps` vector steps in one lax.scan,
 followed by evaluation and TD diagnostics. Every value that may differ between members of a
-population (learning rates, UTD, gamma, noise ...) lives in `TrainState.hp` as an array.
+population (learning rates, UTD, gamma, noise ...) lives in `TrainState.hp` as an array; the
+Learner itself is built from the shape fields of the config only (`ProgramConfig`), so it cannot
+read a member's value from the config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +20,16 @@ import numpy as np
 import optax
 
 from pql_jax.learner import losses, replay, schedule
-from pql_jax.config import Config, utd_fraction
+from pql_jax.config import Config, ProgramConfig, program_config, utd_fraction
 from pql_jax.envs import EnvState, VecEnv, make_env
 from pql_jax.learner.networks import Actor, DoubleCritic, hidden_widths
 from pql_jax.learner.normalize import init_stats, normalize, update_stats
 from pql_jax.learner.state import (  # noqa: F401 - re-exported: the state is part of this module's API
     F32, LEARNED, HParams, PopulationSchedule, TrainState, hparams_from_config, make_optimizer)
 
+
+# TrainState fields a diverged member keeps from before the chunk (all but the replay buffers).
+_FROZEN = tuple(f for f in TrainState.__dataclass_fields__ if f not in ("buffer", "val_buffer"))
 
 # Per-chunk accumulators: sums over updates / episodes, turned into means at the chunk's end.
 _SUMS = ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_loss", "actor_grad_norm",
@@ -34,7 +40,8 @@ _SUMS = ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_los
 class Learner:
     """Static structure of a run (shapes, networks, env); the functions are pure and jittable."""
 
-    config: Config
+    config: ProgramConfig
+    """Shape fields only: per-member values come from `state.hp`."""
     env: VecEnv
     actor: Actor
     critic: DoubleCritic
@@ -42,6 +49,9 @@ class Learner:
     buffer_rows: int
     val_rows: int
     max_updates: int
+    """Update slots per vector step: the most any member of the program needs."""
+    num_chunks: int
+    """Chunks of a whole run (read by `train` only)."""
 
     # ---- helpers -------------------------------------------------------------------------
     @property
@@ -173,19 +183,17 @@ class Learner:
         fields, metrics = jax.lax.cond(group_pred, run, lambda fields: (fields, zero), learned)
         return state.replace(**fields), metrics
 
-    def update_phase(self, state: TrainState, sums, group: "PopulationSchedule | None", group_step, key):
+    def update_phase(self, state: TrainState, sums, group: PopulationSchedule, key):
         """All critic (and actor) updates of one vector step, following the exact schedule.
 
-        The loop carries only the network fields; buffer, statistics and hyperparameters are
-        loop constants.
+        `group` holds every member's schedule at this vector step (a single run: its own), so the
+        update slots run only when some member needs them. The loop carries only the network
+        fields; buffer, statistics and hyperparameters are loop constants.
         """
         hp = state.hp
         own_count, own_before = self.updates_due(hp, state.step)
-        if group is None:
-            group_count, group_before, group_ratio = own_count, own_before, hp.critic_actor_ratio
-        else:
-            group_count, group_before = self.updates_due(group, group_step)
-            group_ratio = group.critic_actor_ratio
+        group_count, group_before = self.updates_due(group, group.step)
+        group_ratio = group.critic_actor_ratio
 
         def one(i, carry):
             fields, acc = carry
@@ -225,7 +233,7 @@ class Learner:
         buffer = replay.insert(buffer, env_state.obs, action, out.reward, out.terminal, out.truncated, out.next_obs)
         return new_env, buffer, out
 
-    def vector_step(self, state: TrainState, sums, group=None, group_step=None):
+    def vector_step(self, state: TrainState, sums, group: PopulationSchedule):
         """Act, store, update the normaliser, then do the updates this step is due."""
         key, act_key, val_key, update_key = jax.random.split(state.key, 4)
         obs = state.env.obs
@@ -238,7 +246,7 @@ class Learner:
         ended = out.terminal | out.truncated
         sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(out.episode_return),
                 "episodes": sums["episodes"] + jnp.sum(ended)}
-        state, sums = self.update_phase(state, sums, group, group_step, update_key)
+        state, sums = self.update_phase(state, sums, group, update_key)
         return state.replace(step=state.step + 1), sums
 
     # ---- evaluation and diagnostics -------------------------------------------------------
@@ -270,19 +278,17 @@ class Learner:
         nets = [(self.critic, state.critic_params)] + list(zip(self.passive, state.passive_params))
         return [losses.td_loss(n.apply(p, obs, batch.action), target, categorical) / 2 for n, p in nets]
 
-    def chunk(self, state: TrainState, group: "PopulationSchedule | None" = None):
+    def chunk(self, state: TrainState, group: PopulationSchedule):
         """`chunk_steps` vector steps, then eval and diagnostics; returns (state, metrics).
 
-        `group` (unbatched, for vmapped populations) holds every member's schedule so that
-        update work is skipped on steps where no member updates. A diverged state (NaN/Inf in a
-        loss or parameter) is returned unchanged.
+        `group` (unbatched in a population) holds every member's schedule at the chunk's first
+        vector step, so update work is skipped on steps where no member updates. A diverged state
+        (NaN/Inf in a loss or parameter) is returned unchanged, except its replay buffers.
         """
         sums0 = {k: F32(0) for k in _SUMS}
-        start = None if group is None else group.step
 
         def body(carry, offset):
-            group_step = None if group is None else start + offset
-            return self.vector_step(*carry, group=group, group_step=group_step), None
+            return self.vector_step(*carry, group.replace(step=group.step + offset)), None
 
         steps = jnp.arange(self.config.run.chunk_steps, dtype=jnp.int32)
         new, sums = jax.lax.scan(body, (state, sums0), steps)[0]
@@ -308,20 +314,28 @@ class Learner:
             (new.critic_params, new.actor_params, metrics["critic_loss"], metrics["actor_loss"]))]))
         diverged = state.diverged | ~finite
         new = new.replace(diverged=diverged)
-        out = jax.tree.map(lambda old, fresh: jnp.where(state.diverged, old, fresh), state, new)
+        # A diverged member keeps its last good state; its buffers are not selected (they are
+        # never read again), so XLA need not keep a second copy of them through the chunk.
+        frozen = {f: jax.tree.map(lambda old, fresh: jnp.where(state.diverged, old, fresh),
+                                  getattr(state, f), getattr(new, f)) for f in _FROZEN}
+        out = new.replace(**frozen)
         metrics.update({"env_steps": out.step * self.config.env.num_envs, "vector_steps": out.step,
                         "critic_updates": out.critic_updates, "actor_updates": out.actor_updates,
                         "diverged": diverged, "nonfinite": ~finite})
         return out, metrics
 
-    def num_chunks(self) -> int:
-        """Chunks that cover run.total_env_steps."""
-        return num_chunks(self.config)
+    def train(self, key, hp: HParams) -> tuple[TrainState, dict]:
+        """The whole run as one pure function of (key, hyperparameters): (final state, metrics per chunk).
 
-    def train(self, key) -> tuple[TrainState, dict]:
-        """The whole run as one pure function of the key: (final state, metrics stacked per chunk)."""
-        state = self.init(key, hparams_from_config(self.config))
-        return jax.lax.scan(lambda s, _: self.chunk(s), state, None, length=self.num_chunks())
+        `jax.jit(jax.vmap(learner.train))` trains a population over seeds and hyperparameters.
+        """
+        state = self.init(key, hp)
+        steps = self.config.run.chunk_steps
+
+        def body(state, index):
+            return self.chunk(state, PopulationSchedule.of(hp, index * steps))
+
+        return jax.lax.scan(body, state, jnp.arange(self.num_chunks, dtype=jnp.int32))
 
 
 def num_chunks(config: Config) -> int:
@@ -329,27 +343,23 @@ def num_chunks(config: Config) -> int:
     return -(-config.run.total_env_steps // (config.run.chunk_steps * config.env.num_envs))
 
 
-_PROGRAMS: dict = {}
-
-
-def program_key(config: Config):
-    """The part of a config that shapes the compiled program (seed and run length do not)."""
-    run = replace(config.run, seed=0, total_env_steps=1, checkpoint_every=0, keep_checkpoints=1,
-                  checkpoint_buffer=True, memory_limit_gb=0.0)
-    return replace(config, run=run)
-
-
-def compiled(learner: Learner, name: str, **jit_kwargs):
-    """`jax.jit(learner.<name>)`, shared by every learner with the same program in this process."""
-    key = (program_key(learner.config), learner.max_updates, name, tuple(sorted(jit_kwargs.items())))
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = jax.jit(getattr(learner, name), **jit_kwargs)
-    return _PROGRAMS[key]
+def updates_needed(config: Config) -> int:
+    """Update slots per vector step one member's UTD needs: ceil(utd * num_envs)."""
+    return schedule.max_updates_per_step(utd_fraction(config.agent.utd, config.env.num_envs))
 
 
 def make_train(config: Config, max_updates: int | None = None) -> Learner:
-    """Build the learner for `config`. `max_updates` (>= this run's need) lets a population share code."""
-    a, e = config.agent, config.env
+    """The learner of `config`, built from its shape fields only.
+
+    `max_updates` (>= this run's need) lets a population of different UTDs share one program.
+    """
+    return build_learner(program_config(config), max(updates_needed(config), max_updates or 0),
+                         num_chunks(config))
+
+
+def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1) -> Learner:
+    """The learner of a program: networks, env and buffer sizes from the shape fields."""
+    a, e = shape.agent, shape.env
     env = make_env(e)
     out_dim = a.num_atoms if a.distributional else 1
     critic_layers = hidden_widths(a.critic_width, a.critic_depth, a.taper)
@@ -359,8 +369,7 @@ def make_train(config: Config, max_updates: int | None = None) -> Learner:
                     for w in a.passive_critic_widths)
     rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
     val_rows = max(min(rows, a.batch_size), a.n_step + 1) if e.val_envs else a.n_step + 1
-    need = schedule.max_updates_per_step(utd_fraction(a.utd, e.num_envs))
-    return Learner(config, env, actor, critic, passive, rows, val_rows, max(need, max_updates or 0))
+    return Learner(shape, env, actor, critic, passive, rows, val_rows, max_updates, chunks)
 
 
 def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import optax
 from flax import struct
 
 from pql_jax.learner import replay
-from pql_jax.config import Config, utd_fraction
+from pql_jax.config import MEMBER, Config, field_keys, get_value, utd_fraction
 from pql_jax.envs import EnvState
 from pql_jax.learner.normalize import RunningStats
 
@@ -18,36 +18,39 @@ F32 = jnp.float32
 
 
 class HParams(struct.PyTreeNode):
-    """Array-valued hyperparameters: may differ between vmapped members of one program."""
+    """Per-member hyperparameters as arrays, so members of one program may differ in them.
 
-    rate_num: jax.Array
-    """Critic updates per vector step = rate_num / rate_den (exact utd * num_envs)."""
-    rate_den: jax.Array
-    critic_actor_ratio: jax.Array
-    warmup_steps: jax.Array
-    gamma: jax.Array
-    tau: jax.Array
-    critic_lr: jax.Array
-    actor_lr: jax.Array
-    weight_decay: jax.Array
-    max_grad_norm: jax.Array
-    std_min: jax.Array
-    std_max: jax.Array
-    target_noise: jax.Array
-    target_noise_clip: jax.Array
-    reward_scale: jax.Array
+    One array per `member(...)` field of the config (pql_jax.config), by its short name
+    (`hp.gamma`, `hp.critic_lr`, ...), except the UTD, which becomes the exact rate
+    `rate_num / rate_den` critic updates per vector step, and the seed, which becomes the PRNG key.
+    """
+
+    values: dict
+
+    def __getattr__(self, name):
+        if name == "values":
+            raise AttributeError(name)
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(f"HParams has no {name!r}; per-member fields: {sorted(self.values)}") from None
 
 
 def hparams_from_config(config: Config) -> HParams:
-    """The array-valued hyperparameters of one run."""
-    a = config.agent
-    rate = utd_fraction(a.utd, config.env.num_envs)
-    i32 = lambda v: jnp.asarray(v, jnp.int32)
-    f32 = lambda v: jnp.asarray(v, F32)
-    return HParams(i32(rate.numerator), i32(rate.denominator), i32(a.critic_actor_ratio), i32(a.warmup_steps),
-                   f32(a.gamma), f32(a.tau), f32(a.critic_lr), f32(a.actor_lr), f32(a.weight_decay),
-                   f32(a.max_grad_norm), f32(a.std_min), f32(a.std_max), f32(a.target_noise),
-                   f32(a.target_noise_clip), f32(a.reward_scale))
+    """The per-member hyperparameters of one run, as arrays (derived from the config's declarations)."""
+    values = {}
+    for key in field_keys(MEMBER):
+        name = key.split(".")[1]
+        if key == "run.seed":
+            continue
+        if key == "agent.utd":
+            rate = utd_fraction(config.agent.utd, config.env.num_envs)
+            values["rate_num"] = jnp.asarray(rate.numerator, jnp.int32)
+            values["rate_den"] = jnp.asarray(rate.denominator, jnp.int32)
+            continue
+        value = get_value(config, key)
+        values[name] = jnp.asarray(value, jnp.int32 if isinstance(value, int) else F32)
+    return HParams(values)
 
 
 class TrainState(struct.PyTreeNode):
@@ -81,7 +84,11 @@ LEARNED = ("actor_params", "actor_opt", "critic_params", "critic_target", "criti
 
 
 class PopulationSchedule(struct.PyTreeNode):
-    """Every member's update schedule, passed unbatched to a vmapped chunk ([K] arrays)."""
+    """Every member's update schedule, passed unbatched to a batched chunk ([K] arrays).
+
+    A chunk runs an update slot when any member of the group needs it, so steps where no member
+    updates are skipped; a single run is a group of one.
+    """
 
     step: jax.Array
     """Vector steps all members of the group have done (they advance together)."""
@@ -89,6 +96,13 @@ class PopulationSchedule(struct.PyTreeNode):
     rate_den: jax.Array
     warmup_steps: jax.Array
     critic_actor_ratio: jax.Array
+
+    @classmethod
+    def of(cls, hp: HParams, step) -> "PopulationSchedule":
+        """The schedule of members whose stacked hyperparameters are `hp` ([K] arrays, or one member's)."""
+        vec = lambda x: jnp.reshape(x, (-1,))
+        return cls(jnp.asarray(step, jnp.int32), vec(hp.rate_num), vec(hp.rate_den), vec(hp.warmup_steps),
+                   vec(hp.critic_actor_ratio))
 
 
 def _optimizer(learning_rate, weight_decay, max_norm):

@@ -18,6 +18,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, keep: int, with_buffer: bool = True):
         self.with_buffer = with_buffer
+        self.directory = Path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 

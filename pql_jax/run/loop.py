@@ -1,41 +1,160 @@
-"""Drives one training run on the host: plan, init or resume, jitted chunks, logs, checkpoints."""
+"""THE host loop: trains every group of a sweep, one compiled chunk after another, with the results
+table, TensorBoard, checkpoints, progress and resume. A single run is a sweep of one member; the
+two differ only in their `Layout` (file names, and what a divergence does).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from pql_jax import config as cfg_mod
-from pql_jax.run.checkpoint import Checkpointer
-from pql_jax.config import Config
-from pql_jax.run.plan import Costs, device_memory_bytes, format_bytes, run_costs
 from pql_jax.errors import UserError
-from pql_jax.run.tables import MetricsTable, TensorBoard
-from pql_jax.learner.pql import Learner, compiled, hparams_from_config, make_train, metrics_to_host
+from pql_jax.learner.pql import num_chunks
+from pql_jax.run.checkpoint import Checkpointer
+from pql_jax.run.plan import Costs
+from pql_jax.run.program import GroupProgram
+from pql_jax.run.sweep import Group, Member, Sweep
+from pql_jax.run.tables import MetricsTable, host_row, member_columns
+from pql_jax.run.tensorboard import TensorBoard, attached_hparams
 
-CONFIG_FILE = "config.yaml"
-TABLE_FILE = "metrics.csv"
+STOP, FREEZE = "stop", "freeze"
 
 
 class DivergedError(UserError):
     """A loss or parameter became NaN/Inf; the run stopped before saving anything bad."""
 
 
-def check_memory(costs: Costs, config: Config, members: int = 1) -> str:
-    """One-line memory plan; raises UserError if it exceeds the device (or run.memory_limit_gb)."""
-    limit = config.run.memory_limit_gb * 2**30 or device_memory_bytes()
-    need = costs.total_bytes * members
-    line = (f"memory: buffer {format_bytes(costs.buffer_bytes * members)}, networks "
-            f"{format_bytes(costs.network_bytes * members)}, activations ~{format_bytes(costs.activation_bytes * members)};"
-            f" total ~{format_bytes(need)} of {format_bytes(limit)} available")
-    if need > limit:
-        raise UserError(f"run needs ~{format_bytes(need)} but the device has {format_bytes(limit)}; "
-                        "lower agent.buffer_capacity, env.num_envs or agent.batch_size")
-    return line
+@dataclass(frozen=True)
+class Layout:
+    """Where a run directory keeps its outputs, and what a member's divergence does."""
+
+    table: str
+    """File name of the results table."""
+    per_member_tb: bool
+    """TensorBoard run per member under tb/<member>/ (a sweep), or tb/ itself (a single run)."""
+    per_group_checkpoints: bool
+    """Checkpoints under checkpoints/group<i>/ (a sweep), or checkpoints/ itself (a single run)."""
+    on_diverge: str
+    """`stop`: raise DivergedError naming the quantity (the last good checkpoint stays the latest);
+    `freeze`: flag the member (`diverged` = 1), keep its last good state, train the others on."""
+
+    def tb_dir(self, out: Path, member: Member) -> Path:
+        return out / "tb" / member.name if self.per_member_tb else out / "tb"
+
+    def checkpoint_dir(self, out: Path, group: Group) -> Path:
+        return out / "checkpoints" / f"group{group.index}" if self.per_group_checkpoints else out / "checkpoints"
+
+
+SINGLE = Layout("metrics.csv", per_member_tb=False, per_group_checkpoints=False, on_diverge=STOP)
+SWEEP = Layout("results.csv", per_member_tb=True, per_group_checkpoints=True, on_diverge=FREEZE)
+
+
+def train(sweep: Sweep, out: Path, costs: dict[int, Costs], layout: Layout = SWEEP, resume: bool = False,
+          progress: bool = True, batching: str = "auto", stop_after_chunks: int | None = None,
+          log=print) -> list[dict]:
+    """Train (or resume) every group of `sweep` into `out`; returns the last row of each member.
+
+    `stop_after_chunks` ends this process's work early (used to test resume).
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415 - progress bars only where a loop runs
+
+    total = sum(num_chunks(g.config) * g.config.run.chunk_steps * g.config.env.num_envs * len(g.members)
+                for g in sweep.groups)
+    bar = tqdm(total=total, unit="step", unit_scale=True, disable=not progress, dynamic_ncols=True,
+               desc=sweep.name if len(sweep.members) > 1 else "train")
+    budget = [stop_after_chunks]
+    last: list[dict] = []
+    try:
+        for group in sweep.groups:
+            last += _train_group(sweep, group, out, costs, layout, resume, bar, budget, batching, log)
+    finally:
+        bar.close()
+    return last
+
+
+def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs], layout: Layout, resume: bool,
+                 bar, budget: list, batching: str, log) -> list[dict]:
+    config = group.config
+    chunk_steps, num_envs = config.run.chunk_steps, config.env.num_envs
+    total = num_chunks(config)
+    ckpt = Checkpointer(layout.checkpoint_dir(out, group), config.run.keep_checkpoints, config.run.checkpoint_buffer)
+    program = GroupProgram.build(group, batching)
+    states, start, meta = program.initial_state(), 0, {}
+    if resume and ckpt.latest_step() is not None:
+        states, meta = ckpt.restore(states)
+        start = meta["chunk"]
+        log(f"group {group.index}: resumed from chunk {start} (env step {start * chunk_steps * num_envs:,})")
+    bar.update(start * chunk_steps * num_envs * len(group.members))
+    table = MetricsTable(out / layout.table, start * chunk_steps if resume else None,
+                         keep=lambda row: int(row["group"]) != group.index)
+    if start >= total:
+        ckpt.close()
+        return []
+    columns = {m.index: member_columns(m, group.index, costs[m.index]) for m in group.members}
+    boards = {m.index: TensorBoard(layout.tb_dir(out, m), purge_step=start * chunk_steps * num_envs if resume else None)
+              for m in group.members}
+    for m in group.members:
+        boards[m.index].start(attached_hparams(m.config, costs[m.index].critic_params, sweep.axes),
+                              cfg_mod.dump(m.config))
+    prev: dict[int, dict] = {}
+    started = time.perf_counter() - meta.get("wall_time", 0.0)
+    try:
+        program.program.compiled_chunk(states, program.schedule(start * chunk_steps))
+        for index in range(start, total):
+            if budget[0] is not None:
+                if budget[0] <= 0:
+                    return []
+                budget[0] -= 1
+            tick = time.perf_counter()
+            states, metrics = program.step(states, index * chunk_steps)
+            elapsed = time.perf_counter() - tick
+            rows = _rows(group, metrics, columns, costs, num_envs, time.perf_counter() - started,
+                         elapsed, prev)
+            if layout.on_diverge == STOP:
+                _stop_if_diverged(group, rows, ckpt, out, num_envs)
+            table.append(rows)
+            for member, row in zip(group.members, rows):
+                boards[member.index].scalars(row, row["env_steps"])
+                prev[member.index] = row
+            bar.update(chunk_steps * num_envs * len(group.members))
+            bar.set_postfix(_postfix(rows, group))
+            done = index + 1 == total
+            every = config.run.checkpoint_every
+            if done or (every and (index + 1) % every == 0):
+                ckpt.save((index + 1) * chunk_steps, states, {"chunk": index + 1, "vector_steps": (index + 1) * chunk_steps,
+                                                              "env_steps": (index + 1) * chunk_steps * num_envs,
+                                                              "wall_time": rows[-1]["wall_time"]})
+    finally:
+        for board in boards.values():
+            board.close()
+        ckpt.close()
+    return list(prev.values())
+
+
+def _rows(group: Group, metrics: dict, columns: dict, costs: dict, num_envs: int, wall: float, elapsed,
+          prev: dict) -> list[dict]:
+    """One results row per member: hyperparameter columns, step and return, then metrics."""
+    rows = []
+    for i, member in enumerate(group.members):
+        mine = {k: v[i] for k, v in metrics.items()}
+        row = host_row(mine, costs[member.index], num_envs, wall, elapsed, prev.get(member.index))
+        rows.append({**columns[member.index], "step": row["env_steps"], "return": row["eval_return"], **row})
+    return rows
+
+
+def _stop_if_diverged(group: Group, rows: list[dict], ckpt: Checkpointer, out: Path, num_envs: int) -> None:
+    """DivergedError naming the first non-finite quantity, before the row is written."""
+    for member, row in zip(group.members, rows):
+        if row["nonfinite"]:
+            who = f"member {member.name}: " if len(group.members) > 1 else ""
+            raise DivergedError(
+                f"{who}{nonfinite_quantity(row)} became NaN/Inf in the chunk ending at env step {row['env_steps']:,}"
+                f" (vector step {row['vector_steps']:,}); last good checkpoint: step "
+                f"{(ckpt.latest_step() or 0) * num_envs:,} in {ckpt.directory}")
 
 
 def nonfinite_quantity(row: dict) -> str:
@@ -46,117 +165,12 @@ def nonfinite_quantity(row: dict) -> str:
     return "parameters"
 
 
-def prepare_run_dir(out: Path, config: Config | None, resume: bool, overrides: list[str]) -> Config:
-    """Create or reopen a run directory; returns the config to train with."""
-    saved = out / CONFIG_FILE
-    if resume:
-        if not saved.is_file():
-            raise UserError(f"{out} holds no run to resume (no {CONFIG_FILE})")
-        bad = [o for o in overrides if not o.startswith("run.total_env_steps=")]
-        if bad:
-            raise UserError(f"--resume only accepts run.total_env_steps=... overrides, not {bad[0]!r}")
-        return cfg_mod.load(saved, overrides)
-    if saved.exists() or (out.exists() and any(out.iterdir())):
-        raise UserError(f"{out} already holds files; use --resume {out} or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(cfg_mod.dump(config))
-    return config
-
-
-def host_row(metrics: dict, costs: Costs, num_envs: int, wall: float, chunk_time: float, prev: dict | None) -> dict:
-    """A table row from a chunk's device metrics plus host-side derived columns."""
-    row = {k: (float(v) if np.ndim(v) == 0 else v) for k, v in metrics.items()}
-    row["env_steps"] = int(row["env_steps"])
-    row["vector_steps"] = int(row["vector_steps"])
-    row["critic_updates"] = int(row["critic_updates"])
-    row["actor_updates"] = int(row["actor_updates"])
-    row["flops"] = row["critic_updates"] * costs.flops_per_critic_update + row["actor_updates"] * costs.flops_per_actor_update
-    done_steps = row["env_steps"] - (prev["env_steps"] if prev else 0)
-    done_updates = row["critic_updates"] - (prev["critic_updates"] if prev else 0)
-    row["env_steps_per_s"] = done_steps / max(chunk_time, 1e-9)
-    row["updates_per_s"] = done_updates / max(chunk_time, 1e-9)
-    row["wall_time"] = wall
-    return row
-
-
-def plan_run(config: Config) -> tuple[Learner, Costs]:
-    """Build the learner and print its size and memory; UserError if it cannot fit."""
-    learner = make_train(config)
-    costs = run_costs(config, learner.env.obs_size, learner.env.action_size)
-    print(f"critic parameters N = {costs.critic_params:,}; actor {costs.actor_params:,}")
-    print(check_memory(costs, config))
-    return learner, costs
-
-
-def train_run(config: Config, out: Path, resume: bool = False, progress: bool = True,
-              stop_after_chunks: int | None = None, planned: tuple[Learner, Costs] | None = None) -> dict:
-    """Train (or resume) one run into `out`; returns the last metrics row.
-
-    `stop_after_chunks` ends the process's work early (used to test resume).
-    """
-    learner, costs = planned or plan_run(config)
-    ckpt = Checkpointer(out / "checkpoints", config.run.keep_checkpoints, config.run.checkpoint_buffer)
-    hp = hparams_from_config(config)
-    init = compiled(learner, "init")
-    state = init(jax.random.PRNGKey(config.run.seed), hp)
-    start_chunk, wall_offset = 0, 0.0
-    if resume and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        start_chunk, wall_offset = meta["chunk"], meta.get("wall_time", 0.0)
-        print(f"resumed from chunk {start_chunk} (env step {meta['env_steps']:,})")
-    resume_step = int(state.step) if resume else None
-    table = MetricsTable(out / TABLE_FILE, resume_step if resume else None)
-    tb = TensorBoard(out / "tb", purge_step=int(state.step) * config.env.num_envs if resume else None)
-    chunk = compiled(learner, "chunk", donate_argnums=0)
-    total = learner.num_chunks()
-    bar = _progress(total * config.run.chunk_steps * config.env.num_envs, start_chunk * config.run.chunk_steps
-                    * config.env.num_envs, progress)
-    row, prev = {}, None
-    started = time.perf_counter() - wall_offset
-    try:
-        for index in range(start_chunk, total):
-            if stop_after_chunks is not None and index - start_chunk >= stop_after_chunks:
-                break
-            tick = time.perf_counter()
-            state, metrics = chunk(state)
-            metrics = metrics_to_host(metrics)
-            chunk_time = time.perf_counter() - tick
-            row = host_row(metrics, costs, config.env.num_envs, time.perf_counter() - started, chunk_time, prev)
-            if row["nonfinite"]:
-                raise DivergedError(
-                    f"{nonfinite_quantity(row)} became NaN/Inf in the chunk ending at env step {row['env_steps']:,}"
-                    f" (vector step {row['vector_steps']:,}); last good checkpoint: step "
-                    f"{(ckpt.latest_step() or 0) * config.env.num_envs:,} in {out / 'checkpoints'}")
-            table.append([row])
-            tb.scalars(row, row["env_steps"])
-            bar.update(row["env_steps"] - bar.n)
-            bar.set_postfix(steps_s=f"{row['env_steps_per_s']:.0f}", upd_s=f"{row['updates_per_s']:.0f}",
-                            ret=f"{row['eval_return']:.1f}")
-            prev = row
-            every = config.run.checkpoint_every
-            if index + 1 == total or (every and (index + 1) % every == 0):
-                ckpt.save(row["vector_steps"], state, {"chunk": index + 1, "env_steps": row["env_steps"],
-                                                       "wall_time": row["wall_time"],
-                                                       "with_buffer": config.run.checkpoint_buffer})
-    finally:
-        bar.close()
-        if row:
-            tb.hparams(_hparams(config), {k: row[k] for k in ("eval_return", "online_return") if k in row})
-        tb.close()
-        ckpt.close()
-    return row
-
-
-def _hparams(config: Config) -> dict:
-    flat = {}
-    for section in ("env", "agent"):
-        for key, value in dataclasses.asdict(getattr(config, section)).items():
-            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", unit_scale=True, disable=not enabled,
-                dynamic_ncols=True, desc="train")
+def _postfix(rows: list[dict], group: Group) -> dict:
+    speed = rows[0]["env_steps_per_s"] * len(rows)
+    post = {"steps_s": f"{speed:.0f}" if np.isfinite(speed) else "-",
+            "upd_s": f"{sum(r['updates_per_s'] for r in rows):.0f}" if np.isfinite(speed) else "-",
+            "ret": f"{np.nanmean([r['return'] for r in rows]):.1f}" if np.isfinite([r["return"] for r in rows]).any()
+            else "nan"}
+    if len(rows) > 1:
+        post.update(group=group.index, diverged=int(sum(r["diverged"] for r in rows)))
+    return post

@@ -1,33 +1,26 @@
 """Sweep files: a base config, axes (grid products and zipped lists) and seeds -> members -> groups.
 
-Members whose configs differ only in array-valued hyperparameters (seed, UTD, learning rates,
-gamma, tau, noise, reward scale, ...) share one compiled program and are vmapped together; a
-difference in anything that changes array shapes (batch size, widths, num_envs, n-step, ...)
-starts a new group.
+Members whose configs differ only in per-member fields (seed, UTD, learning rates, gamma, tau,
+noise, reward scale, ...: the `member(...)` fields of pql_jax.config) form one group, trained
+together by one compiled program; a difference in a shape field (batch size, widths, num_envs,
+n-step, ...) or a host field (run length, checkpoints) starts a new group. A single run is a
+sweep of one member (`single`).
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, fields, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pql_jax import config as cfg_mod
-from pql_jax.config import Config, utd_fraction
+from pql_jax.config import MEMBER, Config, field_keys, utd_fraction
 from pql_jax.errors import UserError
-from pql_jax.learner.schedule import max_updates_per_step
-from pql_jax.learner.pql import num_chunks, program_key
+from pql_jax.learner.pql import num_chunks, updates_needed
 
-# Fields that live in the array-valued HParams / run seed: they may differ within a group.
-ARRAY_FIELDS = {
-    "agent": ("utd", "critic_actor_ratio", "warmup_steps", "gamma", "tau", "critic_lr", "actor_lr", "weight_decay",
-              "max_grad_norm", "std_min", "std_max", "target_noise", "target_noise_clip", "reward_scale"),
-    "run": ("seed",),
-}
 SPEC_KEYS = ("base", "overrides", "seeds", "grid", "zip", "name")
 
 
@@ -56,16 +49,25 @@ class Group:
     @property
     def max_updates(self) -> int:
         """Updates per vector step the program must allow: the fastest member's ceil(utd * num_envs)."""
-        return max(max_updates_per_step(utd_fraction(m.config.agent.utd, m.config.env.num_envs)) for m in self.members)
+        return max(updates_needed(m.config) for m in self.members)
 
 
 @dataclass(frozen=True)
 class Sweep:
+    """Members of a sweep file (or the one member of a single run) and their groups."""
+
     name: str
     base: Config
     axes: tuple[str, ...]
+    """The swept keys (dotted), in file order."""
     members: tuple[Member, ...]
     groups: tuple[Group, ...]
+
+
+def single(config: Config, name: str = "run") -> Sweep:
+    """A single run as a sweep of one member (nothing swept)."""
+    member = Member(0, name, config, {"run.seed": config.run.seed})
+    return Sweep(name, config, (), (member,), (Group(0, (member,)),))
 
 
 def resolve_key(key: str) -> str:
@@ -161,20 +163,19 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return Sweep(spec.get("name") or path.stem, base, tuple(axes), tuple(members), tuple(group_members(members)))
 
 
-def shape_key(config: Config) -> Config:
-    """The config with every array-valued field reset: equal keys -> one compiled program."""
-    defaults = {"agent": cfg_mod.AgentConfig(), "run": cfg_mod.RunConfig()}
-    for section, names in ARRAY_FIELDS.items():
-        reset = {n: getattr(defaults[section], n) for n in names}
-        config = replace(config, **{section: replace(getattr(config, section), **reset)})
-    return program_key(config)
+def group_key(config: Config) -> Config:
+    """The config with every per-member field reset: members with equal keys form one group."""
+    defaults = Config()
+    for key in field_keys(MEMBER):
+        config = cfg_mod.set_value(config, key, cfg_mod.get_value(defaults, key))
+    return config
 
 
 def group_members(members: list[Member]) -> list[Group]:
-    """Members grouped by shape, in first-appearance order."""
+    """Members grouped by shape and host fields, in first-appearance order."""
     groups: dict[Config, list[Member]] = {}
     for member in members:
-        groups.setdefault(shape_key(member.config), []).append(member)
+        groups.setdefault(group_key(member.config), []).append(member)
     return [Group(i, tuple(ms)) for i, ms in enumerate(groups.values())]
 
 
@@ -200,13 +201,3 @@ def masking_waste(group: Group) -> tuple[float, int, int]:
     useful = int(counts.sum())
     executed = int(counts.max(axis=0).sum()) * len(group.members)
     return (1.0 - useful / executed if executed else 0.0), useful, executed
-
-
-def format_value(value: Any) -> str:
-    """A swept value for tables: fractions stay fractions (1/512), floats keep their precision."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float) and 0 < value < 1 and Fraction(value).limit_denominator(1 << 20) == value:
-        frac = Fraction(value).limit_denominator(1 << 20)
-        return f"{frac.numerator}/{frac.denominator}" if frac.numerator == 1 else repr(value)
-    return str(value)

@@ -1,8 +1,11 @@
-"""Host side of the on-device metrics: a tidy CSV table and TensorBoard events.
+"""The results table: one schema for every run directory, single run or sweep.
 
-The table has one row per logging point (chunk end). On resume, rows past the checkpoint are
-dropped (atomically) and TensorBoard purges its events past it, so a resumed run's outputs equal
-an uninterrupted run's.
+One row per (member, logging point): the member's hyperparameter columns (`env`, `seed`, `utd`,
+`utd_label`, every per-member field, the shape fields marked `column=True` in pql_jax.config,
+every swept key, `model_size` = critic parameters N), then `step` (env steps) and `return`
+(eval return), then the chunk's metrics. It is exactly what `pql-jax fit all` reads. On resume,
+rows past the checkpoint are dropped (atomically), so a resumed run's table equals an
+uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -13,16 +16,43 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-# Metric name -> TensorBoard tag. Anything not listed goes under "other/".
-TAGS = {
-    "eval_return": "return/eval", "online_return": "return/online", "critic_loss": "loss/critic",
-    "actor_loss": "loss/actor", "q_mean": "q/mean", "critic_grad_norm": "grad_norm/critic",
-    "actor_grad_norm": "grad_norm/actor", "critic_param_norm": "param_norm/critic",
-    "actor_param_norm": "param_norm/actor", "td_train": "td/train", "td_val": "td/val", "td_gap": "td/overfitting_gap",
-    "critic_updates": "updates/critic", "actor_updates": "updates/actor", "env_steps_per_s": "perf/env_steps_per_s",
-    "updates_per_s": "perf/critic_updates_per_s", "flops": "compute/estimated_flops", "episodes": "episodes/ended",
-    "diverged": "status/diverged",
-}
+import numpy as np
+
+from pql_jax.config import field_keys, format_utd, get_value
+from pql_jax.run.plan import Costs
+from pql_jax.run.sweep import Member
+
+def member_columns(member: Member, group: int, costs: Costs) -> dict:
+    """The hyperparameter columns of a member's rows (derived from the config's declarations)."""
+    config = member.config
+    cols = {"member": member.name, "group": group, "env": config.env.name, "seed": config.run.seed,
+            "utd": config.agent.utd, "utd_label": format_utd(config.agent.utd)}
+    for key in field_keys(column=True) + tuple(member.values):
+        name = key.split(".")[-1]
+        if key != "env.name" and name not in cols:
+            value = get_value(config, key)
+            cols[name] = list(value) if isinstance(value, tuple) else value
+    cols["model_size"] = costs.critic_params
+    return cols
+
+
+def host_row(metrics: dict, costs: Costs, num_envs: int, wall: float, chunk_time: float | None,
+             prev: dict | None) -> dict:
+    """A row's metrics: the chunk's device metrics plus host-side columns (FLOPs, speed, wall time).
+
+    `chunk_time` None (a chunk whose time is not a steady-state measurement) gives NaN speeds.
+    """
+    row = {k: (float(v) if np.ndim(v) == 0 else v) for k, v in metrics.items()}
+    for key in ("env_steps", "vector_steps", "critic_updates", "actor_updates"):
+        row[key] = int(row[key])
+    row["flops"] = row["critic_updates"] * costs.flops_per_critic_update + row["actor_updates"] * costs.flops_per_actor_update
+    done_steps = row["env_steps"] - (prev["env_steps"] if prev else 0)
+    done_updates = row["critic_updates"] - (prev["critic_updates"] if prev else 0)
+    speed = lambda n: n / max(chunk_time, 1e-9) if chunk_time is not None else float("nan")
+    row["env_steps_per_s"] = speed(done_steps)
+    row["updates_per_s"] = speed(done_updates)
+    row["wall_time"] = wall
+    return row
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -79,24 +109,3 @@ class MetricsTable:
             write_rows_atomic(self.path, read_rows(self.path), self.columns)
         with self.path.open("a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerows(rows)
-
-
-class TensorBoard:
-    """Scalars per logging point, x axis = env steps; hyperparameters for the HParams view."""
-
-    def __init__(self, logdir: Path, purge_step: int | None = None):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
-
-    def scalars(self, metrics: dict, step: int) -> None:
-        for name, value in metrics.items():
-            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                self.writer.add_scalar(TAGS.get(name, f"other/{name}"), value, step)
-
-    def hparams(self, hparams: dict, final_metrics: dict) -> None:
-        clean = {k: v for k, v in final_metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in clean.items()}, name=".")
-
-    def close(self) -> None:
-        self.writer.close()

@@ -49,6 +49,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from pql_jax import config as cfg
+
 # Row key -> scalar tag: only real, time-varying metrics. Sorted, the tags start with
 # HPARAM_METRICS (the HParams dashboard ticks the first 5 metric columns): every other tag sorts
 # after "td/val" ("td_..." > "td/..." because "_" > "/").
@@ -108,8 +110,6 @@ def hparam_names(swept_keys: Iterable[str] = ()) -> list[str]:
 
 def attached_hparams(config, model_size: int, swept_keys: Iterable[str] = ()) -> dict:
     """{name: value} for `hparam_names(swept_keys)`, read from a Config (model_size = critic params)."""
-    from pql_jax import config as cfg
-
     by_name = {short_name(k): k for k in cfg.field_keys()}
     by_name.update({short_name(k): k for k in swept_keys if "." in k})
     out = {}

@@ -1,0 +1,94 @@
+"""The entry points of the host side: plan, then train one config or a sweep file into a run
+directory. `pql-jax train`, `pql-jax plan`, `pql-jax sweep` and the workflow's sweep stages all come
+through here; everything below is the same path (a single run is a sweep of one member).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pql_jax import config as cfg_mod
+from pql_jax.config import Config
+from pql_jax.errors import UserError
+from pql_jax.run import loop
+from pql_jax.run.plan import check_memory, plan_text, sweep_costs
+from pql_jax.run.sweep import Sweep, load_sweep, single
+
+CONFIG_FILE = "config.yaml"
+SWEEP_FILE, MEMBERS_FILE = "sweep.yaml", "members.yaml"
+
+
+def plan(sweep: Sweep) -> tuple[dict, list[str]]:
+    """(costs per member, plan lines); UserError if a group cannot fit the device."""
+    costs = sweep_costs(sweep)
+    return costs, plan_text(sweep, costs, check_memory(sweep, costs))
+
+
+def plan_sweep(sweep_file: str | Path, overrides: list[str] = ()) -> tuple[Sweep, dict, list[str]]:
+    """Load a sweep file and plan it: (sweep, costs, plan lines)."""
+    spec = load_sweep(sweep_file, overrides)
+    return (spec, *plan(spec))
+
+
+def open_run_dir(out: Path, files: dict[str, str], resume: bool, check: str | None = None) -> None:
+    """Create `out` holding `files`; with `resume`, require that it holds them already, and that the
+    file named `check` has exactly the given text (the same run). UserError otherwise, nothing written."""
+    if resume:
+        missing = [name for name in files if not (out / name).is_file()]
+        if missing:
+            raise UserError(f"{out} holds no run to resume (no {missing[0]})")
+        if check is not None and (out / check).read_text() != files[check]:
+            raise UserError(f"{out} holds a different run; resume it with its own sweep file and overrides")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already holds files; use --resume or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+
+
+def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[str] = (), resume: bool = False,
+                     progress: bool = True, batching: str = "auto", log=print,
+                     stop_after_chunks: int | None = None) -> list[dict]:
+    """Train every member of a sweep file into `out` (resuming when asked); the last row per member.
+
+    Bad input (sweep file, overrides, memory, an `out` holding something else) raises UserError
+    before anything is written. `stop_after_chunks` ends the work early (tests of resume).
+    """
+    spec, costs, lines = plan_sweep(sweep_file, overrides)
+    log("\n".join(lines))
+    out = Path(out)
+    record = yaml.safe_dump({"name": spec.name, "members": [m.name for m in spec.members]}, sort_keys=False)
+    open_run_dir(out, {SWEEP_FILE: Path(sweep_file).read_text(), MEMBERS_FILE: record}, resume, check=MEMBERS_FILE)
+    return loop.train(spec, out, costs, loop.SWEEP, resume=resume, progress=progress, batching=batching,
+                      stop_after_chunks=stop_after_chunks, log=log)
+
+
+def resume_config(out: Path, overrides: list[str]) -> Config:
+    """The config of the run in `out`; only run.total_env_steps may be overridden (to extend it)."""
+    if not (out / CONFIG_FILE).is_file():
+        raise UserError(f"{out} holds no run to resume (no {CONFIG_FILE})")
+    bad = [o for o in overrides if not o.startswith("run.total_env_steps=")]
+    if bad:
+        raise UserError(f"--resume only accepts run.total_env_steps=... overrides, not {bad[0]!r}")
+    return cfg_mod.load(out / CONFIG_FILE, overrides)
+
+
+def train_config(config: Config, out: str | Path, resume: bool = False, progress: bool = True, log=print,
+                 stop_after_chunks: int | None = None) -> dict:
+    """Train (or resume) one run into `out`; returns its last row (empty if nothing was left to do).
+
+    A NaN/Inf stops it with DivergedError; the last good checkpoint stays the latest.
+    """
+    out = Path(out)
+    spec = single(config)
+    costs, lines = plan(spec)
+    log("\n".join(lines))
+    open_run_dir(out, {CONFIG_FILE: cfg_mod.dump(config)}, resume)
+    if resume:
+        (out / CONFIG_FILE).write_text(cfg_mod.dump(config))  # keep an extended run.total_env_steps
+    rows = loop.train(spec, out, costs, loop.SINGLE, resume=resume, progress=progress,
+                      stop_after_chunks=stop_after_chunks, log=log)
+    return rows[0] if rows else {}

@@ -1,0 +1,70 @@
+"""Shared fixtures: paths, small configs, sweep files, and the ways tests train a member.
+
+One compile cache serves the whole test run: in-process, every run goes through
+`pql_jax.run.program.program_for` (keyed by shapes only); subprocesses started by tests share a
+persistent JAX compilation cache in a session temp directory (inherited through the environment).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+import yaml
+
+from pql_jax import config as cfg_mod
+from pql_jax.learner.pql import make_train, metrics_to_host, num_chunks
+from pql_jax.learner.state import hparams_from_config
+from pql_jax.run.program import GroupProgram
+
+ROOT = Path(__file__).resolve().parents[1]
+POINTMASS = ROOT / "configs" / "pointmass.yaml"
+SHORT = ["run.total_env_steps=4800", "run.chunk_steps=25", "run.checkpoint_every=2"]
+"""Overrides for a seconds-scale pointmass run: 6 chunks of 25 vector steps at 32 envs."""
+
+
+def small(overrides=(), base=POINTMASS):
+    """A validated pointmass config with `SHORT` (and then `overrides`) applied."""
+    return cfg_mod.load(base, [*SHORT, *overrides])
+
+
+def write_sweep(tmp_path: Path, body: dict, name: str = "sweep.yaml") -> Path:
+    """A sweep file on the pointmass base config with the given keys (grid, zip, seeds ...)."""
+    path = Path(tmp_path) / name
+    path.write_text(yaml.safe_dump({"base": str(POINTMASS), **body}))
+    return path
+
+
+def run_group(group, batching: str = "map", devices=None) -> list[dict]:
+    """Train a group with the host loop's program; metrics per chunk as numpy [members]."""
+    program = GroupProgram.build(group, batching, devices)
+    states, out = program.initial_state(), []
+    for index in range(num_chunks(group.config)):
+        states, metrics = program.step(states, index * group.config.run.chunk_steps)
+        out.append(metrics)
+    return out
+
+
+def run_alone(config) -> list[dict]:
+    """Train one member with the pure whole-run function `jax.jit(learner.train)`; metrics per chunk."""
+    learner = make_train(config)
+    _, metrics = jax.jit(learner.train)(jax.random.PRNGKey(config.run.seed), hparams_from_config(config))
+    metrics = metrics_to_host(metrics)
+    return [{k: v[i] for k, v in metrics.items()} for i in range(learner.num_chunks)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compile_cache(tmp_path_factory):
+    """A persistent compilation cache for the whole test run, inherited by subprocesses."""
+    path = tmp_path_factory.mktemp("jax_cache")
+    old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                "jax_persistent_cache_min_compile_time_secs")}
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield path
+    for key, value in old.items():
+        jax.config.update(key, value)
