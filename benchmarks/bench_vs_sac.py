@@ -115,6 +115,7 @@ def run_pql(args, task, seed):
     import jax
     from pql_jax import config as C
     from pql_jax.learner import pql as T
+    from pql_jax.learner.state import PopulationSchedule, hparams_from_config
 
     t_start = time.time()
     overrides = pql_overrides(args, task)
@@ -127,15 +128,15 @@ def run_pql(args, task, seed):
     else:
         fresh = False
     learner, init, chunk, evaluate, cfg = _LEARNERS[task]
-    hp = T.hparams_from_config(cfg)
+    hp = hparams_from_config(cfg)
     state = init(jax.random.PRNGKey(seed), hp)  # the seed enters only here
     jax.block_until_ready(state)
-    n_chunks = learner.num_chunks()
+    n_chunks = learner.num_chunks
     evals, inside, t_first = [], 0.0, None
     t_loop = time.time()
     for i in range(n_chunks):
         t0 = time.time()
-        state, metrics = chunk(state)
+        state, metrics = chunk(state, PopulationSchedule.of(hp, i * cfg.run.chunk_steps))
         jax.block_until_ready(metrics)
         t1 = time.time()
         if i > 0:

@@ -339,6 +339,22 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
         raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
 
 
+def check_mapping(value: Any, allowed: tuple[str, ...], what: str) -> dict:
+    """`value` ({} when None) as a mapping whose keys are all in `allowed`; UserError otherwise."""
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise UserError(f"{what} must be a mapping with keys {', '.join(allowed)}")
+    unknown = sorted(set(value) - set(allowed), key=str)
+    if unknown:
+        raise UserError(f"unknown key {unknown[0]!r} in {what}; known: {', '.join(allowed)}")
+    return value
+
+
+def read_mapping(path: str | Path, allowed: tuple[str, ...], what: str) -> dict:
+    """A YAML file holding a mapping with known keys only (sweep and workflow files)."""
+    return check_mapping(read_yaml(path, what), allowed, f"{what} {path}")
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (None: defaults), apply overrides, validate."""
     config = Config()

@@ -20,6 +20,8 @@ from pql_jax.learner.state import hparams_from_config
 from pql_jax.run import launch, sweep
 from pql_jax.run.program import _PROGRAMS, GroupProgram, program_for, stack
 
+pytestmark = pytest.mark.slow  # every test here compiles and trains populations
+
 
 @pytest.fixture(scope="module")
 def utd_sweep(tmp_path_factory):
@@ -162,7 +164,7 @@ def test_sweep_cli_table_tensorboard_and_resume(tmp_path, capsys):
     ({"zip": {"utd": [1, 2], "critic_lr": [1e-3]}}, "equal lengths"),
     ({"grid": {"buffer_capacity": [10**11]}}, "needs ~"),
     ({"seeds": 0}, "seeds must be >= 1"),
-    ({"grids": {}}, "unknown sweep key 'grids'"),
+    ({"grids": {}}, "unknown key 'grids' in sweep file"),
 ])
 def test_bad_sweep_is_one_line_exit_2_before_any_run(tmp_path, capsys, body, needle):
     path = write_sweep(tmp_path, body)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import POINTMASS, run_alone
 
@@ -48,6 +49,7 @@ def reference_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_learns_pointmass():
     """Return clearly improves over training (random policy scores far lower)."""
     config = cfg_mod.load(POINTMASS, ["run.total_env_steps=24000"])
@@ -56,6 +58,7 @@ def test_learns_pointmass():
     assert np.mean(returns[-3:]) > returns[0] + 10.0, returns
 
 
+@pytest.mark.slow
 def test_update_counts_follow_fractional_utd(reference_run):
     """Critic updates = floor((steps - warm-up) * utd * num_envs); actor = critic // ratio."""
     config = small()
@@ -68,18 +71,21 @@ def test_update_counts_follow_fractional_utd(reference_run):
         assert int(row["actor_updates"]) == expected // config.agent.critic_actor_ratio
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(reference_run, tmp_path):
     out = tmp_path / "again"
     launch.train_config(small(), out, progress=False, log=lambda *a: None)
     same_columns(table(reference_run), table(out))
 
 
+@pytest.mark.slow
 def test_other_seed_other_numbers(reference_run, tmp_path):
     out = tmp_path / "seed1"
     launch.train_config(small(["run.seed=1"]), out, progress=False, log=lambda *a: None)
     assert table(reference_run)[-1]["critic_loss"] != table(out)[-1]["critic_loss"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(reference_run, tmp_path):
     """Kill -9 a CLI run after its first checkpoint, resume it, compare with the reference."""
     out = tmp_path / "killed"
@@ -100,6 +106,7 @@ def test_resume_after_sigkill_equals_uninterrupted(reference_run, tmp_path):
     same_columns(table(reference_run), table(out))
 
 
+@pytest.mark.slow
 def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys):
     """Updates start in chunk 2 with an Inf reward scale: exit 2 naming the quantity, chunk 1's
     checkpoint stays the latest and no non-finite row is logged."""
@@ -132,8 +139,34 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
 
 
+@pytest.mark.slow
 def test_existing_run_dir_is_not_overwritten(reference_run, capsys):
     before = (reference_run / "metrics.csv").read_bytes()
     code = main(["train", "--config", str(POINTMASS), "--out", str(reference_run), "--no-progress"])
     assert code == 2 and "already holds files" in capsys.readouterr().err
     assert (reference_run / "metrics.csv").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_single_runs_share_the_results_schema_and_fit_all_reads_them(tmp_path, capsys):
+    """Three UTDs x 2 seeds of `train` (one compiled program: equal shapes, ceil(utd x envs) = 1)
+    give tables with the sweep's schema; `fit all` reads the six run directories as they are."""
+    dirs = []
+    for utd in ("1/128", "1/64", "1/32"):
+        for seed in (0, 1):
+            out = tmp_path / f"utd{utd.replace('/', '_')}_s{seed}"
+            launch.train_config(small([f"agent.utd={utd}", f"run.seed={seed}", "run.total_env_steps=9600"]), out,
+                                progress=False, log=lambda *a: None)
+            dirs.append(str(out))
+    rows = table(Path(dirs[0]))
+    for column in ("member", "env", "seed", "utd", "utd_label", "batch_size", "critic_lr", "model_size", "step",
+                   "return", "td_train", "diverged"):
+        assert column in rows[0], column
+    assert rows[0]["utd_label"] == "1/128" and rows[0]["env"] == "test:pointmass"
+    code = main(["fit", "all", *dirs, "--out", str(tmp_path / "fit"), "--max-return", "50", "--n-thresholds", "2",
+                 "--resamples", "10", "--no-figures"])
+    assert code == 0, capsys.readouterr().err
+    crossings = pd.read_csv(tmp_path / "fit" / "crossings_runs.csv")
+    assert sorted(crossings["utd"].unique()) == [1 / 128, 1 / 64, 1 / 32]
+    assert len(crossings.drop_duplicates(["utd", "level"])) == len(crossings)  # the two seeds form one run group
+    assert (crossings.loc[crossings["reached"], "data_std"] > 0).all()  # ... whose seed bootstrap has a spread

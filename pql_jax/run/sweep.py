@@ -130,12 +130,7 @@ def _short(value: Any) -> str:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read a sweep file: members, their validated configs and their groups. UserError on bad input."""
     path = Path(path)
-    spec = cfg_mod.read_yaml(path, "sweep file")
-    if not isinstance(spec, dict):
-        raise UserError(f"sweep file {path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
-    if unknown:
-        raise UserError(f"unknown sweep key {unknown[0]!r}; known: {', '.join(SPEC_KEYS)}")
+    spec = cfg_mod.read_mapping(path, SPEC_KEYS, "sweep file")
     base_path = spec.get("base")
     base_file = (path.parent / base_path) if base_path and not Path(base_path).is_absolute() else base_path
     if base_path and not Path(base_file).is_file() and Path(base_path).is_file():

@@ -127,7 +127,9 @@ def add_subcommands(subparsers) -> None:
         p.add_argument("--per-env", action="store_true", help="one slope per env")
         p.set_defaults(func=lambda a, hp=hp: cmd_hparam(a, hp))
     al = fsub.add_parser("all", help="learning curves -> crossings -> laws -> budgets -> report")
-    al.add_argument("curves")
+    al.add_argument("curves", nargs="+", metavar="CURVES",
+                    help="learning-curve CSV(s) or run directories (a sweep's results.csv, a train run's metrics.csv); "
+                         "several are read as one table")
     al.add_argument("--out", required=True)
     al.add_argument("--max-return", help="normalise returns to 0..1000: a number or env=value,...")
     al.add_argument("--thresholds", help="comma-separated return thresholds (default: auto)")

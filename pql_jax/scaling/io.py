@@ -25,11 +25,30 @@ POSITIVE = ("utd", "batch_size", "lr", "model_size", "data")
 NONNEGATIVE = ("step", "data_std", "flops", "critic_updates")
 
 
+RUN_TABLES = ("results.csv", "metrics.csv")  # a sweep's and a single run's results table
+
+
 def read_table(source, what: str = "table") -> pd.DataFrame:
-    """Return a DataFrame from a CSV path or a DataFrame (copied)."""
+    """A DataFrame from a CSV path, a run directory (its results.csv / metrics.csv), a DataFrame
+    (copied) or a list of these (concatenated; `member` names are prefixed by the source index)."""
+    if isinstance(source, (list, tuple)):
+        if len(source) == 1:
+            return read_table(source[0], what)
+        frames = []
+        for i, one in enumerate(source):
+            df = read_table(one, what)
+            if "member" in df.columns:
+                df["member"] = f"{i}:" + df["member"].astype(str)
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True, sort=False)
     if isinstance(source, pd.DataFrame):
         return source.copy()
     path = os.fspath(source)
+    if os.path.isdir(path):
+        found = [os.path.join(path, name) for name in RUN_TABLES if os.path.isfile(os.path.join(path, name))]
+        if not found:
+            raise UserError(f"{what}: {path} is a directory without {' or '.join(RUN_TABLES)}")
+        path = found[0]
     if not os.path.isfile(path):
         raise UserError(f"{what} file not found: {path}")
     try:

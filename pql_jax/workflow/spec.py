@@ -86,12 +86,7 @@ class Workflow:
 
 
 def _mapping(spec: dict, key: str, allowed: tuple, required: tuple = ()) -> dict:
-    part = spec.get(key) or {}
-    if not isinstance(part, dict):
-        raise UserError(f"workflow: {key} must be a mapping with keys {', '.join(allowed)}")
-    unknown = sorted(set(part) - set(allowed))
-    if unknown:
-        raise UserError(f"workflow: unknown key {key}.{unknown[0]}; known: {', '.join(allowed)}")
+    part = cfg_mod.check_mapping(spec.get(key), allowed, f"workflow section {key}")
     for k in required:
         if k not in part or part[k] in (None, []):
             raise UserError(f"workflow: missing key {key}.{k}")
@@ -108,12 +103,7 @@ def _list(part: dict, key: str, where: str) -> list:
 def load_workflow(path: str | Path) -> Workflow:
     """Read and validate a workflow file (UserError on bad input, before anything is written)."""
     path = Path(path)
-    spec = cfg_mod.read_yaml(path, "workflow file")
-    if not isinstance(spec, dict):
-        raise UserError(f"workflow file {path} must be a mapping with keys {', '.join(KEYS)}")
-    unknown = sorted(set(spec) - set(KEYS))
-    if unknown:
-        raise UserError(f"workflow: unknown key {unknown[0]!r}; known: {', '.join(KEYS)}")
+    spec = cfg_mod.read_mapping(path, KEYS, "workflow file")
     for k in REQUIRED:
         if spec.get(k) is None:
             raise UserError(f"workflow: missing key {k!r}")
