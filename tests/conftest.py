@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pql_jax import config as cfg_mod
+from pql_jax.config import program_config
 from pql_jax.learner.pql import make_train, metrics_to_host, num_chunks
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.run.program import GroupProgram
@@ -47,10 +48,18 @@ def run_group(group, batching: str = "map", devices=None) -> list[dict]:
     return out
 
 
+_WHOLE_RUNS: dict = {}
+
+
 def run_alone(config) -> list[dict]:
-    """Train one member with the pure whole-run function `jax.jit(learner.train)`; metrics per chunk."""
+    """Train one member with the pure whole-run function `jax.jit(learner.train)`; metrics per chunk.
+
+    The jitted function is shared by configs of equal shape, update slots and length."""
     learner = make_train(config)
-    _, metrics = jax.jit(learner.train)(jax.random.PRNGKey(config.run.seed), hparams_from_config(config))
+    key = (program_config(config), learner.max_updates, learner.num_chunks)
+    if key not in _WHOLE_RUNS:
+        _WHOLE_RUNS[key] = jax.jit(learner.train)
+    _, metrics = _WHOLE_RUNS[key](jax.random.PRNGKey(config.run.seed), hparams_from_config(config))
     metrics = metrics_to_host(metrics)
     return [{k: v[i] for k, v in metrics.items()} for i in range(learner.num_chunks)]
 

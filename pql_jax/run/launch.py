@@ -5,6 +5,7 @@ through here; everything below is the same path (a single run is a sweep of one 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -32,21 +33,25 @@ def plan_sweep(sweep_file: str | Path, overrides: list[str] = ()) -> tuple[Sweep
     return (spec, *plan(spec))
 
 
-def open_run_dir(out: Path, files: dict[str, str], resume: bool, check: str | None = None) -> None:
-    """Create `out` holding `files`; with `resume`, require that it holds them already, and that the
-    file named `check` has exactly the given text (the same run). UserError otherwise, nothing written."""
+def open_run_dir(out: Path, files: dict[str, str], resume: bool, same=None, what: str = "run") -> None:
+    """Create `out` holding `files` (each written atomically), or, with `resume`, check that it holds
+    them already and, when `same` is given, that `same(text of the first file)` says it is this run.
+    UserError otherwise, with nothing written."""
+    out = Path(out)
     if resume:
         missing = [name for name in files if not (out / name).is_file()]
         if missing:
-            raise UserError(f"{out} holds no run to resume (no {missing[0]})")
-        if check is not None and (out / check).read_text() != files[check]:
-            raise UserError(f"{out} holds a different run; resume it with its own sweep file and overrides")
+            raise UserError(f"{out} holds no {what} to resume (no {missing[0]})")
+        if same is not None and not same((out / next(iter(files))).read_text()):
+            raise UserError(f"{out} holds a different {what}; choose another --out (or resume it with its own files)")
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already holds files; use --resume or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        (out / name).write_text(text)
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
 
 
 def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[str] = (), resume: bool = False,
@@ -61,7 +66,8 @@ def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[st
     log("\n".join(lines))
     out = Path(out)
     record = yaml.safe_dump({"name": spec.name, "members": [m.name for m in spec.members]}, sort_keys=False)
-    open_run_dir(out, {SWEEP_FILE: Path(sweep_file).read_text(), MEMBERS_FILE: record}, resume, check=MEMBERS_FILE)
+    open_run_dir(out, {MEMBERS_FILE: record, SWEEP_FILE: Path(sweep_file).read_text()}, resume,
+                 same=lambda saved: saved == record, what="sweep")
     return loop.train(spec, out, costs, loop.SWEEP, resume=resume, progress=progress, batching=batching,
                       stop_after_chunks=stop_after_chunks, log=log)
 
@@ -69,7 +75,7 @@ def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[st
 def resume_config(out: Path, overrides: list[str]) -> Config:
     """The config of the run in `out`; only run.total_env_steps may be overridden (to extend it)."""
     if not (out / CONFIG_FILE).is_file():
-        raise UserError(f"{out} holds no run to resume (no {CONFIG_FILE})")
+        raise UserError(f"{out} holds no run to resume (no {CONFIG_FILE})")  # before the config is read
     bad = [o for o in overrides if not o.startswith("run.total_env_steps=")]
     if bad:
         raise UserError(f"--resume only accepts run.total_env_steps=... overrides, not {bad[0]!r}")

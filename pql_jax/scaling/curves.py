@@ -4,6 +4,7 @@ the seed bootstrap (seeded per run group, so results do not depend on which othe
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -189,12 +190,22 @@ def crossings_table(groups: list[RunGroup], keys: list[str], thresholds: dict,
         for j, thr in enumerate(J):
             boot = D[i, 1:, j]
             rows.append({**dict(zip(keys, g.key)), "level": j, "threshold": float(thr),
-                         "data": D[i, 0, j], "data_std": _nanstd(boot),
+                         "data": D[i, 0, j], "data_std": float(nanstd(boot)),
                          "reached": bool(np.isfinite(D[i, 0, j])),
                          "reached_frac": float(np.isfinite(boot).mean()) if boot.size else float("nan")})
     return pd.DataFrame(rows)
 
 
-def _nanstd(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+def nanmean(x, axis=None):
+    """Mean over the non-NaN entries (NaN, without a warning, where there are none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def nanstd(x, axis=None):
+    """Sample SD (ddof=1) over the finite entries; NaN, without a warning, where fewer than 2."""
+    x = np.asarray(x, float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanstd(np.where(np.isfinite(x), x, np.nan), axis=axis, ddof=1)

@@ -3,12 +3,10 @@ best-tuned crossings per cell that the data-efficiency laws are fitted to."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
-from pql_jax.scaling.curves import CELL_COLUMNS
+from pql_jax.scaling.curves import CELL_COLUMNS, nanmean, nanstd
 
 
 def cell_columns(gdf: pd.DataFrame) -> list[str]:
@@ -22,18 +20,6 @@ def _argbest(D: np.ndarray, values: np.ndarray) -> np.ndarray:
     best = values[np.argmin(filled, axis=0)].astype(float)
     best[~np.isfinite(filled).any(axis=0)] = np.nan
     return best
-
-
-def _nanmean(x, axis):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(x, axis=axis)
-
-
-def _nanstd(x, axis):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanstd(x, axis=axis, ddof=1)
 
 
 def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataFrame, dict]:
@@ -59,9 +45,9 @@ def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataF
             sub = gdf.iloc[rows]
             parts = [_argbest(D[rows[m], :, level], sub[hp].to_numpy()[m])
                      for _, m in _masks(sub, other)]
-            mats[c] = _nanmean(np.stack(parts), axis=0)
-        table[hp] = _nanmean(mats[:, boot], axis=1)
-        table[f"{hp}_std"] = _nanstd(mats[:, boot], axis=1) if K > 1 else np.nan
+            mats[c] = nanmean(np.stack(parts), axis=0)
+        table[hp] = nanmean(mats[:, boot], axis=1)
+        table[f"{hp}_std"] = nanstd(mats[:, boot], axis=1) if K > 1 else np.nan
         table[f"n_{hp}"] = gdf.groupby(cell_id)[hp].nunique().to_numpy()
         per_resample[hp] = mats[:, boot]
     return table, per_resample

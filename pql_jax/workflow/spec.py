@@ -50,6 +50,7 @@ import yaml
 
 from pql_jax import config as cfg_mod
 from pql_jax.errors import UserError
+from pql_jax.run.launch import open_run_dir
 
 STAGES = ("hparam_sweep", "fit_hparams", "utd_sweep", "fit_laws", "verify", "report")
 KEYS = ("name", "base", "overrides", "seeds", "max_return", "thresholds", "n_thresholds", "select_level",
@@ -177,22 +178,15 @@ def _overrides(d: dict | None) -> list[str]:
 
 def prepare_out(wf: Workflow, out: Path) -> None:
     """Create OUT with its workflow.yaml, or check that OUT holds this same workflow."""
-    saved = out / "workflow.yaml"
-    if saved.is_file():
+    def same(text: str) -> bool:
         try:
-            old = yaml.safe_load(saved.read_text()) or {}
-            old_identity = {**old, "base": cfg_mod.read_yaml(old["base"], "base config")}
+            old = yaml.safe_load(text) or {}
+            return {**old, "base": cfg_mod.read_yaml(old["base"], "base config")} == wf.identity
         except (UserError, KeyError, TypeError, yaml.YAMLError):
-            old_identity = None
-        if old_identity != wf.identity:
-            raise UserError(f"{out} holds a different workflow's results; choose another --out")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already holds files that are not a workflow run; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "workflow.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(wf.record, sort_keys=False))
-    os.replace(tmp, saved)
+            return False
+
+    open_run_dir(out, {"workflow.yaml": yaml.safe_dump(wf.record, sort_keys=False)},
+                 resume=(out / "workflow.yaml").is_file(), same=same, what="workflow's results")
 
 
 def is_done(out: Path, stage: str) -> bool:
