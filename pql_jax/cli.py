@@ -8,6 +8,10 @@ import sys
 from pql_jax.errors import UserError
 
 
+COMPILING = ("train", "plan", "sweep", "workflow")
+"""Commands that compile JAX programs: they use the persistent compilation cache (run/compile_cache.py)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pql-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed a one-line usage error
         return int(exc.code or 0) and 2
     try:
+        if args.command in COMPILING:
+            from pql_jax.run import compile_cache
+
+            compile_cache.enable(log=lambda m: print(m, file=sys.stderr))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
