@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,35 @@ def test_single_runs_share_the_results_schema_and_fit_all_reads_them(tmp_path, c
     assert sorted(crossings["utd"].unique()) == [1 / 128, 1 / 64, 1 / 32]
     assert len(crossings.drop_duplicates(["utd", "level"])) == len(crossings)  # the two seeds form one run group
     assert (crossings.loc[crossings["reached"], "data_std"] > 0).all()  # ... whose seed bootstrap has a spread
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_asynchronous_checkpoint_write(tmp_path):
+    """Kill -9 while orbax writes a checkpoint in the background (training goes on meanwhile): the
+    half-written one never becomes the latest, and the resumed run equals an uninterrupted one."""
+    big = ["run.total_env_steps=6400", "run.chunk_steps=25", "run.checkpoint_every=1",
+           "agent.buffer_capacity=3000000"]  # a buffer big enough that a write takes a while
+    reference = tmp_path / "reference"
+    launch.train_config(small(big), reference, progress=False, log=lambda *a: None)
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "pql_jax.cli", "train", "--config", str(POINTMASS), "--out", str(out),
+            "--no-progress", *big]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts, deadline, caught = out / "checkpoints", time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        complete = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
+        writing = [p.name for p in ckpts.iterdir() if "tmp" in p.name] if ckpts.exists() else []
+        if complete and writing:  # one checkpoint done, the next one half-written
+            os.kill(proc.pid, signal.SIGKILL)
+            caught = writing
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert caught, "never saw a checkpoint being written: " + proc.stderr.read().decode()[-500:]
+    from pql_jax.run.checkpoint import Checkpointer
+
+    latest = Checkpointer(ckpts, 2).latest_step()
+    half_written = {int(m.group()) for m in (re.match(r"\d+", name) for name in caught) if m}
+    assert half_written and latest is not None and latest < min(half_written), (caught, latest)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    same_columns(table(reference), table(out))
