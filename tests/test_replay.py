@@ -187,8 +187,10 @@ def test_sample_with_terminals_respects_window_and_episode_end():
         assert disc[i] == (0.0 if ended else 0.5**m)
 
 
-def test_buffer_bytes_matches_arrays():
+@pytest.mark.parametrize("dtype, episode_steps", [("float32", None), ("bfloat16", None), ("float32", 3),
+                                                   ("bfloat16", 2)])
+def test_buffer_bytes_matches_arrays(dtype, episode_steps):
     rows, E, O, A = 7, 3, 5, 2
-    buf = replay.init_buffer(rows, E, O, A)
-    arrays = (buf.obs, buf.action, buf.reward, buf.terminal, buf.truncated, buf.next_obs)
-    assert replay.buffer_bytes(rows, E, O, A) == sum(x.nbytes for x in arrays)
+    buf = replay.init_buffer(rows, E, O, A, dtype, episode_steps)
+    arrays = jax.tree.leaves(buf)  # every array the buffer holds
+    assert replay.buffer_bytes(rows, E, O, A, dtype, episode_steps) == sum(x.nbytes for x in arrays)

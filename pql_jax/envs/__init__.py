@@ -2,6 +2,10 @@
 
 Time-limit truncation and true termination are kept apart: `terminal` means the MDP ended
 (no bootstrap), `truncated` means the time limit cut the episode (bootstrap from `next_obs`).
+A step whose observation or reward is not finite (a physics blow-up: Playground signals `done`
+on NaN qpos/qvel) is neither: it is `nonfinite`, its env is reset, and its reward and next
+observation are replaced by 0 and the step's own observation, so nothing non-finite leaves the
+adapter (the learner never samples such a transition, see pql_jax.learner.replay).
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 
 
+TEST_ENVS = ("test:pointmass", "test:pointmass_nan")
+"""Pure-JAX test tasks (pql_jax.envs.pointmass); `_nan` injects non-finite steps."""
+
+
 def known_envs(include_playground: bool = True) -> list[str]:
     """Every env name this build accepts (importing Playground's registry takes seconds)."""
-    names = ["test:pointmass"] + [f"brax:{n}" for n in BRAX_ENVS]
+    names = ["test:pointmass"] + [f"brax:{n}" for n in BRAX_ENVS] + ["test:pointmass_nan"]
     if not include_playground:
         return names
     try:
@@ -34,6 +42,24 @@ def known_envs(include_playground: bool = True) -> list[str]:
     except Exception:  # noqa: BLE001 - playground optional at listing time
         pass
     return names
+
+
+def reward_range(name: str) -> tuple[float, float] | None:
+    """Bounds of one env step's reward where they are known, else None: the test tasks and
+    Playground's DM Control suite give rewards in [0, 1] (dm_control builds them from
+    `rewards.tolerance` values in [0, 1])."""
+    kind, _, task = name.partition(":")
+    if name in TEST_ENVS:
+        return 0.0, 1.0
+    if kind == "playground":
+        try:
+            from mujoco_playground import registry
+
+            if task in registry.dm_control_suite.ALL_ENVS:
+                return 0.0, 1.0
+        except Exception:  # noqa: BLE001 - playground optional
+            pass
+    return None
 
 
 def check_env_name(name: str) -> None:
@@ -71,7 +97,11 @@ class StepOut(NamedTuple):
     truncated: jax.Array
     """Time limit reached without termination: bootstrap from next_obs."""
     episode_return: jax.Array
-    """Return of episodes that ended this step (0 where none ended)."""
+    """Return of episodes that ended this step (0 where none ended; where `nonfinite` that of the
+    cut episode, possibly NaN: count only terminal or truncated episodes)."""
+    nonfinite: jax.Array
+    """The step's observation or reward was not finite: not terminal, not truncated, env reset;
+    reward 0 and next_obs = the step's own observation (finite)."""
 
 
 class VecEnv(NamedTuple):
@@ -94,10 +124,10 @@ def _flat_obs(obs: Any) -> jax.Array:
 def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length: int):
     """Instantiate the raw simulator env (cached: building an env parses its model)."""
     kind, _, task = name.partition(":")
-    if name == "test:pointmass":
-        from pql_jax.envs.pointmass import PointMass
+    if name in TEST_ENVS:
+        from pql_jax.envs.pointmass import PointMass, PointMassNaN
 
-        return PointMass()
+        return PointMassNaN() if name == "test:pointmass_nan" else PointMass()
     if kind == "brax":
         from brax import envs as brax_envs
 
@@ -146,10 +176,12 @@ def make_env(config: EnvConfig) -> VecEnv:
         sim_state = sim_step(state.sim, action)
         next_obs = _flat_obs(sim_state.obs)
         reward = sim_state.reward.astype(jnp.float32)
+        nonfinite = ~jnp.isfinite(reward) | ~jnp.all(jnp.isfinite(next_obs), axis=-1)
+        next_obs = jnp.where(nonfinite[:, None], state.obs, next_obs)
         episode_step = state.episode_step + action_repeat
-        terminal = sim_state.done > 0.5
-        truncated = (episode_step >= episode_length) & ~terminal
-        done = terminal | truncated
+        terminal = (sim_state.done > 0.5) & ~nonfinite
+        truncated = (episode_step >= episode_length) & ~terminal & ~nonfinite
+        done = terminal | truncated | nonfinite
         episode_return = state.episode_return + reward
         split = jax.vmap(jax.random.split)(state.key)
         new_key, reset_key = split[:, 0], split[:, 1]
@@ -162,8 +194,10 @@ def make_env(config: EnvConfig) -> VecEnv:
         # Skip the reset work on steps where no episode ended (every step but the last of an
         # episode in fixed-length tasks); under vmap of a population this becomes a select.
         sim_state = jax.lax.cond(jnp.any(done), with_resets, lambda _: sim_state, None)
-        out = StepOut(next_obs=next_obs, reward=reward, terminal=terminal, truncated=truncated,
-                      episode_return=jnp.where(done, episode_return, 0.0))
+        # A non-finite reward only reaches episode_return: the learner counts returns of terminal or
+        # truncated episodes only, and the reset discards it.
+        out = StepOut(next_obs=next_obs, reward=jnp.where(nonfinite, 0.0, reward), terminal=terminal,
+                      truncated=truncated, episode_return=jnp.where(done, episode_return, 0.0), nonfinite=nonfinite)
         new_state = EnvState(sim=sim_state, obs=_flat_obs(sim_state.obs),
                              episode_step=jnp.where(done, 0, episode_step),
                              episode_return=jnp.where(done, 0.0, episode_return), key=new_key)

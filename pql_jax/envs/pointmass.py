@@ -51,3 +51,42 @@ class PointMass:
         outside = jnp.any(jnp.abs(pos) > 2.0)
         reward = jnp.where(outside, 0.0, jnp.exp(-2.0 * jnp.linalg.norm(s.target - pos)))
         return State(s, self._obs(s), reward, outside.astype(jnp.float32))
+
+
+class BlowUpState(struct.PyTreeNode):
+    pos: jax.Array
+    target: jax.Array
+    step: jax.Array
+    """Steps since reset."""
+    blow_up: jax.Array
+    """The step at which this episode's physics blows up (drawn at reset; may lie past the time limit)."""
+
+
+class PointMassNaN(PointMass):
+    """`test:pointmass_nan`: PointMass whose physics blows up at a random step of some episodes.
+
+    At reset each episode draws `blow_up` uniformly from 1..`horizon`; at that step the
+    observation and reward are NaN and `done` is 1 (as Playground does for NaN qpos/qvel), and
+    the state stays NaN until the adapter resets it. There is no terminal (the point is clipped
+    to the arena), so episode boundaries and blow-ups depend only on the reset keys, not on the
+    actions: a test can count the blow-ups of a run by stepping the same envs with any actions.
+    """
+
+    def __init__(self, horizon: int = 400):
+        self.horizon = horizon
+
+    def reset(self, rng) -> State:
+        pos_key, target_key, blow_key = jax.random.split(rng, 3)
+        s = BlowUpState(jax.random.uniform(pos_key, (2,), minval=-1, maxval=1),
+                        jax.random.uniform(target_key, (2,), minval=-1, maxval=1), jnp.zeros((), jnp.int32),
+                        jax.random.randint(blow_key, (), 1, self.horizon + 1))
+        return State(s, self._obs(s), jnp.zeros(()), jnp.zeros(()))
+
+    def step(self, state: State, action) -> State:
+        s = state.pipeline_state
+        step = s.step + 1
+        nan = jnp.where(step == s.blow_up, jnp.nan, 0.0)
+        pos = jnp.clip(s.pos + 0.1 * jnp.clip(action, -1, 1), -2.0, 2.0) + nan
+        s = s.replace(pos=pos, step=step)
+        reward = jnp.exp(-2.0 * jnp.linalg.norm(s.target - pos))
+        return State(s, self._obs(s), reward, jnp.isnan(reward).astype(jnp.float32))

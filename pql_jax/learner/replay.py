@@ -4,26 +4,110 @@ Rows are vector steps ([rows, num_envs, ...]), so each env's transitions lie in 
 and the n-step window of a sample is the next n-1 rows of the same env. The window stops at
 the first terminal or truncation: a terminal ends the return with no bootstrap, a truncation
 bootstraps from that step's final observation.
+
+Observations are stored once. Within an episode the next observation of a step is the next
+step's observation, so one ring of `rows + 1` observation slots (time t at slot t % (rows + 1))
+holds them all: `insert` writes the step's `next_obs` into the successor slot, and the step's own
+`obs` only where the previous step ended an episode (elsewhere the slot already holds the
+previous step's next_obs, the same array). The extra slot keeps the newest row's successor
+while the oldest row's observation is still held, so every sampleable row's successor is
+written and the sampleable rows are the same as with a separate next_obs store.
+
+At an episode end the successor slot is overwritten by the reset observation, so the final
+observation goes to a small side store instead: per env, a FIFO of truncation final
+observations and one of terminal final observations, each entry tagged with the time it ended.
+A bootstrap from an ended row looks its time up there. Truncations of one env are at least
+`episode_steps` vector steps apart (each needs a full episode since the last reset), so a
+truncation FIFO of ceil(rows / episode_steps) entries holds every truncation still in the
+buffer: truncation bootstraps are exact. A terminal whose entry was pushed out (an env that
+terminated more often than that within the buffer) bootstraps from the successor slot (the
+reset observation): its discount is 0, so a scalar target is bit-identical (R + 0 * Q = R for
+finite Q); a categorical target differs by rounding only (the projected mass sums to 1 up to
+float error). Without `episode_steps` both FIFOs hold `rows` entries and every lookup is exact.
+
+A transition marked `invalid` (a non-finite observation or reward, see pql_jax.envs) is never
+sampled: windows stop before it and bootstrap from the observation it started from, exactly
+as if the episode had been truncated there; the stored values are finite, never NaN.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+TERMINAL, TRUNCATED, INVALID = 1, 2, 4
+"""Bits of `ReplayBuffer.flags`."""
+ENDED = TERMINAL | TRUNCATED
+OBS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.uint16}
+"""Array dtype holding observations per `agent.buffer_dtype`; samples are always float32.
+bfloat16 observations are kept as their 16-bit patterns: XLA's CPU backend computes a bfloat16
+dynamic-update-slice in float32 and rewrites the whole ring at every insert (measured: +17 MB of
+temporaries for a 16 MB ring), while integer rows are updated in place on every backend."""
+MAX_REDRAWS = 3
+"""Spare draws for samples that hit an invalid transition (drawn always, no loop: a sample stays
+invalid with probability (invalid share of the buffer)^4, and is then a harmless zero-length
+window: return 0, discount 1, bootstrap from its own observation)."""
+_NO_TIME = -(2**31)
+
 
 class ReplayBuffer(struct.PyTreeNode):
-    """Ring storage; `head` is the next row to write, `size` the rows filled."""
+    """Ring storage; `head` is the next row to write, `size` the rows filled, `count` rows ever written."""
 
-    obs: jax.Array
+    obs_ring: jax.Array
+    """[rows + 1, E, obs] (see OBS_DTYPES): the observation of time t at slot t % (rows + 1)."""
+    trunc_obs: jax.Array
+    """[slots, E, obs]: final observations of truncated episodes, a FIFO per env."""
+    trunc_time: jax.Array
+    """[slots, E] int32: the time of each trunc_obs entry."""
+    trunc_next: jax.Array
+    """[E] int32: the trunc_obs slot each env writes next."""
+    term_obs: jax.Array
+    """[slots, E, obs]: final observations of terminated episodes, a FIFO per env."""
+    term_time: jax.Array
+    term_next: jax.Array
     action: jax.Array
     reward: jax.Array
-    terminal: jax.Array
-    truncated: jax.Array
-    next_obs: jax.Array
+    flags: jax.Array
+    """[rows, E] uint8: TERMINAL | TRUNCATED | INVALID bits."""
+    starts: jax.Array
+    """[E] bool: the last step written ended an episode (or was invalid), so the next one starts one."""
     head: jax.Array
     size: jax.Array
+    count: jax.Array
+
+    # ---- views (for inspection and tests; the learner reads through `sample`) -----------
+    @property
+    def rows(self) -> int:
+        return self.reward.shape[0]
+
+    @property
+    def terminal(self):
+        return (self.flags & TERMINAL) != 0
+
+    @property
+    def truncated(self):
+        return (self.flags & TRUNCATED) != 0
+
+    @property
+    def invalid(self):
+        return (self.flags & INVALID) != 0
+
+    @property
+    def obs(self):
+        """[rows, E, obs] float32: each row's observation (rows not yet written hold garbage)."""
+        return _decode(self.obs_ring[row_time(self, jnp.arange(self.rows)) % (self.rows + 1)])
+
+    @property
+    def next_obs(self):
+        """[rows, E, obs] float32: each row's next (or final) observation."""
+        rows, envs = self.flags.shape
+        r = jnp.repeat(jnp.arange(rows), envs)
+        e = jnp.tile(jnp.arange(envs), rows)
+        ended = (self.flags[r, e] & ENDED) != 0
+        return successor_obs(self, r, e, ended, jnp.ones_like(ended)).reshape(rows, envs, -1)
 
 
 class Batch(struct.PyTreeNode):
@@ -36,62 +120,168 @@ class Batch(struct.PyTreeNode):
     discount: jax.Array
 
 
-def init_buffer(rows: int, num_envs: int, obs_size: int, action_size: int) -> ReplayBuffer:
-    """Empty buffer of `rows` vector steps."""
-    zeros = lambda *shape: jnp.zeros((rows, num_envs, *shape), jnp.float32)
-    flags = jnp.zeros((rows, num_envs), jnp.bool_)
-    return ReplayBuffer(zeros(obs_size), zeros(action_size), zeros(), flags, flags, zeros(obs_size),
-                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+def end_slots(rows: int, episode_steps: int | None) -> int:
+    """Entries per env of each final-observation FIFO: every truncation within `rows` rows fits."""
+    return rows if not episode_steps else max(1, min(rows, math.ceil(rows / episode_steps)))
 
 
-def buffer_bytes(rows: int, num_envs: int, obs_size: int, action_size: int) -> int:
-    """Bytes of device memory the buffer takes."""
-    return rows * num_envs * (4 * (2 * obs_size + action_size + 1) + 2)
+def init_buffer(rows: int, num_envs: int, obs_size: int, action_size: int, obs_dtype: str = "float32",
+                episode_steps: int | None = None) -> ReplayBuffer:
+    """Empty buffer of `rows` vector steps; `episode_steps` (vector steps per full episode) sizes the
+    final-observation store (None: `rows` entries per env, exact for any sequence of flags)."""
+    dtype = OBS_DTYPES[obs_dtype]
+    slots = end_slots(rows, episode_steps)
+    zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+    no_time = jnp.full((slots, num_envs), _NO_TIME, jnp.int32)
+    first = jnp.zeros(num_envs, jnp.int32)
+    scalar = jnp.zeros((), jnp.int32)
+    return ReplayBuffer(
+        obs_ring=jnp.zeros((rows + 1, num_envs, obs_size), dtype),
+        trunc_obs=jnp.zeros((slots, num_envs, obs_size), dtype), trunc_time=no_time, trunc_next=first,
+        term_obs=jnp.zeros((slots, num_envs, obs_size), dtype), term_time=no_time, term_next=first,
+        action=zeros(rows, num_envs, action_size), reward=zeros(rows, num_envs),
+        flags=jnp.zeros((rows, num_envs), jnp.uint8), starts=jnp.ones(num_envs, jnp.bool_),
+        head=scalar, size=scalar, count=scalar)
 
 
-def insert(buf: ReplayBuffer, obs, action, reward, terminal, truncated, next_obs) -> ReplayBuffer:
-    """Write one vector step (each argument has a leading env axis), overwriting the oldest row."""
-    rows = buf.obs.shape[0]
-    row = buf.head
+def buffer_bytes(rows: int, num_envs: int, obs_size: int, action_size: int, obs_dtype: str = "float32",
+                 episode_steps: int | None = None) -> int:
+    """Bytes of device memory `init_buffer` with the same arguments takes."""
+    item = jnp.dtype(OBS_DTYPES[obs_dtype]).itemsize
+    slots = end_slots(rows, episode_steps)
+    per_env = ((rows + 1) * obs_size * item + 2 * slots * (obs_size * item + 4) + 2 * 4
+               + rows * (4 * (action_size + 1) + 1) + 1)
+    return num_envs * per_env + 3 * 4
+
+
+def _encode(x, dtype):
+    """float32 observations -> the storage dtype (bfloat16 bit patterns for uint16)."""
+    if dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16)
+    return x.astype(dtype)
+
+
+def _decode(x):
+    """Stored observations -> float32."""
+    if x.dtype == jnp.uint16:
+        x = jax.lax.bitcast_convert_type(x, jnp.bfloat16)
+    return x.astype(jnp.float32)
+
+
+def _push(store, times, nxt, mask, value, t):
+    """Append `value[e]` at time `t` to env e's FIFO where `mask[e]`."""
+    slots, envs = times.shape
+    slot = jnp.where(mask, nxt, slots)  # out of range: dropped
+    env = jnp.arange(envs)
+    store = store.at[slot, env].set(_encode(value, store.dtype), mode="drop")
+    times = times.at[slot, env].set(t, mode="drop")
+    return store, times, jnp.where(mask, (nxt + 1) % slots, nxt)
+
+
+def insert(buf: ReplayBuffer, obs, action, reward, terminal, truncated, next_obs, invalid=None) -> ReplayBuffer:
+    """Write one vector step (each argument has a leading env axis), overwriting the oldest row.
+
+    `invalid` (optional, [E] bool) marks transitions never to sample (non-finite data): their
+    reward and next observation are stored as 0 and `obs`.
+    """
+    rows = buf.rows
+    slots = rows + 1
+    dtype = buf.obs_ring.dtype
+    t, row = buf.count, buf.head
+    invalid = jnp.zeros_like(terminal) if invalid is None else invalid
+    ended = (terminal | truncated) & ~invalid
+    next_obs = jnp.where(invalid[:, None], obs, next_obs)
+    # This step's observation is already in its slot (the previous step's next_obs) unless the
+    # previous step ended an episode; then the slot gets the reset observation.
+    here = jax.lax.dynamic_index_in_dim(buf.obs_ring, t % slots, 0, keepdims=False)
+    here = jnp.where(buf.starts[:, None], _encode(obs, dtype), here)
+    ring = jax.lax.dynamic_update_index_in_dim(buf.obs_ring, here, t % slots, 0)
+    ring = jax.lax.dynamic_update_index_in_dim(ring, _encode(next_obs, dtype), (t + 1) % slots, 0)
+    trunc_obs, trunc_time, trunc_next = _push(buf.trunc_obs, buf.trunc_time, buf.trunc_next,
+                                              ended & ~terminal, next_obs, t)
+    term_obs, term_time, term_next = _push(buf.term_obs, buf.term_time, buf.term_next, ended & terminal, next_obs, t)
+    flags = jnp.where(invalid, INVALID, terminal.astype(jnp.uint8) * TERMINAL + truncated.astype(jnp.uint8) * TRUNCATED)
     put = lambda store, value: jax.lax.dynamic_update_index_in_dim(store, value.astype(store.dtype), row, 0)
-    return buf.replace(obs=put(buf.obs, obs), action=put(buf.action, action), reward=put(buf.reward, reward),
-                       terminal=put(buf.terminal, terminal), truncated=put(buf.truncated, truncated),
-                       next_obs=put(buf.next_obs, next_obs), head=(row + 1) % rows,
-                       size=jnp.minimum(buf.size + 1, rows))
+    return buf.replace(obs_ring=ring, trunc_obs=trunc_obs, trunc_time=trunc_time, trunc_next=trunc_next,
+                       term_obs=term_obs, term_time=term_time, term_next=term_next,
+                       action=put(buf.action, action), reward=put(buf.reward, jnp.where(invalid, 0.0, reward)),
+                       flags=put(buf.flags, flags), starts=ended | invalid, head=(row + 1) % rows,
+                       size=jnp.minimum(buf.size + 1, rows), count=t + 1)
+
+
+def row_time(buf: ReplayBuffer, row):
+    """The time (rows written before it) of the step held in `row`."""
+    return buf.count - 1 - (buf.head - 1 - row) % buf.rows
+
+
+def _final_obs(buf: ReplayBuffer, times, envs):
+    """(found, final observation) of the episode of env `envs` that ended at `times`."""
+    out = []
+    for store, tags in ((buf.trunc_obs, buf.trunc_time), (buf.term_obs, buf.term_time)):
+        match = tags[:, envs] == times[None, :]  # [slots, B]
+        out.append((jnp.any(match, axis=0), store[jnp.argmax(match, axis=0), envs]))
+    (found_trunc, trunc), (found_term, term) = out
+    return found_trunc | found_term, jnp.where(found_trunc[:, None], trunc, term)
+
+
+def successor_obs(buf: ReplayBuffer, rows, envs, ended, used):
+    """float32 observation after the step in (rows, envs): the final one where `ended`, the
+    row's own observation where not `used` (a zero-length window)."""
+    times = row_time(buf, rows)
+    found, final = _final_obs(buf, times, envs)
+    after = buf.obs_ring[(times + used.astype(times.dtype)) % (buf.rows + 1), envs]
+    return _decode(jnp.where((ended & found)[:, None], final, after))
 
 
 def sampleable_rows(buf: ReplayBuffer, n_step: int):
-    """Rows whose full n-step window is already written (the newest n-1 rows are not)."""
+    """Rows whose full n-step window is already written (the newest n-1 rows are not).
+
+    A window's last row needs its successor observation: `insert` writes it with the row, so
+    the newest row's is written too."""
     return jnp.maximum(buf.size - (n_step - 1), 0)
 
 
 def nstep_window(buf: ReplayBuffer, start_rows, envs, n_step: int, gamma, reward_scale):
     """n-step return, bootstrap observation and discount for (row, env) index pairs."""
-    rows = buf.obs.shape[0]
+    rows = buf.rows
     offsets = jnp.arange(n_step)
     window = (start_rows[:, None] + offsets[None, :]) % rows  # [B, n]
     env_idx = envs[:, None]
     rewards = buf.reward[window, env_idx] * reward_scale
-    ended = buf.terminal[window, env_idx] | buf.truncated[window, env_idx]
-    # alive[k]: no episode end strictly before step k of the window.
-    alive = jnp.concatenate([jnp.ones_like(ended[:, :1]), jnp.cumprod(~ended[:, :-1], axis=1).astype(bool)], 1)
+    flags = buf.flags[window, env_idx]
+    ended = (flags & ENDED) != 0
+    # alive[k]: no episode end strictly before step k of the window and no invalid step up to k.
+    open_before = jnp.concatenate([jnp.ones_like(ended[:, :1]), ~ended[:, :-1]], 1)
+    alive = jnp.cumprod(open_before & ((flags & INVALID) == 0), axis=1).astype(bool)
     powers = gamma ** offsets.astype(jnp.float32)
     nstep_return = jnp.sum(jnp.where(alive, rewards * powers, 0.0), axis=1)
     length = jnp.sum(alive, axis=1)  # steps used: up to and including the first end
-    last = jnp.take_along_axis(window, (length - 1)[:, None], axis=1)[:, 0]
-    terminal = buf.terminal[last, envs]
+    used = length > 0
+    last = jnp.take_along_axis(window, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
+    last_flags = buf.flags[last, envs]
+    terminal = used & ((last_flags & TERMINAL) != 0)
     discount = jnp.where(terminal, 0.0, gamma ** length.astype(jnp.float32))
-    return nstep_return, buf.next_obs[last, envs], discount
+    next_obs = successor_obs(buf, last, envs, used & ((last_flags & ENDED) != 0), used)
+    return nstep_return, next_obs, discount
 
 
 def sample(buf: ReplayBuffer, key, batch_size: int, n_step: int, gamma, reward_scale=1.0) -> Batch:
-    """Uniform n-step transitions with replacement over the sampleable rows and all envs."""
-    rows, num_envs = buf.obs.shape[:2]
-    row_key, env_key = jax.random.split(key)
+    """Uniform n-step transitions with replacement over the sampleable rows and all envs
+    (invalid transitions excluded by taking the first valid of several draws)."""
+    rows, num_envs = buf.flags.shape
     valid = jnp.maximum(sampleable_rows(buf, n_step), 1)
-    offset = jax.random.randint(row_key, (batch_size,), 0, valid)
     oldest = (buf.head - buf.size) % rows
-    start = (oldest + offset) % rows
-    envs = jax.random.randint(env_key, (batch_size,), 0, num_envs)
+
+    def draw(k, shape):
+        row_key, env_key = jax.random.split(k)
+        offset = jax.random.randint(row_key, shape, 0, valid)
+        return (oldest + offset) % rows, jax.random.randint(env_key, shape, 0, num_envs)
+
+    start, envs = draw(key, (batch_size,))
+    spare_start, spare_envs = draw(jax.random.fold_in(key, 1), (MAX_REDRAWS, batch_size))
+    for i in range(MAX_REDRAWS):  # first valid of the draws: uniform over the valid pairs
+        again = (buf.flags[start, envs] & INVALID) != 0
+        start, envs = jnp.where(again, spare_start[i], start), jnp.where(again, spare_envs[i], envs)
     nstep_return, next_obs, discount = nstep_window(buf, start, envs, n_step, gamma, reward_scale)
-    return Batch(buf.obs[start, envs], buf.action[start, envs], nstep_return, next_obs, discount)
+    obs = _decode(buf.obs_ring[row_time(buf, start) % (rows + 1), envs])
+    return Batch(obs, buf.action[start, envs], nstep_return, next_obs, discount)

@@ -1,0 +1,121 @@
+"""Non-finite physics steps (test:pointmass_nan) do not kill a run; randomised initial episode steps;
+the C51 support check; the planned buffer bytes equal the learner's real buffers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import small
+
+from pql_jax.envs import make_env
+from pql_jax.learner.pql import make_train
+from pql_jax.learner.state import hparams_from_config
+from pql_jax.run.plan import plan_text, run_costs, support_warning
+from pql_jax.run.sweep import single
+
+
+def _rollout_nonfinite(env, env_state, steps: int) -> int:
+    """Non-finite steps of `steps` vector steps with zero actions (test:pointmass_nan's blow-ups
+    and episode ends do not depend on the actions)."""
+    def body(state, _):
+        state, out = env.step(state, jnp.zeros((state.obs.shape[0], env.action_size)))
+        return state, jnp.sum(out.nonfinite)
+
+    return int(jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps)[1].sum())(env_state))
+
+
+def test_adapter_resets_nonfinite_envs_and_returns_finite_values():
+    env = make_env(small(["env.name=test:pointmass_nan"]).env)
+    step = jax.jit(env.step)
+    state, seen = env.reset(jax.random.PRNGKey(0), 64), 0
+    for _ in range(80):
+        new, out = step(state, jnp.ones((64, env.action_size)))
+        bad = np.asarray(out.nonfinite)
+        for x in (out.next_obs, out.reward, new.obs):
+            assert np.isfinite(np.asarray(x)).all()
+        np.testing.assert_array_equal(np.asarray(out.next_obs)[bad], np.asarray(state.obs)[bad])
+        assert (np.asarray(out.reward)[bad] == 0).all()
+        assert not (np.asarray(out.terminal) | np.asarray(out.truncated))[bad].any()
+        assert (np.asarray(new.episode_step)[bad] == 0).all() and (np.asarray(new.episode_return)[bad] == 0).all()
+        seen += bad.sum()
+        state = new
+    assert seen > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [[], ["agent.buffer_dtype=bfloat16", "env.random_episode_start=true",
+                                            "env.val_envs=4"]])
+def test_nonfinite_steps_do_not_kill_a_run(overrides):
+    """NaN observations and rewards at random steps: the run stays finite, never diverges, and
+    counts exactly the injected steps (of training and validation envs)."""
+    config = small(["env.name=test:pointmass_nan", *overrides])
+    learner = make_train(config)
+    key, hp = jax.random.PRNGKey(config.run.seed), hparams_from_config(config)
+    state, metrics = jax.jit(learner.train)(key, hp)
+    metrics = jax.device_get(metrics)
+    start = jax.jit(learner.init)(key, hp)
+    steps = learner.num_chunks * config.run.chunk_steps
+    injected = _rollout_nonfinite(learner.env, start.env, steps)
+    if config.env.val_envs:
+        injected += _rollout_nonfinite(learner.env, start.val_env, steps)
+    assert injected > 0
+    assert int(metrics["nonfinite_transitions"].sum()) == injected
+    assert not metrics["diverged"].any() and not metrics["nonfinite"].any()
+    for name in ("critic_loss", "actor_loss", "td_train", "eval_return", "critic_param_norm", "online_return"):
+        assert np.isfinite(metrics[name][1:]).all(), name
+    for tree in (state.critic_params, state.actor_params, state.obs_stats, state.buffer):
+        assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(tree))
+
+
+def test_random_episode_start_spreads_training_envs_only():
+    config = small(["env.random_episode_start=true", "env.val_envs=8", "env.action_repeat=2", "env.eval_envs=4"])
+    learner = make_train(config)
+    key, hp = jax.random.PRNGKey(0), hparams_from_config(config)
+    state = jax.jit(learner.init)(key, hp)
+    for env_state in (state.env, state.val_env):
+        start = np.asarray(env_state.episode_step)
+        assert ((start >= 0) & (start < 50) & (start % 2 == 0)).all()
+        assert len(set(start.tolist())) >= len(start) // 4
+    # Their first truncations come at different vector steps (in lockstep without the option).
+    def first_truncation(env_state):
+        def body(s, _):
+            s, out = learner.env.step(s, jnp.zeros((s.obs.shape[0], 2)))
+            return s, out.truncated
+        return np.argmax(np.asarray(jax.lax.scan(body, env_state, None, length=25)[1]), axis=0)
+
+    assert len(set(first_truncation(state.env).tolist())) >= 8
+    plain = make_train(small(["env.val_envs=8", "env.action_repeat=2", "env.eval_envs=4"]))
+    fixed = jax.jit(plain.init)(key, hp)
+    assert (np.asarray(fixed.env.episode_step) == 0).all()
+    assert len(set(first_truncation(fixed.env).tolist())) == 1
+    # Evaluation envs start at 0 either way: the same evaluation with and without the option.
+    eval_key = jax.random.PRNGKey(3)
+    assert float(jax.jit(learner.evaluate)(state, eval_key)) == float(jax.jit(plain.evaluate)(state, eval_key))
+
+
+def test_c51_support_check_one_line():
+    base = ["agent.distributional=true"]
+    assert support_warning(single(small(["agent.distributional=false"]))) == []
+    lines = support_warning(single(small(base)))  # rewards in [0, 1], gamma 0.99: returns up to 100
+    assert len(lines) == 1 and "[0, 100]" in lines[0] and "v_max" in lines[0]
+    assert support_warning(single(small([*base, "agent.v_max=100"]))) == []
+    assert support_warning(single(small([*base, "agent.reward_scale=0.1"]))) == []  # 0.1 / 0.01 = 10
+    assert len(support_warning(single(small([*base, "env.action_repeat=2", "agent.reward_scale=0.1"])))) == 1
+    assert len(support_warning(single(small([*base, "agent.v_min=1", "agent.v_max=200"])))) == 1  # returns can be 0
+    # unknown reward range (brax): no claim
+    assert support_warning(single(small([*base, "env.name=brax:ant"]))) == []
+    # the plan prints it
+    sweep = single(small(base))
+    costs = {0: run_costs(sweep.base, 4, 2)}
+    assert lines[0] in plan_text(sweep, costs, 2**40)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_planned_buffer_bytes_equal_learner_buffers(dtype):
+    config = small([f"agent.buffer_dtype={dtype}", "env.val_envs=3", "env.episode_length=30"])
+    learner = make_train(config)
+    shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0), hparams_from_config(config))
+    real = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((shapes.buffer, shapes.val_buffer)))
+    assert run_costs(config, learner.env.obs_size, learner.env.action_size).buffer_bytes == real
