@@ -22,10 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     train.set_defaults(func=_cmd_train)
-    for name, func, helptext in (("plan", _cmd_plan, "print a sweep's members, groups, memory and FLOPs"),
+    for name, func, helptext in (("plan", _cmd_plan, "print a sweep's (or workflow's) members, groups, compiled "
+                                                    "memory, evaluation share and FLOPs"),
                                  ("sweep", _cmd_sweep, "train every member of a sweep as vmapped populations")):
         cmd = sub.add_parser(name, help=helptext, description=func.__doc__)
         cmd.add_argument("sweep_file", metavar="SWEEP.yaml")
+        if name == "plan":
+            cmd.add_argument("--calibrate", action="store_true",
+                             help="also run a few chunks of each group here: compile time, steady env steps/s and "
+                                  "updates/s, and the projected wall time of the whole sweep (or workflow)")
+            cmd.add_argument("--chunks", type=int, default=2,
+                             help="with --calibrate: timed chunks per group, each without and with evaluation")
+            cmd.add_argument("--batching", default="auto", choices=("auto", "map", "vmap"),
+                             help="as for sweep (a workflow file's own batching when auto)")
         if name == "sweep":
             cmd.add_argument("--out", required=True, help="sweep directory (results.csv, tb/, checkpoints/)")
             cmd.add_argument("--resume", action="store_true", help="continue the sweep in --out")
@@ -76,10 +85,15 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    """Print a sweep's members, their grouping into compiled programs, memory, FLOPs and masking waste."""
-    from pql_jax.run import launch
+    """Print a sweep's members, their grouping into compiled programs, each program's compiled peak
+    memory and members per device, evaluation share, FLOPs and masking waste. SWEEP.yaml may also be
+    a workflow file (its hparam_sweep is planned, later stages projected). Nothing is allocated
+    unless --calibrate, which runs a few chunks per group and projects the wall time."""
+    from pql_jax.run.calibrate import plan_file
 
-    print("\n".join(launch.plan_sweep(args.sweep_file, args.overrides)[2]))
+    if args.chunks < 1:
+        raise UserError("--chunks must be >= 1")
+    plan_file(args.sweep_file, args.overrides, args.batching, args.chunks if args.calibrate else None)
     return 0
 
 

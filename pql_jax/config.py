@@ -63,9 +63,13 @@ class EnvConfig:
     action_repeat: int = 1
     """Repeat each action this many env steps (rewards summed)."""
     eval_envs: int = 16
-    """Envs for deterministic-policy evaluation at every logging point (0 disables)."""
+    """Envs for deterministic-policy evaluation (every `run.eval_every` chunks; 0 disables)."""
     val_envs: int = 0
     """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
+    random_episode_start: bool = shape(False)
+    """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
+    so that time-limit truncations are spread over vector steps instead of all envs resetting in
+    lockstep (as rsl_rl's randomised episode-length buffer). Evaluation envs start at 0."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class AgentConfig:
     """Transitions per critic and actor update."""
     buffer_capacity: int = 5_000_000
     """Replay capacity in transitions (FIFO ring; rounded down to a multiple of num_envs)."""
+    buffer_dtype: str = shape("float32")
+    """Storage dtype of replayed observations: float32 or bfloat16 (half the bytes; cast back to
+    float32 when sampled). Actions and rewards stay float32."""
     n_step: int = shape(3, column=True)
     """Steps summed in the return target before bootstrapping with gamma^n."""
     gamma: float = member(0.99)
@@ -146,13 +153,19 @@ class RunConfig:
     total_env_steps: int = host(10_000_000)
     """Training env steps (transitions collected); rounded up to whole chunks."""
     chunk_steps: int = 64
-    """Vector steps per jitted chunk; metrics are logged and eval runs once per chunk."""
+    """Vector steps per jitted chunk; metrics are logged once per chunk."""
+    eval_every: int = host(1)
+    """Run the evaluation episode every this many chunks (and always in the last chunk); other
+    rows have an empty (NaN) `return`. One eval costs ceil(episode_length / action_repeat)
+    sequential env steps: `pql-jax plan` prints each group's evaluation share."""
     checkpoint_every: int = host(10)
     """Save a checkpoint every this many chunks (0: only at the end)."""
     keep_checkpoints: int = host(2)
     """How many recent checkpoints to keep."""
     checkpoint_buffer: bool = host(True)
     """Include the replay buffer in checkpoints (exact resume needs it)."""
+    checkpoint_async: bool = host(True)
+    """Write checkpoints in the background: training pauses only to copy the state to host memory."""
     memory_limit_gb: float = host(0.0)
     """Refuse runs estimated to need more device memory than this (0: the device's own size)."""
 
@@ -395,6 +408,8 @@ def validate(config: Config) -> None:
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
         (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
         (a.batch_size >= 1, "agent.batch_size must be >= 1"),
+        (a.buffer_dtype in ("float32", "bfloat16"),
+         f"agent.buffer_dtype must be float32 or bfloat16 (got {a.buffer_dtype!r})"),
         (a.buffer_capacity >= e.num_envs * (a.n_step + 1),
          f"agent.buffer_capacity must hold at least num_envs * (n_step + 1) = {e.num_envs * (a.n_step + 1)} transitions"),
         (a.batch_size <= a.buffer_capacity,
@@ -421,6 +436,7 @@ def validate(config: Config) -> None:
         (0 <= r.seed < 2**32, f"run.seed must be in [0, 2**32) (got {r.seed})"),
         (r.total_env_steps >= 1, "run.total_env_steps must be >= 1"),
         (r.chunk_steps >= 1, "run.chunk_steps must be >= 1"),
+        (r.eval_every >= 1, "run.eval_every must be >= 1"),
         (r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
         (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (r.memory_limit_gb >= 0, "run.memory_limit_gb must be >= 0"),

@@ -33,7 +33,7 @@ _FROZEN = tuple(f for f in TrainState.__dataclass_fields__ if f not in ("buffer"
 
 # Per-chunk accumulators: sums over updates / episodes, turned into means at the chunk's end.
 _SUMS = ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_loss", "actor_grad_norm",
-         "actor_count", "return_sum", "episodes")
+         "actor_count", "return_sum", "episodes", "nonfinite_transitions")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class Learner:
     """Update slots per vector step: the most any member of the program needs."""
     num_chunks: int
     """Chunks of a whole run (read by `train` only)."""
+    eval_every: int = 1
+    """Chunks between evaluations (`run.eval_every`, a host field: read by `train` only; a chunk
+    evaluates when its schedule says so)."""
 
     # ---- helpers -------------------------------------------------------------------------
     @property
@@ -83,12 +86,28 @@ class Learner:
             hp=hp, actor_params=actor_params, actor_opt=actor_tx.init(actor_params),
             critic_params=critic_params, critic_target=critic_params, critic_opt=critic_tx.init(critic_params),
             passive_params=passive_params, passive_opt=tuple(critic_tx.init(p) for p in passive_params),
-            obs_stats=init_stats(obs), env=self.env.reset(keys[2], e.num_envs),
-            val_env=self.env.reset(keys[3], max(e.val_envs, 1)),
-            buffer=replay.init_buffer(self.buffer_rows, e.num_envs, obs, act),
-            val_buffer=replay.init_buffer(self.val_rows, max(e.val_envs, 1), obs, act),
+            obs_stats=init_stats(obs), env=self.start_envs(keys[2], e.num_envs, keys[5]),
+            val_env=self.start_envs(keys[3], max(e.val_envs, 1), jax.random.fold_in(keys[5], 1)),
+            buffer=replay.init_buffer(self.buffer_rows, e.num_envs, obs, act, *self.buffer_layout),
+            val_buffer=replay.init_buffer(self.val_rows, max(e.val_envs, 1), obs, act, *self.buffer_layout),
             key=keys[4], step=jnp.zeros((), jnp.int32), critic_updates=jnp.zeros((), jnp.int32),
             actor_updates=jnp.zeros((), jnp.int32), diverged=jnp.zeros((), jnp.bool_))
+
+    @property
+    def buffer_layout(self):
+        """(observation dtype, vector steps per episode): sizes the buffers' observation stores."""
+        e = self.config.env
+        return self.config.agent.buffer_dtype, -(-e.episode_length // e.action_repeat)
+
+    def start_envs(self, key, num: int, phase_key):
+        """`num` fresh training envs; with `env.random_episode_start`, at random episode steps
+        (whole vector steps in [0, episode_length)) so that their truncations are spread."""
+        state = self.env.reset(key, num)
+        if not self.config.env.random_episode_start:
+            return state
+        steps = self.buffer_layout[1]
+        start = jax.random.randint(phase_key, (num,), 0, steps) * self.config.env.action_repeat
+        return state.replace(episode_step=start.astype(state.episode_step.dtype))
 
     # ---- learning ------------------------------------------------------------------------
     def td_target(self, state: TrainState, batch: replay.Batch, key):
@@ -230,7 +249,8 @@ class Learner:
         stds = schedule.exploration_stds(n, state.hp.std_min, state.hp.std_max)
         action = self.act(state, env_state, key, stds)
         new_env, out = self.env.step(env_state, action)
-        buffer = replay.insert(buffer, env_state.obs, action, out.reward, out.terminal, out.truncated, out.next_obs)
+        buffer = replay.insert(buffer, env_state.obs, action, out.reward, out.terminal, out.truncated, out.next_obs,
+                               invalid=out.nonfinite)
         return new_env, buffer, out
 
     def vector_step(self, state: TrainState, sums, group: PopulationSchedule):
@@ -239,13 +259,16 @@ class Learner:
         obs = state.env.obs
         env, buffer, out = self.collect(state, state.env, state.buffer, act_key)
         val_env, val_buffer = state.val_env, state.val_buffer
+        nonfinite = jnp.sum(out.nonfinite)
         if self.config.env.val_envs > 0:
-            val_env, val_buffer, _ = self.collect(state, state.val_env, state.val_buffer, val_key)
+            val_env, val_buffer, val_out = self.collect(state, state.val_env, state.val_buffer, val_key)
+            nonfinite = nonfinite + jnp.sum(val_out.nonfinite)
         state = state.replace(env=env, buffer=buffer, val_env=val_env, val_buffer=val_buffer,
                               obs_stats=update_stats(state.obs_stats, obs), key=key)
         ended = out.terminal | out.truncated
-        sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(out.episode_return),
-                "episodes": sums["episodes"] + jnp.sum(ended)}
+        sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(jnp.where(ended, out.episode_return, 0.0)),
+                "episodes": sums["episodes"] + jnp.sum(ended),
+                "nonfinite_transitions": sums["nonfinite_transitions"] + nonfinite}
         state, sums = self.update_phase(state, sums, group, update_key)
         return state.replace(step=state.step + 1), sums
 
@@ -261,7 +284,7 @@ class Learner:
             env_state, total, alive = carry
             env_state, out = self.env.step(env_state, self.policy(state, env_state.obs))
             total = total + jnp.where(alive, out.reward, 0.0)
-            return (env_state, total, alive & ~(out.terminal | out.truncated)), None
+            return (env_state, total, alive & ~(out.terminal | out.truncated | out.nonfinite)), None
 
         start = self.env.reset(key, e.eval_envs)
         init = (start, jnp.zeros(e.eval_envs), jnp.ones(e.eval_envs, jnp.bool_))
@@ -283,7 +306,9 @@ class Learner:
 
         `group` (unbatched in a population) holds every member's schedule at the chunk's first
         vector step, so update work is skipped on steps where no member updates. A diverged state
-        (NaN/Inf in a loss or parameter) is returned unchanged, except its replay buffers.
+        (NaN/Inf in a loss or parameter) is returned unchanged, except its replay buffers. The
+        evaluation episode runs only when `group.evaluate` (else `eval_return` is NaN); it reads
+        the state without changing it, so skipping it leaves training bit-identical.
         """
         sums0 = {k: F32(0) for k in _SUMS}
 
@@ -301,7 +326,12 @@ class Learner:
             "critic_grad_norm": mean("critic_grad_norm", "critic_count"),
             "actor_loss": mean("actor_loss", "actor_count"), "actor_grad_norm": mean("actor_grad_norm", "actor_count"),
             "online_return": jnp.where(sums["episodes"] > 0, sums["return_sum"] / jnp.maximum(sums["episodes"], 1), jnp.nan),
-            "episodes": sums["episodes"], "eval_return": self.evaluate(new, eval_key),
+            "episodes": sums["episodes"],
+            # transitions of this chunk (training and validation envs) whose observation or reward
+            # was not finite: not stored for learning, their envs reset (pql_jax.envs)
+            "nonfinite_transitions": sums["nonfinite_transitions"],
+            # a real branch (the flag is the same for every member), so a chunk without eval skips it
+            "eval_return": jax.lax.cond(group.evaluate, lambda: self.evaluate(new, eval_key), lambda: F32(jnp.nan)),
             "critic_param_norm": optax.tree.norm(new.critic_params),
             "actor_param_norm": optax.tree.norm(new.actor_params), "td_train": train_td[0],
             **{f"passive{i}_td_train": v for i, v in enumerate(train_td[1:])},
@@ -319,7 +349,9 @@ class Learner:
         frozen = {f: jax.tree.map(lambda old, fresh: jnp.where(state.diverged, old, fresh),
                                   getattr(state, f), getattr(new, f)) for f in _FROZEN}
         out = new.replace(**frozen)
-        metrics.update({"env_steps": out.step * self.config.env.num_envs, "vector_steps": out.step,
+        # env steps = vector_steps * envs_per_step, formed in int64 on the host (`metrics_to_host`):
+        # an int32 product here would overflow past 2^31 env steps
+        metrics.update({"envs_per_step": jnp.int32(self.config.env.num_envs), "vector_steps": out.step,
                         "critic_updates": out.critic_updates, "actor_updates": out.actor_updates,
                         "diverged": diverged, "nonfinite": ~finite})
         return out, metrics
@@ -333,7 +365,8 @@ class Learner:
         steps = self.config.run.chunk_steps
 
         def body(state, index):
-            return self.chunk(state, PopulationSchedule.of(hp, index * steps))
+            evaluate = eval_due(index, self.num_chunks, self.eval_every)
+            return self.chunk(state, PopulationSchedule.of(hp, index * steps, evaluate))
 
         return jax.lax.scan(body, state, jnp.arange(self.num_chunks, dtype=jnp.int32))
 
@@ -341,6 +374,18 @@ class Learner:
 def num_chunks(config: Config) -> int:
     """Chunks of `run.chunk_steps` vector steps that cover `run.total_env_steps`."""
     return -(-config.run.total_env_steps // (config.run.chunk_steps * config.env.num_envs))
+
+
+def eval_due(index, total: int, every: int):
+    """Whether chunk `index` (0-based) of `total` evaluates: every `every`-th chunk and the last.
+
+    Works on Python ints and on traced int32 arrays alike."""
+    return ((index + 1) % every == 0) | (index == total - 1)
+
+
+def eval_chunks(total: int, every: int) -> int:
+    """How many of `total` chunks evaluate (see `eval_due`)."""
+    return total // every + (1 if total % every else 0)
 
 
 def updates_needed(config: Config) -> int:
@@ -354,10 +399,10 @@ def make_train(config: Config, max_updates: int | None = None) -> Learner:
     `max_updates` (>= this run's need) lets a population of different UTDs share one program.
     """
     return build_learner(program_config(config), max(updates_needed(config), max_updates or 0),
-                         num_chunks(config))
+                         num_chunks(config), config.run.eval_every)
 
 
-def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1) -> Learner:
+def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1, eval_every: int = 1) -> Learner:
     """The learner of a program: networks, env and buffer sizes from the shape fields."""
     a, e = shape.agent, shape.env
     env = make_env(e)
@@ -369,9 +414,13 @@ def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1) -> Le
                     for w in a.passive_critic_widths)
     rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
     val_rows = max(min(rows, a.batch_size), a.n_step + 1) if e.val_envs else a.n_step + 1
-    return Learner(shape, env, actor, critic, passive, rows, val_rows, max_updates, chunks)
+    return Learner(shape, env, actor, critic, passive, rows, val_rows, max_updates, chunks, eval_every)
 
 
 def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
-    """Move a chunk's metrics to numpy (one transfer per chunk)."""
-    return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    """Move a chunk's metrics to numpy (one transfer per chunk); `env_steps` = vector steps x envs
+    per step, exact in int64 (the chunk returns the two factors, each well inside int32)."""
+    out = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    if "envs_per_step" in out:
+        out["env_steps"] = out["vector_steps"].astype(np.int64) * out.pop("envs_per_step").astype(np.int64)
+    return dict(sorted(out.items()))  # a pytree dict's order, as before

@@ -96,13 +96,15 @@ class PopulationSchedule(struct.PyTreeNode):
     rate_den: jax.Array
     warmup_steps: jax.Array
     critic_actor_ratio: jax.Array
+    evaluate: jax.Array
+    """Whether this chunk runs its evaluation episode (bool scalar; see `pql.eval_due`)."""
 
     @classmethod
-    def of(cls, hp: HParams, step) -> "PopulationSchedule":
+    def of(cls, hp: HParams, step, evaluate=True) -> "PopulationSchedule":
         """The schedule of members whose stacked hyperparameters are `hp` ([K] arrays, or one member's)."""
         vec = lambda x: jnp.reshape(x, (-1,))
         return cls(jnp.asarray(step, jnp.int32), vec(hp.rate_num), vec(hp.rate_den), vec(hp.warmup_steps),
-                   vec(hp.critic_actor_ratio))
+                   vec(hp.critic_actor_ratio), jnp.asarray(evaluate, jnp.bool_))
 
 
 def _optimizer(learning_rate, weight_decay, max_norm):

@@ -14,29 +14,37 @@ from pql_jax import config as cfg_mod
 from pql_jax.config import Config
 from pql_jax.errors import UserError
 from pql_jax.run import loop
-from pql_jax.run.plan import check_memory, plan_text, sweep_costs
+from pql_jax.run.compiled import sweep_memory
+from pql_jax.run.plan import check_memory, memory_limit, plan_text, sweep_costs
 from pql_jax.run.sweep import Sweep, load_sweep, single
 
 CONFIG_FILE = "config.yaml"
 SWEEP_FILE, MEMBERS_FILE = "sweep.yaml", "members.yaml"
 
 
-def plan(sweep: Sweep) -> tuple[dict, list[str]]:
-    """(costs per member, plan lines); UserError if a group cannot fit the device."""
+def plan(sweep: Sweep, batching: str = "auto") -> tuple[dict, list[str]]:
+    """(costs per member, plan lines); UserError if a group cannot fit the device.
+
+    Every group's chunk is compiled ahead of time for its abstract state (nothing is allocated)
+    and checked by its compiled peak; training then reuses the compiled chunk."""
     costs = sweep_costs(sweep)
-    return costs, plan_text(sweep, costs, check_memory(sweep, costs))
+    memory = sweep_memory(sweep.groups, batching, limit=memory_limit(sweep.base))
+    return costs, plan_text(sweep, costs, check_memory(sweep, costs, memory), memory)
 
 
-def plan_sweep(sweep_file: str | Path, overrides: list[str] = ()) -> tuple[Sweep, dict, list[str]]:
+def plan_sweep(sweep_file: str | Path, overrides: list[str] = (), batching: str = "auto"
+               ) -> tuple[Sweep, dict, list[str]]:
     """Load a sweep file and plan it: (sweep, costs, plan lines)."""
     spec = load_sweep(sweep_file, overrides)
-    return (spec, *plan(spec))
+    return (spec, *plan(spec, batching))
 
 
-def open_run_dir(out: Path, files: dict[str, str], resume: bool, same=None, what: str = "run") -> None:
+def open_run_dir(out: Path, files: dict[str, str], resume: bool, same=None, what: str = "run",
+                 check_only: bool = False) -> None:
     """Create `out` holding `files` (each written atomically), or, with `resume`, check that it holds
     them already and, when `same` is given, that `same(text of the first file)` says it is this run.
-    UserError otherwise, with nothing written."""
+    UserError otherwise, with nothing written. `check_only`: the checks, nothing written (run before
+    the plan's compile, so a wrong --out fails at once)."""
     out = Path(out)
     if resume:
         missing = [name for name in files if not (out / name).is_file()]
@@ -47,6 +55,8 @@ def open_run_dir(out: Path, files: dict[str, str], resume: bool, same=None, what
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already holds files; use --resume or choose another --out")
+    if check_only:
+        return
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         tmp = out / f".{name}.tmp"
@@ -62,12 +72,14 @@ def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[st
     Bad input (sweep file, overrides, memory, an `out` holding something else) raises UserError
     before anything is written. `stop_after_chunks` ends the work early (tests of resume).
     """
-    spec, costs, lines = plan_sweep(sweep_file, overrides)
-    log("\n".join(lines))
+    spec = load_sweep(sweep_file, overrides)
     out = Path(out)
     record = yaml.safe_dump({"name": spec.name, "members": [m.name for m in spec.members]}, sort_keys=False)
-    open_run_dir(out, {MEMBERS_FILE: record, SWEEP_FILE: Path(sweep_file).read_text()}, resume,
-                 same=lambda saved: saved == record, what="sweep")
+    files = {MEMBERS_FILE: record, SWEEP_FILE: Path(sweep_file).read_text()}
+    open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep", check_only=True)
+    costs, lines = plan(spec, batching)
+    log("\n".join(lines))
+    open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep")
     return loop.train(spec, out, costs, loop.SWEEP, resume=resume, progress=progress, batching=batching,
                       stop_after_chunks=stop_after_chunks, log=log)
 
@@ -90,6 +102,7 @@ def train_config(config: Config, out: str | Path, resume: bool = False, progress
     """
     out = Path(out)
     spec = single(config)
+    open_run_dir(out, {CONFIG_FILE: cfg_mod.dump(config)}, resume, check_only=True)
     costs, lines = plan(spec)
     log("\n".join(lines))
     open_run_dir(out, {CONFIG_FILE: cfg_mod.dump(config)}, resume)

@@ -13,7 +13,7 @@ import numpy as np
 
 from pql_jax import config as cfg_mod
 from pql_jax.errors import UserError
-from pql_jax.learner.pql import num_chunks
+from pql_jax.learner.pql import eval_due, num_chunks
 from pql_jax.run.checkpoint import Checkpointer
 from pql_jax.run.plan import Costs
 from pql_jax.run.program import GroupProgram
@@ -81,7 +81,8 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
     config = group.config
     chunk_steps, num_envs = config.run.chunk_steps, config.env.num_envs
     total = num_chunks(config)
-    ckpt = Checkpointer(layout.checkpoint_dir(out, group), config.run.keep_checkpoints, config.run.checkpoint_buffer)
+    ckpt = Checkpointer(layout.checkpoint_dir(out, group), config.run.keep_checkpoints, config.run.checkpoint_buffer,
+                        config.run.checkpoint_async)
     program = GroupProgram.build(group, batching)
     states, start, meta = program.initial_state(), 0, {}
     if resume and ckpt.latest_step() is not None:
@@ -110,7 +111,8 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
                     return []
                 budget[0] -= 1
             tick = time.perf_counter()
-            states, metrics = program.step(states, index * chunk_steps)
+            states, metrics = program.step(states, index * chunk_steps,
+                                           evaluate=eval_due(index, total, config.run.eval_every))
             elapsed = time.perf_counter() - tick
             rows = _rows(group, metrics, columns, costs, num_envs, time.perf_counter() - started,
                          elapsed, prev)
@@ -132,6 +134,9 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
         for board in boards.values():
             board.close()
         ckpt.close()
+        if ckpt.pauses:
+            log(f"group {group.index}: {len(ckpt.pauses)} checkpoint(s), training paused {np.mean(ckpt.pauses):.3f} s "
+                f"per save (max {max(ckpt.pauses):.3f} s)")
     return list(prev.values())
 
 
@@ -150,6 +155,7 @@ def _stop_if_diverged(group: Group, rows: list[dict], ckpt: Checkpointer, out: P
     """DivergedError naming the first non-finite quantity, before the row is written."""
     for member, row in zip(group.members, rows):
         if row["nonfinite"]:
+            ckpt.wait()  # name the last checkpoint that is really on disk
             who = f"member {member.name}: " if len(group.members) > 1 else ""
             raise DivergedError(
                 f"{who}{nonfinite_quantity(row)} became NaN/Inf in the chunk ending at env step {row['env_steps']:,}"

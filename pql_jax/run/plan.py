@@ -1,8 +1,11 @@
-"""What a run or a sweep will cost before it starts: parameters, memory and FLOPs per member (from
-the config and the env's sizes), the one memory check, and the plan `pql-jax plan` prints."""
+"""What a run or a sweep will cost before it starts: parameters and FLOPs per member (from the config
+and the env's sizes), device memory per group (from its compiled chunk, `pql_jax.run.compiled`), the
+one memory check, and the plan `pql-jax plan` prints. `run_costs`' memory figures are a formula kept
+for the parameter count and FLOPs; the check uses the compiled program when it is given."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -10,6 +13,7 @@ from pql_jax.config import Config
 from pql_jax.errors import UserError
 from pql_jax.learner.networks import hidden_widths, mlp_param_count
 from pql_jax.learner.replay import buffer_bytes
+from pql_jax.run.compiled import GroupMemory, eval_share
 from pql_jax.run.sweep import Member, Sweep, masking_waste
 
 
@@ -50,9 +54,10 @@ def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
     passive = sum(2 * mlp_param_count(obs_size + action_size, hidden_widths(w, a.critic_depth, a.taper), out,
                                       a.layer_norm) for w in a.passive_critic_widths)
     rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
-    buf = buffer_bytes(rows, e.num_envs, obs_size, action_size)
+    layout = (a.buffer_dtype, -(-e.episode_length // e.action_repeat))  # as Learner.buffer_layout
+    buf = buffer_bytes(rows, e.num_envs, obs_size, action_size, *layout)
     if e.val_envs:
-        buf += buffer_bytes(max(min(rows, a.batch_size), a.n_step + 1), e.val_envs, obs_size, action_size)
+        buf += buffer_bytes(max(min(rows, a.batch_size), a.n_step + 1), e.val_envs, obs_size, action_size, *layout)
     nets = 4 * (critic * 4 + actor * 3 + passive * 3)
     widest = max(a.critic_width, a.actor_width, *a.passive_critic_widths, out, 1)
     layers = max(a.critic_depth, a.actor_depth) + 1
@@ -103,43 +108,120 @@ def memory_limit(config: Config) -> float:
     return config.run.memory_limit_gb * 2**30 or device_memory_bytes()
 
 
-def check_memory(sweep: Sweep, costs: dict[int, Costs]) -> float:
-    """UserError (before anything is compiled or written) if a group cannot fit; returns the limit."""
+def group_need(group, costs: dict[int, Costs], memory: dict[int, GroupMemory] | None) -> int:
+    """Device bytes a group needs: its compiled chunk's peak, else (no memory given) the formula."""
+    if memory is not None:
+        return memory[group.index].peak_bytes
+    return sum(costs[m.index].total_bytes for m in group.members)
+
+
+def check_memory(sweep: Sweep, costs: dict[int, Costs], memory: dict[int, GroupMemory] | None = None) -> float:
+    """UserError (before anything is allocated or written) if a group cannot fit; returns the limit.
+
+    `memory`: each group's compiled chunk (`compiled.sweep_memory`, nothing allocated); without
+    it the formula of `run_costs` is used."""
     limit = memory_limit(sweep.base)
     for group in sweep.groups:
-        need = sum(costs[m.index].total_bytes for m in group.members)
+        if memory is not None and group.index not in memory:
+            continue  # not compiled: an earlier group is refused below
+        need = group_need(group, costs, memory)
         if need > limit:
             who = f"group {group.index} ({len(group.members)} members)" if len(sweep.members) > 1 else "run"
-            raise UserError(f"{who} needs ~{format_bytes(need)} but the device has {format_bytes(limit)}; "
+            fit = (f"; {memory[group.index].members_fit(limit)} of its members fit a device"
+                   if memory is not None and len(group.members) > 1 else "")
+            raise UserError(f"{who} needs ~{format_bytes(need)} but the device has {format_bytes(limit)}{fit}; "
                             "lower agent.buffer_capacity, env.num_envs or agent.batch_size, or sweep fewer members")
     return limit
 
 
-def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float) -> list[str]:
-    """The plan `pql-jax plan` and `train` print: members, groups, memory, FLOPs, masking waste."""
+def _memory_line(mem: GroupMemory, limit: float) -> str:
+    return (f"compiled chunk ({mem.platform}, {mem.batching}): peak {format_bytes(mem.peak_bytes)} per device "
+            f"(state {format_bytes(mem.argument_bytes)}, temporaries {format_bytes(mem.temp_bytes)}; compiled in "
+            f"{mem.compile_seconds:.1f} s); {mem.members_fit(limit)} members of this shape fit "
+            f"{format_bytes(limit)}")
+
+
+def _eval_line(config) -> str:
+    e = eval_share(config)
+    return (f"evaluation: {e.eval_chunks} of {e.chunks} chunks (run.eval_every={config.run.eval_every}), "
+            f"{e.eval_steps:,} sequential eval steps vs {e.vector_steps:,} training vector steps: "
+            f"share {100 * e.share:.1f}%")
+
+
+def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float,
+              memory: dict[int, GroupMemory] | None = None) -> list[str]:
+    """The plan `pql-jax plan` and `train` print: members, groups, memory, FLOPs, masking waste,
+    evaluation share; with `memory`, each group's compiled peak and members per device."""
     import jax  # noqa: PLC0415 - only for the device line
 
     if len(sweep.members) == 1:
         c = costs[sweep.members[0].index]
-        return [f"critic parameters N = {c.critic_params:,}; actor {c.actor_params:,}",
-                f"memory: buffer {format_bytes(c.buffer_bytes)}, networks {format_bytes(c.network_bytes)}, "
-                f"activations ~{format_bytes(c.activation_bytes)}; total ~{format_bytes(c.total_bytes)} of "
-                f"{format_bytes(limit)} available"]
+        lines = [f"critic parameters N = {c.critic_params:,}; actor {c.actor_params:,}"]
+        if memory is not None:
+            lines.append(_memory_line(memory[sweep.groups[0].index], limit))
+        else:
+            lines.append(f"memory (formula): buffer {format_bytes(c.buffer_bytes)}, networks "
+                         f"{format_bytes(c.network_bytes)}, activations ~{format_bytes(c.activation_bytes)}; total "
+                         f"~{format_bytes(c.total_bytes)} of {format_bytes(limit)} available")
+        return lines + [_eval_line(sweep.base)] + support_warning(sweep)
     lines = [f"sweep {sweep.name}: {len(sweep.members)} members in {len(sweep.groups)} compiled program(s) "
              f"on {len(jax.devices())} {jax.devices()[0].platform} device(s)", ""]
-    lines.append(f"{'member':<48} {'group':>5} {'N critic':>10} {'memory':>10} {'GFLOP/critic upd':>17}")
+    lines.append(f"{'member':<48} {'group':>5} {'N critic':>10} {'GFLOP/critic upd':>17}")
     for group in sweep.groups:
         for m in group.members:
             c = costs[m.index]
-            lines.append(f"{m.name:<48} {group.index:>5} {c.critic_params:>10,} {format_bytes(c.total_bytes):>10} "
+            lines.append(f"{m.name:<48} {group.index:>5} {c.critic_params:>10,} "
                          f"{c.flops_per_critic_update / 1e9:>17.3f}")
     lines.append("")
-    group_bytes = {g.index: sum(costs[m.index].total_bytes for m in g.members) for g in sweep.groups}
+    group_bytes = {g.index: group_need(g, costs, memory) for g in sweep.groups}
     for group in sweep.groups:
         waste, useful, executed = masking_waste(group)
         lines.append(f"group {group.index}: {len(group.members)} members, up to {group.max_updates} updates/step, "
-                     f"memory {format_bytes(group_bytes[group.index])}, masked-UTD waste {100 * waste:.1f}% "
+                     f"memory {format_bytes(group_bytes[group.index])}"
+                     f"{'' if memory is not None else ' (formula)'}, masked-UTD waste {100 * waste:.1f}% "
                      f"({useful:,} useful of {executed:,} executed critic updates)")
+        if memory is not None:
+            lines.append("  " + _memory_line(memory[group.index], limit))
+        lines.append("  " + _eval_line(group.config))
     lines.append(f"total memory ~{format_bytes(sum(group_bytes.values()))} (groups run one after another: peak "
                  f"{format_bytes(max(group_bytes.values()))}) of {format_bytes(limit)}")
-    return lines
+    return lines + support_warning(sweep)
+
+
+def return_range(config: Config, reward_range: tuple[float, float]) -> tuple[float, float]:
+    """Discounted returns the critic may have to represent, for per-step rewards in `reward_range`:
+    truncations bootstrap, so values are infinite-horizon sums (terminals stop them at 0)."""
+    a, e = config.agent, config.env
+    horizon = 1.0 / (1.0 - a.gamma) if a.gamma < 1 else math.inf
+    scale = e.action_repeat * a.reward_scale  # rewards of one vector step, as the critic sees them
+    low, high = (r * scale for r in reward_range)
+    return (min(0.0, low * horizon) if low < 0 else 0.0), (max(0.0, high * horizon) if high > 0 else 0.0)
+
+
+def support_warning(sweep: Sweep) -> list[str]:
+    """One line (or none) when a categorical critic's support [v_min, v_max] misses returns the
+    env's reward range allows (known for the test tasks and DM Control, see `envs.reward_range`).
+
+    A warning, not an error: the bound is that of a policy earning the extreme reward at every step
+    forever, which a run may never approach; but C51 targets are clipped to the support, so values
+    past v_max all look alike to the actor once returns get there."""
+    from pql_jax.envs import reward_range  # noqa: PLC0415 - envs import Playground lazily
+
+    bad = []
+    for m in sweep.members:
+        a = m.config.agent
+        bounds = reward_range(m.config.env.name) if a.distributional else None
+        if bounds is not None:
+            low, high = return_range(m.config, bounds)
+            slack = 1e-9 * (abs(a.v_max) + abs(a.v_min))  # 0.1 / (1 - 0.99) is 10.000000000000002
+            if high > a.v_max + slack or low < a.v_min - slack:
+                bad.append((max(high / max(a.v_max, 1e-12), low / min(a.v_min, -1e-12)), m, bounds, low, high))
+    if not bad:
+        return []
+    _, m, bounds, low, high = max(bad, key=lambda b: b[0])
+    a, e = m.config.agent, m.config.env
+    who = f" ({len(bad)} of {len(sweep.members)} members; worst: {m.name})" if len(sweep.members) > 1 else ""
+    return [f"warning: C51 support [agent.v_min, agent.v_max] = [{a.v_min:g}, {a.v_max:g}] misses discounted "
+            f"returns [{low:g}, {high:g}] of {e.name} (rewards in [{bounds[0]:g}, {bounds[1]:g}] per step x "
+            f"action_repeat {e.action_repeat} x reward_scale {a.reward_scale:g} / (1 - gamma {a.gamma:g})); targets "
+            f"are clipped to the support: widen it or lower agent.reward_scale{who}"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pql_jax.config import ProgramConfig, program_config
 from pql_jax.errors import UserError
@@ -65,7 +65,7 @@ class Program:
 
     def __init__(self, learner: Learner, size: int, batching: str, devices):
         self.learner, self.size, self.batching = learner, size, batching
-        mesh = Mesh(np.array(devices), ("pop",))
+        self.mesh = mesh = Mesh(np.array(devices), ("pop",))
         pop, rep = PartitionSpec("pop"), PartitionSpec()
         init = over_members(learner.init, batching, (0, 0))
         chunk = over_members(learner.chunk, batching, (0, None))
@@ -75,8 +75,15 @@ class Program:
         self._compiled = None
         self.compile_seconds = 0.0
 
+    def abstract_state(self, keys, hp):
+        """The stacked state's shapes, dtypes and shardings, without allocating it (eval_shape of init)."""
+        sharding = NamedSharding(self.mesh, PartitionSpec("pop"))
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            jax.eval_shape(self.init, keys, hp))
+
     def compiled_chunk(self, states, schedule):
-        """The chunk compiled ahead of time for these argument shapes (once per program)."""
+        """The chunk compiled ahead of time for these argument shapes (once per program); `states`
+        may be arrays or `abstract_state` (nothing allocated)."""
         if self._compiled is None:
             tick = time.perf_counter()
             self._compiled = self.chunk.lower(states, schedule).compile()
@@ -124,12 +131,21 @@ class GroupProgram:
         """Every member's fresh state, stacked [members, ...] (padding members repeat member 0)."""
         return self.program.init(self.keys, self.hp)
 
-    def schedule(self, vector_steps: int) -> PopulationSchedule:
-        return PopulationSchedule.of(self.hp, vector_steps)
+    def schedule(self, vector_steps: int, evaluate: bool = True) -> PopulationSchedule:
+        return PopulationSchedule.of(self.hp, vector_steps, evaluate)
 
-    def step(self, states, vector_steps: int):
-        """One chunk of every member from group vector step `vector_steps`; metrics as numpy [members]."""
-        schedule = self.schedule(vector_steps)
+    def abstract_state(self):
+        """`initial_state`'s shapes and shardings, nothing allocated."""
+        return self.program.abstract_state(self.keys, self.hp)
+
+    def compile(self):
+        """The group's chunk compiled for its abstract state (cached in the program: training reuses it)."""
+        return self.program.compiled_chunk(self.abstract_state(), self.schedule(0))
+
+    def step(self, states, vector_steps: int, evaluate: bool = True):
+        """One chunk of every member from group vector step `vector_steps` (with its evaluation
+        episode when `evaluate`); metrics as numpy [members]."""
+        schedule = self.schedule(vector_steps, evaluate)
         states, metrics = self.program.compiled_chunk(states, schedule)(states, schedule)
         metrics = metrics_to_host(metrics)
         return states, {k: v[: len(self.group.members)] for k, v in metrics.items()}

@@ -70,6 +70,7 @@ METRIC_TAGS: dict[str, str] = {
     "critic_param_norm": "train/critic_param_norm",
     "actor_param_norm": "train/actor_param_norm",
     "episodes": "train/episodes_ended",
+    "nonfinite_transitions": "train/nonfinite_transitions",
 }
 _PASSIVE = re.compile(r"passive(\d+)_td_(train|val)")  # passive critics: td_passive<i>/train, /val
 METRIC_TAGS.update({f"passive{i}_td_{s}": f"td_passive{i}/{s}" for i in range(8) for s in ("train", "val")})
