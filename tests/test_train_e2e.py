@@ -178,7 +178,8 @@ def test_sigkill_during_an_asynchronous_checkpoint_write(tmp_path):
     """Kill -9 while orbax writes a checkpoint in the background (training goes on meanwhile): the
     half-written one never becomes the latest, and the resumed run equals an uninterrupted one."""
     big = ["run.total_env_steps=6400", "run.chunk_steps=25", "run.checkpoint_every=1",
-           "agent.buffer_capacity=3000000"]  # a buffer big enough that a write takes a while
+           "agent.buffer_capacity=3000000",  # a buffer big enough that a write takes a while
+           "run.checkpoint_async=true"]
     reference = tmp_path / "reference"
     launch.train_config(small(big), reference, progress=False, log=lambda *a: None)
     out = tmp_path / "killed"

@@ -1,10 +1,10 @@
 """Orbax checkpoints of the whole training state (optionally without the replay buffer).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run
-killed mid-save never leaves a half-written checkpoint as the latest. Saves are asynchronous by
-default: training pauses only to copy the state to host memory (the next chunk donates, i.e.
-reuses, the device buffers), and orbax writes the copy to disk in a background thread while
-training goes on; one write at a time.
+killed mid-save never leaves a half-written checkpoint as the latest. With `asynchronous`,
+training pauses only to copy the state to host memory (the next chunk donates, i.e. reuses, the
+device buffers), and orbax writes the copy to disk in a background thread while training goes
+on; one write at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pql_jax.errors import UserError
 class Checkpointer:
     """Keeps the last `keep` checkpoints of a state pytree under `directory`, keyed by step."""
 
-    def __init__(self, directory: str | Path, keep: int, with_buffer: bool = True, asynchronous: bool = True):
+    def __init__(self, directory: str | Path, keep: int, with_buffer: bool = True, asynchronous: bool = False):
         self.with_buffer = with_buffer
         self.asynchronous = asynchronous
         self.directory = Path(directory)
