@@ -198,12 +198,12 @@ def get_value(config: "Config", dotted: str) -> Any:
     return getattr(getattr(config, section), name)
 
 
-def _view_class(section: str, cls, kinds: tuple[str, ...]):
+def _view_class(cls, kinds: tuple[str, ...]):
     keep = [(f.name, f.type) for f in fields(cls) if f.metadata.get("kind", SHAPE) in kinds]
     return dataclasses.make_dataclass(f"{cls.__name__}Shape", keep, frozen=True)
 
 
-_SHAPE_VIEWS = {s: _view_class(s, c, (SHAPE,)) for s, c in SECTIONS.items()}
+_SHAPE_VIEWS = {s: _view_class(c, (SHAPE,)) for s, c in SECTIONS.items()}
 ProgramConfig = dataclasses.make_dataclass("ProgramConfig", list(SECTIONS), frozen=True)
 ProgramConfig.__doc__ = """The shape fields of a Config only (hashable): all a compiled program may read.
 

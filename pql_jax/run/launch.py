@@ -59,9 +59,14 @@ def open_run_dir(out: Path, files: dict[str, str], resume: bool, same=None, what
         return
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_atomic(out / name, text)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: a crash never leaves it half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[str] = (), resume: bool = False,
@@ -107,7 +112,7 @@ def train_config(config: Config, out: str | Path, resume: bool = False, progress
     log("\n".join(lines))
     open_run_dir(out, {CONFIG_FILE: cfg_mod.dump(config)}, resume)
     if resume:
-        (out / CONFIG_FILE).write_text(cfg_mod.dump(config))  # keep an extended run.total_env_steps
+        write_atomic(out / CONFIG_FILE, cfg_mod.dump(config))  # keep an extended run.total_env_steps
     rows = loop.train(spec, out, costs, loop.SINGLE, resume=resume, progress=progress,
                       stop_after_chunks=stop_after_chunks, log=log)
     return rows[0] if rows else {}
