@@ -15,7 +15,7 @@ from pql_jax.scaling.synthetic import make_sweep
 
 @pytest.fixture(scope="module")
 def sweep_csv(tmp_path_factory):
-    df = make_sweep(n_envs=2, utds=(0.25, 1, 4), batch_sizes=(64, 256), lrs=(3e-4, 1e-3), seeds=4,
+    df = make_sweep(n_envs=2, utds=(0.25, 1, 4), batch_sizes=(32, 128, 512, 2048), lrs=(1e-4, 5e-4, 2.5e-3), seeds=4,
                     points=60, seed=1)
     path = tmp_path_factory.mktemp("sweep") / "curves.csv"
     df.to_csv(path, index=False)

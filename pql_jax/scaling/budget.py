@@ -56,9 +56,14 @@ class BudgetModel:
         s = self.sigma_grid(n)
         N = self.model_size if model_size is None else model_size
         d, c = self.data(s, N), self.compute(s, N)
+        order = np.argsort(c, kind="stable")  # dominated: another utd needs no more data and less compute
+        prev_min = np.concatenate([[np.inf], np.minimum.accumulate(d[order])[:-1]])
+        dominated = np.empty(len(s), bool)
+        dominated[order] = d[order] >= prev_min
         return pd.DataFrame({"env": self.env, "level": self.level, "threshold": self.threshold,
                              "utd": s, "model_size": N, "data": d, "compute": c,
-                             "budget": c + self.delta * d})
+                             "budget": c + self.delta * d, "dominated": dominated,
+                             "extrapolated": [self.outside(u, N) for u in s]})
 
     def solve_budget(self) -> dict:
         """Problem 3.2: the utd (and N) minimising F = C + delta D, with D*, C*, F*."""
@@ -83,7 +88,16 @@ class BudgetModel:
         c = float(self.compute(best_s, best_n))
         return {"env": self.env, "level": self.level, "threshold": self.threshold, "utd": best_s,
                 "model_size": best_n, "batch_size": float(self.batch(best_s, best_n)), "data": d,
-                "compute": c, "budget": c + self.delta * d, "at_edge": bool(at_edge)}
+                "compute": c, "budget": c + self.delta * d, "at_edge": bool(at_edge),
+                "extrapolated": self.outside(best_s, best_n)}
+
+    def outside(self, utd: float, model_size=None) -> bool:
+        """Whether (utd, N) lies outside the fitted range (the laws are extrapolated there)."""
+        tol = 1 + 1e-9
+        out = not self.sigma_range[0] / tol <= utd <= self.sigma_range[1] * tol
+        if self.n_range is not None and model_size is not None:
+            out |= not self.n_range[0] / tol <= model_size <= self.n_range[1] * tol
+        return bool(out)
 
     def precision(self, opt: dict, tols=(0.05, 0.10)) -> dict:
         """Range of utd (N at its optimum) and of N (utd at its optimum) whose budget stays
@@ -129,7 +143,8 @@ class BudgetModel:
         obj, con = objective(s, N), constraint(s, N)
         feas = con <= cap
         if not feas.any():
-            return {"utd": np.nan, "data": np.nan, "compute": np.nan, "feasible": False}
+            return {"utd": np.nan, "data": np.nan, "compute": np.nan, "feasible": False, "at_edge": False,
+                    "extrapolated": False}
         i = int(np.argmin(np.where(feas, obj, np.inf)))
         best = s[i]
         for j in (i - 1, i + 1):  # the true optimum lies on the constraint between grid points
@@ -138,7 +153,8 @@ class BudgetModel:
                 if objective(np.exp(root), N) < objective(best, N):
                     best = float(np.exp(root))
         return {"utd": float(best), "data": float(self.data(best, N)),
-                "compute": float(self.compute(best, N)), "feasible": True}
+                "compute": float(self.compute(best, N)), "feasible": True,
+                "at_edge": bool(best in (s[0], s[-1])), "extrapolated": self.outside(float(best), N)}
 
 
 def measured_k(curves: pd.DataFrame) -> float | None:

@@ -76,6 +76,14 @@ def cmd_all(args) -> int:
     print("stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items()))
     for note in res.notes:
         print(f"note: {note}")
+    flags = res.tables.get("flags")
+    if flags is not None and len(flags):
+        print(f"warning: {len(flags)} problem(s) with the fits (see the Warnings of report.md, flags.csv):")
+        for r in flags.head(10).itertuples():
+            print(f"  {r.quantity}" + (f" ({r.group})" if r.group not in ("", "nan") else "")
+                  + (f" {r.param}" if r.param else "") + f": {r.problem}")
+        if len(flags) > 10:
+            print(f"  ... and {len(flags) - 10} more")
     print(f"wrote {args.out}/report.md")
     return 0
 
@@ -100,6 +108,9 @@ def cmd_propose(args) -> int:
                     budget=parse_number(args.budget) if args.budget else None, env=args.env)
     path = write_proposals(table, args.out or os.path.join(args.dir, "proposals.csv"))
     print(table.to_string(index=False))
+    if "extrapolated" in table and table["extrapolated"].any():
+        print(f"warning: {int(table['extrapolated'].sum())} proposal(s) lie outside the fitted utd / model-size / "
+              "budget range (extrapolated: verify before relying on them)")
     print(f"wrote {path}")
     return 0
 

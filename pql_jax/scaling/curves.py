@@ -116,8 +116,10 @@ def auto_thresholds(groups: list[RunGroup], keys: list[str], n: int = 5,
     at = [keys.index(c) for c in CELL_COLUMNS if c in keys]
     rows = []
     for g in groups:
-        iso = isotonic_rows(g.returns.mean(axis=0))[0]
-        rows.append({"env": g.key[0], "cell": tuple(g.key[i] for i in at), "start": iso[0], "final": iso[-1]})
+        mean = g.returns.mean(axis=0)
+        iso = isotonic_rows(mean)[0]
+        rows.append({"env": g.key[0], "cell": tuple(g.key[i] for i in at), "start": iso[0], "final": iso[-1],
+                     "noise": mean_curve_noise(mean)})
     t = pd.DataFrame(rows)
     if shared:
         t["env"] = "*"
@@ -125,12 +127,31 @@ def auto_thresholds(groups: list[RunGroup], keys: list[str], n: int = 5,
     for env, sub in t.groupby("env"):
         top = sub.groupby("cell")["final"].max().min()
         lo = sub["start"].max() if base is None else float(base)
+        where = "any env" if shared else f"env {env}"
         if not top > lo:
-            where = "any env" if shared else f"env {env}"
             raise UserError(f"no threshold is reached by every utd of {where}: best common level "
                             f"{top:.4g} is not above the base {lo:.4g}")
+        noise = float(np.nanmedian(sub["noise"]))
+        if top - lo < NOISE_FACTOR * noise:
+            raise UserError(f"auto thresholds would lie inside the seed noise for {where}: the best common level "
+                            f"{top:.4g} is only {(top - lo) / noise:.1f} x the noise of the seed-mean curves "
+                            f"({noise:.3g}) above the base {lo:.4g} (needs {NOISE_FACTOR:g} x); the curves do not "
+                            "rise measurably: give --thresholds, more seeds or longer runs")
         out[env] = lo + (top - lo) * np.arange(1, n + 1) / (n + 1)
     return out
+
+
+#: Auto thresholds need the common rise above the base to exceed this many noise levels.
+NOISE_FACTOR = 6.0
+
+
+def mean_curve_noise(mean: np.ndarray) -> float:
+    """Noise level of a seed-mean curve: the robust SD of its step-to-step differences over
+    sqrt 2 (white noise shows fully, a smooth rise hardly at all)."""
+    d = np.diff(np.asarray(mean, float))
+    if len(d) < 2:
+        return 0.0
+    return float(np.median(np.abs(d - np.median(d))) / 0.6745 / np.sqrt(2))
 
 
 def bootstrap_crossings(groups: list[RunGroup], thresholds: dict, n_resamples: int = 100,

@@ -154,30 +154,60 @@ def holdout_errors(pred: pd.DataFrame, expr: str) -> dict:
 
 
 def bootstrap_refit(fit: LawFit, group, lx: dict, LY: np.ndarray, iters: int = 30) -> np.ndarray:
-    """Log parameters (R, p) refitted to every resample row of LY (NaN = missing point).
-
-    Written by hand as a batched Levenberg-Marquardt on the log residuals, started at the main
-    fit's optimum: resamples sit close to it, and running thousands of tiny fits through
-    scipy's per-problem optimisers costs seconds where this costs milliseconds.
-    """
+    """Log parameters (R, p) refitted to every resample row of LY (NaN = missing point), for
+    one group of ``fit`` (its own parameters; see ``joint_bootstrap_refit`` for shared ones)."""
     law = fit.law
+    theta0 = np.log([fit.params[group][p] for p in law.params])
+    index = np.repeat(np.arange(len(theta0))[:, None], LY.shape[1], axis=1)
+    return batched_lm(law, lx, LY, theta0, index, iters)
+
+
+def joint_bootstrap_refit(fit: LawFit, df: pd.DataFrame, LY: np.ndarray, group: str = "env",
+                          iters: int = 30) -> dict:
+    """Refit a fit with shared exponents to every resample row of LY (columns: rows of ``df``)
+    jointly over its groups; returns group -> log parameters (R, p)."""
+    from pql_jax.scaling.fit import joint_layout
+
+    law, groups = fit.law, list(fit.params)
+    codes = pd.Categorical(df[group], categories=groups).codes
+    index, per_group = joint_layout(law, codes, len(groups), fit.shared)
+    theta0 = np.empty(index.max() + 1)
+    for gi, g in enumerate(groups):
+        theta0[per_group[gi]] = np.log([fit.params[g][p] for p in law.params])
+    lx = {k: np.log(df[k].to_numpy(float)) for k in law.inputs}
+    vec = batched_lm(law, lx, LY, theta0, index, iters)
+    return {g: vec[:, per_group[gi]] for gi, g in enumerate(groups)}
+
+
+def batched_lm(law: Law, lx: dict, LY: np.ndarray, theta0: np.ndarray, index: np.ndarray,
+               iters: int = 30) -> np.ndarray:
+    """Parameter vectors (R, q) minimising the squared log residuals of every row of LY, from
+    ``theta0``; ``index`` (law params x points) maps each law parameter at each point to a
+    vector entry (shared exponents point to one entry for every group).
+
+    Written by hand as a batched Levenberg-Marquardt on the log residuals: resamples sit close
+    to the main fit's optimum, and running thousands of tiny fits through scipy's per-problem
+    optimisers costs seconds where this costs milliseconds. Parameters stay in the main fit's
+    box (no runaway along ridges); rows with fewer points than parameters are NaN.
+    """
     W = np.isfinite(LY).astype(float)
     LY = np.where(W > 0, LY, 0.0)
-    R = len(LY)
-    theta = np.tile(np.log([fit.params[group][p] for p in law.params]), (R, 1))
-    box = _bounds(law, law.grid(lx))  # the same box as the main fit: no runaway along ridges
-    lo = np.array([-np.inf] + [b[0] for b in box])
-    hi = np.array([np.inf] + [b[1] for b in box])
+    R, q = len(LY), len(theta0)
+    theta = np.tile(np.asarray(theta0, float), (R, 1))
+    box = _bounds(law, law.grid(lx))
+    lo, hi = np.full(q, -np.inf), np.full(q, np.inf)
+    for i in range(1, len(law.params)):  # entry 0 of a law is its scale: unbounded
+        lo[np.unique(index[i])], hi[np.unique(index[i])] = box[i - 1]
 
     def resid(th):
-        return W * (LY - law.log_predict(lx, [th[:, j:j + 1] for j in range(th.shape[1])]))
+        return W * (LY - law.log_predict(lx, [th[:, idx] for idx in index]))
 
     r = resid(theta)
     loss = (r ** 2).sum(1)
     lam = np.full(R, 1e-3)
-    eye = np.eye(theta.shape[1])
+    eye = np.eye(q)
     for _ in range(iters):
-        jac = np.stack([(resid(theta + 1e-6 * e) - r) / 1e-6 for e in eye], axis=-1)  # (R, n, p)
+        jac = np.stack([(resid(theta + 1e-6 * e) - r) / 1e-6 for e in eye], axis=-1)  # (R, n, q)
         A = np.einsum("rni,rnj->rij", jac, jac)
         g = np.einsum("rni,rn->ri", jac, r)
         A_damped = A + lam[:, None, None] * (np.einsum("rii->ri", A)[:, :, None] * eye + 1e-12 * eye)
@@ -188,5 +218,5 @@ def bootstrap_refit(fit: LawFit, group, lx: dict, LY: np.ndarray, iters: int = 3
         better = lc < loss
         theta[better], r[better], loss[better] = cand[better], rc[better], lc[better]
         lam = np.where(better, lam / 3, lam * 4)
-    theta[W.sum(1) < len(law.params)] = np.nan
+    theta[W.sum(1) < q] = np.nan
     return theta

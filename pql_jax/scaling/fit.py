@@ -21,6 +21,8 @@ from scipy.optimize import minimize
 
 from pql_jax.errors import UserError
 from pql_jax.scaling.laws import Law
+from pql_jax.scaling.powerlaw import (PowerFit, design_matrix, fit_fixed_effects,  # noqa: F401 - re-exported
+                                      fixed_effects_bootstrap)
 
 _EXP_BOUNDS = (np.log(0.005), np.log(10.0))
 
@@ -67,6 +69,8 @@ class LawFit:
     n: int
     shared: tuple = ()
     bootstrap_se: dict = field(default_factory=dict)
+    interval: dict = field(default_factory=dict)  # group -> {param: [lo, hi]} (bootstrap percentiles)
+    flags: list = field(default_factory=list)  # dicts: group, param, problem (see diagnostics.py)
 
     def predict(self, group, **inputs) -> np.ndarray:
         """Predicted y for one group at the given inputs."""
@@ -76,8 +80,9 @@ class LawFit:
         """JSON-ready summary."""
         out = {"form": self.law.name, "formula": self.law.formula, "loss": self.loss, "n": self.n,
                "shared": list(self.shared), "params": self.params, "se": self.se}
-        if self.bootstrap_se:
-            out["bootstrap_se"] = self.bootstrap_se
+        for key in ("bootstrap_se", "interval", "flags"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
         return out
 
 
@@ -117,10 +122,36 @@ def _grid_losses(law, lx, ly, grid):
 
 
 def _lbfgsb(fun, x0, bounds):
-    with np.errstate(all="ignore"):
-        res = minimize(fun, x0, method="L-BFGS-B", bounds=bounds, jac=True,
-                       options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-9})
-    return res.x, float(res.fun)
+    """L-BFGS-B from x0: (x, loss, problem) where problem is None or why the result is not an
+    optimum (iteration limit, non-finite loss, floating-point errors, a line search that stopped
+    with a large gradient). Floating-point errors are counted, not suppressed."""
+    errors = []
+    old = np.seterrcall(lambda kind, flag: errors.append(kind))
+    try:
+        with np.errstate(over="call", invalid="call", divide="call", under="ignore"):
+            res = minimize(fun, x0, method="L-BFGS-B", bounds=bounds, jac=True,
+                           options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-9})
+    finally:
+        np.seterrcall(old)
+    problem = None
+    if not np.isfinite(res.fun):
+        problem = "non-finite loss"
+    elif res.status == 1:
+        problem = "iteration limit reached"
+    elif res.status not in (0, 1):
+        g = np.asarray(res.jac, float)
+        lo, hi = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+        free = (res.x > lo + 1e-8) & (res.x < hi - 1e-8)
+        if np.max(np.abs(g[free]), initial=0.0) > 1e-5:
+            problem = f"L-BFGS-B stopped: {res.message}"
+    if errors and problem is None:
+        problem = f"{len(errors)} floating-point error(s) ({', '.join(sorted(set(errors)))})"
+    return res.x, float(res.fun), problem
+
+
+def _at_bounds(law: Law, x: np.ndarray, bounds: list) -> list[str]:
+    """Names of the shape parameters sitting at their box bound (the optimum may lie outside)."""
+    return [name for name, v, (lo, hi) in zip(law.params[1:], x, bounds) if min(v - lo, hi - v) < 1e-4]
 
 
 def _with_gradient(loss_many):
@@ -136,8 +167,9 @@ def _with_gradient(loss_many):
     return fun
 
 
-def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 3):
-    """Best log shape parameters and loss for one group: grid starts (or given ones) + L-BFGS-B."""
+def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 3, diag: dict | None = None):
+    """Best log shape parameters and loss for one group: grid starts (or given ones) + L-BFGS-B.
+    ``diag`` (a dict) receives ``at_bound`` (parameter names) and ``problem`` (optimiser)."""
     grid = law.grid(lx)
     bounds = _bounds(law, grid)
     if starts is None:
@@ -146,22 +178,36 @@ def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 3):
 
     fun = _with_gradient(lambda pts: _profiled_loss(law, lx, ly, [pts[:, j:j + 1] for j in range(pts.shape[1])]))
     best = min((_lbfgsb(fun, np.asarray(s, float), bounds) for s in starts), key=lambda t: t[1])
+    if diag is not None:
+        diag.update(at_bound=_at_bounds(law, best[0], bounds), problem=best[2])
     scale = float(np.mean(ly - law.log_shape(lx, list(best[0]))))
     return np.concatenate([[scale], best[0]]), best[1]
 
 
-def hessian_se(law: Law, lx: dict, ly: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """Standard errors of log parameters from the Gauss-Newton Hessian of the log loss."""
+def hessian_se(law: Law, lx: dict, ly: np.ndarray, theta: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+    """Standard errors of log parameters from the Gauss-Newton Hessian of the log loss; NaN
+    when the fit is exactly determined (as many points as parameters: no residual to scale by).
+
+    ``index`` (params x points) maps each law parameter at each point to an entry of ``theta``
+    (a joint fit where some exponents are shared and the rest belong to each group)."""
     h = 1e-5
+    if index is None:
+        index = np.repeat(np.arange(len(theta))[:, None], len(ly), axis=1)
+
+    def log_pred(th):
+        return law.log_predict(lx, [th[i] for i in index])
+
     cols = []
     for j in range(len(theta)):
         e = np.zeros_like(theta)
         e[j] = h
-        cols.append((law.log_predict(lx, theta + e) - law.log_predict(lx, theta - e)) / (2 * h))
+        cols.append((log_pred(theta + e) - log_pred(theta - e)) / (2 * h))
     jac = np.stack(cols, axis=1)
-    resid = ly - law.log_predict(lx, theta)
-    s2 = float(resid @ resid) / max(len(ly) - len(theta), 1)
-    cov = s2 * np.linalg.pinv(jac.T @ jac)
+    resid = ly - log_pred(theta)
+    dof = len(ly) - len(theta)
+    if dof <= 0:
+        return np.full(len(theta), np.nan)
+    cov = float(resid @ resid) / dof * np.linalg.pinv(jac.T @ jac)
     return np.sqrt(np.clip(np.diag(cov), 0, None))
 
 
@@ -171,26 +217,78 @@ def _public(law: Law, theta, se_theta) -> tuple[dict, dict]:
             {p: float(v * s) for p, v, s in zip(law.params, vals, se_theta)})
 
 
+def joint_layout(law: Law, codes: np.ndarray, n_groups: int, shared: tuple) -> tuple[np.ndarray, list]:
+    """The parameter vector of a joint fit over groups with some exponents shared:
+    [scale per group, shared exponents, other shape parameters per group]. Returns ``index``
+    (law params x points: the vector entry each parameter takes at each point) and, per
+    group, the vector entries of its law parameters in ``law.params`` order."""
+    names = law.params[1:]
+    si = [names.index(s) for s in shared]
+    oi = [i for i in range(len(names)) if i not in si]
+    G, S = n_groups, len(si)
+    per_group = []
+    for g in range(G):
+        entries = [g] + [0] * len(names)
+        for k, i in enumerate(si):
+            entries[1 + i] = G + k
+        for k, i in enumerate(oi):
+            entries[1 + i] = G + S + g * len(oi) + k
+        per_group.append(entries)
+    index = np.array(per_group)[np.asarray(codes)].T
+    return index, per_group
+
+
 def fit_law(law: Law, df: pd.DataFrame, y: str = "data", group: str = "env",
             shared: tuple = (), n_starts: int = 3) -> LawFit:
-    """Fit ``law`` to ``df[y]`` per group, optionally sharing some exponents across groups."""
+    """Fit ``law`` to ``df[y]`` per group, optionally sharing some exponents across groups.
+
+    The fit's ``flags`` name parameters at a search bound, optimiser problems and exactly
+    determined fits (no SE). A shared exponent gets one SE from the joint fit, equal in every group.
+    """
     groups = list(pd.unique(df[group]))
     shared = tuple(s for s in shared if s in law.exponents) if len(groups) > 1 else ()
-    thetas, total = {}, 0.0
+    thetas, total, flags = {}, 0.0, []
     for g in groups:
         sub = df[df[group] == g]
         if len(sub) <= len(law.params) - 1:
             raise UserError(f"{law.name}: {len(sub)} points for {g} cannot fix {len(law.params)} parameters")
-        thetas[g], loss = fit_one(law, _log_inputs(law, sub), np.log(sub[y].to_numpy(float)), n_starts=n_starts)
+        diag = {}
+        thetas[g], loss = fit_one(law, _log_inputs(law, sub), np.log(sub[y].to_numpy(float)), n_starts=n_starts,
+                                  diag=diag)
+        if not shared:
+            flags += _diag_flags(g, diag)
         total += loss * len(sub)
     if shared:
-        thetas, total = _fit_shared(law, df, y, group, groups, shared, thetas)
+        thetas, total, diag = _fit_shared(law, df, y, group, groups, shared, thetas)
+        flags += _diag_flags("all groups (joint fit)", diag)
     params, se = {}, {}
+    if shared:
+        codes = pd.Categorical(df[group], categories=groups).codes
+        index, per_group = joint_layout(law, codes, len(groups), shared)
+        vec = np.empty(index.max() + 1)
+        for gi, g in enumerate(groups):
+            vec[per_group[gi]] = thetas[g]
+        se_vec = hessian_se(law, _log_inputs(law, df), np.log(df[y].to_numpy(float)), vec, index)
+        for gi, g in enumerate(groups):
+            params[g], se[g] = _public(law, thetas[g], se_vec[per_group[gi]])
+    else:
+        for g in groups:
+            sub = df[df[group] == g]
+            lx, ly = _log_inputs(law, sub), np.log(sub[y].to_numpy(float))
+            params[g], se[g] = _public(law, thetas[g], hessian_se(law, lx, ly, thetas[g]))
     for g in groups:
-        sub = df[df[group] == g]
-        lx, ly = _log_inputs(law, sub), np.log(sub[y].to_numpy(float))
-        params[g], se[g] = _public(law, thetas[g], hessian_se(law, lx, ly, thetas[g]))
-    return LawFit(law, params, se, float(total / len(df)), len(df), shared)
+        if not all(np.isfinite(v) for v in se[g].values()):
+            flags.append({"group": g, "param": "", "problem": "exactly determined (as many points as parameters): "
+                          "no uncertainty estimate"})
+    return LawFit(law, params, se, float(total / len(df)), len(df), shared, flags=flags)
+
+
+def _diag_flags(group, diag: dict) -> list[dict]:
+    out = [{"group": group, "param": p, "problem": "at the search bound (the optimum may lie outside)"}
+           for p in diag.get("at_bound", [])]
+    if diag.get("problem"):
+        out.append({"group": group, "param": "", "problem": f"optimiser: {diag['problem']}"})
+    return out
 
 
 def _fit_shared(law, df, y, group, groups, shared, thetas):
@@ -225,6 +323,7 @@ def _fit_shared(law, df, y, group, groups, shared, thetas):
     bounds = [_bounds(law, grid)[i] for i in si] + [_bounds(law, grid)[i] for i in oi] * G
     losses = [one(s) for s in starts]
     best = min((_lbfgsb(fun, starts[j], bounds) for j in np.argsort(losses)[:3]), key=lambda t: t[1])
+    at = {names[i] for i, (v, (lo, hi)) in zip(si + oi * G, zip(best[0], bounds)) if min(v - lo, hi - v) < 1e-4}
     out = {}
     for gi, g in enumerate(groups):
         th = np.empty(len(names))
@@ -233,7 +332,7 @@ def _fit_shared(law, df, y, group, groups, shared, thetas):
         m = codes == gi
         scale = float(np.mean(ly[m] - law.log_shape({k: v[m] for k, v in lx.items()}, list(th))))
         out[g] = np.concatenate([[scale], th])
-    return out, best[1] * len(ly)
+    return out, best[1] * len(ly), {"at_bound": sorted(at), "problem": best[2]}
 
 
 def refit(fit: LawFit, df: pd.DataFrame, y: str = "data", group: str = "env") -> dict:
@@ -246,105 +345,6 @@ def refit(fit: LawFit, df: pd.DataFrame, y: str = "data", group: str = "env") ->
         theta, _ = fit_one(fit.law, _log_inputs(fit.law, sub), np.log(sub[y].to_numpy(float)), starts=[th0])
         out[g] = dict(zip(fit.law.params, np.exp(theta).tolist()))
     return out
-
-
-@dataclass
-class PowerFit:
-    """y = coef_g * x^(-slope) (= (beta_g / x)^slope), fitted as lines in log-log space."""
-
-    y: str
-    x: str
-    slope: dict  # group -> slope (equal when shared)
-    coef: dict  # group -> coefficient at x = 1
-    slope_se: dict
-    coef_se: dict
-    loss: float
-    n: int
-    shared: bool
-    bootstrap_se: dict = field(default_factory=dict)
-
-    def predict(self, group, x) -> np.ndarray:
-        """Predicted y for one group."""
-        return self.coef[group] * np.asarray(x, float) ** (-self.slope[group])
-
-    def beta(self, group) -> float:
-        """The paper's beta in y = (beta / x)^alpha = coef^(1/slope): inf (or 0) when that
-        overflows for a slope near 0, nan for a slope of exactly 0 (no such beta)."""
-        s, c = self.slope[group], self.coef[group]
-        if s == 0 or not c > 0:
-            return float("nan")
-        with np.errstate(over="ignore", under="ignore"):
-            return float(np.exp(np.log(c) / s))
-
-    def to_dict(self) -> dict:
-        """JSON-ready summary (``PowerFit.from_dict`` reads it back)."""
-        groups = list(self.coef)
-        return {"form": "power", "formula": f"{self.y} = coef * {self.x}^(-slope) = (beta / {self.x})^slope",
-                "y": self.y, "x": self.x, "shared_slope": self.shared, "loss": self.loss, "n": self.n,
-                "params": {g: {"coef": self.coef[g], "slope": self.slope[g], "beta": self.beta(g)} for g in groups},
-                "se": {g: {"coef": self.coef_se[g], "slope": self.slope_se[g]} for g in groups},
-                **({"bootstrap_se": self.bootstrap_se} if self.bootstrap_se else {})}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PowerFit":
-        """The fit that ``to_dict`` (or a ``fit*.json`` of a power law) describes."""
-        y, x = d.get("y"), d.get("x")
-        if y is None or x is None:  # written before y / x were stored: read them off the formula
-            y, rhs = (part.strip() for part in d["formula"].split("=")[:2])
-            x = rhs.split("*", 1)[1].split("^", 1)[0].strip()
-        num = lambda v: float("nan") if v is None else float(v)  # noqa: E731 - JSON null is NaN
-        params, se = d["params"], d.get("se") or {}
-        pick = lambda table, key: {g: num((table.get(g) or {}).get(key)) for g in params}  # noqa: E731
-        return cls(y, x, pick(params, "slope"), pick(params, "coef"), pick(se, "slope"), pick(se, "coef"),
-                   num(d.get("loss")), int(d.get("n") or 0), bool(d.get("shared_slope", True)),
-                   {k: {g: num(v) for g, v in per.items()} for k, per in (d.get("bootstrap_se") or {}).items()})
-
-    def for_groups(self, groups) -> "PowerFit":
-        """This fit of one group applied to each of ``groups`` (a law fitted on one env's sweep)."""
-        if len(self.coef) != 1:
-            raise UserError(f"{self.y}({self.x}) law has fits for {len(self.coef)} groups; expected one to share")
-        (g,) = self.coef
-        each = lambda d: {h: d[g] for h in groups}  # noqa: E731
-        return PowerFit(self.y, self.x, each(self.slope), each(self.coef), each(self.slope_se), each(self.coef_se),
-                        self.loss, self.n, self.shared,
-                        {k: each(v) for k, v in self.bootstrap_se.items() if g in v})
-
-
-def design_matrix(df: pd.DataFrame, x: str, group: str, groups: list) -> np.ndarray:
-    """Columns: one indicator per group (intercepts), then -log x (the shared slope)."""
-    codes = pd.Categorical(df[group], categories=groups).codes
-    return np.column_stack([np.eye(len(groups))[codes], -np.log(df[x].to_numpy(float))])
-
-
-def fit_fixed_effects(df: pd.DataFrame, y: str, x: str = "utd", group: str = "env",
-                      shared: bool = True) -> PowerFit:
-    """log y = c_g - slope * log x by least squares; slope shared across groups (fixed effects)
-    or fitted per group."""
-    groups = list(pd.unique(df[group]))
-    if not shared:
-        parts = [fit_fixed_effects(df[df[group] == g], y, x, group, True) for g in groups]
-        n = sum(p.n for p in parts)
-        pick = lambda attr: {g: getattr(p, attr)[g] for p, g in zip(parts, groups)}  # noqa: E731
-        return PowerFit(y, x, pick("slope"), pick("coef"), pick("slope_se"), pick("coef_se"),
-                        sum(p.loss * p.n for p in parts) / n, n, False)
-    X = design_matrix(df, x, group, groups)
-    ly = np.log(df[y].to_numpy(float))
-    sol, *_ = np.linalg.lstsq(X, ly, rcond=None)
-    resid = ly - X @ sol
-    s2 = float(resid @ resid) / max(len(ly) - X.shape[1], 1)
-    se = np.sqrt(np.clip(np.diag(s2 * np.linalg.pinv(X.T @ X)), 0, None))
-    coef = {g: float(np.exp(sol[i])) for i, g in enumerate(groups)}
-    return PowerFit(y, x, {g: float(sol[-1]) for g in groups}, coef, {g: float(se[-1]) for g in groups},
-                    {g: coef[g] * float(se[i]) for i, g in enumerate(groups)},
-                    float(np.mean(resid ** 2)), len(ly), True)
-
-
-def fixed_effects_bootstrap(df: pd.DataFrame, y_matrix: np.ndarray, x: str = "utd",
-                            group: str = "env") -> np.ndarray:
-    """Shared slopes for many response columns at once (one least-squares solve)."""
-    X = design_matrix(df, x, group, list(pd.unique(df[group])))
-    sol, *_ = np.linalg.lstsq(X, np.log(y_matrix), rcond=None)
-    return sol[-1]
 
 
 def holdout_split(df: pd.DataFrame, expr: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:

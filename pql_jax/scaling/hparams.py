@@ -22,13 +22,26 @@ def _argbest(D: np.ndarray, values: np.ndarray) -> np.ndarray:
     return best
 
 
+def _edge_side(picks: np.ndarray, lo: float, hi: float) -> str:
+    """'high' / 'low' when most finite picks sit at the top / bottom of the swept values
+    (the optimum may lie beyond the grid: a bound, not an optimum), else ''."""
+    fin = picks[np.isfinite(picks)]
+    if len(fin) == 0 or lo == hi:
+        return ""
+    for side, v in (("high", hi), ("low", lo)):
+        if np.mean(np.isclose(fin, v, rtol=1e-9)) > 0.5:
+            return side
+    return ""
+
+
 def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataFrame, dict]:
     """Bootstrap-averaged best batch size and learning rate per cell at threshold ``level``.
 
     For each resample the best value among runs sharing the other hyperparameter is picked;
     these are averaged over resamples (D.1) and then over the other hyperparameter (D.4).
-    Returns the table (value, bootstrap std, number of candidates) and per-resample values
-    ``{hp: (n_cells, K)}`` for propagating uncertainty into the fits.
+    Returns the table (value, bootstrap std, number of candidates, ``{hp}_edge``: 'high' / 'low'
+    when most picks sit at the top / bottom of the cell's swept values, else '') and
+    per-resample values ``{hp: (n_cells, K)}`` for propagating uncertainty into the fits.
     """
     cells = cell_columns(gdf)
     cell_df = gdf[cells].drop_duplicates().reset_index(drop=True)
@@ -40,15 +53,18 @@ def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataF
         if hp not in gdf.columns:
             continue
         mats = np.full((len(cell_df), K + 1), np.nan)
+        edges = []
         for c in range(len(cell_df)):
             rows = np.flatnonzero(cell_id == c)
             sub = gdf.iloc[rows]
-            parts = [_argbest(D[rows[m], :, level], sub[hp].to_numpy()[m])
-                     for _, m in _masks(sub, other)]
-            mats[c] = nanmean(np.stack(parts), axis=0)
+            vals = sub[hp].to_numpy(float)
+            parts = np.stack([_argbest(D[rows[m], :, level], vals[m]) for _, m in _masks(sub, other)])
+            mats[c] = nanmean(parts, axis=0)
+            edges.append(_edge_side(parts[:, boot].ravel(), vals.min(), vals.max()))
         table[hp] = nanmean(mats[:, boot], axis=1)
         table[f"{hp}_std"] = nanstd(mats[:, boot], axis=1) if K > 1 else np.nan
         table[f"n_{hp}"] = gdf.groupby(cell_id)[hp].nunique().to_numpy()
+        table[f"{hp}_edge"] = edges
         per_resample[hp] = mats[:, boot]
     return table, per_resample
 
@@ -91,3 +107,64 @@ def cell_crossings(gdf: pd.DataFrame, D: np.ndarray, thresholds: dict) -> tuple[
                     row[f"best_{hp}"] = float(gdf[hp].to_numpy()[idx[arg0[j]]])
             rows.append(row)
     return pd.DataFrame(rows), Dc
+
+
+def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, shared: bool = True):
+    """B*(sigma) or eta*(sigma) through the cells whose best value is an optimum, with the seed
+    bootstrap (pooled SE for a shared slope) and 90% percentile intervals.
+
+    Cells whose best value sits at the edge of the swept grid (``{hp}_edge``) are bounds, not
+    optima: they are left out of the law, and without 3 interior UTDs per env no law is fitted.
+    Returns (PowerFit or None, notes, flags, the utd values left out)."""
+    from pql_jax.config import format_utd
+    from pql_jax.scaling.diagnostics import power_flags
+    from pql_jax.scaling.powerlaw import add_bootstrap, fit_fixed_effects
+
+    notes, flags = [], []
+    vals = best[hp].to_numpy(float)
+    edge = best.get(f"{hp}_edge", pd.Series("", index=best.index)).fillna("").astype(str).to_numpy()
+    at_edge = np.isfinite(vals) & (edge != "")
+    excluded = best[at_edge]
+    if len(excluded):
+        desc = ", ".join(f"{format_utd(r.utd)} ({getattr(r, f'{hp}_edge')} edge)" for r in excluded.itertuples())
+        notes.append(f"best {hp} at the edge of the swept grid at utd {desc}: a bound, not an optimum; "
+                     f"left out of the {name} law (widen the grid there)")
+        flags += [{"quantity": f"best {hp}", "group": r.env, "param": f"utd={format_utd(r.utd)}",
+                   "problem": f"at the {getattr(r, f'{hp}_edge')} edge of the swept grid: a bound, not an optimum"}
+                  for r in excluded.itertuples()]
+    use = np.isfinite(vals) & ~at_edge
+    sub = best[use]
+    n_utd = sub.groupby("env")["utd"].nunique().reindex(best["env"].unique()).fillna(0)
+    if n_utd.min() < 3:
+        notes.append(f"{name} law not fitted: {int(n_utd.min())} utd value(s) with an interior best {hp} "
+                     "(needs 3)")
+        flags.append({"quantity": f"{name} law", "group": "", "param": "",
+                      "problem": f"not fitted: only {int(n_utd.min())} utd value(s) have an optimum inside the grid"})
+        return None, notes, flags, excluded["utd"].tolist()
+    pf = fit_fixed_effects(sub, hp, "utd", shared=shared)
+    if hp in per_resample:
+        add_bootstrap(pf, sub, per_resample[hp][use])
+    flags += power_flags(f"{name} law", pf)
+    for g, flat in pf.flat.items():
+        if flat:
+            notes.append(f"{name} ({g}): no dependence on utd within the noise (slope {pf.slope[g]:.3g} +- "
+                         f"{pf.slope_uncertainty(g):.3g}); treat best {hp} as a constant")
+    return pf, notes, flags, excluded["utd"].tolist()
+
+
+def slope_by_threshold(gdf: pd.DataFrame, D: np.ndarray, thresholds, hp: str) -> dict:
+    """Sensitivity of the B* / eta* slope to the threshold used to pick the best values: the
+    shared slope fitted at each threshold level (NaN where fewer than 3 interior utds)."""
+    out = {}
+    for level, thr in enumerate(thresholds):
+        best, _ = best_hparams(gdf, D[:, :1], level)
+        if hp not in best:
+            continue
+        ok = best[np.isfinite(best[hp]) & (best[f"{hp}_edge"] == "")]
+        if ok.groupby("env")["utd"].nunique().min() >= 3 if len(ok) else False:
+            from pql_jax.scaling.powerlaw import fit_fixed_effects
+
+            out[float(thr)] = next(iter(fit_fixed_effects(ok, hp, "utd").slope.values()))
+        else:
+            out[float(thr)] = float("nan")
+    return out

@@ -12,11 +12,14 @@ import pandas as pd
 from pql_jax.errors import UserError
 from pql_jax.scaling import budget as bud
 from pql_jax.scaling import curves as cv
-from pql_jax.scaling.datafit import bootstrap_refit, fit_data_efficiency
-from pql_jax.scaling.fit import fit_fixed_effects, fit_law, fixed_effects_bootstrap, single_thread_blas
-from pql_jax.scaling.hparams import best_hparams, cell_crossings
+from pql_jax.scaling.datafit import add_levels, holdout_errors, predictions
+from pql_jax.scaling.datastage import boot_log_params, fit_data_stage, with_intervals
+from pql_jax.scaling.diagnostics import flags_table, law_flags
+from pql_jax.scaling.fit import fit_law, holdout_split, single_thread_blas
+from pql_jax.scaling.hparams import best_hparams, cell_crossings, fit_hparam_law, slope_by_threshold
 from pql_jax.scaling.io import load_curves, require_columns, require_distinct
 from pql_jax.scaling.laws import BATCH_SIGMA_N, batch_size_b
+from pql_jax.scaling.powerlaw import percentile_interval
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Results:
     fits: dict = field(default_factory=dict)  # name -> JSON-ready dict
     objects: dict = field(default_factory=dict)  # fitted objects for figures / proposals
     notes: list = field(default_factory=list)
+    flags: list = field(default_factory=list)  # rows of diagnostics.flags_table
     timings: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
 
@@ -77,9 +81,12 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
     df, notes = load_curves(curves, cfg.max_return)
     res.notes += notes
     require_columns(df, ["utd"], "curves")
-    require_distinct(df, "utd", "curves")
     if cfg.model_size is not None and "model_size" not in df.columns:
         df["model_size"] = float(cfg.model_size)
+    # held-out rows are set aside before anything is computed: thresholds, best hyperparameters
+    # and every law are learnt as if they did not exist; they are only predicted at the end
+    df, held = holdout_split(df, cfg.holdout)
+    require_distinct(df, "utd", "curves")
     timer.lap("load")
     cb = cv.crossing_bootstrap(df, cfg.thresholds or None, cfg.resamples, cfg.seed, n_thresholds=cfg.n_thresholds,
                                base=cfg.base, shared=cfg.max_return is not None, check_seeds=True)
@@ -94,56 +101,69 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
     level = cfg.select_level if cfg.select_level is not None else nj // 2
     best, per_resample = best_hparams(gdf, D, min(level, nj - 1))
     res.tables["best_hparams"] = best
-    _fit_hparams(res, best, per_resample)
+    _fit_hparams(res, best, per_resample, gdf, D, next(iter(thresholds.values())))
     _given_hparams(res, sorted(gdf["env"].unique()))
     timer.lap("best_hparams_fits")
     cells, Dc = cell_crossings(gdf, D, thresholds)
     res.tables["crossings"] = cells
     with single_thread_blas():
-        _fit_data(res, cells, Dc)
+        fit_data_stage(res, cells, Dc)
     timer.lap("data_efficiency_fit")
+    if len(held):
+        _predict_held_out(res, held)
     with single_thread_blas():
         _budgets(res, df, cells)
     timer.lap("budget")
+    res.tables["flags"] = flags_table(res.flags)
     res.summary = {"config": asdict(cfg), "select_level": level, "notes": res.notes,
                    "thresholds": {e: list(map(float, t)) for e, t in thresholds.items()}}
     return res
 
 
-def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict) -> None:
-    """B*(sigma), eta*(sigma) (fixed effects or per env) and B*(sigma, N) when N varies."""
+def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.DataFrame, D: np.ndarray,
+                 thresholds) -> None:
+    """B*(sigma), eta*(sigma) (fixed effects or per env, seed bootstrap, cells at the grid edge
+    left out, slope at every threshold) and B*(sigma, N) when N varies."""
     given = res.config.hparam_fits or {}
     for hp, name in (("batch_size", "batch_size"), ("lr", "learning_rate")):
         if name in given or hp not in best.columns or best[f"n_{hp}"].max() < 2:
             continue
-        ok = np.isfinite(best[hp].to_numpy())
-        sub = best[ok]
-        if sub.groupby("env")["utd"].nunique().min() < 3:
-            res.notes.append(f"{name} law skipped: needs at least 3 distinct utd values per env")
+        pf, notes, flags, excluded = fit_hparam_law(best, per_resample, hp, name,
+                                                    shared=not res.config.per_env_slopes)
+        res.notes += notes
+        res.flags += flags
+        if pf is None:
             continue
-        pf = fit_fixed_effects(sub, hp, "utd", shared=not res.config.per_env_slopes)
-        boot = per_resample[hp][ok]
-        cols = np.isfinite(boot).all(axis=0) & (boot > 0).all(axis=0)
-        if cols.sum() > 1:
-            if pf.shared:
-                se = float(np.std(fixed_effects_bootstrap(sub, boot[:, cols]), ddof=1))
-                pf.bootstrap_se = {"slope": {g: se for g in pf.slope}}
-            else:
-                pf.bootstrap_se = {"slope": {g: float(np.std(fixed_effects_bootstrap(
-                    sub[sub["env"] == g], boot[(sub["env"] == g).to_numpy()][:, cols]), ddof=1)) for g in pf.slope}}
         res.objects[name] = pf
-        res.fits[f"fit_{name}"] = pf.to_dict()
+        res.fits[f"fit_{name}"] = {**pf.to_dict(), "excluded_at_edge": excluded,
+                                   "slope_by_threshold": slope_by_threshold(gdf, D, thresholds, hp)}
     if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects:
-        sub = best[np.isfinite(best["batch_size"])]
+        sub = best[np.isfinite(best["batch_size"]) & (best["batch_size_edge"] == "")]
         try:
             with single_thread_blas():
                 lf = fit_law(BATCH_SIGMA_N, sub, y="batch_size")
             res.objects["batch_size_n"] = lf
+            res.flags += law_flags("B*(utd, N) law", lf)
             d = lf.to_dict()
             d["paper_b"] = {g: batch_size_b(p) for g, p in lf.params.items()}
             res.fits["fit_batch_size_n"] = d
         except UserError as exc:
             res.notes.append(f"B*(sigma, N) law skipped: {exc}")
+
+
+def _predict_held_out(res: Results, held: pd.DataFrame) -> None:
+    """Crossings of the held-out rows at the fitted thresholds, picked the same way as the
+    fitted cells, and the fitted laws' predictions of them (with bootstrap intervals)."""
+    cfg, fit = res.config, res.objects["data"]
+    cb = cv.crossing_bootstrap(held, res.objects["thresholds"], cfg.resamples, cfg.seed)
+    cells_h, _ = cell_crossings(cb.table, cb.D, cb.thresholds)
+    pred_h = with_intervals(res, predictions(fit, add_levels(cells_h)))
+    res.tables["crossings"] = pd.concat([res.tables["crossings"].assign(held_out=False),
+                                         cells_h.assign(held_out=True)], ignore_index=True)
+    res.tables["predictions"] = pd.concat([res.tables["predictions"].assign(held_out=False),
+                                           pred_h.assign(held_out=True)], ignore_index=True)
+    fit.holdout = holdout_errors(res.tables["predictions"], cfg.holdout)
+    res.fits["fit"] = fit.to_dict()
 
 
 def _given_hparams(res: Results, envs: list) -> None:
@@ -158,36 +178,6 @@ def _given_hparams(res: Results, envs: list) -> None:
             pf = pf.for_groups(envs)
         res.objects[name] = pf
         res.fits[f"fit_{name}"] = {**pf.to_dict(), "source": res.config.hparam_fits_source}
-
-
-def _fit_data(res: Results, cells: pd.DataFrame, Dc: np.ndarray) -> None:
-    """D_J fits on the best-tuned crossings, with bootstrap refits for parameter SEs."""
-    cfg = res.config
-    fit, pred = fit_data_efficiency(cells, shared=cfg.shared, normalise=cfg.normalise, holdout=cfg.holdout)
-    res.objects["data"] = fit
-    res.tables["predictions"] = pred
-    res.notes += fit.notes
-    res.objects["data_boot"] = {}
-    if Dc.shape[1] <= 2 or cfg.shared or cfg.normalise:
-        if Dc.shape[1] > 2:
-            res.notes.append("bootstrap SEs of D_J parameters are computed for per-env fits only; "
-                             "shared / normalised fits report Hessian SEs")
-        res.fits["fit"] = fit.to_dict()
-        return
-    train = pred[np.isfinite(pred["data"])]
-    if "held_out" in train:
-        train = train[~train["held_out"]]
-    for lv, lf in fit.fits.items():
-        for env in lf.params:
-            rows = train[(train["env"] == env) & (train["level"] == lv)]
-            cell_idx = rows.index.to_numpy() // Dc.shape[2]
-            lx = {k: np.log(rows[k].to_numpy(float)) for k in lf.law.inputs}
-            theta = bootstrap_refit(lf, env, lx, np.log(Dc[cell_idx, 1:, lv].T))
-            res.objects["data_boot"][(env, lv)] = theta
-            vals = np.exp(theta[np.isfinite(theta).all(1)])
-            if len(vals) > 1:
-                lf.bootstrap_se[env] = dict(zip(lf.law.params, vals.std(0, ddof=1).tolist()))
-    res.fits["fit"] = fit.to_dict()
 
 
 def _batch_fn(res: Results, df: pd.DataFrame, env: str):
@@ -241,7 +231,21 @@ def _budgets(res: Results, df: pd.DataFrame, cells: pd.DataFrame) -> None:
     res.tables["budget"] = pd.DataFrame(rows)
     res.tables["pareto"] = pd.concat(fronts, ignore_index=True)
     laws = bud.budget_power_laws(res.tables["budget"])
-    res.fits["fit_budget"] = {"k": k, "delta": delta, "laws": laws}
+    fitted = {"utd_range": [float(cells["utd"].min()), float(cells["utd"].max())],
+              "budget_range": [float(res.tables["budget"]["budget"].min()), float(res.tables["budget"]["budget"].max())]}
+    if n_vary:
+        fitted["model_size_range"] = [float(cells["model_size"].min()), float(cells["model_size"].max())]
+    res.fits["fit_budget"] = {"k": k, "delta": delta, "laws": laws, **fitted}
+    for r in res.tables["budget"].itertuples():
+        if r.extrapolated:
+            res.flags.append({"quantity": "budget optimum", "group": r.env, "param": f"level {r.level}",
+                              "problem": f"optimum utd {r.utd:.3g}" + (f", N {r.model_size:.3g}" if n_vary else "")
+                              + " lies outside the fitted range: extrapolated"})
+    for y, law in laws.items():
+        if law["n_held_out"] == 0:
+            res.flags.append({"quantity": f"{y}*(F) law", "group": "", "param": "exponent",
+                              "problem": f"fitted from {law['n_fit']} point(s) with nothing held out: "
+                                         "its extrapolation is untested"})
 
 
 def _data_fn(fit, env, lv):
@@ -252,12 +256,15 @@ def _data_fn(fit, env, lv):
 
 
 def _budget_bootstrap(res: Results, m: bud.BudgetModel, key) -> dict:
-    """Bootstrap SEs of the budget-optimal utd (N), D*, C*, F* from the refitted D_J laws."""
-    theta = res.objects.get("data_boot", {}).get(key)
+    """Bootstrap SEs and 90% percentile intervals of the budget-optimal utd (N), D*, C*, F*
+    from the refitted D_J laws."""
+    theta = boot_log_params(res, *key)
     if theta is None:
         return {}
     law = res.objects["data"].law
     theta = theta[np.isfinite(theta).all(1)]
+    if len(theta) < 2:
+        return {}
     s = m.sigma_grid(401)
     N = m.n_grid(81)
     S, NN = (a.ravel() for a in np.meshgrid(s, N, indexing="ij"))
@@ -267,8 +274,11 @@ def _budget_bootstrap(res: Results, m: bud.BudgetModel, key) -> dict:
     F = comp + m.delta * dat
     i = np.argmin(F, axis=1)
     r = np.arange(len(F))
-    out = {"utd_se": S[i].std(ddof=1), "data_se": dat[r, i].std(ddof=1),
-           "compute_se": comp[r, i].std(ddof=1), "budget_se": F[r, i].std(ddof=1)}
+    samples = {"utd": S[i], "data": dat[r, i], "compute": comp[r, i], "budget": F[r, i]}
     if m.n_range is not None:
-        out["model_size_se"] = NN[i].std(ddof=1)
-    return {k: float(v) for k, v in out.items()}
+        samples["model_size"] = NN[i]
+    out = {}
+    for name, v in samples.items():
+        lo, hi = percentile_interval(v)
+        out.update({f"{name}_se": float(v.std(ddof=1)), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out

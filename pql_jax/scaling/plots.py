@@ -154,7 +154,14 @@ def pareto(res):
     for ax, env in zip(axes, envs):
         for lv, sub in front[front["env"] == env].groupby("level"):
             o = opt[(opt["env"] == env) & (opt["level"] == lv)].iloc[0]
-            ax.plot(sub["compute"], sub["data"], "-", color=f"C{lv % 10}", lw=1.2, label=f"J={o['threshold']:.0f}")
+            col = f"C{lv % 10}"
+            ok = ~sub["dominated"].to_numpy() & ~sub["extrapolated"].to_numpy()
+            ax.plot(sub["compute"].where(ok), sub["data"].where(ok), "-", color=col, lw=1.2,
+                    label=f"J={o['threshold']:.0f}")
+            ext = ~sub["dominated"].to_numpy() & sub["extrapolated"].to_numpy()
+            ax.plot(sub["compute"].where(ext), sub["data"].where(ext), "--", color=col, lw=1.0)
+            dom = sub["dominated"].to_numpy()
+            ax.plot(sub["compute"].where(dom), sub["data"].where(dom), "-", color=col, lw=0.6, alpha=0.35)
             c = np.geomspace(sub["compute"].min(), o["budget"] * 0.999, 50)
             ax.plot(c, (o["budget"] - c) / delta, ":", color=f"C{lv % 10}", lw=0.8)
             ax.plot(o["compute"], o["data"], "o", color=f"C{lv % 10}", ms=4)
@@ -162,7 +169,8 @@ def pareto(res):
         ax.set_ylim(front[front["env"] == env]["data"].min() / 1.5, front[front["env"] == env]["data"].max() * 1.5)
     axes[0].set_ylabel("data D_J (env steps)")
     axes[0].legend(fontsize=6)
-    fig.suptitle("Pareto frontiers (lines), iso-budget F = C + delta D (dotted), optima (dots)", fontsize=9)
+    fig.suptitle("Pareto frontiers (solid; dashed: extrapolated beyond the fitted utd; faint: dominated), "
+                 "iso-budget F = C + delta D (dotted), optima (dots)", fontsize=8)
     _layout(fig)
     return fig
 

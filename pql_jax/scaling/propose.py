@@ -70,7 +70,19 @@ def propose(dir_: str, utds=None, budget: float | None = None, env: str | None =
                 if not u > 0:
                     raise UserError(f"propose: utd must be positive, got {u:g}")
                 rows.append(_row(fits, e, u, sizes.get(e, np.nan)))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["extrapolated"] = [_outside(fits.get("fit_budget") or {}, r) for r in table.to_dict("records")]
+    return table
+
+
+def _outside(fb: dict, row: dict) -> bool:
+    """Whether a proposal lies outside the fitted utd / model-size / budget range."""
+    def out(key, v):
+        r = fb.get(key)
+        return bool(r and v is not None and np.isfinite(v) and not r[0] * (1 - 1e-9) <= v <= r[1] * (1 + 1e-9))
+    return out("utd_range", row.get("utd")) or out("model_size_range", row.get("model_size")) \
+        or out("budget_range", row.get("budget"))
 
 
 def _for_budget(fits, env, F, n_default) -> dict:

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pandas as pd
 
+from pql_jax.scaling.diagnostics import flag_lines
+
 
 def fmt(value, digits: int = 4) -> str:
     """A table cell or number in text: floats to ``digits`` significant figures, NaN / None as
@@ -36,15 +38,35 @@ def markdown_table(df: pd.DataFrame, cols, digits: int = 4, max_rows: int = 60) 
     return "\n".join(lines)
 
 
+def _interval(iv) -> str:
+    """'[lo, hi]' of a 90% percentile interval, or n/a."""
+    return f"[{fmt(iv[0])}, {fmt(iv[1])}]" if iv else "n/a"
+
+
 def _power_section(title: str, fit: dict | None) -> list[str]:
     if not fit:
         return []
+    bse, iv = fit.get("bootstrap_se") or {}, fit.get("interval") or {}
     rows = pd.DataFrame([{"env": g, **p, "slope_se": fit["se"][g]["slope"],
-                          "slope_bootstrap_se": (fit.get("bootstrap_se") or {}).get("slope", {}).get(g, np.nan)}
+                          "slope_bootstrap_se": bse.get("slope", {}).get(g, np.nan),
+                          "slope_90%": _interval(iv.get("slope", {}).get(g)),
+                          "coef_90%": _interval(iv.get("coef", {}).get(g)),
+                          "flat": (fit.get("flat") or {}).get(g, False)}
                          for g, p in fit["params"].items()])
-    return [f"## {title}", "", f"`{fit['formula']}`, shared slope: {fit['shared_slope']}, "
-            f"loss (mean squared log error) {fit['loss']:.4g}, n = {fit['n']}", "",
-            markdown_table(rows, ["env", "slope", "slope_se", "slope_bootstrap_se", "coef", "beta"]), ""]
+    L = [f"## {title}", "", f"`{fit['formula']}`, shared slope: {fit['shared_slope']}, "
+         f"loss (mean squared log error) {fit['loss']:.4g}, n = {fit['n']}"
+         + (" (shared slope: one pooled bootstrap SE)" if fit["shared_slope"] else ""), "",
+         markdown_table(rows, ["env", "slope", "slope_se", "slope_bootstrap_se", "slope_90%", "coef", "coef_90%",
+                               "beta", "flat"]), "",
+         "(`flat`: no dependence on utd within the noise; beta is then not reported)", ""]
+    if fit.get("excluded_at_edge"):
+        L += [f"Left out (best value at the edge of the swept grid, a bound): utd "
+              + ", ".join(fmt(u) for u in fit["excluded_at_edge"]), ""]
+    sens = fit.get("slope_by_threshold") or {}
+    if sens:
+        L += ["Sensitivity to the threshold used to pick the best values (slope fitted at each threshold): "
+              + ", ".join(f"J={fmt(float(j))}: {fmt(v)}" for j, v in sens.items()), ""]
+    return L
 
 
 def write_report(res, out_dir: str, figures: list[str]) -> str:
@@ -54,6 +76,13 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
          "Tables: `crossings_runs.csv` (per run group), `best_hparams.csv`, `crossings.csv` (best-tuned, "
          "the input format of `fit data-efficiency`), `predictions.csv`, `budget.csv`, `pareto.csv`; fits: "
          "`fit*.json`; `summary.json` holds the configuration, thresholds and timings.", ""]
+    flags = res.tables.get("flags")
+    if flags is not None and len(flags):
+        L += ["## Warnings", "", f"{len(flags)} problem(s) (also in `flags.csv`); do not read the flagged "
+              "quantities as determined:", ""] + flag_lines(flags) + [""]
+    else:
+        L += ["## Warnings", "", "None: every parameter has an SE below its value, no parameter sits at a search "
+              "bound, no optimiser failed.", ""]
     if res.notes:
         L += ["## Notes", ""] + [f"- {n}" for n in res.notes] + [""]
     cr = res.tables["crossings_runs"]
@@ -78,21 +107,34 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
         for g, p in lf.params.items():
             bse = lf.bootstrap_se.get(g, {})
             rows.append({"level": lv, "env": g, **p, **{f"{k}_se": v for k, v in lf.se[g].items()},
-                         **{f"{k}_bse": v for k, v in bse.items()}})
+                         **{f"{k}_bse": v for k, v in bse.items()},
+                         **{f"{k}_90%": _interval(v) for k, v in lf.interval.get(g, {}).items()}})
     exps = list(fit.law.exponents)
     L += [markdown_table(pd.DataFrame(rows), ["level", "env"] + list(fit.law.params) + [f"{e}_se" for e in exps]
-                    + [f"{e}_bse" for e in exps]), "", "(`_se`: Hessian; `_bse`: seed bootstrap)", ""]
+                    + [f"{e}_bse" for e in exps] + [f"{p}_90%" for p in fit.law.params]), "",
+          "(`_se`: Hessian; `_bse`: seed bootstrap (refits of every resample"
+          + (", exponents shared across envs: one pooled SE" if fit.fits and next(iter(fit.fits.values())).shared else "")
+          + (", median normalisation redone per resample" if fit.normalise else "")
+          + "); `_90%`: bootstrap 5th-95th percentiles)", ""]
     if fit.holdout:
         L += [f"Held out `{fit.holdout['expr']}`: {fit.holdout.get('n', 0)} points, mean |log error| "
               f"{fit.holdout.get('mean_abs_log_error', float('nan')):.4g}, max relative error "
-              f"{fit.holdout.get('max_abs_rel_error', float('nan')):.4g}", ""]
+              f"{fit.holdout.get('max_abs_rel_error', float('nan')):.4g}. The held-out rows took no part in the "
+              "thresholds, the best hyperparameters or any fit.", ""]
+        pr = res.tables["predictions"]
+        h = pr[pr["held_out"].astype(bool)] if "held_out" in pr else pr.iloc[:0]
+        L += [markdown_table(h, ["env", "level", "utd", "model_size", "data", "data_std", "data_fit", "data_fit_lo",
+                                 "data_fit_hi"]), ""]
     if "budget" in res.tables:
         fb = res.fits["fit_budget"]
         b = res.tables["budget"]
         L += ["## Budget-optimal settings (Problem 3.2)", "",
               f"C = k N B sigma D with k = {fb['k']:.4g}; F = C + delta D with delta = {fb['delta']:.4g}.", "",
-              markdown_table(b, ["env", "level", "threshold", "utd", "utd_se", "model_size", "batch_size", "data",
-                            "compute", "budget", "budget_se", "at_edge"]), "",
+              markdown_table(b, ["env", "level", "threshold", "utd", "utd_se", "utd_lo", "utd_hi", "model_size",
+                                 "batch_size", "data", "data_lo", "data_hi", "compute", "budget", "budget_se",
+                                 "budget_lo", "budget_hi", "at_edge", "extrapolated"]), "",
+              "(`_lo` / `_hi`: 90% bootstrap percentile interval; `extrapolated`: the optimum lies outside the "
+              "fitted utd / model-size range, where no run was made)", "",
               "### Precision of the optimum", "",
               "Range of utd (N at its optimum) whose budget stays within 5% / 10% of the optimum; "
               "`ratio` = hi / lo (large = flat optimum, coarse settings suffice).", "",
