@@ -57,12 +57,17 @@ def test_bootstrap_is_deterministic_and_seeded_per_group():
     assert np.isfinite(a[:, 0]).all() and np.nanstd(a[:, 1:], axis=1).max() > 0
 
 
-def test_resample_means_are_means_of_drawn_seeds():
+def test_resample_means_are_rescaled_means_of_drawn_seeds():
     g = cv.run_groups(_curves())[0]
+    n = len(g.returns)
     m = cv.resample_means(g, 5, seed=0)
     np.testing.assert_allclose(m[0], g.returns.mean(0))
-    counts = cv.group_rng(0, g.key).multinomial(len(g.returns), np.full(len(g.returns), 1 / len(g.returns)), size=5)
-    np.testing.assert_allclose(m[1:], counts @ g.returns / len(g.returns))
+    counts = cv.group_rng(0, g.key).multinomial(n, np.full(n, 1 / n), size=5)
+    drawn = counts @ g.returns / n
+    np.testing.assert_allclose(m[1:], m[0] + np.sqrt(n / (n - 1)) * (drawn - m[0]))
+    # the resampled means have the variance of the seed mean, s^2 / n (plain bootstrap: (n-1)/n of it)
+    many = cv.resample_means(g, 20000, seed=1)[1:]
+    np.testing.assert_allclose(many.var(0), g.returns.var(0, ddof=1) / n, rtol=0.06)
 
 
 def test_seeds_with_different_logging_steps_are_aligned():

@@ -57,6 +57,10 @@ def cmd_hparam(args, hp: str) -> int:
     rows = [{"env": g, "coef": pf.coef[g], "slope": pf.slope[g], "slope_se": pf.slope_se[g]} for g in pf.coef]
     print(f"{hp} = coef * utd^(-slope)   loss {pf.loss:.4g}")
     print(_summary(rows, ["env", "coef", "slope", "slope_se"]))
+    for g, flat in pf.flat.items():
+        if flat:
+            print(f"note: {g}: no dependence on utd within the noise (slope {pf.slope[g]:.3g}); "
+                  f"best {hp} is a constant here, not a law")
     return 0
 
 

@@ -95,6 +95,13 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
         raise UserError("no threshold is reached by any run (thresholds "
                         + ", ".join(f"{t:g}" for t in next(iter(thresholds.values()))) + ")")
     res.objects.update(groups=groups, thresholds=thresholds, keys=keys)
+    if cfg.thresholds and cb.levels is not None:
+        for env, r in cb.levels.iterrows():
+            J = np.asarray(thresholds.get(env, next(iter(thresholds.values()))), float)
+            for j in J[J < r.base + cv.NOISE_MARGIN * r.noise]:
+                res.flags.append({"quantity": "threshold", "group": env, "param": f"J={j:.4g}",
+                                  "problem": f"within {cv.NOISE_MARGIN:g} noise levels ({r.noise:.3g}) of the starting "
+                                             f"level {r.base:.4g}: crossings there are set by the seed noise"})
     res.tables["crossings_runs"] = cv.crossings_table(groups, keys, thresholds, D)
     timer.lap("bootstrap_crossings")
     nj = D.shape[2]
