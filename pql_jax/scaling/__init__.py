@@ -13,6 +13,9 @@ Python API (mirrors the `pql-jax fit ...` / `pql-jax propose` commands):
   ``best_hparams``, ``cell_crossings``
 - ``PowerFit.to_dict`` / ``PowerFit.from_dict`` (fit*.json of B*, eta*), and
   ``PipelineConfig(hparam_fits=...)`` to use B*(sigma), eta*(sigma) fitted on another sweep
+- ``fit_hparam_law`` (B*, eta* with the seed bootstrap, grid-edge cells left out), ``slope_by_threshold``
+- ``boot_predict`` (bootstrap refits' D_J predictions), ``percentile_interval`` (90%: ``COVERAGE``)
+- ``flags_table``, ``flag_lines``: what the data do not determine (see ``diagnostics``)
 - ``markdown_table``, ``fmt`` (report text), ``write_json`` (NaN as null)
 - ``BudgetModel`` (Pareto frontier, Problems 3.1 / 3.2, precision), ``propose(dir, utds=..., budget=...)``
 """
@@ -24,10 +27,13 @@ from pql_jax.scaling.curves import (CrossingBootstrap, RunGroup, auto_thresholds
                                     run_groups)
 from pql_jax.scaling.datafit import DataEfficiencyFit, bootstrap_refit, fit_data_efficiency
 from pql_jax.scaling.fit import LawFit, PowerFit, fit_fixed_effects, fit_law, holdout_split
-from pql_jax.scaling.hparams import best_hparams, cell_crossings
+from pql_jax.scaling.datastage import boot_predict
+from pql_jax.scaling.diagnostics import flag_lines, flags_table
+from pql_jax.scaling.hparams import best_hparams, cell_crossings, fit_hparam_law, slope_by_threshold
 from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, parse_number, write_json
 from pql_jax.scaling.laws import BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS, Law, compute, power_law
 from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
+from pql_jax.scaling.powerlaw import COVERAGE, percentile_interval
 from pql_jax.scaling.propose import propose, round_batch, round_sig, write_proposals
 from pql_jax.scaling.report import fmt, markdown_table
 
@@ -42,4 +48,6 @@ __all__ = [
     "first_crossings", "isotonic_rows", "best_hparams", "cell_crossings",
     "BudgetModel", "budget_power_laws", "delta_from_throughput", "measured_k",
     "propose", "round_batch", "round_sig", "write_proposals", "markdown_table", "fmt",
+    "fit_hparam_law", "slope_by_threshold", "flags_table", "flag_lines", "boot_predict", "percentile_interval",
+    "COVERAGE",
 ]

@@ -75,7 +75,7 @@ def cmd_all(args) -> int:
         resamples=args.resamples, seed=args.seed, k=args.k, delta=_delta(args),
         model_size=args.model_size, shared=args.shared_exponents, per_env_slopes=args.per_env,
         normalise="median" if args.median_normalise else None, holdout=args.holdout,
-        figures=not args.no_figures)
+        crossings=args.crossings.replace("-", "_"), figures=not args.no_figures)
     res = fit_all_file(args.curves, args.out, cfg)
     print("stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items()))
     for note in res.notes:
@@ -160,6 +160,9 @@ def add_subcommands(subparsers) -> None:
     al.add_argument("--model-size", type=_positive, help="critic parameters when not a column")
     al.add_argument("--per-env", action="store_true", help="B*, eta* slopes per env")
     al.add_argument("--no-figures", action="store_true")
+    al.add_argument("--crossings", choices=("at-best", "min"), default="at-best",
+                    help="D_J per (env, utd, N): at the fitted B*, eta* interpolated across the grid (default, the "
+                         "paper's procedure) or the minimum over the swept grid")
     _law_options(al)
     al.set_defaults(func=cmd_all)
     pr = subparsers.add_parser("propose", help="recommended (utd, batch_size, lr, model_size)")

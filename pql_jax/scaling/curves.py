@@ -159,7 +159,7 @@ def auto_thresholds(groups: list[RunGroup], keys: list[str], n: int = 5,
 
 
 #: Auto thresholds start this many noise levels of the seed-mean curves above the base.
-NOISE_MARGIN = 2.0
+NOISE_MARGIN = 1.0
 
 
 def mean_curve_noise(mean: np.ndarray) -> float:

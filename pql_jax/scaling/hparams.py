@@ -168,3 +168,77 @@ def slope_by_threshold(gdf: pd.DataFrame, D: np.ndarray, thresholds, hp: str) ->
         else:
             out[float(thr)] = float("nan")
     return out
+
+
+def _axis_weights(values: np.ndarray, target: float) -> np.ndarray:
+    """Interpolation weights over a cell's swept values of one hyperparameter at ``target``, in
+    log space: the quadratic through the 3 values nearest the target (2: the line; 1: that
+    value), with the target clamped to the swept range (beyond it the edge run stands in).
+
+    Lagrange weights written by hand: they are applied to every resample and threshold of the
+    cell at once (scipy's interpolators take one array of nodes per call)."""
+    lv = np.log(np.asarray(values, float))
+    w = np.zeros(len(lv))
+    if len(lv) == 1 or not np.isfinite(target):
+        w[np.argmin(np.abs(lv - (np.log(target) if np.isfinite(target) else lv.mean())))] = 1.0
+        return w
+    t = float(np.clip(np.log(target), lv.min(), lv.max()))
+    idx = np.sort(np.argsort(np.abs(lv - t), kind="stable")[:3])
+    for j in idx:
+        w[j] = np.prod([(t - lv[k]) / (lv[j] - lv[k]) for k in idx if k != j])
+    return w
+
+
+def cell_crossings_at(gdf: pd.DataFrame, D: np.ndarray, thresholds: dict, targets) -> tuple[pd.DataFrame, np.ndarray]:
+    """Crossing per (cell, threshold) at the best batch size and learning rate (seed 001,
+    section 4.3: D_J is measured at B*, eta*), where ``targets(cell_row) -> {hp: value}`` gives
+    them (a fitted law, or the cell's best value). Where no run sits exactly there, log D is
+    interpolated in (log B, log lr) across the cell's grid (quadratic through the 3 nearest
+    swept values per axis, clamped to the grid; where a run of that stencil never reached the
+    threshold, the run nearest the target); a cell whose runs do not form a full grid falls back
+    to the minimum over its runs. Same outputs as ``cell_crossings`` (the table's
+    ``at_batch_size`` / ``at_lr`` are the targets, ``procedure`` says which was used)."""
+    table, Dc = cell_crossings(gdf, D, thresholds)
+    cells = cell_columns(gdf)
+    cell_df = gdf[cells].drop_duplicates().reset_index(drop=True)
+    cell_id = gdf.merge(cell_df.reset_index(), on=cells, how="left")["index"].to_numpy()
+    hps = [h for h in ("batch_size", "lr") if h in gdf.columns]
+    nj = D.shape[2]
+    proc = np.array(["min over grid"] * len(cell_df), dtype=object)
+    at = {h: np.full(len(cell_df), np.nan) for h in hps}
+    for c, cell in cell_df.iterrows():
+        idx = np.flatnonzero(cell_id == c)
+        sub = gdf.iloc[idx]
+        axes = [np.unique(sub[h].to_numpy(float)) for h in hps]
+        if len(idx) != int(np.prod([len(a) for a in axes])) or sub.duplicated(hps).any():
+            continue  # not a full grid: keep the minimum
+        want = targets(cell)
+        if want is None:
+            continue
+        pos = [np.searchsorted(a, sub[h].to_numpy(float)) for a, h in zip(axes, hps)]
+        logD = np.full([len(a) for a in axes] + list(D.shape[1:]), np.nan)
+        with np.errstate(divide="ignore"):
+            logD[tuple(pos)] = np.log(D[idx])
+        near = logD
+        for h, a in zip(hps, axes):  # contract one axis at a time, using only runs with weight
+            w = _axis_weights(a, want.get(h, np.nan))
+            at[h][c] = float(np.clip(want.get(h, np.nan), a.min(), a.max()))
+            keep = np.flatnonzero(w != 0)
+            logD = np.tensordot(w[keep], np.take(logD, keep, axis=0), axes=(0, 0))
+            near = np.take(near, np.argmin(np.abs(np.log(a) - np.log(at[h][c]))), axis=0)
+        # a run of the stencil that never reached the threshold: the run nearest the target stands in
+        Dc[c] = np.exp(np.where(np.isfinite(logD), logD, near))
+        proc[c] = "at B*, eta* (interpolated)" if any(len(a) > 1 for a in axes) else "single run"
+    for j in range(nj):  # refresh the table rows from Dc
+        rows = table["level"] == j
+        c_idx = table.index[rows].to_numpy() // nj  # rows are cell-major, one per threshold
+        boot = Dc[c_idx, 1:, j]
+        fin = np.isfinite(boot)
+        table.loc[rows, "data"] = Dc[c_idx, 0, j]
+        table.loc[rows, "data_std"] = [float(np.std(b[f], ddof=1)) if f.sum() > 1 else np.nan for b, f in zip(boot, fin)]
+        table.loc[rows, "reached"] = np.isfinite(Dc[c_idx, 0, j])
+        table.loc[rows, "reached_frac"] = fin.mean(axis=1) if boot.size else np.nan
+        for h in hps:
+            table.loc[rows, f"at_{h}"] = at[h][c_idx]
+        table.loc[rows, "procedure"] = proc[c_idx]
+    return table, Dc

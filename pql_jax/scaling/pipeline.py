@@ -16,7 +16,8 @@ from pql_jax.scaling.datafit import add_levels, holdout_errors, predictions
 from pql_jax.scaling.datastage import boot_log_params, fit_data_stage, with_intervals
 from pql_jax.scaling.diagnostics import flags_table, law_flags
 from pql_jax.scaling.fit import fit_law, holdout_split, single_thread_blas
-from pql_jax.scaling.hparams import best_hparams, cell_crossings, fit_hparam_law, slope_by_threshold
+from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, fit_hparam_law,
+                                     slope_by_threshold)
 from pql_jax.scaling.io import load_curves, require_columns, require_distinct
 from pql_jax.scaling.laws import BATCH_SIGMA_N, batch_size_b
 from pql_jax.scaling.powerlaw import percentile_interval
@@ -40,6 +41,10 @@ class PipelineConfig:
     per_env_slopes: bool = False  # B*, eta* slopes per env instead of fixed effects
     normalise: str | None = None  # 'median' normalisation of D across envs
     holdout: str | None = None
+    # D_J of a (env, utd, N) cell: "at_best" measures it at the fitted B*(utd), eta*(utd) (the
+    # cell's best values where no law was fitted), interpolating across the swept grid (seed 001,
+    # section 4.3); "min" takes the minimum crossing over the grid (biased on coarse grids)
+    crossings: str = "at_best"
     figures: bool = True
     # B*(sigma) / eta*(sigma) fitted elsewhere (e.g. on a hyperparameter sweep, when these curves
     # have one batch size and learning rate per utd): {"batch_size": PowerFit, "learning_rate":
@@ -111,7 +116,7 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
     _fit_hparams(res, best, per_resample, gdf, D, next(iter(thresholds.values())))
     _given_hparams(res, sorted(gdf["env"].unique()))
     timer.lap("best_hparams_fits")
-    cells, Dc = cell_crossings(gdf, D, thresholds)
+    cells, Dc = _cell_crossings(res, gdf, D, thresholds, best)
     res.tables["crossings"] = cells
     with single_thread_blas():
         fit_data_stage(res, cells, Dc)
@@ -158,12 +163,49 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
             res.notes.append(f"B*(sigma, N) law skipped: {exc}")
 
 
+def _cell_crossings(res: Results, gdf: pd.DataFrame, D: np.ndarray, thresholds: dict, best):
+    """Best-tuned crossings per cell by the configured procedure (see ``PipelineConfig.crossings``)."""
+    mode = res.config.crossings
+    if mode not in ("at_best", "min"):
+        raise UserError(f"crossings procedure must be at_best or min, got {mode!r}")
+    if mode == "min" or not {"batch_size", "lr"} & set(gdf.columns):
+        return cell_crossings(gdf, D, thresholds)
+    objs = res.objects
+    cols = [c for c in ("env", "utd", "model_size") if c in gdf.columns]
+    own = {} if best is None else {tuple(r[c] for c in cols): r for _, r in best.iterrows()}
+
+    def targets(cell):
+        env, utd = cell["env"], cell["utd"]
+        key = tuple(cell[c] for c in cols)
+        out = {}
+        if "batch_size_n" in objs and env in objs["batch_size_n"].params:
+            out["batch_size"] = float(objs["batch_size_n"].predict(env, utd=utd, model_size=cell["model_size"]))
+        elif "batch_size" in objs and env in objs["batch_size"].coef:
+            out["batch_size"] = float(objs["batch_size"].predict(env, utd))
+        if "learning_rate" in objs and env in objs["learning_rate"].coef:
+            out["lr"] = float(objs["learning_rate"].predict(env, utd))
+        for hp in ("batch_size", "lr"):
+            if hp not in out and hp in gdf.columns:
+                if key not in own or not np.isfinite(own[key].get(hp, np.nan)):
+                    return None  # no law and no best value of its own: the minimum over the grid
+                out[hp] = float(own[key][hp])
+        return out
+
+    if not any(n.startswith("D_J per cell") for n in res.notes):
+        res.notes.append("D_J per cell at the fitted B*(utd), eta*(utd) (the cell's bootstrap-averaged best value "
+                         "where no law is fitted): log D interpolated across the swept grid in (log B, log lr), "
+                         "quadratic through the 3 nearest swept values per axis, clamped to the grid (the run "
+                         "nearest the target where one of those never reached the threshold); cells without a full grid take the minimum over their runs (`procedure` in crossings.csv). "
+                         "The minimum over the grid: --crossings min")
+    return cell_crossings_at(gdf, D, thresholds, targets)
+
+
 def _predict_held_out(res: Results, held: pd.DataFrame) -> None:
     """Crossings of the held-out rows at the fitted thresholds, picked the same way as the
     fitted cells, and the fitted laws' predictions of them (with bootstrap intervals)."""
     cfg, fit = res.config, res.objects["data"]
     cb = cv.crossing_bootstrap(held, res.objects["thresholds"], cfg.resamples, cfg.seed)
-    cells_h, _ = cell_crossings(cb.table, cb.D, cb.thresholds)
+    cells_h, _ = _cell_crossings(res, cb.table, cb.D, cb.thresholds, None)
     pred_h = with_intervals(res, predictions(fit, add_levels(cells_h)))
     res.tables["crossings"] = pd.concat([res.tables["crossings"].assign(held_out=False),
                                          cells_h.assign(held_out=True)], ignore_index=True)
