@@ -63,7 +63,7 @@ class EnvConfig:
     action_repeat: int = 1
     """Repeat each action this many env steps (rewards summed)."""
     eval_envs: int = 16
-    """Envs for deterministic-policy evaluation (every `run.eval_every` chunks; 0 disables)."""
+    """Envs for deterministic-policy evaluation (see `run.eval_mode`; 0 disables)."""
     val_envs: int = 0
     """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
     random_episode_start: bool = shape(False)
@@ -154,10 +154,19 @@ class RunConfig:
     """Training env steps (transitions collected); rounded up to whole chunks."""
     chunk_steps: int = 64
     """Vector steps per jitted chunk; metrics are logged once per chunk."""
+    eval_mode: str = "sequential"
+    """How the deterministic policy is evaluated. `sequential`: after a chunk (every `eval_every`
+    chunks and the last), one episode of `env.eval_envs` envs that training waits for:
+    ceil(episode_length / action_repeat) sequential env steps each time. `parallel`: the eval envs
+    are stepped in the same env call as the training envs, by a snapshot of the policy taken when
+    their episode starts; episodes run back to back, phased so that the last one ends with the run,
+    and add no sequential steps (the GPU regime: a step of 64 more envs costs about nothing there).
+    A parallel result belongs to the policy of its snapshot: the row's `step` is the snapshot's env
+    step, one episode before the row's `env_steps`. Needs a run of at least one episode."""
     eval_every: int = host(1)
-    """Run the evaluation episode every this many chunks (and always in the last chunk); other
-    rows have an empty (NaN) `return`. One eval costs ceil(episode_length / action_repeat)
-    sequential env steps: `pql-jax plan` prints each group's evaluation share."""
+    """With `eval_mode: sequential`, run the evaluation episode every this many chunks (and always
+    in the last chunk); other rows have an empty (NaN) `return`. `pql-jax plan` prints each
+    group's evaluation share of sequential env steps."""
     checkpoint_every: int = host(10)
     """Save a checkpoint every this many chunks (0: only at the end)."""
     keep_checkpoints: int = host(2)
@@ -440,6 +449,7 @@ def validate(config: Config) -> None:
         (r.total_env_steps >= 1, "run.total_env_steps must be >= 1"),
         (r.chunk_steps >= 1, "run.chunk_steps must be >= 1"),
         (r.eval_every >= 1, "run.eval_every must be >= 1"),
+        (r.eval_mode in ("sequential", "parallel"), f"run.eval_mode must be sequential or parallel (got {r.eval_mode!r})"),
         (r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
         (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (r.memory_limit_gb >= 0, "run.memory_limit_gb must be >= 0"),
@@ -457,3 +467,17 @@ def validate(config: Config) -> None:
     for key, value in floats.items():
         if not math.isfinite(value):
             raise UserError(f"{key} must be finite (got {value})")
+    if r.eval_mode == "parallel" and e.eval_envs and run_vector_steps(config) < episode_vector_steps(e):
+        raise UserError(f"run.eval_mode=parallel needs a run of at least one episode ({episode_vector_steps(e)} vector "
+                        f"steps; this run has {run_vector_steps(config)}): lengthen it or use run.eval_mode=sequential")
+
+
+def episode_vector_steps(env: EnvConfig) -> int:
+    """Vector steps of one episode without termination: ceil(episode_length / action_repeat)."""
+    return -(-env.episode_length // env.action_repeat)
+
+
+def run_vector_steps(config: Config) -> int:
+    """Vector steps of a whole run: `run.total_env_steps` rounded up to whole chunks."""
+    chunk = config.run.chunk_steps
+    return -(-config.run.total_env_steps // (chunk * config.env.num_envs)) * chunk

@@ -57,9 +57,7 @@ def test_nonfinite_steps_do_not_kill_a_run(overrides):
     metrics = jax.device_get(metrics)
     start = jax.jit(learner.init)(key, hp)
     steps = learner.num_chunks * config.run.chunk_steps
-    injected = _rollout_nonfinite(learner.env, start.env, steps)
-    if config.env.val_envs:
-        injected += _rollout_nonfinite(learner.env, start.val_env, steps)
+    injected = _rollout_nonfinite(learner.env, start.env, steps)  # training and validation envs: one env call
     assert injected > 0
     assert int(metrics["nonfinite_transitions"].sum()) == injected
     assert not metrics["diverged"].any() and not metrics["nonfinite"].any()
@@ -75,10 +73,11 @@ def test_random_episode_start_spreads_training_envs_only():
     learner = make_train(config)
     key, hp = jax.random.PRNGKey(0), hparams_from_config(config)
     state = jax.jit(learner.init)(key, hp)
-    for env_state in (state.env, state.val_env):
-        start = np.asarray(env_state.episode_step)
-        assert ((start >= 0) & (start < 50) & (start % 2 == 0)).all()
-        assert len(set(start.tolist())) >= len(start) // 4
+    start = np.asarray(state.env.episode_step)
+    assert start.shape == (config.env.num_envs + 8,)  # training then validation envs, one env call
+    assert ((start >= 0) & (start < 50) & (start % 2 == 0)).all()
+    assert len(set(start[: config.env.num_envs].tolist())) >= config.env.num_envs // 4
+    assert len(set(start[config.env.num_envs:].tolist())) >= 2
     # Their first truncations come at different vector steps (in lockstep without the option).
     def first_truncation(env_state):
         def body(s, _):

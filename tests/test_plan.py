@@ -20,6 +20,7 @@ from pql_jax.run.calibrate import calibrate_group, calibration_text, eval_schedu
 from pql_jax.run.compiled import GroupMemory, eval_share, group_memory
 from pql_jax.run.program import GroupProgram
 from pql_jax.run.sweep import single
+from pql_jax.workflow.spec import load_workflow
 
 
 # ---- evaluation schedule and share ---------------------------------------------------------------
@@ -45,27 +46,36 @@ def test_eval_share_arithmetic():
     share = eval_share(small(["run.total_env_steps=9600", "run.eval_every=5"]))
     assert (share.chunks, share.eval_chunks, share.horizon, share.vector_steps) == (12, 3, 50, 300)
     assert share.share == pytest.approx(150 / 450)
-    # the GPU config: 50M steps / (4096 envs x 100 steps) = 123 chunks, eval every 200 -> the last chunk
-    # only; 1000 eval steps vs 12,300 vector steps.
+    # the GPU config: 50M steps / (4096 envs x 100 steps) = 123 chunks = 12,300 vector steps; parallel
+    # eval: 64 envs in the env call, one result per 1000-step episode (12), no sequential eval steps.
     gpu = eval_share(cfg_mod.load(ROOT / "configs" / "cheetah_run.yaml"))
-    assert (gpu.chunks, gpu.eval_chunks, gpu.horizon, gpu.vector_steps) == (123, 1, 1000, 12_300)
-    assert gpu.share == pytest.approx(1000 / 13_300)
+    assert (gpu.chunks, gpu.eval_chunks, gpu.horizon, gpu.vector_steps) == (123, 0, 1000, 12_300)
+    assert (gpu.evaluations, gpu.parallel_envs, gpu.env_call_envs, gpu.share) == (12, 64, 4096, 0.0)
+    # sequential, every 200 chunks: the last chunk only, 1000 eval steps vs 12,300 vector steps
+    seq = ["run.eval_mode=sequential", "run.eval_every=200"]
+    assert eval_share(cfg_mod.load(ROOT / "configs" / "cheetah_run.yaml", seq)).share == pytest.approx(1000 / 13_300)
     # before: every chunk evaluated -> 10 sequential eval steps per training vector step
-    assert eval_share(cfg_mod.load(ROOT / "configs" / "cheetah_run.yaml", ["run.eval_every=1"])).share \
+    assert eval_share(cfg_mod.load(ROOT / "configs" / "cheetah_run.yaml", [*seq, "run.eval_every=1"])).share \
         == pytest.approx(123_000 / (123_000 + 12_300))
     assert eval_share(small(["env.episode_length=1000", "env.action_repeat=3"])).horizon == 334
     assert eval_share(small(["env.eval_envs=0"])).share == 0.0
 
 
 def test_gpu_configs_default_to_a_small_eval_budget():
-    """Every GPU config evaluates every 200 chunks of 100 vector steps: 1000 / 21000 = 4.8% of
-    sequential steps in steady state (the last chunk always evaluates on top)."""
+    """Every GPU config and GPU workflow evaluates in parallel: no sequential eval steps, eval envs
+    at most a few % of the env call, one result per 1000-step episode (>= 4 per run for the task
+    configs, >= 10 for the workflows' curves)."""
     paths = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if cfg_mod.load(p).env.num_envs >= 1024]
     assert len(paths) == 8
     for path in paths:
-        c = cfg_mod.load(path)
-        horizon = math.ceil(c.env.episode_length / c.env.action_repeat)
-        assert horizon / (horizon + c.run.eval_every * c.run.chunk_steps) < 0.05, path.name
+        share = eval_share(cfg_mod.load(path))
+        assert share.share == 0.0 and share.parallel_envs / share.env_call_envs < 0.05, path.name
+        assert share.evaluations == share.vector_steps // 1000 >= 4, path.name
+    for name in ("cheetah_run", "walker_walk", "humanoid_stand", "ant"):
+        spec = load_workflow(ROOT / "configs" / "workflows" / f"{name}.yaml")
+        overrides = [f"{k}={v}" for k, v in spec.spec["overrides"].items() if not isinstance(v, list)]
+        share = eval_share(cfg_mod.load(spec.base_path, overrides))
+        assert share.share == 0.0 and share.evaluations >= 10, name
     with pytest.raises(cfg_mod.UserError, match="run.eval_every must be >= 1"):
         small(["run.eval_every=0"])
 

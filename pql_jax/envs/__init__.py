@@ -105,7 +105,8 @@ class StepOut(NamedTuple):
 
 
 class VecEnv(NamedTuple):
-    """A pure, vmapped env: `reset(key, n) -> EnvState`, `step(state, action) -> (EnvState, StepOut)`."""
+    """A pure, vmapped env: `reset(key, n) -> EnvState`, `step(state, action, reset=None) -> (EnvState,
+    StepOut)`; `reset` ([E] bool) also restarts those envs after this step, whatever their episode."""
 
     name: str
     obs_size: int
@@ -172,7 +173,7 @@ def make_env(config: EnvConfig) -> VecEnv:
         return EnvState(sim=states, obs=_flat_obs(states.obs), episode_step=jnp.zeros(num, jnp.int32),
                         episode_return=jnp.zeros(num), key=keys[:, 1])
 
-    def step(state: EnvState, action: jax.Array) -> tuple[EnvState, StepOut]:
+    def step(state: EnvState, action: jax.Array, reset: jax.Array | None = None) -> tuple[EnvState, StepOut]:
         sim_state = sim_step(state.sim, action)
         next_obs = _flat_obs(sim_state.obs)
         reward = sim_state.reward.astype(jnp.float32)
@@ -182,6 +183,8 @@ def make_env(config: EnvConfig) -> VecEnv:
         terminal = (sim_state.done > 0.5) & ~nonfinite
         truncated = (episode_step >= episode_length) & ~terminal & ~nonfinite
         done = terminal | truncated | nonfinite
+        if reset is not None:
+            done = done | reset
         episode_return = state.episode_return + reward
         split = jax.vmap(jax.random.split)(state.key)
         new_key, reset_key = split[:, 0], split[:, 1]

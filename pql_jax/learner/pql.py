@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pql_jax.learner import losses, replay, schedule
-from pql_jax.config import Config, ProgramConfig, program_config, utd_fraction
-from pql_jax.envs import EnvState, VecEnv, make_env
+from pql_jax.learner import evaluate, losses, replay, schedule
+from pql_jax.config import Config, ProgramConfig, episode_vector_steps, program_config, utd_fraction
+from pql_jax.envs import VecEnv, make_env
 from pql_jax.learner.networks import Actor, DoubleCritic, hidden_widths
 from pql_jax.learner.normalize import init_stats, normalize, update_stats
 from pql_jax.learner.state import (  # noqa: F401 - re-exported: the state is part of this module's API
@@ -29,11 +29,12 @@ from pql_jax.learner.state import (  # noqa: F401 - re-exported: the state is pa
 
 
 # TrainState fields a diverged member keeps from before the chunk (all but the replay buffers).
+# The env state is kept too: a diverged member's envs stop where its networks stopped.
 _FROZEN = tuple(f for f in TrainState.__dataclass_fields__ if f not in ("buffer", "val_buffer"))
 
 # Per-chunk accumulators: sums over updates / episodes, turned into means at the chunk's end.
 _SUMS = ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_loss", "actor_grad_norm",
-         "actor_count", "return_sum", "episodes", "nonfinite_transitions")
+         "actor_count", "return_sum", "episodes", "nonfinite_transitions", "eval_finished")
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ class Learner:
             hp=hp, actor_params=actor_params, actor_opt=actor_tx.init(actor_params),
             critic_params=critic_params, critic_target=critic_params, critic_opt=critic_tx.init(critic_params),
             passive_params=passive_params, passive_opt=tuple(critic_tx.init(p) for p in passive_params),
-            obs_stats=init_stats(obs), env=self.start_envs(keys[2], e.num_envs, keys[5]),
-            val_env=self.start_envs(keys[3], max(e.val_envs, 1), jax.random.fold_in(keys[5], 1)),
+            obs_stats=init_stats(obs), env=self.start_envs(keys[2], keys[5]),
+            cohort=evaluate.init_cohort(actor_params, init_stats(obs), e.eval_envs) if self.parallel_eval else None,
             buffer=replay.init_buffer(self.buffer_rows, e.num_envs, obs, act, *self.buffer_layout),
             val_buffer=replay.init_buffer(self.val_rows, max(e.val_envs, 1), obs, act, *self.buffer_layout),
             key=keys[4], step=jnp.zeros((), jnp.int32), critic_updates=jnp.zeros((), jnp.int32),
@@ -99,14 +100,28 @@ class Learner:
         e = self.config.env
         return self.config.agent.buffer_dtype, -(-e.episode_length // e.action_repeat)
 
-    def start_envs(self, key, num: int, phase_key):
-        """`num` fresh training envs; with `env.random_episode_start`, at random episode steps
-        (whole vector steps in [0, episode_length)) so that their truncations are spread."""
-        state = self.env.reset(key, num)
+    @property
+    def parallel_eval(self) -> bool:
+        """Whether eval envs ride in the training env call (`run.eval_mode: parallel`)."""
+        return self.config.run.eval_mode == "parallel" and self.config.env.eval_envs > 0
+
+    @property
+    def env_rows(self) -> tuple[int, int, int]:
+        """Rows of `TrainState.env`: (training, validation, parallel-eval) envs, in that order."""
+        e = self.config.env
+        return e.num_envs, e.val_envs, e.eval_envs if self.parallel_eval else 0
+
+    def start_envs(self, key, phase_key):
+        """Every env of the single env call, fresh; with `env.random_episode_start`, training and
+        validation envs start at random episode steps (whole vector steps in [0, episode_length))
+        so that their truncations are spread. Eval envs start at step 0."""
+        n, v, q = self.env_rows
+        state = self.env.reset(key, n + v + q)
         if not self.config.env.random_episode_start:
             return state
         steps = self.buffer_layout[1]
-        start = jax.random.randint(phase_key, (num,), 0, steps) * self.config.env.action_repeat
+        start = jax.random.randint(phase_key, (n + v + q,), 0, steps) * self.config.env.action_repeat
+        start = jnp.where(jnp.arange(n + v + q) < n + v, start, 0)
         return state.replace(episode_step=start.astype(state.episode_step.dtype))
 
     # ---- learning ------------------------------------------------------------------------
@@ -234,62 +249,69 @@ class Learner:
         return state.replace(**fields), sums
 
     # ---- acting --------------------------------------------------------------------------
-    def act(self, state: TrainState, env_state: EnvState, key, explore_stds):
-        """Uniform random actions during warm-up, else the policy plus per-env Gaussian noise."""
-        shape = (env_state.obs.shape[0], self.env.action_size)
+    def act(self, state: TrainState, obs, key):
+        """Uniform random actions during warm-up, else the policy plus PQL's mixed per-env Gaussian
+        noise (stds spread over the training envs, and separately over the validation envs)."""
+        n, v, _ = self.env_rows
+        hp = state.hp
+        stds = schedule.exploration_stds(n, hp.std_min, hp.std_max)
+        if v:
+            stds = jnp.concatenate([stds, schedule.exploration_stds(v, hp.std_min, hp.std_max)])
+        shape = (obs.shape[0], self.env.action_size)
         noise_key, uniform_key = jax.random.split(key)
-        policy = self.policy(state, env_state.obs)
-        noisy = jnp.clip(policy + explore_stds[:, None] * jax.random.normal(noise_key, shape), -1.0, 1.0)
+        noisy = jnp.clip(self.policy(state, obs) + stds[:, None] * jax.random.normal(noise_key, shape), -1.0, 1.0)
         uniform = jax.random.uniform(uniform_key, shape, minval=-1.0, maxval=1.0)
-        return jnp.where(state.step < state.hp.warmup_steps, uniform, noisy)
+        return jnp.where(state.step < hp.warmup_steps, uniform, noisy)
 
-    def collect(self, state: TrainState, env_state: EnvState, buffer, key):
-        """One vector step of the given envs into the given buffer."""
-        n = env_state.obs.shape[0]
-        stds = schedule.exploration_stds(n, state.hp.std_min, state.hp.std_max)
-        action = self.act(state, env_state, key, stds)
-        new_env, out = self.env.step(env_state, action)
-        buffer = replay.insert(buffer, env_state.obs, action, out.reward, out.terminal, out.truncated, out.next_obs,
-                               invalid=out.nonfinite)
-        return new_env, buffer, out
+    def step_envs(self, state: TrainState, group: PopulationSchedule, key):
+        """Every env (training, validation, parallel eval) in one env call; returns the new env
+        state, the step's output, the training and validation actions, the cohort after this step
+        and whether its episode finished."""
+        n, v, q = self.env_rows
+        obs = state.env.obs
+        action = self.act(state, obs[: n + v], key)
+        if not q:
+            return (*self.env.step(state.env, action), action, state.cohort, jnp.bool_(False))
+        horizon = episode_vector_steps(self.config.env)
+        starts = evaluate.boundary(group.step, group.eval_phase, horizon)
+        ends = evaluate.boundary(group.step + 1, group.eval_phase, horizon)  # the next step starts a cohort
+        cohort = evaluate.cohort_begin(state.cohort, starts, state.actor_params, state.obs_stats, state.step)
+        eval_action = evaluate.cohort_actions(cohort, self.actor, obs[n + v:], self.config.agent)
+        reset = jnp.arange(n + v + q) >= n + v
+        env, out = self.env.step(state.env, jnp.concatenate([action, eval_action]), reset & ends)
+        finishes = ends & (group.step + 1 >= group.eval_phase + horizon)
+        eval_ended = (out.terminal | out.truncated | out.nonfinite)[n + v:]
+        return env, out, action, evaluate.cohort_record(cohort, out.reward[n + v:], eval_ended, finishes), finishes
 
     def vector_step(self, state: TrainState, sums, group: PopulationSchedule):
-        """Act, store, update the normaliser, then do the updates this step is due."""
-        key, act_key, val_key, update_key = jax.random.split(state.key, 4)
+        """Act in every env, store, update the normaliser, then do the updates this step is due."""
+        key, act_key, update_key = jax.random.split(state.key, 3)
+        n, v, _ = self.env_rows
         obs = state.env.obs
-        env, buffer, out = self.collect(state, state.env, state.buffer, act_key)
-        val_env, val_buffer = state.val_env, state.val_buffer
-        nonfinite = jnp.sum(out.nonfinite)
-        if self.config.env.val_envs > 0:
-            val_env, val_buffer, val_out = self.collect(state, state.val_env, state.val_buffer, val_key)
-            nonfinite = nonfinite + jnp.sum(val_out.nonfinite)
-        state = state.replace(env=env, buffer=buffer, val_env=val_env, val_buffer=val_buffer,
-                              obs_stats=update_stats(state.obs_stats, obs), key=key)
-        ended = out.terminal | out.truncated
-        sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(jnp.where(ended, out.episode_return, 0.0)),
+        env, out, action, cohort, finished = self.step_envs(state, group, act_key)
+
+        def store(buffer, lo, hi):
+            o = jax.tree.map(lambda x: x[lo:hi], out)
+            return replay.insert(buffer, obs[lo:hi], action[lo:hi], o.reward, o.terminal, o.truncated, o.next_obs,
+                                 invalid=o.nonfinite)
+
+        state = state.replace(env=env, cohort=cohort, buffer=store(state.buffer, 0, n),
+                              val_buffer=store(state.val_buffer, n, n + v) if v else state.val_buffer,
+                              obs_stats=update_stats(state.obs_stats, obs[:n]), key=key)
+        ended = (out.terminal | out.truncated)[:n]
+        sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(jnp.where(ended, out.episode_return[:n], 0.0)),
                 "episodes": sums["episodes"] + jnp.sum(ended),
-                "nonfinite_transitions": sums["nonfinite_transitions"] + nonfinite}
+                "nonfinite_transitions": sums["nonfinite_transitions"] + jnp.sum(out.nonfinite[: n + v]),
+                "eval_finished": sums["eval_finished"] + finished}
         state, sums = self.update_phase(state, sums, group, update_key)
         return state.replace(step=state.step + 1), sums
 
     # ---- evaluation and diagnostics -------------------------------------------------------
     def evaluate(self, state: TrainState, key):
-        """Mean undiscounted return of one deterministic-policy episode per eval env."""
-        e = self.config.env
-        if e.eval_envs == 0:
+        """Mean undiscounted return of one deterministic-policy episode per eval env (sequential)."""
+        if self.config.env.eval_envs == 0:
             return F32(jnp.nan)
-        horizon = -(-e.episode_length // e.action_repeat)
-
-        def body(carry, _):
-            env_state, total, alive = carry
-            env_state, out = self.env.step(env_state, self.policy(state, env_state.obs))
-            total = total + jnp.where(alive, out.reward, 0.0)
-            return (env_state, total, alive & ~(out.terminal | out.truncated | out.nonfinite)), None
-
-        start = self.env.reset(key, e.eval_envs)
-        init = (start, jnp.zeros(e.eval_envs), jnp.ones(e.eval_envs, jnp.bool_))
-        (_, total, _), _ = jax.lax.scan(body, init, None, length=horizon)
-        return jnp.mean(total)
+        return evaluate.sequential_return(self.env, lambda obs: self.policy(state, obs), self.config.env, key)
 
     def td_errors(self, state: TrainState, buffer, key):
         """Per-head TD loss of the main and passive critics on a batch from `buffer`."""
@@ -300,6 +322,17 @@ class Learner:
         obs = self.norm(state, batch.obs)
         nets = [(self.critic, state.critic_params)] + list(zip(self.passive, state.passive_params))
         return [losses.td_loss(n.apply(p, obs, batch.action), target, categorical) / 2 for n, p in nets]
+
+    def eval_metrics(self, state: TrainState, sums, group: PopulationSchedule, key) -> dict:
+        """`eval_return` (NaN when this chunk has none) and `eval_vector_step`, the vector step of
+        the evaluated policy: the chunk's end (sequential) or the finished cohort's snapshot (parallel)."""
+        if self.parallel_eval:
+            cohort = state.cohort
+            return {"eval_return": jnp.where(sums["eval_finished"] > 0, cohort.last_return, jnp.nan),
+                    "eval_vector_step": cohort.last_start}
+        # a real branch (the flag is the same for every member), so a chunk without eval skips it
+        value = jax.lax.cond(group.evaluate, lambda: self.evaluate(state, key), lambda: F32(jnp.nan))
+        return {"eval_return": value, "eval_vector_step": state.step}
 
     def chunk(self, state: TrainState, group: PopulationSchedule):
         """`chunk_steps` vector steps, then eval and diagnostics; returns (state, metrics).
@@ -330,8 +363,7 @@ class Learner:
             # transitions of this chunk (training and validation envs) whose observation or reward
             # was not finite: not stored for learning, their envs reset (pql_jax.envs)
             "nonfinite_transitions": sums["nonfinite_transitions"],
-            # a real branch (the flag is the same for every member), so a chunk without eval skips it
-            "eval_return": jax.lax.cond(group.evaluate, lambda: self.evaluate(new, eval_key), lambda: F32(jnp.nan)),
+            **self.eval_metrics(new, sums, group, eval_key),
             "critic_param_norm": optax.tree.norm(new.critic_params),
             "actor_param_norm": optax.tree.norm(new.actor_params), "td_train": train_td[0],
             **{f"passive{i}_td_train": v for i, v in enumerate(train_td[1:])},
@@ -364,9 +396,11 @@ class Learner:
         state = self.init(key, hp)
         steps = self.config.run.chunk_steps
 
+        phase = evaluate.eval_phase(self.num_chunks * steps, self.config.env)
+
         def body(state, index):
-            evaluate = eval_due(index, self.num_chunks, self.eval_every)
-            return self.chunk(state, PopulationSchedule.of(hp, index * steps, evaluate))
+            due = eval_due(index, self.num_chunks, self.eval_every)
+            return self.chunk(state, PopulationSchedule.of(hp, index * steps, due, phase))
 
         return jax.lax.scan(body, state, jnp.arange(self.num_chunks, dtype=jnp.int32))
 
@@ -422,5 +456,8 @@ def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
     per step, exact in int64 (the chunk returns the two factors, each well inside int32)."""
     out = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
     if "envs_per_step" in out:
-        out["env_steps"] = out["vector_steps"].astype(np.int64) * out.pop("envs_per_step").astype(np.int64)
+        envs = out.pop("envs_per_step").astype(np.int64)
+        out["env_steps"] = out["vector_steps"].astype(np.int64) * envs
+        if "eval_vector_step" in out:
+            out["eval_env_steps"] = out.pop("eval_vector_step").astype(np.int64) * envs
     return dict(sorted(out.items()))  # a pytree dict's order, as before

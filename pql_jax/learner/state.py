@@ -66,7 +66,9 @@ class TrainState(struct.PyTreeNode):
     passive_opt: tuple
     obs_stats: RunningStats
     env: EnvState
-    val_env: EnvState
+    """Every env of the one env call: training, then validation, then parallel-eval envs."""
+    cohort: Any
+    """The parallel evaluation's state (`pql_jax.learner.evaluate.Cohort`), or None."""
     buffer: replay.ReplayBuffer
     val_buffer: replay.ReplayBuffer
     key: jax.Array
@@ -97,14 +99,16 @@ class PopulationSchedule(struct.PyTreeNode):
     warmup_steps: jax.Array
     critic_actor_ratio: jax.Array
     evaluate: jax.Array
-    """Whether this chunk runs its evaluation episode (bool scalar; see `pql.eval_due`)."""
+    """Whether this chunk runs its sequential evaluation episode (bool scalar; see `pql.eval_due`)."""
+    eval_phase: jax.Array
+    """Vector step of the first parallel-eval episode start (`evaluate.eval_phase`; int32 scalar)."""
 
     @classmethod
-    def of(cls, hp: HParams, step, evaluate=True) -> "PopulationSchedule":
+    def of(cls, hp: HParams, step, evaluate=True, eval_phase=0) -> "PopulationSchedule":
         """The schedule of members whose stacked hyperparameters are `hp` ([K] arrays, or one member's)."""
         vec = lambda x: jnp.reshape(x, (-1,))
         return cls(jnp.asarray(step, jnp.int32), vec(hp.rate_num), vec(hp.rate_den), vec(hp.warmup_steps),
-                   vec(hp.critic_actor_ratio), jnp.asarray(evaluate, jnp.bool_))
+                   vec(hp.critic_actor_ratio), jnp.asarray(evaluate, jnp.bool_), jnp.asarray(eval_phase, jnp.int32))
 
 
 def _optimizer(learning_rate, weight_decay, max_norm):

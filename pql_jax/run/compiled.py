@@ -12,11 +12,10 @@ it), so planning costs no second compile.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
-from pql_jax.config import Config
+from pql_jax.config import Config, episode_vector_steps
 from pql_jax.learner.pql import eval_chunks, num_chunks
 from pql_jax.run.sweep import Group
 
@@ -96,13 +95,24 @@ class EvalShare:
 
     chunks: int
     eval_chunks: int
-    """Chunks that run the evaluation episode (every run.eval_every-th and the last)."""
+    """Chunks that run a sequential evaluation episode (every run.eval_every-th and the last;
+    none with `run.eval_mode: parallel`)."""
     horizon: int
-    """Sequential env steps of one evaluation episode: ceil(episode_length / action_repeat)."""
+    """Env steps of one evaluation episode: ceil(episode_length / action_repeat)."""
     vector_steps: int
+    parallel_envs: int = 0
+    """Eval envs that ride in the training env call (`run.eval_mode: parallel`), else 0."""
+    env_call_envs: int = 0
+    """Envs of the training env call without them (training + validation)."""
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluation results per run (parallel: episodes back to back, the last ending the run)."""
+        return self.vector_steps // self.horizon if self.parallel_envs else self.eval_chunks
 
     @property
     def eval_steps(self) -> int:
+        """Sequential env steps spent on evaluation alone."""
         return self.eval_chunks * self.horizon
 
     @property
@@ -114,7 +124,10 @@ class EvalShare:
 
 def eval_share(config: Config) -> EvalShare:
     """The evaluation share of a run of `config` (members of a group share it)."""
-    chunks = num_chunks(config)
-    evals = eval_chunks(chunks, config.run.eval_every) if config.env.eval_envs > 0 else 0
-    horizon = math.ceil(config.env.episode_length / config.env.action_repeat)
-    return EvalShare(chunks, evals, horizon, chunks * config.run.chunk_steps)
+    chunks, e = num_chunks(config), config.env
+    horizon = episode_vector_steps(e)
+    vector_steps = chunks * config.run.chunk_steps
+    if config.run.eval_mode == "parallel" and e.eval_envs:
+        return EvalShare(chunks, 0, horizon, vector_steps, e.eval_envs, e.num_envs + e.val_envs)
+    evals = eval_chunks(chunks, config.run.eval_every) if e.eval_envs > 0 else 0
+    return EvalShare(chunks, evals, horizon, vector_steps)

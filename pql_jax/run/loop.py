@@ -120,7 +120,7 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
                 _stop_if_diverged(group, rows, ckpt, out, num_envs)
             table.append(rows)
             for member, row in zip(group.members, rows):
-                boards[member.index].scalars(row, row["env_steps"])
+                boards[member.index].scalars(row, row["env_steps"], eval_step=row["eval_env_steps"])
                 prev[member.index] = row
             bar.update(chunk_steps * num_envs * len(group.members))
             bar.set_postfix(_postfix(rows, group))
@@ -147,7 +147,7 @@ def _rows(group: Group, metrics: dict, columns: dict, costs: dict, num_envs: int
     for i, member in enumerate(group.members):
         mine = {k: v[i] for k, v in metrics.items()}
         row = host_row(mine, costs[member.index], num_envs, wall, elapsed, prev.get(member.index))
-        rows.append({**columns[member.index], "step": row["env_steps"], "return": row["eval_return"], **row})
+        rows.append({**columns[member.index], "step": row["eval_env_steps"], "return": row["eval_return"], **row})
     return rows
 
 

@@ -143,6 +143,10 @@ def _memory_line(mem: GroupMemory, limit: float) -> str:
 
 def _eval_line(config) -> str:
     e = eval_share(config)
+    if e.parallel_envs:
+        return (f"evaluation: parallel, {e.parallel_envs} eval envs in the env call of {e.env_call_envs} training envs "
+                f"(+{100 * e.parallel_envs / e.env_call_envs:.1f}% env width), {e.evaluations} evaluations per run, "
+                f"no sequential eval steps: share 0.0%")
     return (f"evaluation: {e.eval_chunks} of {e.chunks} chunks (run.eval_every={config.run.eval_every}), "
             f"{e.eval_steps:,} sequential eval steps vs {e.vector_steps:,} training vector steps: "
             f"share {100 * e.share:.1f}%")

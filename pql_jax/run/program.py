@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pql_jax.config import ProgramConfig, program_config
+from pql_jax.config import ProgramConfig, program_config, run_vector_steps
 from pql_jax.errors import UserError
+from pql_jax.learner.evaluate import eval_phase
 from pql_jax.learner.pql import Learner, build_learner, metrics_to_host
 from pql_jax.learner.state import PopulationSchedule, hparams_from_config
 from pql_jax.run.sweep import Group
@@ -132,7 +133,9 @@ class GroupProgram:
         return self.program.init(self.keys, self.hp)
 
     def schedule(self, vector_steps: int, evaluate: bool = True) -> PopulationSchedule:
-        return PopulationSchedule.of(self.hp, vector_steps, evaluate)
+        config = self.group.config
+        phase = eval_phase(run_vector_steps(config), config.env)
+        return PopulationSchedule.of(self.hp, vector_steps, evaluate, phase)
 
     def abstract_state(self):
         """`initial_state`'s shapes and shardings, nothing allocated."""

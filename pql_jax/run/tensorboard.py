@@ -202,13 +202,15 @@ class TensorBoard:
         self.writer._get_file_writer().add_summary(text_summary(CONFIG_TEXT_TAG, config_text), global_step=0)
         self.writer.flush()
 
-    def scalars(self, row: dict, step: int) -> None:
-        """Log the row's metrics (keys with a `metric_tag`; NaN, Inf and non-numbers skipped) at env step `step`."""
+    def scalars(self, row: dict, step: int, eval_step: int | None = None) -> None:
+        """Log the row's metrics (keys with a `metric_tag`; NaN, Inf and non-numbers skipped) at env
+        step `step`; the eval return at `eval_step` (the evaluated policy's env step) when given."""
         for key, value in row.items():
             tag = metric_tag(key)
             value = _scalar(value) if tag else None
             if value is not None:
-                self.writer.add_scalar(tag, value, int(step))
+                at = eval_step if key == "eval_return" and eval_step is not None else step
+                self.writer.add_scalar(tag, value, int(at))
         self.writer.flush()
 
     def close(self) -> None:
