@@ -39,9 +39,14 @@ def _fill(rows, data, episode_steps=None, dtype="float32", invalid=None):
     buf = replay.init_buffer(rows, E, O, 1, dtype, episode_steps)
     invalid = np.zeros((T, E), bool) if invalid is None else invalid
     for t in range(T):
-        buf = _insert(buf, jnp.asarray(obs[t]), jnp.zeros((E, 1)), jnp.asarray(rew[t]), jnp.asarray(term[t]),
+        buf = _insert(buf, jnp.asarray(obs[t]), jnp.asarray(_action(obs[t])), jnp.asarray(rew[t]), jnp.asarray(term[t]),
                       jnp.asarray(trunc[t]), jnp.asarray(next_obs[t]), jnp.asarray(invalid[t]))
     return buf
+
+
+def _action(obs):
+    """The action stored with `obs` in `_fill`: in (-1, 1), not exactly representable in bfloat16."""
+    return np.tanh(obs[:, :1] + 0.1234567).astype(np.float32)
 
 
 def _reference(data, s, e, n, gamma):
@@ -109,7 +114,7 @@ def test_terminal_fifo_overflow_keeps_truncations_exact():
     assert fallbacks > 0  # the case is exercised
 
 
-def test_bfloat16_storage_rounds_observations_once():
+def test_bfloat16_storage_rounds_observations_and_actions_once():
     rows, E, L, n, T = 8, 4, 3, 2, 13
     data = _episodes(T, E, L, p_term=0.1, seed=3)
     buf = _fill(rows, data, episode_steps=L, dtype="bfloat16")
@@ -123,6 +128,12 @@ def test_bfloat16_storage_rounds_observations_once():
     size = min(T, rows)
     kept = bf16(data[0][T - size:T - n + 1].reshape(-1, 3))
     assert all((kept == row).all(1).any() for row in np.asarray(batch.obs))
+    assert buf.action.dtype == jnp.uint16 and batch.action.dtype == jnp.float32
+    stored = np.asarray(jax.lax.bitcast_convert_type(buf.action, jnp.bfloat16).astype(jnp.float32))
+    assert stored.shape[:2] == (rows, E)
+    for t in range(T - size, T):  # every kept action, rounded to bfloat16 once, at its ring row
+        np.testing.assert_array_equal(stored[t % rows], bf16(_action(data[0][t])))
+    assert not np.array_equal(stored[(T - 1) % rows], _action(data[0][T - 1]))  # really rounded
 
 
 def _invalid_data(T=12, E=3):
@@ -178,11 +189,11 @@ def test_all_invalid_buffer_still_samples_finite_values():
 @pytest.mark.parametrize("obs_size, action_size", [(5, 2), (17, 6), (67, 21)])
 def test_bytes_per_transition_halved(obs_size, action_size):
     """The PQL regime (4096 envs, 5M transitions, 1000-step episodes): at most obs + action + reward
-    + flags once, plus < 1% for the final-observation FIFOs; today's layout stored obs twice."""
+    + flags once, plus < 1% for the final-observation FIFOs; the old layout stored obs twice."""
     rows, E = 5_000_000 // 4096, 4096
     old = 4 * (2 * obs_size + action_size + 1) + 2
-    once = lambda item: obs_size * item + 4 * (action_size + 1) + 1
+    once = lambda item: (obs_size + action_size) * item + 4 + 1
     for dtype, item in (("float32", 4), ("bfloat16", 2)):
         per = replay.buffer_bytes(rows, E, obs_size, action_size, dtype, 1000) / (rows * E)
         assert once(item) <= per <= once(item) * 1.01
-        assert per < old / (1.5 if dtype == "float32" else 2.3)
+        assert per < old / (1.5 if dtype == "float32" else 2.8)
