@@ -186,3 +186,25 @@ def test_data_at_fitted_best_batch_size_removes_the_minimum_over_grid_bias():
                                        if cr["env"].nunique() == 1 else
                                        [res.objects["batch_size"].predict(e, u) for e, u in zip(cr["env"], cr["utd"])])
     assert err["at_best"] < 0.01 and err["min"] > 3 * err["at_best"], err
+
+
+UTDS = 2.0 ** -np.arange(1, 11)  # 1/2 ... 1/1024: across the published b = 1.42e-2
+
+
+def test_offset_form_recovers_the_published_pql_batch_law_and_wins_the_comparison():
+    """Seed 001's PQL fit B* = 38.6 (1 + (sigma / 1.42e-2)^-0.68) with 3% noise at UTDs around its
+    b: the offset form recovers it and is preferred; on a pure power law the power law is."""
+    from pql_jax.scaling.forms import compare_forms
+    from pql_jax.scaling.laws import OFFSET_POWER
+
+    rng = np.random.default_rng(1)
+    noise = np.exp(rng.normal(0, 0.03, len(UTDS)))
+    b = OFFSET_POWER.predict({"c": 38.6, "b": 1.42e-2, "a": 0.68}, utd=UTDS) * noise
+    df = pd.DataFrame({"env": "push", "utd": UTDS, "batch_size": b})
+    cmp = compare_forms(df, "batch_size", fit_fixed_effects(df, "batch_size"))
+    p, se = cmp["offset"]["params"]["push"], cmp["offset"]["se"]["push"]
+    assert abs(p["a"] - 0.68) < 2 * se["a"] + 0.02 and abs(np.log(p["c"] / 38.6)) < 0.15
+    assert cmp["preferred"] == "offset" and cmp["criterion"] == "aicc"
+    assert cmp["forms"]["offset"]["loo_mean_abs_log_error"] < cmp["forms"]["power"]["loo_mean_abs_log_error"]
+    pure = df.assign(batch_size=300 * UTDS ** 0.3 * noise)
+    assert compare_forms(pure, "batch_size", fit_fixed_effects(pure, "batch_size"))["preferred"] == "power"

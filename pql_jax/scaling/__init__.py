@@ -14,6 +14,7 @@ Python API (mirrors the `pql-jax fit ...` / `pql-jax propose` commands):
 - ``PowerFit.to_dict`` / ``PowerFit.from_dict`` (fit*.json of B*, eta*), and
   ``PipelineConfig(hparam_fits=...)`` to use B*(sigma), eta*(sigma) fitted on another sweep
 - ``fit_hparam_law`` (B*, eta* with the seed bootstrap, grid-edge cells left out), ``slope_by_threshold``
+- ``compare_forms`` (power law vs the offset form of eqs. D.2 / D.3: AICc, leave-one-out), ``law_points``
 - ``boot_predict`` (bootstrap refits' D_J predictions), ``percentile_interval`` (90%: ``COVERAGE``)
 - ``flags_table``, ``flag_lines``: what the data do not determine (see ``diagnostics``)
 - ``markdown_table``, ``fmt`` (report text), ``write_json`` (NaN as null)
@@ -29,7 +30,9 @@ from pql_jax.scaling.datafit import DataEfficiencyFit, bootstrap_refit, fit_data
 from pql_jax.scaling.fit import LawFit, PowerFit, fit_fixed_effects, fit_law, holdout_split
 from pql_jax.scaling.datastage import boot_predict
 from pql_jax.scaling.diagnostics import flag_lines, flags_table
-from pql_jax.scaling.hparams import best_hparams, cell_crossings, fit_hparam_law, slope_by_threshold
+from pql_jax.scaling.forms import compare_forms
+from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, fit_hparam_law, law_points,
+                                     slope_by_threshold)
 from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, parse_number, write_json
 from pql_jax.scaling.laws import BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS, Law, compute, power_law
 from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
@@ -49,5 +52,5 @@ __all__ = [
     "BudgetModel", "budget_power_laws", "delta_from_throughput", "measured_k",
     "propose", "round_batch", "round_sig", "write_proposals", "markdown_table", "fmt",
     "fit_hparam_law", "slope_by_threshold", "flags_table", "flag_lines", "boot_predict", "percentile_interval",
-    "COVERAGE",
+    "COVERAGE", "compare_forms", "law_points", "cell_crossings_at",
 ]

@@ -122,8 +122,7 @@ def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, s
 
     notes, flags = [], []
     vals = best[hp].to_numpy(float)
-    edge = best.get(f"{hp}_edge", pd.Series("", index=best.index)).fillna("").astype(str).to_numpy()
-    at_edge = np.isfinite(vals) & (edge != "")
+    at_edge = np.isfinite(vals) & (_edges(best, hp) != "")
     excluded = best[at_edge]
     if len(excluded):
         desc = ", ".join(f"{format_utd(r.utd)} ({getattr(r, f'{hp}_edge')} edge)" for r in excluded.itertuples())
@@ -133,7 +132,7 @@ def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, s
                    "problem": f"at the {getattr(r, f'{hp}_edge')} edge of the swept grid: a bound, not an optimum"}
                   for r in excluded.itertuples()]
     use = np.isfinite(vals) & ~at_edge
-    sub = best[use]
+    sub = law_points(best, hp)
     n_utd = sub.groupby("env")["utd"].nunique().reindex(best["env"].unique()).fillna(0)
     if n_utd.min() < 3:
         notes.append(f"{name} law not fitted: {int(n_utd.min())} utd value(s) with an interior best {hp} "
@@ -150,6 +149,15 @@ def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, s
             notes.append(f"{name} ({g}): no dependence on utd within the noise (slope {pf.slope[g]:.3g} +- "
                          f"{pf.slope_uncertainty(g):.3g}); treat best {hp} as a constant")
     return pf, notes, flags, excluded["utd"].tolist()
+
+
+def _edges(best: pd.DataFrame, hp: str) -> np.ndarray:
+    return best.get(f"{hp}_edge", pd.Series("", index=best.index)).fillna("").astype(str).to_numpy()
+
+
+def law_points(best: pd.DataFrame, hp: str) -> pd.DataFrame:
+    """The cells a B* / eta* law is fitted through: a finite best value inside the swept grid."""
+    return best[np.isfinite(best[hp].to_numpy(float)) & (_edges(best, hp) == "")]
 
 
 def slope_by_threshold(gdf: pd.DataFrame, D: np.ndarray, thresholds, hp: str) -> dict:

@@ -92,6 +92,10 @@ DATA_SIGMA_N = Law(
 BATCH_SIGMA_N = Law(
     "batch_sigma_n", "B* = a / utd^alpha / (1 + b * N^-beta), b = n_half^beta", ("utd", "model_size"),
     ("a", "alpha", "n_half", "beta"), _shape_b_sigma_n, _grid_b_sigma_n, ("alpha", "beta"))
+# B*(sigma), eta*(sigma) with an offset (seed 001, eqs. D.2 / D.3; its PQL fit
+# B* = 38.6 (1 + (sigma / 1.42e-2)^-0.68)): the same shape as D_J(sigma), y in place of D_J
+OFFSET_POWER = Law(
+    "offset_power", "y = c * (1 + (b / utd)^a)", ("utd",), ("c", "b", "a"), _shape_d_sigma, _grid_d_sigma, ("a",))
 POWER = Law("power", "y = c * (b / x)^a", ("x",), ("c", "b", "a"), _shape_power,
             lambda lx: [_span(lx["x"], 1, 1, 5), _EXP], ("a",))
 

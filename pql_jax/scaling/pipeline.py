@@ -16,7 +16,8 @@ from pql_jax.scaling.datafit import add_levels, holdout_errors, predictions
 from pql_jax.scaling.datastage import boot_log_params, fit_data_stage, with_intervals
 from pql_jax.scaling.diagnostics import flags_table, law_flags
 from pql_jax.scaling.fit import fit_law, holdout_split, single_thread_blas
-from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, fit_hparam_law,
+from pql_jax.scaling.forms import compare_forms
+from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, fit_hparam_law, law_points,
                                      slope_by_threshold)
 from pql_jax.scaling.io import load_curves, require_columns, require_distinct
 from pql_jax.scaling.laws import BATCH_SIGMA_N, batch_size_b
@@ -148,7 +149,8 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
             continue
         res.objects[name] = pf
         res.fits[f"fit_{name}"] = {**pf.to_dict(), "excluded_at_edge": excluded,
-                                   "slope_by_threshold": slope_by_threshold(gdf, D, thresholds, hp)}
+                                   "slope_by_threshold": slope_by_threshold(gdf, D, thresholds, hp),
+                                   "compare_forms": compare_forms(law_points(best, hp), hp, pf)}
     if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects:
         sub = best[np.isfinite(best["batch_size"]) & (best["batch_size_edge"] == "")]
         try:

@@ -62,6 +62,19 @@ def _power_section(title: str, fit: dict | None) -> list[str]:
     if fit.get("excluded_at_edge"):
         L += [f"Left out (best value at the edge of the swept grid, a bound): utd "
               + ", ".join(fmt(u) for u in fit["excluded_at_edge"]), ""]
+    cmp = fit.get("compare_forms") or {}
+    if cmp.get("offset"):
+        off = cmp["offset"]
+        rows = pd.DataFrame([{"env": g, **p, **{f"{k}_se": v for k, v in off["se"][g].items()}}
+                             for g, p in off["params"].items()])
+        forms = pd.DataFrame([{"form": f, **v} for f, v in cmp["forms"].items()])
+        L += [f"Offset form `{off['formula']}` (seed 001, eqs. D.2 / D.3):", "",
+              markdown_table(rows, ["env", "c", "b", "a", "c_se", "b_se", "a_se"]), "",
+              markdown_table(forms, ["form", "n_params", "loss", "aicc", "loo_mean_abs_log_error"]), "",
+              f"Preferred: **{cmp.get('preferred') or 'undecided'}** (by {cmp.get('criterion')}; AICc lower is better, "
+              "leave-one-out: mean |log error| of each point predicted by a fit without it).", ""]
+    elif cmp.get("reason"):
+        L += [f"Offset form not fitted: {cmp['reason']}", ""]
     sens = fit.get("slope_by_threshold") or {}
     if sens:
         L += ["Sensitivity to the threshold used to pick the best values (slope fitted at each threshold): "

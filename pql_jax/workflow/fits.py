@@ -14,9 +14,9 @@ import pandas as pd
 
 from pql_jax.config import format_utd
 from pql_jax.errors import UserError
-from pql_jax.scaling import (PipelineConfig, PowerFit, best_hparams, crossing_bootstrap, fit_all,
-                             fit_fixed_effects, load_curves, propose, round_batch, round_sig, write_json,
-                             write_results)
+from pql_jax.scaling import (PipelineConfig, PowerFit, best_hparams, boot_predict, compare_forms, crossing_bootstrap,
+                             fit_all, fit_hparam_law, flags_table, law_points, load_curves, percentile_interval, propose,
+                             round_batch, round_sig, slope_by_threshold, write_json, write_results)
 from pql_jax.workflow.spec import Workflow, read_settings
 
 #: The two hyperparameter laws: (column of the tables, name of the fit files).
@@ -30,25 +30,34 @@ def _thresholds(wf: Workflow):
 
 
 def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Steps 2-4: best B and eta per UTD (bootstrap over seeds), then B*(sigma), eta*(sigma)."""
+    """Steps 2-4: best B and eta per UTD (bootstrap over seeds), then B*(sigma), eta*(sigma) through
+    the UTDs whose best value lies inside the swept grid, with the seed bootstrap's SEs and 90%
+    intervals and the slope at every threshold; ``flags.csv`` lists what the data do not determine."""
     d = out / "fit_hparams"
     df, notes = load_curves(str(out / "hparam_sweep" / "results.csv"), float(wf.spec["max_return"]))
     cb = crossing_bootstrap(df, _thresholds(wf), int(wf.spec.get("resamples", 100)), 0,
                             n_thresholds=int(wf.spec.get("n_thresholds") or 5), shared=True)
     level = _select_level(wf, cb, notes)
-    best, _ = best_hparams(cb.table, cb.D, level)
+    best, per_resample = best_hparams(cb.table, cb.D, level)
     J = next(iter(cb.thresholds.values()))
     best["threshold"] = float(J[level])
     best.to_csv(d / "best_hparams.csv", index=False)
-    fits = {}
+    fits, flags = {}, []
     for hp, name in HPARAMS:
-        pf = _fit_hparam(wf, best, hp, name, float(J[level]), notes)
+        if best[f"n_{hp}"].max() < 2:
+            continue
+        pf, law_notes, law_flags, excluded = fit_hparam_law(best, per_resample, hp, name)
+        notes += law_notes
+        flags += law_flags
         if pf is not None:
             fits[name] = pf
-            write_json(str(d / f"fit_{name}.json"), pf.to_dict())
+            write_json(str(d / f"fit_{name}.json"), {**pf.to_dict(), "excluded_at_edge": excluded,
+                                                     "slope_by_threshold": slope_by_threshold(cb.table, cb.D, J, hp),
+                                                     "compare_forms": compare_forms(law_points(best, hp), hp, pf)})
     targets = list(wf.utd["utd"]) + ([wf.verify["utd"]] if wf.verify["utd"] else [])
     rows = [_setting(wf, best, fits, u, float(J[0])) for u in targets]
     pd.DataFrame(rows).to_csv(d / "settings.csv", index=False)
+    flags_table(flags).to_csv(d / "flags.csv", index=False)
     write_json(str(d / "summary.json"), {"level": level, "threshold": float(J[level]),
                                         "thresholds": [float(t) for t in J], "notes": notes})
     return {"laws": sorted(fits), "level": level}
@@ -69,45 +78,24 @@ def _select_level(wf: Workflow, cb, notes: list) -> int:
     return min(int(level), nj - 1)
 
 
-def _fit_hparam(wf: Workflow, best: pd.DataFrame, hp: str, name: str, threshold: float,
-                notes: list) -> PowerFit | None:
-    """The power law of one hyperparameter over the UTD, or None (with a note) when the best
-    values cannot carry one."""
-    swept = wf.hparam[hp]
-    ok = best[np.isfinite(best[hp].to_numpy(float))]
-    if ok["utd"].nunique() < 3:
-        notes.append(f"{name} law not fitted: only {ok['utd'].nunique()} UTD(s) reach threshold "
-                     f"{threshold:g} (needs 3); using the best observed value of the nearest swept UTD")
-        return None
-    at_edge = lambda v: abs(v / min(swept) - 1) < 1e-4 or abs(v / max(swept) - 1) < 1e-4  # noqa: E731
-    if ok[hp].nunique() == 1:  # the same best value at every UTD: no power law to fit
-        v = ok[hp].iloc[0]
-        notes.append(f"{name}: best {hp} = {v:g} at every UTD (no dependence on the UTD within this sweep): "
-                     "kept constant, no law fitted"
-                     + (" (it is the edge of the swept range: the optimum may lie outside it)" if at_edge(v) else ""))
-        return None
-    pf = fit_fixed_effects(ok, hp, "utd", shared=True)
-    edge = ok[[at_edge(v) for v in ok[hp]]]
-    if len(edge):
-        notes.append(f"best {hp} is at the edge of the swept range at utd "
-                     + ", ".join(format_utd(u) for u in edge["utd"]) + ": the optimum may lie outside it")
-    return pf
-
-
 def _setting(wf: Workflow, best: pd.DataFrame, fits: dict, u: float, lowest: float) -> dict:
-    """B*, eta* at UTD ``u``: from the law, else the best value of the nearest swept UTD;
-    the batch size rounded to a multiple of 16 (and clipped), the learning rate to 3 s.f."""
+    """B*, eta* at UTD ``u``: from the law, else the best value of the nearest swept UTD (marked
+    ``bound`` when that value sits at the edge of the swept grid); the batch size rounded to a
+    multiple of 16 (and clipped), the learning rate to 3 s.f."""
     row = {"utd": format_utd(u), "utd_value": u}
     for hp, name in HPARAMS:
         if name in fits:
             v, src = float(fits[name].predict(best["env"].iloc[0], u)), "law"
+            if fits[name].flat.get(best["env"].iloc[0]):
+                src = "law (flat: a constant)"
         else:
             ok = best[np.isfinite(best[hp].to_numpy(float))]
             if ok.empty:
                 raise UserError(f"fit_hparams: no run of the hparam sweep reaches threshold {lowest:g}; "
                                 "lower the thresholds or train longer")
             near = ok.iloc[int(np.argmin(np.abs(np.log(ok["utd"].to_numpy(float)) - math.log(u))))]
-            v, src = float(near[hp]), "nearest"
+            edge = str(near.get(f"{hp}_edge", "") or "")
+            v, src = float(near[hp]), "nearest" + (f" (bound: {edge} edge of the grid)" if edge not in ("", "nan") else "")
         row[f"{hp}_raw"], row[f"{hp}_source"] = v, src
     b = round_batch(row["batch_size_raw"])
     if wf.utd["clip"]:
@@ -170,6 +158,11 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
             t["utd_proposed"] = t["utd"]
             t["utd"] = [round_utd(u) for u in t["utd"]]  # a UTD the learner's schedule can run exactly
             props.append(t)
+            # Problem 3.2 claims sigma*(F) is the cheapest way to the target: run sigma*/2 and 2 sigma* too
+            for factor, label in ((0.5, "sigma*/2"), (2.0, "2 sigma*")):
+                c = propose(d, utds=[u * factor for u in t["utd"]])
+                c["target"] = f"budget {F:.3g} at {label}"
+                props.append(c)
         except UserError as exc:
             notes.append(f"no proposal for budget {F:.3g}: {exc}")
     prop = pd.concat(props, ignore_index=True) if props else pd.DataFrame()
@@ -203,9 +196,13 @@ def _verify_plan(wf: Workflow, results: Path, res, prop: pd.DataFrame) -> pd.Dat
                 kw = {"utd": float(row["utd"])}
                 if fit.law.name == "data_sigma_n":
                     kw["model_size"] = n
+                boot = boot_predict(res, env, lv, **kw)
+                lo, hi = percentile_interval(boot[:, 0]) if boot is not None and len(boot) > 1 else (np.nan, np.nan)
                 plan.append({"target": row["target"], "env": env, "level": lv, "threshold": fit.thresholds[lv][env],
                              "utd": format_utd(float(row["utd"])), "utd_value": float(row["utd"]),
                              "batch_size": int(row["batch_size"]), "lr": float(row["lr"]),
                              "critic_width": width if width is not None else np.nan, "model_size": n,
-                             "data_pred": float(np.squeeze(fit.predict(env, lv, **kw)))})
+                             "data_pred": float(np.squeeze(fit.predict(env, lv, **kw))),
+                             "data_pred_lo": float(lo), "data_pred_hi": float(hi),
+                             "extrapolated": bool(row.get("extrapolated", False))})
     return pd.DataFrame(plan)

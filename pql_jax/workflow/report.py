@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pql_jax.config import format_utd
-from pql_jax.scaling import fmt, markdown_table
+from pql_jax.scaling import flag_lines, fmt, markdown_table
 from pql_jax.workflow.spec import STAGES, Workflow, read_marker
 
 
@@ -47,9 +47,37 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
                      f"(slope +- {_g(se.get('slope'))} Hessian" + (f", +- {_g(bse)} bootstrap" if bse else "")
                      + ")" + (f", i.e. ({_g(p['beta'])} / utd)^{_g(p['slope'])}" if p['slope'] > 0 else "")
                      + f"; log-loss {_g(fit['loss'])}, {fit['n']} points")
-        if se.get("slope") is not None and se["slope"] > abs(p["slope"]):
-            lines.append(f"  - the slope is not distinguishable from 0 (SE {_g(se['slope'])} > |{_g(p['slope'])}|): "
-                         "within this sweep the best value does not measurably depend on the UTD")
+        iv = (fit.get("interval") or {}).get("slope", {}).get(env)
+        if iv:
+            lines.append(f"  - slope 90% bootstrap interval [{_g(iv[0])}, {_g(iv[1])}]")
+        if (fit.get("flat") or {}).get(env):
+            lines.append("  - no dependence on the UTD within the noise: the best value is a constant here, not a law")
+        if fit.get("excluded_at_edge"):
+            lines.append("  - left out (best value at the edge of the swept grid, a bound): utd "
+                         + ", ".join(format_utd(u) for u in fit["excluded_at_edge"]))
+        cmp = fit.get("compare_forms") or {}
+        if cmp.get("offset") and env in cmp["offset"]["params"]:
+            o, f = cmp["offset"]["params"][env], cmp["forms"]
+            lines.append(f"  - offset form (eqs. D.2 / D.3): {_g(o['c'])} (1 + (utd / {_g(o['b'])})^-{_g(o['a'])}); "
+                         f"AICc power {_g(f['power']['aicc'])} vs offset {_g(f['offset']['aicc'])}, leave-one-out "
+                         f"|log error| {_g(f['power']['loo_mean_abs_log_error'])} vs "
+                         f"{_g(f['offset']['loo_mean_abs_log_error'])}: preferred {cmp.get('preferred') or 'undecided'}")
+        elif cmp.get("reason"):
+            lines.append(f"  - offset form not fitted: {cmp['reason']}")
+        sens = fit.get("slope_by_threshold") or {}
+        if sens:
+            lines.append("  - slope at each threshold used to pick the best values: "
+                         + ", ".join(f"J={_g(float(j))}: {_g(v)}" for j, v in sens.items()))
+
+
+def _flags(path: Path) -> list[str]:
+    """The warnings of a fitting stage (its ``flags.csv``) as report lines."""
+    t = _csv(path)
+    if t.empty:
+        return ["- warnings: none (every parameter determined, none at a search bound, no optimiser failure)"]
+    t = t.fillna("")
+    return [f"- **warnings ({len(t)})**: do not read these quantities as determined:"] + \
+        ["  " + line for line in flag_lines(t)]
 
 
 def _td_table(df: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -137,6 +165,7 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
     _power_law(L, "eta*(sigma)", _json(out / "fit_hparams" / "fit_learning_rate.json"))
     for n in fh.get("notes", []):
         L.append(f"- note: {n}")
+    L += _flags(out / "fit_hparams" / "flags.csv")
     L += ["", "Settings of the UTD sweep (batch size rounded to a multiple of 16, lr to 3 s.f.):", ""]
     L += _table(_csv(out / "fit_hparams" / "settings.csv"),
                 ["utd", "batch_size_raw", "batch_size_source", "batch_size", "lr_raw", "lr_source", "lr"])
@@ -200,6 +229,7 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
                 L.append("- sigma*(F) law not fitted (needs >= 3 thresholds with a budget optimum)")
         for n in fl.get("notes", []):
             L.append(f"- note: {n}")
+        L += _flags(out / "fit_laws" / "flags.csv")
         L += ["", "Figures of the fit: " + ", ".join(
             f"[{f}](fit_laws/figures/{f})" for f in sorted(os.listdir(out / "fit_laws" / "figures")))
               if (out / "fit_laws" / "figures").is_dir() else ""]
@@ -220,8 +250,21 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         L += ["", f"Not verified: {vs.get('reason', 'verify did not run')}."]
     else:
         L += ["", "Measured vs predicted data-to-threshold at the proposed settings (held out from every fit):", ""]
-        L += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_measured",
-                          "data_measured_std", "rel_error"])
+        L += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_pred_lo", "data_pred_hi",
+                          "data_measured", "data_measured_std", "rel_error", "verified", "extrapolated"])
+        L += ["", "(`data_pred_lo` / `data_pred_hi`: 90% interval of the bootstrap refits' predictions; `verified`: the "
+              "measurement agrees with it, its own bootstrap spread (90%) added in quadrature in log space)", ""]
+        if "verified" in ver:
+            L.append(f"- **{int(vs.get('n_verified', ver['verified'].sum()))} of {len(ver)} predictions verified** "
+                     f"({int(ver['reached'].sum()) if 'reached' in ver else len(ver)} measured)")
+        bc = _csv(out / "verify" / "budget_check.csv")
+        if not bc.empty:
+            L += ["", "Problem 3.2 at the proposed budget: measured budget F = C + delta D to reach each threshold at "
+                  "sigma*(F), sigma*/2 and 2 sigma* (fresh seeds):", ""]
+            L += _table(bc, ["env", "threshold", "utd_sigma_star", "budget_sigma_star", "utd_half", "budget_half",
+                             "utd_double", "budget_double", "sigma_star_cheapest"])
+            L.append(f"- sigma*(F) was the cheapest of the three for {int(bc['sigma_star_cheapest'].sum())} of "
+                     f"{len(bc)} threshold(s)")
         if "first_log" in ver:
             early = ver[ver["data_measured"] <= ver["first_log"] * (1 + 1e-9)]
             if len(early):

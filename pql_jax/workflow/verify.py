@@ -53,7 +53,64 @@ def stage_verify(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         rows.append({**p.to_dict(), "data_measured": measured, "data_measured_std": std,
                      "first_log": float(df["step"].min()),
                      "reached": bool(np.isfinite(measured)),
-                     "rel_error": (p["data_pred"] - measured) / measured if np.isfinite(measured) else float("nan")})
-    pd.DataFrame(rows).to_csv(d / "verification.csv", index=False)
-    write_json(str(d / "summary.json"), {"verified": True})
-    return {"verified": True, **info}
+                     "rel_error": (p["data_pred"] - measured) / measured if np.isfinite(measured) else float("nan"),
+                     "verified": within_interval(measured, std, p.get("data_pred_lo"), p.get("data_pred_hi"))})
+    ver = pd.DataFrame(rows)
+    ver.to_csv(d / "verification.csv", index=False)
+    checks = budget_checks(ver, out)
+    if len(checks):
+        checks.to_csv(d / "budget_check.csv", index=False)
+    n_ok, n = int(ver["verified"].sum()), int(ver["reached"].sum())
+    write_json(str(d / "summary.json"), {"verified": True, "n_verified": n_ok, "n_measured": n,
+                                        "n_predictions": len(ver),
+                                        "budget_cheapest": int(checks["sigma_star_cheapest"].sum()) if len(checks) else None,
+                                        "budget_checks": len(checks)})
+    return {"verified": True, "n_verified": n_ok, "n_measured": n, **info}
+
+
+#: z of the two-sided 90% normal interval (the measurement's bootstrap SD widened to 90%).
+Z90 = 1.6449
+
+
+def within_interval(measured: float, measured_std: float, lo, hi) -> bool:
+    """Whether a measured D_J agrees with the 90% prediction interval [lo, hi], allowing for the
+    measurement's own bootstrap spread: in log space the two half-widths add in quadrature
+    around the interval's (geometric) centre. False when not measured or no interval."""
+    vals = [measured, lo, hi]
+    if not all(v is not None and np.isfinite(v) and v > 0 for v in vals):
+        return False
+    s = measured_std / measured if np.isfinite(measured_std) else 0.0
+    half = np.hypot(np.log(hi / lo) / 2, Z90 * s)
+    return bool(abs(np.log(measured) - np.log(np.sqrt(lo * hi))) <= half + 1e-12)
+
+
+def budget_checks(ver: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Problem 3.2's claim at the proposed budget: per (env, threshold), the measured budget
+    F = k N B sigma D + delta D of sigma*(F) against sigma*/2 and 2 sigma* (all three run on
+    fresh seeds); ``sigma_star_cheapest`` when sigma* costs no more than either."""
+    import json
+
+    path = out / "fit_laws" / "fit_budget.json"
+    if not path.is_file() or "target" not in ver:
+        return pd.DataFrame()
+    fb = json.loads(path.read_text())
+    star = ver[ver["target"].str.match(r"^budget [^ ]+$")]
+    rows = []
+    for _, s in star.iterrows():
+        same = ver[(ver["env"] == s["env"]) & (ver["level"] == s["level"])]
+        row = {"env": s["env"], "level": s["level"], "threshold": s["threshold"]}
+        for label, key in (("", "sigma_star"), (" at sigma*/2", "half"), (" at 2 sigma*", "double")):
+            r = same[same["target"] == s["target"] + label]
+            if r.empty:
+                break
+            r = r.iloc[0]
+            n = r["model_size"] if np.isfinite(r.get("model_size", np.nan)) else 1.0
+            D = r["data_measured"]
+            row[f"utd_{key}"] = r["utd_value"]
+            row[f"budget_{key}"] = fb["k"] * n * r["batch_size"] * r["utd_value"] * D + fb["delta"] * D
+        else:
+            others = [row["budget_half"], row["budget_double"]]
+            row["sigma_star_cheapest"] = bool(np.isfinite(row["budget_sigma_star"])
+                                              and all(not np.isfinite(o) or row["budget_sigma_star"] <= o for o in others))
+            rows.append(row)
+    return pd.DataFrame(rows)
