@@ -75,7 +75,8 @@ def test_fit_all_writes_everything_and_propose(fitted, capsys):
               "best_hparams.csv", "budget.csv", "pareto.csv", "fit_budget.json", "fit_batch_size.json",
               "fit_learning_rate.json", "summary.json"):
         assert f in names, f
-    assert {"isotonic_curves.png", "data_efficiency.png", "pareto.png"} <= set(os.listdir(fitted / "figures"))
+    assert {"isotonic_curves.png", "data_efficiency.png", "pareto.png", "batch_size_fit.png",
+            "sigma_star.png"} <= set(os.listdir(fitted / "figures"))  # drawn by this process and a forked one
     report = (fitted / "report.md").read_text()
     assert "figures/pareto.png" in report and "Precision of the optimum" in report
     assert not [n for n in os.listdir(fitted.parent) if ".tmp-" in n]

@@ -30,6 +30,14 @@ def test_isotonic_pools_violators_then_crossing():
     np.testing.assert_allclose(cv.first_crossings(np.arange(4.0), iso[None], [2.0])[0, 0], 2.0 / 3.0)
 
 
+def test_isotonic_rows_in_one_call_equal_one_fit_per_row():
+    from scipy.optimize import isotonic_regression
+
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.normal(0.3, 20, (50, 80)), axis=1) + rng.normal(0, 300, (50, 1))
+    np.testing.assert_allclose(cv.isotonic_rows(y), [isotonic_regression(r).x for r in y], atol=1e-8)
+
+
 def _curves(n_seeds=4, utds=(1, 2, 4), seed=0):
     rng = np.random.default_rng(seed)
     rows = []

@@ -300,19 +300,22 @@ def _fit_shared(law, df, y, group, groups, shared, thetas):
     lx, ly = _log_inputs(law, df), np.log(df[y].to_numpy(float))
     G = len(groups)
 
-    def unpack(v):
-        full = np.empty((len(names), len(ly)))
+    def unpack(pts):  # (M, q) parameter vectors -> per law parameter an (M, n) array over the points
+        full = [None] * len(names)
         for k, i in enumerate(si):
-            full[i] = v[k]
-        per = v[len(si):].reshape(G, len(oi))
+            full[i] = np.broadcast_to(pts[:, k:k + 1], (len(pts), len(ly)))
+        per = pts[:, len(si):].reshape(len(pts), G, len(oi))
         for k, i in enumerate(oi):
-            full[i] = per[codes, k]
-        return list(full)
+            full[i] = per[:, codes, k]
+        return full
+
+    def many(pts):
+        return np.atleast_1d(_profiled_loss(law, lx, ly, unpack(np.atleast_2d(pts)), codes, G))
 
     def one(v):
-        return float(_profiled_loss(law, lx, ly, unpack(v), codes, G))
+        return float(many(v)[0])
 
-    fun = _with_gradient(lambda pts: np.array([one(v) for v in pts]))
+    fun = _with_gradient(many)
 
     per = np.array([[thetas[g][1 + i] for i in oi] for g in groups]).ravel()
     cand_shared = [np.array([thetas[g][1 + i] for g in groups]) for i in si]

@@ -49,16 +49,17 @@ def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataF
     K = D.shape[1] - 1
     boot = slice(1, None) if K > 0 else slice(0, 1)
     table, per_resample = cell_df.copy(), {}
+    by_cell = [np.flatnonzero(cell_id == c) for c in range(len(cell_df))]
     for hp, other in (("batch_size", "lr"), ("lr", "batch_size")):
         if hp not in gdf.columns:
             continue
         mats = np.full((len(cell_df), K + 1), np.nan)
         edges = []
-        for c in range(len(cell_df)):
-            rows = np.flatnonzero(cell_id == c)
-            sub = gdf.iloc[rows]
-            vals = sub[hp].to_numpy(float)
-            parts = np.stack([_argbest(D[rows[m], :, level], vals[m]) for _, m in _masks(sub, other)])
+        values = gdf[hp].to_numpy(float)
+        others = gdf[other].to_numpy(float) if other in gdf.columns else np.zeros(len(gdf))
+        for c, rows in enumerate(by_cell):
+            vals, oth = values[rows], others[rows]
+            parts = np.stack([_argbest(D[rows[oth == v], :, level], vals[oth == v]) for v in np.unique(oth)])
             mats[c] = nanmean(parts, axis=0)
             edges.append(_edge_side(parts[:, boot].ravel(), vals.min(), vals.max()))
         table[hp] = nanmean(mats[:, boot], axis=1)
@@ -67,16 +68,6 @@ def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataF
         table[f"{hp}_edge"] = edges
         per_resample[hp] = mats[:, boot]
     return table, per_resample
-
-
-def _masks(sub: pd.DataFrame, other: str):
-    """Boolean masks of the runs sharing each value of ``other`` (one mask if absent)."""
-    if other not in sub.columns:
-        yield None, np.ones(len(sub), bool)
-        return
-    vals = sub[other].to_numpy()
-    for v in np.unique(vals):
-        yield v, vals == v
 
 
 def cell_crossings(gdf: pd.DataFrame, D: np.ndarray, thresholds: dict) -> tuple[pd.DataFrame, np.ndarray]:
@@ -160,21 +151,19 @@ def law_points(best: pd.DataFrame, hp: str) -> pd.DataFrame:
     return best[np.isfinite(best[hp].to_numpy(float)) & (_edges(best, hp) == "")]
 
 
-def slope_by_threshold(gdf: pd.DataFrame, D: np.ndarray, thresholds, hp: str) -> dict:
-    """Sensitivity of the B* / eta* slope to the threshold used to pick the best values: the
-    shared slope fitted at each threshold level (NaN where fewer than 3 interior utds)."""
-    out = {}
-    for level, thr in enumerate(thresholds):
-        best, _ = best_hparams(gdf, D[:, :1], level)
-        if hp not in best:
-            continue
-        ok = best[np.isfinite(best[hp]) & (best[f"{hp}_edge"] == "")]
-        if ok.groupby("env")["utd"].nunique().min() >= 3 if len(ok) else False:
-            from pql_jax.scaling.powerlaw import fit_fixed_effects
+def slope_by_threshold(gdf: pd.DataFrame, D: np.ndarray, thresholds, hps=("batch_size", "lr")) -> dict:
+    """Sensitivity of the B* / eta* slopes to the threshold used to pick the best values:
+    ``{hp: {threshold: shared slope}}`` fitted at each threshold level through the interior
+    cells of the plain seed means (NaN where fewer than 3 interior utds)."""
+    from pql_jax.scaling.powerlaw import fit_fixed_effects
 
-            out[float(thr)] = next(iter(fit_fixed_effects(ok, hp, "utd").slope.values()))
-        else:
-            out[float(thr)] = float("nan")
+    out = {hp: {} for hp in hps if hp in gdf.columns}
+    for level, thr in enumerate(thresholds):
+        best, _ = best_hparams(gdf, D[:, :1, level:level + 1], 0)
+        for hp in out:
+            ok = law_points(best, hp)
+            enough = len(ok) and ok.groupby("env")["utd"].nunique().min() >= 3
+            out[hp][float(thr)] = next(iter(fit_fixed_effects(ok, hp, "utd").slope.values())) if enough else float("nan")
     return out
 
 

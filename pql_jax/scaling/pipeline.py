@@ -138,6 +138,7 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
     """B*(sigma), eta*(sigma) (fixed effects or per env, seed bootstrap, cells at the grid edge
     left out, slope at every threshold) and B*(sigma, N) when N varies."""
     given = res.config.hparam_fits or {}
+    sens = slope_by_threshold(gdf, D, thresholds)
     for hp, name in (("batch_size", "batch_size"), ("lr", "learning_rate")):
         if name in given or hp not in best.columns or best[f"n_{hp}"].max() < 2:
             continue
@@ -149,7 +150,7 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
             continue
         res.objects[name] = pf
         res.fits[f"fit_{name}"] = {**pf.to_dict(), "excluded_at_edge": excluded,
-                                   "slope_by_threshold": slope_by_threshold(gdf, D, thresholds, hp),
+                                   "slope_by_threshold": sens.get(hp, {}),
                                    "compare_forms": compare_forms(law_points(best, hp), hp, pf)}
     if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects:
         sub = best[np.isfinite(best["batch_size"]) & (best["batch_size_edge"] == "")]

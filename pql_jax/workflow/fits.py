@@ -43,6 +43,7 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
     best["threshold"] = float(J[level])
     best.to_csv(d / "best_hparams.csv", index=False)
     fits, flags = {}, []
+    sens = slope_by_threshold(cb.table, cb.D, J)
     for hp, name in HPARAMS:
         if best[f"n_{hp}"].max() < 2:
             continue
@@ -52,7 +53,7 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
         if pf is not None:
             fits[name] = pf
             write_json(str(d / f"fit_{name}.json"), {**pf.to_dict(), "excluded_at_edge": excluded,
-                                                     "slope_by_threshold": slope_by_threshold(cb.table, cb.D, J, hp),
+                                                     "slope_by_threshold": sens.get(hp, {}),
                                                      "compare_forms": compare_forms(law_points(best, hp), hp, pf)})
     targets = list(wf.utd["utd"]) + ([wf.verify["utd"]] if wf.verify["utd"] else [])
     rows = [_setting(wf, best, fits, u, float(J[0])) for u in targets]
