@@ -76,6 +76,26 @@ class LawFit:
         """Predicted y for one group at the given inputs."""
         return self.law.predict(self.params[group], **inputs)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LawFit":
+        """The fit that ``to_dict`` describes (laws of ``laws.LAWS``; JSON null is NaN)."""
+        from pql_jax.scaling.laws import LAWS
+
+        if d.get("form") not in LAWS:
+            raise UserError(f"unknown law {d.get('form')!r} in a fit file; known: {', '.join(LAWS)}")
+        num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+        table = lambda t: {g: {k: num(v) for k, v in p.items()} for g, p in (t or {}).items()}  # noqa: E731
+        return cls(LAWS[d["form"]], table(d["params"]), table(d.get("se")), num(d.get("loss")), int(d.get("n") or 0),
+                   tuple(d.get("shared") or ()), table(d.get("bootstrap_se")))
+
+    def for_groups(self, groups) -> "LawFit":
+        """This fit of one group applied to each of ``groups`` (a law fitted on one env's sweep)."""
+        if len(self.params) != 1:
+            raise UserError(f"{self.law.name} law has fits for {len(self.params)} groups; expected one to share")
+        (g,) = self.params
+        return LawFit(self.law, {h: self.params[g] for h in groups}, {h: self.se[g] for h in groups}, self.loss,
+                      self.n, self.shared)
+
     def to_dict(self) -> dict:
         """JSON-ready summary."""
         out = {"form": self.law.name, "formula": self.law.formula, "loss": self.loss, "n": self.n,

@@ -152,7 +152,8 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
         res.fits[f"fit_{name}"] = {**pf.to_dict(), "excluded_at_edge": excluded,
                                    "slope_by_threshold": sens.get(hp, {}),
                                    "compare_forms": compare_forms(law_points(best, hp), hp, pf)}
-    if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects:
+    if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects \
+            and "batch_size_n" not in given:
         sub = best[np.isfinite(best["batch_size"]) & (best["batch_size_edge"] == "")]
         try:
             with single_thread_blas():
@@ -219,17 +220,22 @@ def _predict_held_out(res: Results, held: pd.DataFrame) -> None:
 
 
 def _given_hparams(res: Results, envs: list) -> None:
-    """B*(sigma), eta*(sigma) of ``PipelineConfig.hparam_fits`` as if fitted here."""
-    for name, pf in (res.config.hparam_fits or {}).items():
-        if name not in ("batch_size", "learning_rate"):
-            raise UserError(f"hparam_fits: unknown law {name!r}; known: batch_size, learning_rate")
-        missing = [e for e in envs if e not in pf.coef]
+    """B*(sigma), eta*(sigma) (PowerFit) and B*(sigma, N) (LawFit, ``batch_size_n``) of
+    ``PipelineConfig.hparam_fits`` as if fitted here."""
+    for name, fit in (res.config.hparam_fits or {}).items():
+        if name not in ("batch_size", "learning_rate", "batch_size_n"):
+            raise UserError(f"hparam_fits: unknown law {name!r}; known: batch_size, learning_rate, batch_size_n")
+        groups = fit.params if name == "batch_size_n" else fit.coef
+        missing = [e for e in envs if e not in groups]
         if missing:
-            if len(pf.coef) != 1:
+            if len(groups) != 1:
                 raise UserError(f"hparam_fits: the {name} law has no fit for env {missing[0]}")
-            pf = pf.for_groups(envs)
-        res.objects[name] = pf
-        res.fits[f"fit_{name}"] = {**pf.to_dict(), "source": res.config.hparam_fits_source}
+            fit = fit.for_groups(envs)
+        res.objects[name] = fit
+        d = fit.to_dict()
+        if name == "batch_size_n":
+            d["paper_b"] = {g: batch_size_b(p) for g, p in fit.params.items()}
+        res.fits[f"fit_{name}"] = {**d, "source": res.config.hparam_fits_source}
 
 
 def _batch_fn(res: Results, df: pd.DataFrame, env: str):

@@ -14,7 +14,8 @@ import pandas as pd
 
 from pql_jax.config import format_utd
 from pql_jax.errors import UserError
-from pql_jax.scaling import (PipelineConfig, PowerFit, best_hparams, boot_predict, compare_forms, crossing_bootstrap,
+from pql_jax.scaling import (BATCH_SIGMA_N, LawFit, PipelineConfig, PowerFit, batch_size_b, best_hparams,
+                             fit_law, law_flags, boot_predict, compare_forms, crossing_bootstrap,
                              fit_all, fit_hparam_law, flags_table, law_points, load_curves, percentile_interval, propose,
                              round_batch, round_sig, slope_by_threshold, write_json, write_results)
 from pql_jax.workflow.spec import Workflow, read_settings
@@ -55,13 +56,39 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
             write_json(str(d / f"fit_{name}.json"), {**pf.to_dict(), "excluded_at_edge": excluded,
                                                      "slope_by_threshold": sens.get(hp, {}),
                                                      "compare_forms": compare_forms(law_points(best, hp), hp, pf)})
+    batch_n = _fit_batch_size_n(best, fits, notes, flags)
+    if batch_n is not None:
+        d_n = batch_n.to_dict()
+        write_json(str(d / "fit_batch_size_n.json"), {**d_n, "paper_b": {g: batch_size_b(p) for g, p in batch_n.params.items()}})
     targets = list(wf.utd["utd"]) + ([wf.verify["utd"]] if wf.verify["utd"] else [])
-    rows = [_setting(wf, best, fits, u, float(J[0])) for u in targets]
+    widths = _width_sizes(out / "hparam_sweep" / "results.csv") if batch_n is not None else {}
+    rows = [_setting(wf, best, fits, u, float(J[0]), batch_n, w, n) for u in targets
+            for w, n in (widths.items() if widths else [(None, None)])]
     pd.DataFrame(rows).to_csv(d / "settings.csv", index=False)
     flags_table(flags).to_csv(d / "flags.csv", index=False)
     write_json(str(d / "summary.json"), {"level": level, "threshold": float(J[level]),
                                         "thresholds": [float(t) for t in J], "notes": notes})
     return {"laws": sorted(fits), "level": level}
+
+
+def _fit_batch_size_n(best: pd.DataFrame, fits: dict, notes: list, flags: list):
+    """B*(sigma, N) through the interior best batch sizes when the sweep has >= 3 model sizes."""
+    if "model_size" not in best or best["model_size"].nunique() < 3 or "batch_size" not in fits:
+        return None
+    try:
+        lf = fit_law(BATCH_SIGMA_N, law_points(best, "batch_size"), y="batch_size")
+    except UserError as exc:
+        notes.append(f"B*(sigma, N) law not fitted: {exc}")
+        return None
+    flags += law_flags("B*(utd, N) law", lf)
+    notes.append("batch sizes of the UTD sweep from B*(sigma, N) at each (UTD, critic width)")
+    return lf
+
+
+def _width_sizes(results: Path) -> dict:
+    """critic width -> model size N of the hparam sweep's runs."""
+    r = pd.read_csv(results, usecols=["critic_width", "model_size"]).drop_duplicates("critic_width")
+    return dict(zip(r["critic_width"].astype(int), r["model_size"].astype(float)))
 
 
 def _select_level(wf: Workflow, cb, notes: list) -> int:
@@ -79,13 +106,21 @@ def _select_level(wf: Workflow, cb, notes: list) -> int:
     return min(int(level), nj - 1)
 
 
-def _setting(wf: Workflow, best: pd.DataFrame, fits: dict, u: float, lowest: float) -> dict:
-    """B*, eta* at UTD ``u``: from the law, else the best value of the nearest swept UTD (marked
-    ``bound`` when that value sits at the edge of the swept grid); the batch size rounded to a
-    multiple of 16 (and clipped), the learning rate to 3 s.f."""
+def _setting(wf: Workflow, best: pd.DataFrame, fits: dict, u: float, lowest: float, batch_n=None,
+             width=None, n=None) -> dict:
+    """B*, eta* at UTD ``u`` (and critic width / model size N with a B*(sigma, N) law): from the
+    law, else the best value of the nearest swept UTD (marked ``bound`` when that value sits at
+    the edge of the swept grid); the batch size rounded to a multiple of 16 (and clipped), the
+    learning rate to 3 s.f."""
     row = {"utd": format_utd(u), "utd_value": u}
+    if width is not None:
+        row["critic_width"], row["model_size"] = int(width), float(n)
     for hp, name in HPARAMS:
-        if name in fits:
+        if hp == "batch_size" and batch_n is not None:
+            env = best["env"].iloc[0]
+            v, src = float(batch_n.predict(env if env in batch_n.params else next(iter(batch_n.params)),
+                                           utd=u, model_size=n)), "law B*(utd, N)"
+        elif name in fits:
             v, src = float(fits[name].predict(best["env"].iloc[0], u)), "law"
             if fits[name].flat.get(best["env"].iloc[0]):
                 src = "law (flat: a constant)"
@@ -119,6 +154,8 @@ def stage_fit_laws(wf: Workflow, out: Path, progress: bool = True, log=print) ->
     # B*(sigma), eta*(sigma) come from the hparam sweep (the UTD sweep has one B, eta per UTD)
     given = {name: PowerFit.from_dict(json.loads((out / "fit_hparams" / f"fit_{name}.json").read_text()))
              for _, name in HPARAMS if (out / "fit_hparams" / f"fit_{name}.json").is_file()}
+    if (out / "fit_hparams" / "fit_batch_size_n.json").is_file():
+        given["batch_size_n"] = LawFit.from_dict(json.loads((out / "fit_hparams" / "fit_batch_size_n.json").read_text()))
     pcfg = PipelineConfig(max_return=float(wf.spec["max_return"]), thresholds=_thresholds(wf),
                           n_thresholds=int(wf.spec.get("n_thresholds") or 5),
                           resamples=int(wf.spec.get("resamples", 100)), holdout=fit_opts.get("holdout"),

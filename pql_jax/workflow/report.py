@@ -163,12 +163,19 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
     L.append("")
     _power_law(L, "B*(sigma)", _json(out / "fit_hparams" / "fit_batch_size.json"))
     _power_law(L, "eta*(sigma)", _json(out / "fit_hparams" / "fit_learning_rate.json"))
+    bn = _json(out / "fit_hparams" / "fit_batch_size_n.json")
+    for env, p in (bn.get("params") or {}).items():
+        se = (bn.get("se") or {}).get(env, {})
+        L.append(f"- B*(sigma, N) ({env}): {_g(p['a'])} / utd^{_g(p['alpha'])} / (1 + ({_g(p['n_half'])} / N)^"
+                 f"{_g(p['beta'])}) (alpha +- {_g(se.get('alpha'))}, beta +- {_g(se.get('beta'))} Hessian); it sets the "
+                 "batch size of every (UTD, critic width) of the UTD sweep")
     for n in fh.get("notes", []):
         L.append(f"- note: {n}")
     L += _flags(out / "fit_hparams" / "flags.csv")
     L += ["", "Settings of the UTD sweep (batch size rounded to a multiple of 16, lr to 3 s.f.):", ""]
     L += _table(_csv(out / "fit_hparams" / "settings.csv"),
-                ["utd", "batch_size_raw", "batch_size_source", "batch_size", "lr_raw", "lr_source", "lr"])
+                ["utd", "critic_width", "model_size", "batch_size_raw", "batch_size_source", "batch_size", "lr_raw",
+                 "lr_source", "lr"])
 
     # step 5-8
     fl = _json(out / "fit_laws" / "summary.json")

@@ -19,6 +19,8 @@ Workflow YAML (paths relative to the workflow file)::
       utd: [1/64, 1/16, 1/4]
       batch_size: [64, 128, 256]
       lr: [1e-4, 3e-4, 1e-3]           # critic and actor learning rate
+      critic_width: [64, 128, 256]     # optional (default: utd_sweep.critic_width; [] for none): with >= 3
+                                       # widths B*(sigma, N) is fitted and sets each (UTD, width)'s batch size
     utd_sweep:
       utd: [1/128, 1/64, 1/32, 1/16, 1/8]   # must span >= 16x (max / min)
       critic_width: [64, 128, 256]     # optional model-size axis (critic widths)
@@ -56,7 +58,7 @@ STAGES = ("hparam_sweep", "fit_hparams", "utd_sweep", "fit_laws", "verify", "rep
 KEYS = ("name", "base", "overrides", "seeds", "max_return", "thresholds", "n_thresholds", "select_level",
         "resamples", "hparam_sweep", "utd_sweep", "fit", "verify", "batching")
 REQUIRED = ("base", "max_return", "hparam_sweep", "utd_sweep", "verify")
-HPARAM_KEYS = ("utd", "batch_size", "lr")
+HPARAM_KEYS = ("utd", "batch_size", "lr", "critic_width")
 UTD_KEYS = ("utd", "critic_width", "batch_size_range", "overrides")
 FIT_KEYS = ("holdout", "delta", "k")
 VERIFY_KEYS = ("utd", "budget", "seeds")
@@ -112,7 +114,7 @@ def load_workflow(path: str | Path) -> Workflow:
     base_path = base if base.is_absolute() else (path.parent / base)
     if not base_path.is_file():
         raise UserError(f"workflow: base config not found: {spec['base']} (relative to {path.parent})")
-    hp = _mapping(spec, "hparam_sweep", HPARAM_KEYS, HPARAM_KEYS)
+    hp = _mapping(spec, "hparam_sweep", HPARAM_KEYS, HPARAM_KEYS[:3])
     ut = _mapping(spec, "utd_sweep", UTD_KEYS, ("utd",))
     _mapping(spec, "fit", FIT_KEYS)
     ver = _mapping(spec, "verify", VERIFY_KEYS)
@@ -142,6 +144,14 @@ def load_workflow(path: str | Path) -> Workflow:
         raise UserError("workflow: verify.utd must be held out (not one of utd_sweep.utd)")
     if spec.get("batching", "auto") not in ("auto", "map", "vmap"):
         raise UserError("workflow: batching must be auto, map or vmap")
+    # the hparam sweep covers the width axis too (default: the UTD sweep's widths), so that
+    # B*(sigma, N) is fitted and sets the batch size of every (UTD, width) of the UTD sweep
+    hp_widths = hp.get("critic_width", widths)
+    if hp_widths is None or hp_widths == []:
+        hparam["critic_width"] = []
+    else:
+        hparam["critic_width"] = [int(w) for w in _list(hp, "critic_width", "hparam_sweep")] \
+            if "critic_width" in hp else list(widths)
     wf = Workflow(path, spec, base_path.resolve(), str(spec.get("name") or path.stem), hparam,
                   {"utd": utds, "critic_width": widths, "clip": clip, "overrides": overrides}, verify)
     cfg_mod.load(wf.base_path, _overrides(wf.spec.get("overrides")))  # the base must be a valid config

@@ -55,9 +55,11 @@ def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print
     """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
     d = out / "hparam_sweep"
     h = wf.hparam
-    write_sweep(wf, d / "sweep.yaml", {},
-                {"agent.utd": [format_utd(u) for u in h["utd"]], "agent.batch_size": h["batch_size"]},
-                {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]}, wf.spec.get("seeds"))
+    grid = {"agent.utd": [format_utd(u) for u in h["utd"]], "agent.batch_size": h["batch_size"]}
+    if h.get("critic_width"):
+        grid["agent.critic_width"] = h["critic_width"]
+    write_sweep(wf, d / "sweep.yaml", {}, grid, {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]},
+                wf.spec.get("seeds"))
     return run_sweep_stage(wf, d, progress, log)
 
 
@@ -66,8 +68,13 @@ def stage_utd_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -
     d = out / "utd_sweep"
     s = read_settings(out)
     s = s[s["utd_value"].apply(lambda u: any(abs(u - v) <= 1e-12 * v for v in wf.utd["utd"]))]
-    grid = {"agent.critic_width": wf.utd["critic_width"]} if wf.utd["critic_width"] else {}
+    per_width = "critic_width" in s.columns and s["critic_width"].notna().any()
+    if per_width:  # B*(sigma, N): one setting per (UTD, width)
+        s = s[s["critic_width"].isin(wf.utd["critic_width"])]
+    grid = {"agent.critic_width": wf.utd["critic_width"]} if wf.utd["critic_width"] and not per_width else {}
     zipped = {"agent.utd": list(s["utd"]), "agent.batch_size": [int(b) for b in s["batch_size"]],
               "agent.critic_lr": [float(x) for x in s["lr"]], "agent.actor_lr": [float(x) for x in s["lr"]]}
+    if per_width:
+        zipped["agent.critic_width"] = [int(w) for w in s["critic_width"]]
     write_sweep(wf, d / "sweep.yaml", wf.utd["overrides"], grid, zipped, wf.spec.get("seeds"))
     return run_sweep_stage(wf, d, progress, log)

@@ -1,0 +1,65 @@
+"""The workflow's fitting stages on synthetic sweep results (no training): with a width axis the
+hparam sweep covers it, B*(sigma, N) is fitted, and every (UTD, width) of the UTD sweep gets its
+own batch size from that law; grid-edge best values are bounds, not law points."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pql_jax.scaling.laws import BATCH_SIGMA_N
+from pql_jax.scaling.synthetic import make_sweep
+from pql_jax.workflow import fits, load_workflow, sweeps
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTHS = {32: 3e4, 64: 1e5, 128: 4e5}  # critic width -> planted model size N
+
+
+def _workflow(tmp_path: Path, **hparam) -> Path:
+    spec = {"base": str(ROOT / "configs" / "pointmass.yaml"), "seeds": 3, "max_return": 900, "n_thresholds": 3,
+            "resamples": 20,
+            "hparam_sweep": {"utd": ["1/4", "1/2", "1", "2", "4"], "batch_size": [32, 128, 512, 2048],
+                             "lr": [1e-4, 5e-4, 2.5e-3], **hparam},
+            "utd_sweep": {"utd": ["1/8", "1/4", "1/2", "1", "2"], "critic_width": list(WIDTHS)},
+            "verify": {"utd": "4"}}
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_width_axis_gives_a_batch_size_per_utd_and_width(tmp_path, monkeypatch):
+    wf = load_workflow(_workflow(tmp_path))
+    assert wf.hparam["critic_width"] == list(WIDTHS)  # default: the UTD sweep's widths
+    assert load_workflow(_workflow(tmp_path, critic_width=[])).hparam["critic_width"] == []
+    out = tmp_path / "out"
+    for stage in ("hparam_sweep", "fit_hparams", "utd_sweep"):
+        (out / stage).mkdir(parents=True)
+    ran = []
+    monkeypatch.setattr(sweeps, "run_sweep_stage", lambda wf, d, progress, log: ran.append(d) or {})
+    sweeps.stage_hparam_sweep(wf, out)
+    grid = yaml.safe_load((out / "hparam_sweep" / "sweep.yaml").read_text())["grid"]
+    assert grid["agent.critic_width"] == list(WIDTHS)
+
+    df = make_sweep(n_envs=1, utds=(0.25, 0.5, 1, 2, 4), batch_sizes=(32, 128, 512, 2048), lrs=(1e-4, 5e-4, 2.5e-3),
+                    seeds=3, points=50, model_sizes=list(WIDTHS.values()), seed=4)
+    df["critic_width"] = df["model_size"].map({n: w for w, n in WIDTHS.items()})
+    df.to_csv(out / "hparam_sweep" / "results.csv", index=False)
+    fits.stage_fit_hparams(wf, out, log=lambda *a: None)
+
+    law = yaml.safe_load((out / "fit_hparams" / "fit_batch_size_n.json").read_text())
+    assert law["form"] == "batch_sigma_n" and abs(next(iter(law["params"].values()))["alpha"] - 0.47) < 0.15
+    settings = pd.read_csv(out / "fit_hparams" / "settings.csv", dtype={"utd": str})
+    assert len(settings) == (5 + 1) * len(WIDTHS) and set(settings["critic_width"]) == set(WIDTHS)
+    p = next(iter(law["params"].values()))
+    expect = BATCH_SIGMA_N.predict(p, utd=settings["utd_value"].to_numpy(), model_size=settings["model_size"].to_numpy())
+    np.testing.assert_allclose(settings["batch_size_raw"], expect, rtol=1e-9)
+    assert (settings["batch_size_source"] == "law B*(utd, N)").all()
+
+    sweeps.stage_utd_sweep(wf, out)
+    spec = yaml.safe_load((out / "utd_sweep" / "sweep.yaml").read_text())
+    zipped = spec["zip"]
+    assert "agent.critic_width" not in spec["grid"] and len(zipped["agent.critic_width"]) == 5 * len(WIDTHS)
+    runs = pd.DataFrame({"utd": zipped["agent.utd"], "w": zipped["agent.critic_width"], "b": zipped["agent.batch_size"]})
+    merged = runs.merge(settings, left_on=["utd", "w"], right_on=["utd", "critic_width"])
+    assert len(merged) == len(runs) and (merged["b"] == merged["batch_size"]).all()
