@@ -51,15 +51,21 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in str(text).splitlines())
 
 
-def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
-    d = out / "hparam_sweep"
+def hparam_grid(wf: Workflow) -> tuple[dict, dict]:
+    """(grid, zipped) of the hparam sweep: UTD x batch size (x critic width) with critic and actor
+    learning rates zipped (``pql-jax plan`` of a workflow plans this same sweep)."""
     h = wf.hparam
     grid = {"agent.utd": [format_utd(u) for u in h["utd"]], "agent.batch_size": h["batch_size"]}
     if h.get("critic_width"):
         grid["agent.critic_width"] = h["critic_width"]
-    write_sweep(wf, d / "sweep.yaml", {}, grid, {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]},
-                wf.spec.get("seeds"))
+    return grid, {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]}
+
+
+def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
+    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
+    d = out / "hparam_sweep"
+    h = wf.hparam
+    write_sweep(wf, d / "sweep.yaml", {}, *hparam_grid(wf), wf.spec.get("seeds"))
     return run_sweep_stage(wf, d, progress, log)
 
 
