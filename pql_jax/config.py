@@ -164,6 +164,10 @@ class RunConfig:
     and add no sequential steps (the GPU regime: a step of 64 more envs costs about nothing there).
     A parallel result belongs to the policy of its snapshot: the row's `step` is the snapshot's env
     step, one episode before the row's `env_steps`. Needs a run of at least one episode."""
+    eval_cohorts: int = 1
+    """With `eval_mode: parallel`, split the eval envs into this many cohorts, each a fraction
+    1/eval_cohorts of an episode ahead of the next, with its own policy snapshot: this many results
+    per episode length instead of one (each over eval_envs / eval_cohorts envs)."""
     eval_every: int = host(1)
     """With `eval_mode: sequential`, run the evaluation episode every this many chunks (and always
     in the last chunk); other rows have an empty (NaN) `return`. `pql-jax plan` prints each
@@ -468,6 +472,9 @@ def validate(config: Config) -> None:
     for key, value in floats.items():
         if not math.isfinite(value):
             raise UserError(f"{key} must be finite (got {value})")
+    if r.eval_cohorts < 1 or (e.eval_envs % r.eval_cohorts) or r.eval_cohorts > episode_vector_steps(e):
+        raise UserError(f"run.eval_cohorts ({r.eval_cohorts}) must be >= 1, divide env.eval_envs ({e.eval_envs}) and "
+                        f"not exceed the {episode_vector_steps(e)} vector steps of an episode")
     if r.eval_mode == "parallel" and e.eval_envs and run_vector_steps(config) < episode_vector_steps(e):
         raise UserError(f"run.eval_mode=parallel needs a run of at least one episode ({episode_vector_steps(e)} vector "
                         f"steps; this run has {run_vector_steps(config)}): lengthen it or use run.eval_mode=sequential")

@@ -48,6 +48,22 @@ def run_group(group, batching: str = "map", devices=None) -> list[dict]:
     return out
 
 
+def pytest_addoption(parser):
+    parser.addoption("--paper", action="store_true",
+                     help="also run the paper-scale workflow tests (tests/test_paper_workflows.py, tens of minutes)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`paper` tests compile several Playground programs each (about a minute apiece on 2 cores),
+    beyond the suite's 10-minute budget: they run only with --paper."""
+    if config.getoption("--paper"):
+        return
+    skip = pytest.mark.skip(reason="paper-scale workflow test: run with --paper")
+    for item in items:
+        if "paper" in item.keywords:
+            item.add_marker(skip)
+
+
 _WHOLE_RUNS: dict = {}
 
 

@@ -47,10 +47,11 @@ def test_eval_share_arithmetic():
     assert (share.chunks, share.eval_chunks, share.horizon, share.vector_steps) == (12, 3, 50, 300)
     assert share.share == pytest.approx(150 / 450)
     # the GPU config: 50M steps / (4096 envs x 100 steps) = 123 chunks = 12,300 vector steps; parallel
-    # eval: 64 envs in the env call, one result per 1000-step episode (12), no sequential eval steps.
+    # eval: 64 envs in the env call in 4 cohorts 250 steps apart, whose last episodes end at 12,300,
+    # 12,050, 11,800 and 11,550: 12 + 12 + 11 + 11 = 46 results; no sequential eval steps.
     gpu = eval_share(cfg_mod.load(ROOT / "configs" / "cheetah_run.yaml"))
     assert (gpu.chunks, gpu.eval_chunks, gpu.horizon, gpu.vector_steps) == (123, 0, 1000, 12_300)
-    assert (gpu.evaluations, gpu.parallel_envs, gpu.env_call_envs, gpu.share) == (12, 64, 4096, 0.0)
+    assert (gpu.evaluations, gpu.parallel_envs, gpu.env_call_envs, gpu.share) == (46, 64, 4096, 0.0)
     # sequential, every 200 chunks: the last chunk only, 1000 eval steps vs 12,300 vector steps
     seq = ["run.eval_mode=sequential", "run.eval_every=200"]
     assert eval_share(cfg_mod.load(ROOT / "configs" / "cheetah_run.yaml", seq)).share == pytest.approx(1000 / 13_300)
@@ -63,19 +64,19 @@ def test_eval_share_arithmetic():
 
 def test_gpu_configs_default_to_a_small_eval_budget():
     """Every GPU config and GPU workflow evaluates in parallel: no sequential eval steps, eval envs
-    at most a few % of the env call, one result per 1000-step episode (>= 4 per run for the task
-    configs, >= 10 for the workflows' curves)."""
+    at most a few % of the env call, 4 cohorts: about 4 results per 1000-step episode (>= 16 per run
+    for the task configs, >= 40 for the workflows' curves)."""
     paths = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if cfg_mod.load(p).env.num_envs >= 1024]
     assert len(paths) == 8
     for path in paths:
         share = eval_share(cfg_mod.load(path))
         assert share.share == 0.0 and share.parallel_envs / share.env_call_envs < 0.05, path.name
-        assert share.evaluations == share.vector_steps // 1000 >= 4, path.name
+        assert share.cohorts == 4 and share.evaluations >= 16, path.name
     for name in ("cheetah_run", "walker_walk", "humanoid_stand", "ant"):
         spec = load_workflow(ROOT / "configs" / "workflows" / f"{name}.yaml")
         overrides = [f"{k}={v}" for k, v in spec.spec["overrides"].items() if not isinstance(v, list)]
         share = eval_share(cfg_mod.load(spec.base_path, overrides))
-        assert share.share == 0.0 and share.evaluations >= 10, name
+        assert share.share == 0.0 and share.evaluations >= 40, name
     with pytest.raises(cfg_mod.UserError, match="run.eval_every must be >= 1"):
         small(["run.eval_every=0"])
 

@@ -3,10 +3,11 @@
 - sequential: after a chunk whose schedule says so, one episode of `eval_envs` fresh envs in its
   own lax.scan: ceil(episode_length / action_repeat) sequential env steps that training waits for.
 - parallel: `eval_envs` more envs ride in the training envs' own env call (the last rows of
-  `TrainState.env`), acting with a snapshot of the policy (actor parameters and observation
-  statistics) taken when their episode starts. Episodes ("cohorts") run back to back, all eval envs
-  in lockstep, phased so that the last one ends with the run's last vector step. No sequential
-  step is added; each result belongs to the policy at its snapshot's vector step.
+  `TrainState.env`), in `run.eval_cohorts` equal cohorts. A cohort's envs run in lockstep, acting
+  with a snapshot of the policy (actor parameters and observation statistics) taken when their
+  episode starts; its episodes run back to back. Cohort 0's last episode ends with the run's last
+  vector step; cohort g runs g/k of an episode ahead, so k cohorts give k results per episode
+  length. No sequential step is added; each result belongs to the policy at its snapshot's step.
 
 Both report the mean undiscounted return over the eval envs of one episode each; an env's return
 stops at its first terminal, truncation or non-finite step.
@@ -27,65 +28,90 @@ F32 = jnp.float32
 
 
 class Cohort(struct.PyTreeNode):
-    """The parallel evaluation's state: the policy snapshot and its episode's running returns."""
+    """The parallel evaluation's state: k cohorts of eval envs, each with its own policy snapshot
+    and running returns (leading axis k = `run.eval_cohorts`)."""
 
     actor_params: Any
-    """Actor parameters at the current episode's start."""
+    """Actor parameters at each cohort's current episode start [k, ...]."""
     obs_stats: RunningStats
-    """Observation statistics at the current episode's start."""
+    """Observation statistics at each cohort's current episode start [k, ...]."""
     total: jax.Array
-    """Return so far of each eval env's episode [eval_envs]."""
+    """Return so far of each eval env's episode [k, eval_envs / k]."""
     alive: jax.Array
-    """Whether each eval env's episode is still running [eval_envs]."""
+    """Whether each eval env's episode is still running [k, eval_envs / k]."""
     start: jax.Array
-    """Vector step at which the current episode (and its snapshot) started."""
+    """Vector step at which each cohort's current episode (and its snapshot) started [k]."""
     last_return: jax.Array
-    """Mean return of the last finished episode (NaN before the first)."""
+    """Mean return of the last finished episode of any cohort (NaN before the first)."""
     last_start: jax.Array
     """Vector step of the last finished episode's snapshot."""
 
 
-def init_cohort(actor_params, obs_stats: RunningStats, eval_envs: int) -> Cohort:
-    """A cohort holding the initial policy; its results count only from the first boundary on."""
-    zero = jnp.zeros((), jnp.int32)
-    return Cohort(actor_params, obs_stats, jnp.zeros(eval_envs), jnp.zeros(eval_envs, jnp.bool_), zero,
-                  F32(jnp.nan), zero)
+def init_cohort(actor_params, obs_stats: RunningStats, eval_envs: int, cohorts: int) -> Cohort:
+    """Cohorts holding the initial policy; their results count only from their first boundary on."""
+    tile = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (cohorts,) + x.shape), tree)
+    shape = (cohorts, eval_envs // cohorts)
+    return Cohort(tile(actor_params), tile(obs_stats), jnp.zeros(shape), jnp.zeros(shape, jnp.bool_),
+                  jnp.zeros(cohorts, jnp.int32), F32(jnp.nan), jnp.zeros((), jnp.int32))
+
+
+def cohort_phases(phase, horizon: int, cohorts: int):
+    """Each cohort's first episode start [k]: cohort g runs `g * horizon / k` steps ahead of cohort
+    0, whose last episode ends with the run (`phase` = run length mod horizon)."""
+    offsets = (jnp.arange(cohorts, dtype=jnp.int32) * horizon) // cohorts
+    return (phase - offsets) % horizon
 
 
 def boundary(step, phase, horizon: int):
-    """Whether a cohort episode starts at vector step `step`: episodes of `horizon` steps back to
-    back from `phase` on (`phase` = run length mod horizon, so that the last one ends the run)."""
+    """Whether an episode starts at vector step `step` (elementwise over `phase`): episodes of
+    `horizon` steps back to back from `phase` on."""
     return (step >= phase) & ((step - phase) % horizon == 0)
 
 
 def eval_phase(total_vector_steps: int, env_config) -> int:
-    """First cohort start of a run of `total_vector_steps`: the last cohort ends with the run."""
+    """Cohort 0's first episode start in a run of `total_vector_steps`: its last one ends the run."""
     return total_vector_steps % episode_vector_steps(env_config)
 
 
+def evaluations(total_vector_steps: int, horizon: int, cohorts: int) -> int:
+    """Finished cohort episodes of a whole run (cohort g's last one ends g * horizon / k steps early)."""
+    return sum((total_vector_steps - (g * horizon) // cohorts) // horizon for g in range(cohorts))
+
+
 def cohort_actions(cohort: Cohort, actor, obs, agent_config):
-    """The snapshot policy's deterministic actions for the eval envs' observations."""
-    normed = normalize(cohort.obs_stats, obs, agent_config.obs_clip, agent_config.normalize_obs)
-    return actor.apply(cohort.actor_params, normed)
+    """Each cohort's snapshot policy's deterministic actions for its eval envs' observations [q, obs]."""
+    k = cohort.start.shape[0]
+
+    def act(params, stats, cohort_obs):
+        return actor.apply(params, normalize(stats, cohort_obs, agent_config.obs_clip, agent_config.normalize_obs))
+
+    grouped = obs.reshape((k, -1) + obs.shape[1:])
+    actions = jax.vmap(act)(cohort.actor_params, cohort.obs_stats, grouped)
+    return actions.reshape((obs.shape[0],) + actions.shape[2:])
 
 
 def cohort_begin(cohort: Cohort, starts, actor_params, obs_stats: RunningStats, step) -> Cohort:
-    """At a boundary (`starts`), snapshot the current policy and zero the running returns."""
-    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(starts, a, b), new, old)
+    """Cohorts at a boundary (`starts`, [k]) snapshot the current policy and zero their returns."""
+    def pick(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(starts.reshape((-1,) + (1,) * (b.ndim - 1)), a[None], b), new, old)
+
     return cohort.replace(actor_params=pick(actor_params, cohort.actor_params),
                           obs_stats=pick(obs_stats, cohort.obs_stats),
-                          total=jnp.where(starts, 0.0, cohort.total), alive=cohort.alive | starts,
+                          total=jnp.where(starts[:, None], 0.0, cohort.total), alive=cohort.alive | starts[:, None],
                           start=jnp.where(starts, step, cohort.start))
 
 
 def cohort_record(cohort: Cohort, reward, ended, finishes) -> Cohort:
-    """Add a step's rewards; when the episode `finishes` (the step before the next boundary),
-    store its mean return and snapshot step."""
-    total = cohort.total + jnp.where(cohort.alive, reward, 0.0)
-    alive = cohort.alive & ~ended & ~finishes
+    """Add a step's rewards ([q]); cohorts whose episode `finishes` ([k]; the step before their
+    next boundary) store its mean return and snapshot step (the latest snapshot if several)."""
+    k = finishes.shape[0]
+    total = cohort.total + jnp.where(cohort.alive, reward.reshape(k, -1), 0.0)
+    alive = cohort.alive & ~ended.reshape(k, -1) & ~finishes[:, None]
+    latest = jnp.argmax(jnp.where(finishes, cohort.start, -1))
+    done = jnp.any(finishes)
     return cohort.replace(total=total, alive=alive,
-                          last_return=jnp.where(finishes, jnp.mean(total), cohort.last_return),
-                          last_start=jnp.where(finishes, cohort.start, cohort.last_start))
+                          last_return=jnp.where(done, jnp.mean(total[latest]), cohort.last_return),
+                          last_start=jnp.where(done, cohort.start[latest], cohort.last_start))
 
 
 def sequential_return(env, policy, env_config, key):

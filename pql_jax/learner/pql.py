@@ -88,7 +88,8 @@ class Learner:
             critic_params=critic_params, critic_target=critic_params, critic_opt=critic_tx.init(critic_params),
             passive_params=passive_params, passive_opt=tuple(critic_tx.init(p) for p in passive_params),
             obs_stats=init_stats(obs), env=self.start_envs(keys[2], keys[5]),
-            cohort=evaluate.init_cohort(actor_params, init_stats(obs), e.eval_envs) if self.parallel_eval else None,
+            cohort=(evaluate.init_cohort(actor_params, init_stats(obs), e.eval_envs, self.config.run.eval_cohorts)
+                    if self.parallel_eval else None),
             buffer=replay.init_buffer(self.buffer_rows, e.num_envs, obs, act, *self.buffer_layout),
             val_buffer=replay.init_buffer(self.val_rows, max(e.val_envs, 1), obs, act, *self.buffer_layout),
             key=keys[4], step=jnp.zeros((), jnp.int32), critic_updates=jnp.zeros((), jnp.int32),
@@ -272,16 +273,17 @@ class Learner:
         action = self.act(state, obs[: n + v], key)
         if not q:
             return (*self.env.step(state.env, action), action, state.cohort, jnp.bool_(False))
-        horizon = episode_vector_steps(self.config.env)
-        starts = evaluate.boundary(group.step, group.eval_phase, horizon)
-        ends = evaluate.boundary(group.step + 1, group.eval_phase, horizon)  # the next step starts a cohort
+        horizon, cohorts = episode_vector_steps(self.config.env), self.config.run.eval_cohorts
+        phases = evaluate.cohort_phases(group.eval_phase, horizon, cohorts)
+        starts = evaluate.boundary(group.step, phases, horizon)
+        ends = evaluate.boundary(group.step + 1, phases, horizon)  # the next step starts a new episode
         cohort = evaluate.cohort_begin(state.cohort, starts, state.actor_params, state.obs_stats, state.step)
         eval_action = evaluate.cohort_actions(cohort, self.actor, obs[n + v:], self.config.agent)
-        reset = jnp.arange(n + v + q) >= n + v
-        env, out = self.env.step(state.env, jnp.concatenate([action, eval_action]), reset & ends)
-        finishes = ends & (group.step + 1 >= group.eval_phase + horizon)
+        reset = jnp.concatenate([jnp.zeros(n + v, jnp.bool_), jnp.repeat(ends, q // cohorts)])
+        env, out = self.env.step(state.env, jnp.concatenate([action, eval_action]), reset)
+        finishes = ends & (group.step + 1 >= phases + horizon)
         eval_ended = (out.terminal | out.truncated | out.nonfinite)[n + v:]
-        return env, out, action, evaluate.cohort_record(cohort, out.reward[n + v:], eval_ended, finishes), finishes
+        return env, out, action, evaluate.cohort_record(cohort, out.reward[n + v:], eval_ended, finishes), jnp.any(finishes)
 
     def vector_step(self, state: TrainState, sums, group: PopulationSchedule):
         """Act in every env, store, update the normaliser, then do the updates this step is due."""

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from pql_jax.config import Config, episode_vector_steps
+from pql_jax.learner.evaluate import evaluations
 from pql_jax.learner.pql import eval_chunks, num_chunks
 from pql_jax.run.sweep import Group
 
@@ -104,11 +105,15 @@ class EvalShare:
     """Eval envs that ride in the training env call (`run.eval_mode: parallel`), else 0."""
     env_call_envs: int = 0
     """Envs of the training env call without them (training + validation)."""
+    cohorts: int = 1
+    """Parallel eval cohorts (`run.eval_cohorts`)."""
 
     @property
     def evaluations(self) -> int:
-        """Evaluation results per run (parallel: episodes back to back, the last ending the run)."""
-        return self.vector_steps // self.horizon if self.parallel_envs else self.eval_chunks
+        """Evaluation results per run (parallel: each cohort's episodes back to back)."""
+        if self.parallel_envs:
+            return evaluations(self.vector_steps, self.horizon, self.cohorts)
+        return self.eval_chunks
 
     @property
     def eval_steps(self) -> int:
@@ -128,6 +133,6 @@ def eval_share(config: Config) -> EvalShare:
     horizon = episode_vector_steps(e)
     vector_steps = chunks * config.run.chunk_steps
     if config.run.eval_mode == "parallel" and e.eval_envs:
-        return EvalShare(chunks, 0, horizon, vector_steps, e.eval_envs, e.num_envs + e.val_envs)
+        return EvalShare(chunks, 0, horizon, vector_steps, e.eval_envs, e.num_envs + e.val_envs, config.run.eval_cohorts)
     evals = eval_chunks(chunks, config.run.eval_every) if e.eval_envs > 0 else 0
     return EvalShare(chunks, evals, horizon, vector_steps)

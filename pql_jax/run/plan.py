@@ -144,7 +144,8 @@ def _memory_line(mem: GroupMemory, limit: float) -> str:
 def _eval_line(config) -> str:
     e = eval_share(config)
     if e.parallel_envs:
-        return (f"evaluation: parallel, {e.parallel_envs} eval envs in the env call of {e.env_call_envs} training envs "
+        return (f"evaluation: parallel, {e.parallel_envs} eval envs ({e.cohorts} cohort(s)) in the env call of "
+                f"{e.env_call_envs} training envs "
                 f"(+{100 * e.parallel_envs / e.env_call_envs:.1f}% env width), {e.evaluations} evaluations per run, "
                 f"no sequential eval steps: share 0.0%")
     return (f"evaluation: {e.eval_chunks} of {e.chunks} chunks (run.eval_every={config.run.eval_every}), "
