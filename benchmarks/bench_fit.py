@@ -65,16 +65,21 @@ def main() -> None:
     budget = json.load(open(os.path.join(out, "fit_budget.json")))
     print("\n| quantity | planted | recovered |\n|---|---|---|")
     g = next(iter(fb["params"]))
-    print(f"| B* slope (shared, fixed effects) | {PLANTED['batch_slope']} | {fb['params'][g]['slope']:.3f} "
-          f"+- {fb['bootstrap_se']['slope'][g]:.3f} (bootstrap SE) |")
-    print(f"| eta* slope (shared, fixed effects) | {PLANTED['lr_slope']} | {fl['params'][g]['slope']:.3f} "
-          f"+- {fl['bootstrap_se']['slope'][g]:.3f} |")
+    for label, f, planted in (("B*", fb, PLANTED["batch_slope"]), ("eta*", fl, PLANTED["lr_slope"])):
+        lo, hi = f["interval"]["slope"][g]
+        print(f"| {label} slope (shared, fixed effects; {len(f['excluded_at_edge'])} of 42 cells at a grid edge left "
+              f"out) | {planted} | {f['params'][g]['slope']:.3f} +- {f['bootstrap_se']['slope'][g]:.3f} (bootstrap "
+              f"SE), 90% [{lo:.3f}, {hi:.3f}]; offset form vs power: {f['compare_forms'].get('preferred')} |")
     print(f"| D_J exponent a (per env and threshold, median [IQR] of {len(a)}) | {PLANTED['a']} | "
           f"{np.median(a):.3f} [{np.percentile(a, 25):.3f}, {np.percentile(a, 75):.3f}] |")
     laws = budget["laws"]
     if "utd" in laws:
         print(f"| utd*(F) exponent (2 largest budgets per env held out) | - | {laws['utd']['exponent']:.3f}, "
               f"held-out mean abs log error {laws['utd']['held_out_mean_abs_log_error']:.3f} |")
+    flags = pd.read_csv(os.path.join(out, "flags.csv"))
+    print(f"\nwarnings (flags.csv): {len(flags)}; by kind: "
+          + ", ".join(f"{k}: {v}" for k, v in flags["problem"].str.split(":").str[0].str.split("(").str[0]
+                      .str.strip().value_counts().items()))
     cr = pd.read_csv(os.path.join(out, "crossings_runs.csv"))
     print(f"\ncrossings: {len(cr)} (run group, threshold) pairs, {int((~cr['reached']).sum())} not reached; "
           f"outputs in {out}")

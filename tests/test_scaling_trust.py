@@ -46,15 +46,16 @@ def test_auto_thresholds_are_refused_inside_the_seed_noise(tmp_path, capsys):
     assert len(next(iter(cb.thresholds.values()))) == 5
 
 
-def _edge_case_table():
-    """5 utds x batch sizes (64, 128, 256): at utd 1/4, 1/2 the crossings fall with B up to the
-    top of the grid (a bound); elsewhere the best B is 128 or 256 inside the grid."""
+def _edge_case_table(best=None):
+    """5 utds x batch sizes (64, 128, 256[, 512]), log D quadratic in log B about B*: at utd 1/4,
+    1/2 the crossings fall with B up to the top of the grid, at utd 4 they rise from its bottom
+    (bounds); elsewhere the best B lies inside the grid."""
     rows, D = [], []
-    best = {0.25: 1e9, 0.5: 1e9, 1: 128, 2: 128, 4: 64.1}
+    best = best or {0.25: 1e9, 0.5: 1e9, 1: 128, 2: 128, 4: 20}
     for u, b_star in best.items():
         for b in (64, 128, 256, 512)[: 3 if u < 1 else 4]:
             rows.append({"env": "e", "utd": u, "batch_size": float(b)})
-            D.append([1000 * (1 + np.log(b / b_star) ** 2)] * 3)
+            D.append([1000 * np.exp(0.3 * np.log(b / b_star) ** 2)] * 3)
     return pd.DataFrame(rows), np.array(D)[:, :, None]
 
 
@@ -62,6 +63,9 @@ def test_best_value_at_the_grid_edge_is_a_bound_left_out_of_the_law():
     gdf, D = _edge_case_table()
     best, per = best_hparams(gdf, D, 0)
     assert list(best["batch_size_edge"]) == ["high", "high", "", "", "low"]
+    # picked at the edge, but the crossings bracket the optimum (B* = 80 between 64 and 128): an optimum
+    bracketed, _ = best_hparams(*_edge_case_table({1: 80, 2: 300, 4: 450}), 0)
+    assert list(bracketed["batch_size"]) == [64, 256, 512] and list(bracketed["batch_size_edge"]) == ["", "", ""]
     pf, notes, flags, excluded = fit_hparam_law(best, per, "batch_size", "batch_size")
     assert pf is None and excluded == [0.25, 0.5, 4]  # only 2 interior utds remain: no law
     assert any("bound" in f["problem"] for f in flags) and any("not fitted" in n for n in notes)

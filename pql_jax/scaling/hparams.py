@@ -22,14 +22,43 @@ def _argbest(D: np.ndarray, values: np.ndarray) -> np.ndarray:
     return best
 
 
-def _edge_side(picks: np.ndarray, lo: float, hi: float) -> str:
-    """'high' / 'low' when most finite picks sit at the top / bottom of the swept values
-    (the optimum may lie beyond the grid: a bound, not an optimum), else ''."""
-    fin = picks[np.isfinite(picks)]
-    if len(fin) == 0 or lo == hi:
+def _unbracketed(Dpart: np.ndarray, vals: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Per resample: whether a pick at the edge of ``vals`` is a bound, i.e. the parabola in log
+    value through log D of the three swept values nearest that edge does not place its minimum
+    inside the swept range (falls all the way to the edge, or is not convex). With fewer than 3
+    swept values an edge pick is always a bound. ``Dpart``: (values, resamples)."""
+    order = np.argsort(vals)
+    lv, logD = np.log(vals[order]), np.log(np.where(Dpart[order] > 0, Dpart[order], np.nan))
+    out = np.ones(Dpart.shape[1], bool)
+    if len(lv) < 3:
+        return out
+    for side, idx in (("low", slice(0, 3)), ("high", slice(-3, None))):
+        (x0, x1, x2), (y0, y1, y2) = lv[idx], logD[idx]
+        ok = np.isfinite(y0) & np.isfinite(y1) & np.isfinite(y2)
+        if not ok.any():
+            continue
+        y0, y1, y2 = y0[ok], y1[ok], y2[ok]
+        # the parabola through the three points, for every resample at once (closed form)
+        den = (x0 - x1) * (x0 - x2) * (x1 - x2)
+        a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den
+        b = (x2 ** 2 * (y0 - y1) + x1 ** 2 * (y2 - y0) + x0 ** 2 * (y1 - y2)) / den
+        with np.errstate(all="ignore"):
+            vertex = -b / (2 * a)
+        inside = (a > 0) & (vertex > lv[0]) & (vertex < lv[-1])
+        at_side = np.isclose(picks[ok], vals.min() if side == "low" else vals.max(), rtol=1e-9)
+        col = np.flatnonzero(ok)[at_side]
+        out[col] = ~inside[at_side]
+    return out
+
+
+def _edge_side(picks: np.ndarray, bound: np.ndarray, lo: float, hi: float) -> str:
+    """'high' / 'low' when most finite picks sit at the top / bottom of the swept values and are
+    bounds there (the optimum may lie beyond the grid: not an optimum), else ''."""
+    fin = np.isfinite(picks)
+    if not fin.any() or lo == hi:
         return ""
     for side, v in (("high", hi), ("low", lo)):
-        if np.mean(np.isclose(fin, v, rtol=1e-9)) > 0.5:
+        if np.mean(np.isclose(picks[fin], v, rtol=1e-9) & bound[fin]) > 0.5:
             return side
     return ""
 
@@ -40,7 +69,9 @@ def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataF
     For each resample the best value among runs sharing the other hyperparameter is picked;
     these are averaged over resamples (D.1) and then over the other hyperparameter (D.4).
     Returns the table (value, bootstrap std, number of candidates, ``{hp}_edge``: 'high' / 'low'
-    when most picks sit at the top / bottom of the cell's swept values, else '') and
+    when most picks sit at the top / bottom of the cell's swept values with the optimum not
+    bracketed there (a parabola in log value through the 3 nearest crossings has no minimum
+    inside the grid), else '') and
     per-resample values ``{hp: (n_cells, K)}`` for propagating uncertainty into the fits.
     """
     cells = cell_columns(gdf)
@@ -59,9 +90,11 @@ def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataF
         others = gdf[other].to_numpy(float) if other in gdf.columns else np.zeros(len(gdf))
         for c, rows in enumerate(by_cell):
             vals, oth = values[rows], others[rows]
-            parts = np.stack([_argbest(D[rows[oth == v], :, level], vals[oth == v]) for v in np.unique(oth)])
+            groups = [rows[oth == v] for v in np.unique(oth)]
+            parts = np.stack([_argbest(D[r, :, level], values[r]) for r in groups])
+            bound = np.stack([_unbracketed(D[r, boot, level], values[r], p[boot]) for r, p in zip(groups, parts)])
             mats[c] = nanmean(parts, axis=0)
-            edges.append(_edge_side(parts[:, boot].ravel(), vals.min(), vals.max()))
+            edges.append(_edge_side(parts[:, boot].ravel(), bound.ravel(), vals.min(), vals.max()))
         table[hp] = nanmean(mats[:, boot], axis=1)
         table[f"{hp}_std"] = nanstd(mats[:, boot], axis=1) if K > 1 else np.nan
         table[f"n_{hp}"] = gdf.groupby(cell_id)[hp].nunique().to_numpy()

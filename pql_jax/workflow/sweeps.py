@@ -64,7 +64,6 @@ def hparam_grid(wf: Workflow) -> tuple[dict, dict]:
 def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
     """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
     d = out / "hparam_sweep"
-    h = wf.hparam
     write_sweep(wf, d / "sweep.yaml", {}, *hparam_grid(wf), wf.spec.get("seeds"))
     return run_sweep_stage(wf, d, progress, log)
 
