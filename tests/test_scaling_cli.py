@@ -83,6 +83,9 @@ def test_fit_all_writes_everything_and_propose(fitted, capsys):
     assert main(["propose", str(fitted), "--utd", "1/4,1,8"]) == 0
     table = pd.read_csv(fitted / "proposals.csv")
     assert len(table) == 6 and (table["batch_size"] % 16 == 0).all()
+    # the sweep's utds span 1/4 .. 4: utd 8 is an extrapolation, and the output says so
+    assert (table["extrapolated"] == (table["utd"] > 4)).all()
+    assert "outside the fitted" in capsys.readouterr().out
     assert main(["propose", str(fitted), "--budget", "1e12", "--env", "env0"]) == 0
     assert len(pd.read_csv(fitted / "proposals.csv")) == 1
 

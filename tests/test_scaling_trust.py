@@ -166,6 +166,10 @@ def test_extrapolated_optimum_and_dominated_frontier_are_marked():
                     (1.0, 8.0), 1e5)
     opt = m.solve_budget()  # delta large: data is expensive, the optimum utd lies above the fitted 8
     assert opt["utd"] > 8 and opt["extrapolated"]
+    # Problem 3.1: a compute cap that only utd above the fitted range meets is marked too
+    cap = m.max_data_efficiency(float(m.compute(30.0)))
+    assert cap["utd"] == pytest.approx(30.0, rel=1e-6) and cap["extrapolated"]
+    assert not m.max_data_efficiency(float(m.compute(4.0)))["extrapolated"]
     f = m.frontier(300)
     c, d = f["compute"].to_numpy(), f["data"].to_numpy()
     brute = np.array([((c <= c[i]) & (d <= d[i]) & ((c < c[i]) | (d < d[i]))).any() for i in range(len(f))])

@@ -127,6 +127,8 @@ def test_every_stage_and_artifact(run):
     inside = np.abs(np.log(ver["data_measured"] / np.sqrt(ver["data_pred_lo"] * ver["data_pred_hi"]))) <= s
     assert (ver["verified"] == (inside & ver["reached"])).all()
     assert "predictions verified**" in report and (out / "fit_hparams" / "flags.csv").is_file()
+    law_flags = pd.read_csv(out / "fit_laws" / "flags.csv")  # 3 thresholds: sigma*(F) from 3 points, none held out
+    assert law_flags["problem"].str.contains("nothing held out").any()
     # the budget claim of Problem 3.2: sigma*(F), sigma*/2 and 2 sigma* all run at the proposed budget
     budget_rows = ver[ver["target"].str.startswith("budget ")]
     assert {t.split(" at ")[-1] for t in budget_rows["target"] if " at " in t} == {"sigma*/2", "2 sigma*"}
