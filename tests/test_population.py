@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT, SHORT, run_alone, run_group, small, write_sweep
 
 from pql_jax.cli import main
-from pql_jax.learner.pql import make_train, metrics_to_host, num_chunks
+from pql_jax.learner.pql import make_train, num_chunks
+from pql_jax.run.program import metrics_to_host
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.run import launch, sweep
 from pql_jax.run.program import _PROGRAMS, GroupProgram, program_for, stack

@@ -126,3 +126,27 @@ def sequential_return(env, policy, env_config, key):
     init = (start, jnp.zeros(env_config.eval_envs), jnp.ones(env_config.eval_envs, jnp.bool_))
     (_, total, _), _ = jax.lax.scan(body, init, None, length=episode_vector_steps(env_config))
     return jnp.mean(total)
+
+
+def chunk_metrics(state, finished, sequential_due, sequential, parallel: bool) -> dict:
+    """A chunk's `eval_return` (NaN without a result) and `eval_vector_step`, the evaluated
+    policy's vector step: the finished cohort's snapshot (parallel) or the chunk's end
+    (sequential, whose episode `sequential()` runs only when `sequential_due`)."""
+    if parallel:
+        cohort = state.cohort
+        return {"eval_return": jnp.where(finished, cohort.last_return, jnp.nan), "eval_vector_step": cohort.last_start}
+    # a real branch (the flag is the same for every member), so a chunk without eval skips it
+    value = jax.lax.cond(sequential_due, sequential, lambda: F32(jnp.nan))
+    return {"eval_return": value, "eval_vector_step": state.step}
+
+
+def eval_due(index, total: int, every: int):
+    """Whether chunk `index` (0-based) of `total` evaluates: every `every`-th chunk and the last.
+
+    Works on Python ints and on traced int32 arrays alike."""
+    return ((index + 1) % every == 0) | (index == total - 1)
+
+
+def eval_chunks(total: int, every: int) -> int:
+    """How many of `total` chunks evaluate (see `eval_due`)."""
+    return total // every + (1 if total % every else 0)

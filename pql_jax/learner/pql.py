@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from pql_jax.learner import evaluate, losses, replay, schedule
@@ -309,12 +308,6 @@ class Learner:
         return state.replace(step=state.step + 1), sums
 
     # ---- evaluation and diagnostics -------------------------------------------------------
-    def evaluate(self, state: TrainState, key):
-        """Mean undiscounted return of one deterministic-policy episode per eval env (sequential)."""
-        if self.config.env.eval_envs == 0:
-            return F32(jnp.nan)
-        return evaluate.sequential_return(self.env, lambda obs: self.policy(state, obs), self.config.env, key)
-
     def td_errors(self, state: TrainState, buffer, key):
         """Per-head TD loss of the main and passive critics on a batch from `buffer`."""
         categorical = self.config.agent.distributional
@@ -325,16 +318,11 @@ class Learner:
         nets = [(self.critic, state.critic_params)] + list(zip(self.passive, state.passive_params))
         return [losses.td_loss(n.apply(p, obs, batch.action), target, categorical) / 2 for n, p in nets]
 
-    def eval_metrics(self, state: TrainState, sums, group: PopulationSchedule, key) -> dict:
-        """`eval_return` (NaN when this chunk has none) and `eval_vector_step`, the vector step of
-        the evaluated policy: the chunk's end (sequential) or the finished cohort's snapshot (parallel)."""
-        if self.parallel_eval:
-            cohort = state.cohort
-            return {"eval_return": jnp.where(sums["eval_finished"] > 0, cohort.last_return, jnp.nan),
-                    "eval_vector_step": cohort.last_start}
-        # a real branch (the flag is the same for every member), so a chunk without eval skips it
-        value = jax.lax.cond(group.evaluate, lambda: self.evaluate(state, key), lambda: F32(jnp.nan))
-        return {"eval_return": value, "eval_vector_step": state.step}
+    def evaluate(self, state: TrainState, key):
+        """Mean undiscounted return of one deterministic-policy episode per eval env (sequential)."""
+        if self.config.env.eval_envs == 0:
+            return F32(jnp.nan)
+        return evaluate.sequential_return(self.env, lambda obs: self.policy(state, obs), self.config.env, key)
 
     def chunk(self, state: TrainState, group: PopulationSchedule):
         """`chunk_steps` vector steps, then eval and diagnostics; returns (state, metrics).
@@ -365,7 +353,8 @@ class Learner:
             # transitions of this chunk (training and validation envs) whose observation or reward
             # was not finite: not stored for learning, their envs reset (pql_jax.envs)
             "nonfinite_transitions": sums["nonfinite_transitions"],
-            **self.eval_metrics(new, sums, group, eval_key),
+            **evaluate.chunk_metrics(new, sums["eval_finished"] > 0, group.evaluate,
+                                     lambda: self.evaluate(new, eval_key), self.parallel_eval),
             "critic_param_norm": optax.tree.norm(new.critic_params),
             "actor_param_norm": optax.tree.norm(new.actor_params), "td_train": train_td[0],
             **{f"passive{i}_td_train": v for i, v in enumerate(train_td[1:])},
@@ -401,7 +390,7 @@ class Learner:
         phase = evaluate.eval_phase(self.num_chunks * steps, self.config.env)
 
         def body(state, index):
-            due = eval_due(index, self.num_chunks, self.eval_every)
+            due = evaluate.eval_due(index, self.num_chunks, self.eval_every)
             return self.chunk(state, PopulationSchedule.of(hp, index * steps, due, phase))
 
         return jax.lax.scan(body, state, jnp.arange(self.num_chunks, dtype=jnp.int32))
@@ -410,18 +399,6 @@ class Learner:
 def num_chunks(config: Config) -> int:
     """Chunks of `run.chunk_steps` vector steps that cover `run.total_env_steps`."""
     return -(-config.run.total_env_steps // (config.run.chunk_steps * config.env.num_envs))
-
-
-def eval_due(index, total: int, every: int):
-    """Whether chunk `index` (0-based) of `total` evaluates: every `every`-th chunk and the last.
-
-    Works on Python ints and on traced int32 arrays alike."""
-    return ((index + 1) % every == 0) | (index == total - 1)
-
-
-def eval_chunks(total: int, every: int) -> int:
-    """How many of `total` chunks evaluate (see `eval_due`)."""
-    return total // every + (1 if total % every else 0)
 
 
 def updates_needed(config: Config) -> int:
@@ -451,15 +428,3 @@ def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1, eval_
     rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
     val_rows = max(min(rows, a.batch_size), a.n_step + 1) if e.val_envs else a.n_step + 1
     return Learner(shape, env, actor, critic, passive, rows, val_rows, max_updates, chunks, eval_every)
-
-
-def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
-    """Move a chunk's metrics to numpy (one transfer per chunk); `env_steps` = vector steps x envs
-    per step, exact in int64 (the chunk returns the two factors, each well inside int32)."""
-    out = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-    if "envs_per_step" in out:
-        envs = out.pop("envs_per_step").astype(np.int64)
-        out["env_steps"] = out["vector_steps"].astype(np.int64) * envs
-        if "eval_vector_step" in out:
-            out["eval_env_steps"] = out.pop("eval_vector_step").astype(np.int64) * envs
-    return dict(sorted(out.items()))  # a pytree dict's order, as before

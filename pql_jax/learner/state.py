@@ -99,7 +99,7 @@ class PopulationSchedule(struct.PyTreeNode):
     warmup_steps: jax.Array
     critic_actor_ratio: jax.Array
     evaluate: jax.Array
-    """Whether this chunk runs its sequential evaluation episode (bool scalar; see `pql.eval_due`)."""
+    """Whether this chunk runs its sequential evaluation episode (bool scalar; see `evaluate.eval_due`)."""
     eval_phase: jax.Array
     """Vector step of the first parallel-eval episode start (`evaluate.eval_phase`; int32 scalar)."""
 

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 
 from pql_jax.config import Config, episode_vector_steps
-from pql_jax.learner.evaluate import evaluations
-from pql_jax.learner.pql import eval_chunks, num_chunks
+from pql_jax.learner.evaluate import eval_chunks, evaluations
+from pql_jax.learner.pql import num_chunks
 from pql_jax.run.sweep import Group
 
 

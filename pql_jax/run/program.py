@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pql_jax.config import ProgramConfig, program_config, run_vector_steps
 from pql_jax.errors import UserError
 from pql_jax.learner.evaluate import eval_phase
-from pql_jax.learner.pql import Learner, build_learner, metrics_to_host
+from pql_jax.learner.pql import Learner, build_learner
 from pql_jax.learner.state import PopulationSchedule, hparams_from_config
 from pql_jax.run.sweep import Group
 
@@ -93,6 +93,18 @@ class Program:
 
 
 _PROGRAMS: dict[tuple, Program] = {}
+
+
+def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
+    """Move a chunk's metrics to numpy (one transfer per chunk); `env_steps` = vector steps x envs
+    per step, exact in int64 (the chunk returns the two factors, each well inside int32)."""
+    out = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    if "envs_per_step" in out:
+        envs = out.pop("envs_per_step").astype(np.int64)
+        out["env_steps"] = out["vector_steps"].astype(np.int64) * envs
+        if "eval_vector_step" in out:
+            out["eval_env_steps"] = out.pop("eval_vector_step").astype(np.int64) * envs
+    return dict(sorted(out.items()))  # a pytree dict's order, as before
 
 
 def program_for(shape: ProgramConfig, max_updates: int, members: int, batching: str = "auto",
