@@ -216,3 +216,20 @@ def test_offset_form_recovers_the_published_pql_batch_law_and_wins_the_compariso
     assert cmp["forms"]["offset"]["loo_mean_abs_log_error"] < cmp["forms"]["power"]["loo_mean_abs_log_error"]
     pure = df.assign(batch_size=300 * UTDS ** 0.3 * noise)
     assert compare_forms(pure, "batch_size", fit_fixed_effects(pure, "batch_size"))["preferred"] == "power"
+
+
+def test_budget_power_law_exponent_interval_from_the_resamples_optima():
+    from pql_jax.scaling.budget import budget_power_laws
+
+    rng = np.random.default_rng(5)
+    F = np.geomspace(1e9, 1e12, 6)
+    exps = rng.normal(-0.5, 0.05, 200)  # resample r: utd* = 3 F^exps[r] exactly
+    table = pd.DataFrame({"env": "e", "level": range(6), "budget": F, "utd": 3 * F ** -0.5, "data": F / 10,
+                          "compute": F / 2, "model_size": 1.0})
+    samples = {("e", i): {"budget": np.full(200, f), "utd": 3 * f ** exps, "data": np.full(200, f / 10),
+                          "compute": np.full(200, f / 2)} for i, f in enumerate(F)}
+    law = budget_power_laws(table, samples=samples)["utd"]
+    assert law["exponent"] == pytest.approx(-0.5) and law["n_held_out"] == 2
+    lo, hi = np.percentile(exps, [5, 95])
+    assert law["exponent_lo"] == pytest.approx(lo) and law["exponent_hi"] == pytest.approx(hi)
+    assert law["exponent_bootstrap_se"] == pytest.approx(np.std(exps, ddof=1))

@@ -172,10 +172,13 @@ def measured_k(curves: pd.DataFrame) -> float | None:
     return float(np.median(k))
 
 
-def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2) -> dict:
+def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2, samples: dict | None = None) -> dict:
     """Fit sigma*(F), N*(F), D*(F), C*(F) as power laws y = coef F^exponent (slope shared
-    across envs), holding out each env's largest budgets when it has >= 3 + n_holdout levels."""
+    across envs), holding out each env's largest budgets when it has >= 3 + n_holdout levels.
+    ``samples`` ((env, level) -> {quantity: bootstrap optima}) adds the exponent's bootstrap SE
+    and 90% interval (the same rows refitted in every resample)."""
     from pql_jax.scaling.fit import fit_fixed_effects
+    from pql_jax.scaling.powerlaw import fixed_effects_solutions, percentile_interval
 
     t = table[np.isfinite(table["budget"])].copy()
     t["rank"] = t.groupby("env")["budget"].rank(ascending=False)
@@ -194,6 +197,17 @@ def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2) -> dict:
         out[y] = {"exponent": -next(iter(pf.slope.values())), "exponent_se": next(iter(pf.slope_se.values())),
                   "coef": pf.coef, "loss": pf.loss, "n_fit": pf.n, "n_held_out": int(len(held)),
                   "held_out_mean_abs_log_error": float(err.mean()) if len(err) else None}
+        keys = list(zip(train["env"], train["level"]))
+        if samples and all(k in samples and y in samples[k] for k in keys):
+            F = np.stack([samples[k]["budget"] for k in keys])  # (rows, resamples)
+            Y = np.stack([samples[k][y] for k in keys])
+            ok = (np.isfinite(F) & (F > 0) & np.isfinite(Y) & (Y > 0)).all(axis=0)
+            slopes = np.array([fixed_effects_solutions(train.assign(budget=F[:, r]), Y[:, r:r + 1], "budget")[-1, 0]
+                               for r in np.flatnonzero(ok)])
+            if len(slopes) > 1:
+                lo, hi = percentile_interval(-slopes)
+                out[y].update(exponent_bootstrap_se=float(np.std(slopes, ddof=1)), exponent_lo=float(lo),
+                              exponent_hi=float(hi))
     return out
 
 

@@ -277,18 +277,18 @@ def _budgets(res: Results, df: pd.DataFrame, cells: pd.DataFrame) -> None:
         delta = float(np.median(ratios))
         res.notes.append(f"delta not given: using {delta:.4g} FLOPs per env step (median C/D of the "
                          "sweep, weighing data and compute equally); pass --delta")
-    rows, fronts = [], []
+    rows, fronts, samples = [], [], {}
     for key, m in models.items():
         m.delta = delta
         opt = m.solve_budget()
         opt.update(m.precision(opt))
-        opt.update(_budget_bootstrap(res, m, key))
+        opt.update(_budget_bootstrap(res, m, key, samples))
         rows.append(opt)
         fronts.append(m.frontier(model_size=opt["model_size"]))  # the frontier through the optimum
     res.objects["budget_models"] = models
     res.tables["budget"] = pd.DataFrame(rows)
     res.tables["pareto"] = pd.concat(fronts, ignore_index=True)
-    laws = bud.budget_power_laws(res.tables["budget"])
+    laws = bud.budget_power_laws(res.tables["budget"], samples=samples)
     fitted = {"utd_range": [float(cells["utd"].min()), float(cells["utd"].max())],
               "budget_range": [float(res.tables["budget"]["budget"].min()), float(res.tables["budget"]["budget"].max())]}
     if n_vary:
@@ -313,9 +313,9 @@ def _data_fn(fit, env, lv):
     return lambda s, n: fit.predict(env, lv, utd=s) * np.ones(np.shape(n))
 
 
-def _budget_bootstrap(res: Results, m: bud.BudgetModel, key) -> dict:
+def _budget_bootstrap(res: Results, m: bud.BudgetModel, key, store: dict) -> dict:
     """Bootstrap SEs and 90% percentile intervals of the budget-optimal utd (N), D*, C*, F*
-    from the refitted D_J laws."""
+    from the refitted D_J laws; the optima of every resample go into ``store[key]``."""
     theta = boot_log_params(res, *key)
     if theta is None:
         return {}
@@ -335,6 +335,7 @@ def _budget_bootstrap(res: Results, m: bud.BudgetModel, key) -> dict:
     samples = {"utd": S[i], "data": dat[r, i], "compute": comp[r, i], "budget": F[r, i]}
     if m.n_range is not None:
         samples["model_size"] = NN[i]
+    store[key] = samples
     out = {}
     for name, v in samples.items():
         lo, hi = percentile_interval(v)

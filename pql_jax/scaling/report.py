@@ -159,8 +159,9 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
                                  for y, law in fb["laws"].items()])
             L += ["### Power laws in the budget", "", "y* = coef_env F^exponent (exponent shared across envs); the "
                   "largest budgets of each env are held out of the fit.", "",
-                  markdown_table(rows, ["quantity", "exponent", "exponent_se", "loss", "n_fit", "n_held_out",
-                                   "held_out_mean_abs_log_error"]), ""]
+                  markdown_table(rows, ["quantity", "exponent", "exponent_se", "exponent_bootstrap_se", "exponent_lo",
+                                        "exponent_hi", "loss", "n_fit", "n_held_out", "held_out_mean_abs_log_error"]),
+                  "", "(`exponent_lo` / `_hi`: 90% interval of the exponent refitted to every resample's optima)", ""]
     if figures:
         L += ["## Figures", ""] + [f"![{f}](figures/{f})\n" for f in figures]
     L += ["## Stage timings (s)", "", " | ".join(f"{k}: {v:.2f}" for k, v in res.timings.items()), ""]
