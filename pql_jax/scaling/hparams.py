@@ -63,6 +63,31 @@ def _edge_side(picks: np.ndarray, bound: np.ndarray, lo: float, hi: float) -> st
     return ""
 
 
+def _cells(gdf: pd.DataFrame):
+    """The cells of a group table, each group's cell index, and each cell's group rows."""
+    cells = cell_columns(gdf)
+    cell_df = gdf[cells].drop_duplicates().reset_index(drop=True)
+    cell_id = gdf.merge(cell_df.reset_index(), on=cells, how="left")["index"].to_numpy()
+    return cell_df, cell_id, [np.flatnonzero(cell_id == c) for c in range(len(cell_df))]
+
+
+def _cell_picks(gdf: pd.DataFrame, D2: np.ndarray, hp: str, by_cell: list) -> list:
+    """Per cell, for crossings ``D2`` (groups, columns: resamples or levels): the best value of
+    ``hp`` among the runs sharing each value of the other hyperparameter (parts, columns),
+    whether each pick is an unbracketed edge pick (parts, columns), and the swept range."""
+    other = "lr" if hp == "batch_size" else "batch_size"
+    values = gdf[hp].to_numpy(float)
+    others = gdf[other].to_numpy(float) if other in gdf.columns else np.zeros(len(gdf))
+    out = []
+    for rows in by_cell:
+        oth = others[rows]
+        groups = [rows[oth == v] for v in np.unique(oth)]
+        parts = np.stack([_argbest(D2[r], values[r]) for r in groups])
+        bound = np.stack([_unbracketed(D2[r], values[r], p) for r, p in zip(groups, parts)])
+        out.append((parts, bound, values[rows].min(), values[rows].max()))
+    return out
+
+
 def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataFrame, dict]:
     """Bootstrap-averaged best batch size and learning rate per cell at threshold ``level``.
 
@@ -74,31 +99,20 @@ def best_hparams(gdf: pd.DataFrame, D: np.ndarray, level: int) -> tuple[pd.DataF
     inside the grid), else '') and
     per-resample values ``{hp: (n_cells, K)}`` for propagating uncertainty into the fits.
     """
-    cells = cell_columns(gdf)
-    cell_df = gdf[cells].drop_duplicates().reset_index(drop=True)
-    cell_id = gdf.merge(cell_df.reset_index(), on=cells, how="left")["index"].to_numpy()
+    cell_df, cell_id, by_cell = _cells(gdf)
     K = D.shape[1] - 1
     boot = slice(1, None) if K > 0 else slice(0, 1)
     table, per_resample = cell_df.copy(), {}
-    by_cell = [np.flatnonzero(cell_id == c) for c in range(len(cell_df))]
-    for hp, other in (("batch_size", "lr"), ("lr", "batch_size")):
+    for hp in ("batch_size", "lr"):
         if hp not in gdf.columns:
             continue
-        mats = np.full((len(cell_df), K + 1), np.nan)
-        edges = []
-        values = gdf[hp].to_numpy(float)
-        others = gdf[other].to_numpy(float) if other in gdf.columns else np.zeros(len(gdf))
-        for c, rows in enumerate(by_cell):
-            vals, oth = values[rows], others[rows]
-            groups = [rows[oth == v] for v in np.unique(oth)]
-            parts = np.stack([_argbest(D[r, :, level], values[r]) for r in groups])
-            bound = np.stack([_unbracketed(D[r, boot, level], values[r], p[boot]) for r, p in zip(groups, parts)])
-            mats[c] = nanmean(parts, axis=0)
-            edges.append(_edge_side(parts[:, boot].ravel(), bound.ravel(), vals.min(), vals.max()))
+        picks = _cell_picks(gdf, D[:, :, level], hp, by_cell)
+        mats = np.stack([nanmean(parts, axis=0) for parts, _, _, _ in picks])
         table[hp] = nanmean(mats[:, boot], axis=1)
         table[f"{hp}_std"] = nanstd(mats[:, boot], axis=1) if K > 1 else np.nan
         table[f"n_{hp}"] = gdf.groupby(cell_id)[hp].nunique().to_numpy()
-        table[f"{hp}_edge"] = edges
+        table[f"{hp}_edge"] = [_edge_side(parts[:, boot].ravel(), bound[:, boot].ravel(), lo, hi)
+                               for parts, bound, lo, hi in picks]
         per_resample[hp] = mats[:, boot]
     return table, per_resample
 
@@ -190,10 +204,15 @@ def slope_by_threshold(gdf: pd.DataFrame, D: np.ndarray, thresholds, hps=("batch
     cells of the plain seed means (NaN where fewer than 3 interior utds)."""
     from pql_jax.scaling.powerlaw import fit_fixed_effects
 
-    out = {hp: {} for hp in hps if hp in gdf.columns}
-    for level, thr in enumerate(thresholds):
-        best, _ = best_hparams(gdf, D[:, :1, level:level + 1], 0)
-        for hp in out:
+    cell_df, _, by_cell = _cells(gdf)
+    out = {}
+    for hp in [h for h in hps if h in gdf.columns]:
+        picks = _cell_picks(gdf, D[:, 0, :], hp, by_cell)  # columns: the threshold levels
+        out[hp] = {}
+        for level, thr in enumerate(thresholds):
+            best = cell_df.assign(**{hp: [nanmean(parts[:, level]) for parts, _, _, _ in picks],
+                                     f"{hp}_edge": [_edge_side(parts[:, level], bound[:, level], lo, hi)
+                                                    for parts, bound, lo, hi in picks]})
             ok = law_points(best, hp)
             enough = len(ok) and ok.groupby("env")["utd"].nunique().min() >= 3
             out[hp][float(thr)] = next(iter(fit_fixed_effects(ok, hp, "utd").slope.values())) if enough else float("nan")
