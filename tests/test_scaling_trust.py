@@ -41,6 +41,12 @@ def test_auto_thresholds_are_refused_inside_the_seed_noise(tmp_path, capsys):
     assert main(["fit", "all", str(tmp_path / "flat.csv"), "--out", str(tmp_path / "o"), "--resamples", "5"]) == 2
     err = capsys.readouterr().err
     assert "inside the seed noise" in err and err.count("\n") == 1
+    # given thresholds are used, but flagged, and the laws through that noise say so (no crash, no silence)
+    assert main(["fit", "all", str(tmp_path / "flat.csv"), "--out", str(tmp_path / "o"), "--resamples", "5",
+                 "--thresholds", "302,305,308", "--no-figures"]) == 0
+    flags = pd.read_csv(tmp_path / "o" / "flags.csv")
+    assert (flags["quantity"] == "threshold").sum() == 3 and flags["quantity"].str.startswith("D_J law").any()
+    assert "warning:" in capsys.readouterr().out
     # the same sweep with its planted rise is accepted
     cb = cv.crossing_bootstrap(load_curves(df)[0], resamples=2)
     assert len(next(iter(cb.thresholds.values()))) == 5

@@ -198,7 +198,8 @@ def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2, samples: dict | N
                   "coef": pf.coef, "loss": pf.loss, "n_fit": pf.n, "n_held_out": int(len(held)),
                   "held_out_mean_abs_log_error": float(err.mean()) if len(err) else None}
         keys = list(zip(train["env"], train["level"]))
-        if samples and all(k in samples and y in samples[k] for k in keys):
+        if samples and all(k in samples and y in samples[k] for k in keys) \
+                and len({len(samples[k][y]) for k in keys}) == 1:
             F = np.stack([samples[k]["budget"] for k in keys])  # (rows, resamples)
             Y = np.stack([samples[k][y] for k in keys])
             ok = (np.isfinite(F) & (F > 0) & np.isfinite(Y) & (Y > 0)).all(axis=0)

@@ -158,7 +158,7 @@ def auto_thresholds(groups: list[RunGroup], keys: list[str], n: int = 5,
             raise UserError(f"no threshold is reached by every utd of {where}: best common level "
                             f"{r.top:.4g} is not above the base {r.base:.4g}")
         lo = r.base + NOISE_MARGIN * r.noise
-        if r.top - lo < r.noise:
+        if r.top - lo < r.noise:  # flat noisy curves reach ~1 noise level above the base by chance
             raise UserError(f"auto thresholds would lie inside the seed noise for {where}: the best common level "
                             f"{r.top:.4g} is only {(r.top - r.base) / max(r.noise, 1e-300):.1f} x the noise of the "
                             f"seed-mean curves ({r.noise:.3g}) above the base {r.base:.4g} (needs "

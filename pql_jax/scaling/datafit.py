@@ -211,7 +211,10 @@ def batched_lm(law: Law, lx: dict, LY: np.ndarray, theta0: np.ndarray, index: np
         A = np.einsum("rni,rnj->rij", jac, jac)
         g = np.einsum("rni,rn->ri", jac, r)
         A_damped = A + lam[:, None, None] * (np.einsum("rii->ri", A)[:, :, None] * eye + 1e-12 * eye)
-        step = -np.linalg.solve(A_damped, g[..., None])[..., 0]
+        try:
+            step = -np.linalg.solve(A_damped, g[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # a resample whose points cannot move some parameter
+            step = -np.einsum("rij,rj->ri", np.linalg.pinv(A_damped), g)
         cand = np.clip(theta + step, lo, hi)
         rc = resid(cand)
         lc = (rc ** 2).sum(1)

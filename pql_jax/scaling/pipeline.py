@@ -320,7 +320,8 @@ def _budget_bootstrap(res: Results, m: bud.BudgetModel, key, store: dict) -> dic
     if theta is None:
         return {}
     law = res.objects["data"].law
-    theta = theta[np.isfinite(theta).all(1)]
+    fin = np.isfinite(theta).all(1)  # resamples whose refit exists (the rest stay NaN in ``store``)
+    theta = theta[fin]
     if len(theta) < 2:
         return {}
     s = m.sigma_grid(401)
@@ -335,9 +336,10 @@ def _budget_bootstrap(res: Results, m: bud.BudgetModel, key, store: dict) -> dic
     samples = {"utd": S[i], "data": dat[r, i], "compute": comp[r, i], "budget": F[r, i]}
     if m.n_range is not None:
         samples["model_size"] = NN[i]
-    store[key] = samples
+    store[key] = {name: np.where(fin, 0.0, np.nan) for name in samples}  # aligned by resample across keys
     out = {}
     for name, v in samples.items():
+        store[key][name][fin] = v
         lo, hi = percentile_interval(v)
         out.update({f"{name}_se": float(v.std(ddof=1)), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
     return out
