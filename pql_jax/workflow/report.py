@@ -260,7 +260,8 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         L += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_pred_lo", "data_pred_hi",
                           "data_measured", "data_measured_std", "rel_error", "verified", "extrapolated"])
         L += ["", "(`data_pred_lo` / `data_pred_hi`: 90% interval of the bootstrap refits' predictions; `verified`: the "
-              "measurement agrees with it, its own bootstrap spread (90%) added in quadrature in log space)", ""]
+              "measurement agrees with it, its own bootstrap spread (90%) added in quadrature in log space; a "
+              "threshold already reached at the first logging point is an upper bound and does not verify)", ""]
         if "verified" in ver:
             L.append(f"- **{int(vs.get('n_verified', ver['verified'].sum()))} of {len(ver)} predictions verified** "
                      f"({int(ver['reached'].sum()) if 'reached' in ver else len(ver)} measured)")
@@ -270,6 +271,7 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
                   "sigma*(F), sigma*/2 and 2 sigma* (fresh seeds):", ""]
             L += _table(bc, ["env", "threshold", "utd_sigma_star", "budget_sigma_star", "utd_half", "budget_half",
                              "utd_double", "budget_double", "sigma_star_cheapest"])
+            L.append("")
             L.append(f"- sigma*(F) was the cheapest of the three for {int(bc['sigma_star_cheapest'].sum())} of "
                      f"{len(bc)} threshold(s)")
         if "first_log" in ver:
