@@ -1,4 +1,5 @@
-"""Brax and MuJoCo Playground envs behind one functional, vectorised, auto-resetting API.
+"""Brax, MuJoCo Playground and our MJX ports of dm_control tasks (`dmc:`, pql_jax.envs.dmc) behind
+one functional, vectorised, auto-resetting API.
 
 Time-limit truncation and true termination are kept apart: `terminal` means the MDP ended
 (no bootstrap), `truncated` means the time limit cut the episode (bootstrap from `next_obs`).
@@ -24,6 +25,9 @@ BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 
 
+DMC_ENVS = ("QuadrupedWalk", "QuadrupedRun")
+"""dm_control tasks ported to MJX here (pql_jax.envs.dmc), named `dmc:<task>`."""
+
 TEST_ENVS = ("test:pointmass", "test:pointmass_nan")
 """Pure-JAX test tasks (pql_jax.envs.pointmass); `_nan` injects non-finite steps."""
 
@@ -31,6 +35,7 @@ TEST_ENVS = ("test:pointmass", "test:pointmass_nan")
 def known_envs(include_playground: bool = True) -> list[str]:
     """Every env name this build accepts (importing Playground's registry takes seconds)."""
     names = ["test:pointmass"] + [f"brax:{n}" for n in BRAX_ENVS] + ["test:pointmass_nan"]
+    names += [f"dmc:{n}" for n in DMC_ENVS]
     if not include_playground:
         return names
     try:
@@ -45,11 +50,11 @@ def known_envs(include_playground: bool = True) -> list[str]:
 
 
 def reward_range(name: str) -> tuple[float, float] | None:
-    """Bounds of one env step's reward where they are known, else None: the test tasks and
-    Playground's DM Control suite give rewards in [0, 1] (dm_control builds them from
-    `rewards.tolerance` values in [0, 1])."""
+    """Bounds of one env step's reward where they are known, else None: the test tasks,
+    Playground's DM Control suite and the `dmc:` ports give rewards in [0, 1] (dm_control builds
+    them from `rewards.tolerance` values in [0, 1])."""
     kind, _, task = name.partition(":")
-    if name in TEST_ENVS:
+    if name in TEST_ENVS or (kind == "dmc" and task in DMC_ENVS):
         return 0.0, 1.0
     if kind == "playground":
         try:
@@ -138,6 +143,12 @@ def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length
 
         overrides = {"impl": playground_impl}
         return registry.load(task, config_overrides=overrides)
+    if kind == "dmc":
+        if playground_impl != "jax":
+            raise UserError(f"{name} runs on MJX's jax implementation only: set env.playground_impl: jax")
+        from pql_jax.envs import dmc
+
+        return dmc.load(task)
     raise UserError(f"unknown env {name!r}")
 
 

@@ -1,0 +1,22 @@
+"""Ports to MJX of dm_control suite tasks that no MuJoCo Playground release has, named `dmc:<Task>`.
+
+`dmc:QuadrupedWalk` and `dmc:QuadrupedRun` (pql_jax.envs.dmc.quadruped) follow dm_control's own
+model files and task code; they expose the Playground `MjxEnv` API, so the env adapter
+(pql_jax.envs) drives them like `playground:` tasks. dm_control itself is not needed to run them;
+it is the reference they are validated against (scripts/validate_dmc_ports.py,
+tests/test_dmc_ports.py; `pip install -e ".[dmc]"`).
+"""
+
+from __future__ import annotations
+
+from pql_jax.envs import DMC_ENVS as ENVS
+
+
+def load(task: str, impl: str = "jax"):
+    """The raw MJX env for one of `ENVS`."""
+    from pql_jax.envs.dmc import quadruped
+
+    speeds = {"QuadrupedWalk": quadruped.WALK_SPEED, "QuadrupedRun": quadruped.RUN_SPEED}
+    if task not in speeds:
+        raise ValueError(f"unknown dmc task {task!r}; known: {', '.join(ENVS)}")
+    return quadruped.QuadrupedMove(speeds[task], config_overrides={"impl": impl})
