@@ -164,12 +164,15 @@ def test_single_runs_share_the_results_schema_and_fit_all_reads_them(tmp_path, c
                    "return", "td_train", "diverged"):
         assert column in rows[0], column
     assert rows[0]["utd_label"] == "1/128" and rows[0]["env"] == "test:pointmass"
-    code = main(["fit", "all", *dirs, "--out", str(tmp_path / "fit"), "--max-return", "50", "--n-thresholds", "2",
+    # explicit thresholds: 9600-step curves barely rise out of their seed noise, where `fit all`
+    # refuses to place automatic ones
+    code = main(["fit", "all", *dirs, "--out", str(tmp_path / "fit"), "--max-return", "50", "--thresholds", "170,190",
                  "--resamples", "10", "--no-figures"])
     assert code == 0, capsys.readouterr().err
     crossings = pd.read_csv(tmp_path / "fit" / "crossings_runs.csv")
     assert sorted(crossings["utd"].unique()) == [1 / 128, 1 / 64, 1 / 32]
     assert len(crossings.drop_duplicates(["utd", "level"])) == len(crossings)  # the two seeds form one run group
+    assert crossings["reached"].any()
     assert (crossings.loc[crossings["reached"], "data_std"] > 0).all()  # ... whose seed bootstrap has a spread
 
 
