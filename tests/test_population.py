@@ -179,8 +179,10 @@ def test_bad_sweep_is_one_line_exit_2_before_any_run(tmp_path, capsys, body, nee
 def test_vmapped_whole_run_over_seeds_and_hyperparameters():
     """`jax.jit(jax.vmap(learner.train))` over seeds and learning rates / UTDs equals each member's
     own whole run: counters exactly, float metrics to vmap's rounding."""
-    configs = [small(["run.total_env_steps=2400", f"run.seed={s}", f"agent.utd={u}", f"agent.critic_lr={lr}"])
-               for s, u, lr in ((0, "1/32", 3e-4), (1, "1/64", 1e-3))]  # one update slot each: one alone-compile
+    # one update slot each, SHORT's length: the alone-runs share the whole-run compile of
+    # test_member_alone_equals_member_in_population's utd-1/64 member
+    configs = [small([f"run.seed={s}", f"agent.utd={u}", f"agent.critic_lr={lr}"])
+               for s, u, lr in ((0, "1/32", 3e-4), (1, "1/64", 1e-3))]
     learner = make_train(configs[0])
     keys = jax.numpy.stack([jax.random.PRNGKey(c.run.seed) for c in configs])
     hp = stack([hparams_from_config(c) for c in configs])
