@@ -105,11 +105,16 @@ class AgentConfig:
     critic_width: int = shape(512, column=True)
     """Width of the critic's first hidden layer."""
     critic_depth: int = shape(3, column=True)
-    """Hidden layers in each Q network."""
+    """Hidden layers in each Q network (`mlp`), or residual blocks (`bro`)."""
+    critic_arch: str = shape("mlp", column=True)
+    """Critic trunk: `mlp` (PQL's, tapered by `taper`, LayerNorm by `layer_norm`) or `bro` (BRO's
+    residual network of constant `critic_width`, LayerNorm always; Nauman et al., 2024)."""
     actor_width: int = shape(512, column=True)
     """Width of the actor's first hidden layer."""
     actor_depth: int = 3
-    """Hidden layers in the actor."""
+    """Hidden layers in the actor (`mlp`), or residual blocks (`bro`)."""
+    actor_arch: str = "mlp"
+    """Actor trunk: `mlp` or `bro` (as `critic_arch`)."""
     taper: bool = True
     """Halve the width at each deeper layer (512, 256, 128 as in PQL); False keeps it constant."""
     layer_norm: bool = False
@@ -439,6 +444,8 @@ def validate(config: Config) -> None:
         (a.max_grad_norm > 0, "agent.max_grad_norm must be > 0"),
         (min(a.critic_width, a.actor_width) >= 1, "agent.critic_width and agent.actor_width must be >= 1"),
         (min(a.critic_depth, a.actor_depth) >= 1, "agent.critic_depth and agent.actor_depth must be >= 1"),
+        (a.critic_arch in ("mlp", "bro") and a.actor_arch in ("mlp", "bro"),
+         f"agent.critic_arch and agent.actor_arch must be mlp or bro (got {a.critic_arch!r}, {a.actor_arch!r})"),
         (a.activation in ("elu", "relu", "gelu", "silu", "tanh"),
          f"agent.activation {a.activation!r} is not one of elu, relu, gelu, silu, tanh"),
         (a.num_atoms >= 2, "agent.num_atoms must be >= 2"),

@@ -1,4 +1,11 @@
-"""Actor, double-Q critic (scalar or categorical) and their parameter counts."""
+"""Actor, double-Q critic (scalar or categorical) and their parameter counts.
+
+Two trunks (`agent.critic_arch`, `agent.actor_arch`): `mlp`, PQL's plain (optionally tapered) MLP,
+and `bro`, the residual network of BRO (Nauman et al., 2024, "Bigger, Regularized, Optimistic"),
+the architecture the value-based scaling papers widen: Dense -> LayerNorm -> act, then `blocks`
+residual blocks x + LN(Dense(act(LN(Dense(x))))), then the output layer. Written here because no
+maintained JAX library ships it (flax has the layers, not the block).
+"""
 
 from __future__ import annotations
 
@@ -39,37 +46,61 @@ class MLP(nn.Module):
         return nn.Dense(self.out_dim)(x)
 
 
-class Actor(nn.Module):
-    """Deterministic policy with tanh-squashed actions in [-1, 1]."""
+class BroNet(nn.Module):
+    """BRO's residual trunk of constant `width` with `blocks` residual blocks, then a linear output."""
 
-    widths: Sequence[int]
-    action_size: int
-    activation: str = "elu"
-    layer_norm: bool = False
+    width: int
+    blocks: int
+    out_dim: int
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        act = ACTIVATIONS[self.activation]
+        x = act(nn.LayerNorm()(nn.Dense(self.width)(x)))
+        for _ in range(self.blocks):
+            inner = act(nn.LayerNorm()(nn.Dense(self.width)(x)))
+            x = x + nn.LayerNorm()(nn.Dense(self.width)(inner))
+        return nn.Dense(self.out_dim)(x)
+
+
+def trunk(arch: str, width: int, depth: int, taper: bool, out_dim: int, activation: str, layer_norm: bool):
+    """(module class, its arguments) of a trunk: `mlp` of `depth` hidden layers (tapered or not), or
+    `bro` with `depth` residual blocks of `width`."""
+    if arch == "bro":
+        return BroNet, (width, depth, out_dim, activation)
+    return MLP, (hidden_widths(width, depth, taper), out_dim, activation, layer_norm)
+
+
+class Actor(nn.Module):
+    """Deterministic policy with tanh-squashed actions in [-1, 1] on a `trunk(...)`."""
+
+    net: tuple
+    """(module class, arguments) from `trunk`, whose out_dim is the action size."""
 
     @nn.compact
     def __call__(self, obs):
-        return jnp.tanh(MLP(self.widths, self.action_size, self.activation, self.layer_norm)(obs))
+        cls, args = self.net
+        return jnp.tanh(cls(*args)(obs))
 
 
 class DoubleCritic(nn.Module):
     """Two independent Q networks on concat(obs, action); output [2, ..., out_dim].
 
-    out_dim is 1 for a scalar critic and num_atoms (logits) for a categorical one.
+    out_dim (in `net`) is 1 for a scalar critic and num_atoms (logits) for a categorical one.
     """
 
-    widths: Sequence[int]
-    out_dim: int = 1
-    activation: str = "elu"
-    layer_norm: bool = False
+    net: tuple
+    """(module class, arguments) from `trunk`."""
     num_heads: int = 2
 
     @nn.compact
     def __call__(self, obs, action):
         x = jnp.concatenate([obs, action], axis=-1)
-        heads = nn.vmap(MLP, variable_axes={"params": 0}, split_rngs={"params": True},
+        cls, args = self.net
+        heads = nn.vmap(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=None, out_axes=0, axis_size=self.num_heads)
-        return heads(self.widths, self.out_dim, self.activation, self.layer_norm)(x)
+        return heads(*args)(x)
 
 
 def param_count(params) -> int:
@@ -82,3 +113,12 @@ def mlp_param_count(in_dim: int, widths: Sequence[int], out_dim: int, layer_norm
     sizes = [in_dim, *widths, out_dim]
     dense = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     return dense + (2 * sum(widths) if layer_norm else 0)
+
+
+def trunk_param_count(arch: str, in_dim: int, width: int, depth: int, taper: bool, out_dim: int,
+                      layer_norm: bool) -> int:
+    """Closed-form parameter count of `trunk(arch, ...)` with input size `in_dim`."""
+    if arch == "bro":
+        layer = lambda a, b: a * b + b + 2 * b  # Dense then LayerNorm (scale and bias)
+        return layer(in_dim, width) + depth * 2 * layer(width, width) + width * out_dim + out_dim
+    return mlp_param_count(in_dim, hidden_widths(width, depth, taper), out_dim, layer_norm)

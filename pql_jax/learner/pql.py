@@ -21,7 +21,7 @@ import optax
 from pql_jax.learner import evaluate, losses, replay, schedule
 from pql_jax.config import Config, ProgramConfig, episode_vector_steps, program_config, utd_fraction
 from pql_jax.envs import VecEnv, make_env
-from pql_jax.learner.networks import Actor, DoubleCritic, hidden_widths
+from pql_jax.learner.networks import Actor, DoubleCritic, trunk
 from pql_jax.learner.normalize import init_stats, normalize, update_stats
 from pql_jax.learner.state import (  # noqa: F401 - re-exported: the state is part of this module's API
     F32, LEARNED, HParams, PopulationSchedule, TrainState, hparams_from_config, make_optimizer)
@@ -420,11 +420,11 @@ def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1, eval_
     a, e = shape.agent, shape.env
     env = make_env(e)
     out_dim = a.num_atoms if a.distributional else 1
-    critic_layers = hidden_widths(a.critic_width, a.critic_depth, a.taper)
-    critic = DoubleCritic(critic_layers, out_dim, a.activation, a.layer_norm)
-    actor = Actor(hidden_widths(a.actor_width, a.actor_depth, a.taper), env.action_size, a.activation, a.layer_norm)
-    passive = tuple(DoubleCritic(hidden_widths(w, a.critic_depth, a.taper), out_dim, a.activation, a.layer_norm)
-                    for w in a.passive_critic_widths)
+    critic_net = lambda width: trunk(a.critic_arch, width, a.critic_depth, a.taper, out_dim, a.activation, a.layer_norm)
+    critic = DoubleCritic(critic_net(a.critic_width))
+    actor = Actor(trunk(a.actor_arch, a.actor_width, a.actor_depth, a.taper, env.action_size, a.activation,
+                        a.layer_norm))
+    passive = tuple(DoubleCritic(critic_net(w)) for w in a.passive_critic_widths)
     rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
     val_rows = max(min(rows, a.batch_size), a.n_step + 1) if e.val_envs else a.n_step + 1
     return Learner(shape, env, actor, critic, passive, rows, val_rows, max_updates, chunks, eval_every)

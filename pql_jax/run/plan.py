@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pql_jax.config import Config
 from pql_jax.errors import UserError
-from pql_jax.learner.networks import hidden_widths, mlp_param_count
+from pql_jax.learner.networks import trunk_param_count
 from pql_jax.learner.replay import buffer_bytes
 from pql_jax.run.compiled import GroupMemory, eval_share
 from pql_jax.run.sweep import Member, Sweep, masking_waste
@@ -48,11 +48,11 @@ def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
     """
     a, e = config.agent, config.env
     out = a.num_atoms if a.distributional else 1
-    c_widths = hidden_widths(a.critic_width, a.critic_depth, a.taper)
-    critic = 2 * mlp_param_count(obs_size + action_size, c_widths, out, a.layer_norm)
-    actor = mlp_param_count(obs_size, hidden_widths(a.actor_width, a.actor_depth, a.taper), action_size, a.layer_norm)
-    passive = sum(2 * mlp_param_count(obs_size + action_size, hidden_widths(w, a.critic_depth, a.taper), out,
-                                      a.layer_norm) for w in a.passive_critic_widths)
+    q_net = lambda width: 2 * trunk_param_count(a.critic_arch, obs_size + action_size, width, a.critic_depth,
+                                                 a.taper, out, a.layer_norm)
+    critic = q_net(a.critic_width)
+    actor = trunk_param_count(a.actor_arch, obs_size, a.actor_width, a.actor_depth, a.taper, action_size, a.layer_norm)
+    passive = sum(q_net(w) for w in a.passive_critic_widths)
     rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
     layout = (a.buffer_dtype, -(-e.episode_length // e.action_repeat))  # as Learner.buffer_layout
     buf = buffer_bytes(rows, e.num_envs, obs_size, action_size, *layout)
@@ -60,7 +60,8 @@ def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
         buf += buffer_bytes(max(min(rows, a.batch_size), a.n_step + 1), e.val_envs, obs_size, action_size, *layout)
     nets = 4 * (critic * 4 + actor * 3 + passive * 3)
     widest = max(a.critic_width, a.actor_width, *a.passive_critic_widths, out, 1)
-    layers = max(a.critic_depth, a.actor_depth) + 1
+    depth = lambda arch, d: 2 * d + 1 if arch == "bro" else d  # hidden layers: 2 per residual block
+    layers = max(depth(a.critic_arch, a.critic_depth), depth(a.actor_arch, a.actor_depth)) + 1
     activations = 4 * a.batch_size * widest * layers * 2 * 6
     batch = a.batch_size
     critic_flops = 2.0 * batch * (3 * critic + critic + actor) + 2.0 * batch * 3 * passive
