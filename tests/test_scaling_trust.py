@@ -29,6 +29,9 @@ def test_flat_batch_size_law_is_a_result_not_a_crash(tmp_path, capsys):
     assert "no dependence on utd within the noise" in capsys.readouterr().out
     fit = json.loads((tmp_path / "o" / "fit.json").read_text())
     assert fit["flat"] == {"all": True} and fit["params"]["all"]["beta"] is None
+    # a flat law predicts one constant: its value at the geometric centre of the fitted utds (1 here)
+    pred = pd.read_csv(tmp_path / "o" / "predictions.csv")["batch_size_fit"]
+    np.testing.assert_allclose(pred, fit["params"]["all"]["coef"])
     # a clear dependence is not flat: B* halves over a 16x utd range
     steep = fit_fixed_effects(pd.DataFrame({"env": "e", "utd": [0.25, 1, 4], "b": [512, 362, 256]}), "b")
     assert steep.flat == {"e": False} and steep.slope["e"] == pytest.approx(0.25)

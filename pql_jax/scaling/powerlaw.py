@@ -44,8 +44,12 @@ class PowerFit:
     x_range: list = field(default_factory=list)  # [min, max] of the fitted x
 
     def predict(self, group, x) -> np.ndarray:
-        """Predicted y for one group."""
-        return self.coef[group] * np.asarray(x, float) ** (-self.slope[group])
+        """Predicted y for one group; a flat group (no dependence on x within the noise) is the
+        constant the law takes at the geometric centre of the fitted x range (its slope is noise)."""
+        x = np.asarray(x, float)
+        if self.flat.get(group) and len(self.x_range) == 2:
+            x = np.full_like(x, np.sqrt(self.x_range[0] * self.x_range[1]))
+        return self.coef[group] * x ** (-self.slope[group])
 
     def beta(self, group) -> float:
         """The paper's beta in y = (beta / x)^alpha = coef^(1/slope): inf (or 0) when that

@@ -35,6 +35,9 @@ def _power(fit: dict | None, env: str, x: float) -> float:
     if not fit or env not in fit["params"]:
         return float("nan")
     p = fit["params"][env]
+    xr = fit.get("x_range") or []
+    if (fit.get("flat") or {}).get(env) and len(xr) == 2:  # no dependence within the noise: a constant
+        x = float(np.sqrt(xr[0] * xr[1]))
     return p["coef"] * x ** (-p["slope"])
 
 
