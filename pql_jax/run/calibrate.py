@@ -134,7 +134,8 @@ def project_workflow(wf, hparam: Sweep, speeds: dict[int, GroupSpeed] | None) ->
 
     Assumed: the utd_sweep runs every declared UTD x critic width x seed at the base run length,
     with one compiled program per (UTD, width) (the fitted batch sizes may all differ); verify runs
-    one member per seed for each of verify.utd / verify.budget at the base run length. Time per
+    one member per seed for verify.utd and three (sigma*, sigma*/2, 2 sigma*) for verify.budget, at
+    the base run length. Time per
     member-chunk and compile time per program are the hparam sweep's means (the real ones depend on
     the fitted batch sizes, UTDs and widths); the fit and report stages take seconds and are not
     counted."""
@@ -142,7 +143,8 @@ def project_workflow(wf, hparam: Sweep, speeds: dict[int, GroupSpeed] | None) ->
     widths = max(1, len(wf.utd["critic_width"]))
     utd_members = len(wf.utd["utd"]) * widths * seeds
     utd_programs = len(wf.utd["utd"]) * widths
-    verify_members = len(wf.verify["seeds"]) * ((wf.verify["utd"] is not None) + (wf.verify["budget"] is not None))
+    # a held-out UTD: one run per seed; a budget: sigma*, sigma*/2 and 2 sigma* per seed
+    verify_members = len(wf.verify["seeds"]) * ((wf.verify["utd"] is not None) + 3 * (wf.verify["budget"] is not None))
     lines = [f"workflow {wf.name}: hparam_sweep {len(hparam.members)} members in {len(hparam.groups)} program(s) "
              f"(planned above); utd_sweep {utd_members} members in up to {utd_programs} program(s) and verify "
              f"{verify_members} member(s) are projected (their batch sizes and learning rates come from fits)"]
@@ -183,9 +185,8 @@ def plan_file(path: str | Path, overrides: list[str] = (), batching: str = "auto
     spec = cfg_mod.read_yaml(path, "sweep or workflow file")
     wf = None
     if isinstance(spec, dict) and "hparam_sweep" in spec:
-        from pql_jax.config import format_utd  # noqa: PLC0415
         from pql_jax.workflow.spec import load_workflow  # noqa: PLC0415
-        from pql_jax.workflow.sweeps import write_sweep  # noqa: PLC0415
+        from pql_jax.workflow.sweeps import hparam_grid, write_sweep  # noqa: PLC0415
 
         wf = load_workflow(path)
         if wf.spec.get("batching") and batching == "auto":
@@ -193,10 +194,7 @@ def plan_file(path: str | Path, overrides: list[str] = (), batching: str = "auto
         tmp = Path(tempfile.mkdtemp(prefix="pql_plan_"))
         sweep_path = tmp / "hparam_sweep" / "sweep.yaml"
         sweep_path.parent.mkdir()
-        h = wf.hparam
-        write_sweep(wf, sweep_path, {}, {"agent.utd": [format_utd(u) for u in h["utd"]],
-                                         "agent.batch_size": h["batch_size"]},
-                    {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]}, wf.spec.get("seeds"))
+        write_sweep(wf, sweep_path, {}, *hparam_grid(wf), wf.spec.get("seeds"))  # the stage's own grid
         path = sweep_path
         log(f"workflow {wf.name}: its first stage, hparam_sweep:")
     try:
