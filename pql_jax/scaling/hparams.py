@@ -189,6 +189,37 @@ def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, s
     return pf, notes, flags, excluded["utd"].tolist()
 
 
+def fit_batch_size_n(best: pd.DataFrame, per_resample: dict):
+    """B*(sigma, N) through the interior best batch sizes (``law_points``), with the seed
+    bootstrap like the 1-D laws: every resample's best batch sizes refitted (per env, from the
+    main fit), giving ``bootstrap_se`` and 90% ``interval`` per parameter. Returns the LawFit
+    and the refits, env -> log parameters (resamples, params) (NaN rows: failed refits)."""
+    from pql_jax.scaling.curves import nanstd
+    from pql_jax.scaling.datafit import bootstrap_refit
+    from pql_jax.scaling.fit import fit_law, single_thread_blas
+    from pql_jax.scaling.laws import BATCH_SIGMA_N
+    from pql_jax.scaling.powerlaw import percentile_interval
+
+    use = np.isfinite(best["batch_size"].to_numpy(float)) & (_edges(best, "batch_size") == "")
+    sub = best[use]
+    with single_thread_blas():
+        lf = fit_law(BATCH_SIGMA_N, sub, y="batch_size")
+    boot = {}
+    if "batch_size" in per_resample and per_resample["batch_size"].shape[1] > 1:
+        with np.errstate(all="ignore"):
+            LY = np.log(np.where(per_resample["batch_size"][use] > 0, per_resample["batch_size"][use], np.nan)).T
+        for g in lf.params:
+            m = (sub["env"] == g).to_numpy()
+            lx = {k: np.log(sub[k].to_numpy(float)[m]) for k in BATCH_SIGMA_N.inputs}
+            theta = boot[g] = bootstrap_refit(lf, g, lx, LY[:, m])
+            vals = np.exp(theta[np.isfinite(theta).all(1)])
+            if len(vals) > 1:
+                lo, hi = percentile_interval(vals)
+                lf.bootstrap_se[g] = dict(zip(lf.law.params, nanstd(vals, axis=0).tolist()))
+                lf.interval[g] = {p: [float(a), float(b)] for p, a, b in zip(lf.law.params, lo, hi)}
+    return lf, boot
+
+
 def _edges(best: pd.DataFrame, hp: str) -> np.ndarray:
     return best.get(f"{hp}_edge", pd.Series("", index=best.index)).fillna("").astype(str).to_numpy()
 

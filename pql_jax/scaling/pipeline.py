@@ -15,12 +15,12 @@ from pql_jax.scaling import curves as cv
 from pql_jax.scaling.datafit import add_levels, holdout_errors, predictions
 from pql_jax.scaling.datastage import boot_log_params, fit_data_stage, with_intervals
 from pql_jax.scaling.diagnostics import flags_table, law_flags
-from pql_jax.scaling.fit import fit_law, holdout_split, single_thread_blas
+from pql_jax.scaling.fit import holdout_split, single_thread_blas
 from pql_jax.scaling.forms import compare_forms
-from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, fit_hparam_law, law_points,
-                                     slope_by_threshold)
+from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, fit_batch_size_n,
+                                     fit_hparam_law, law_points, slope_by_threshold)
 from pql_jax.scaling.io import load_curves, require_columns, require_distinct
-from pql_jax.scaling.laws import BATCH_SIGMA_N, batch_size_b
+from pql_jax.scaling.laws import batch_size_b
 from pql_jax.scaling.powerlaw import percentile_interval
 
 
@@ -154,14 +154,13 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
                                    "compare_forms": compare_forms(law_points(best, hp), hp, pf)}
     if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects \
             and "batch_size_n" not in given:
-        sub = best[np.isfinite(best["batch_size"]) & (best["batch_size_edge"] == "")]
         try:
-            with single_thread_blas():
-                lf = fit_law(BATCH_SIGMA_N, sub, y="batch_size")
+            lf, boot = fit_batch_size_n(best, per_resample)
             res.objects["batch_size_n"] = lf
             res.flags += law_flags("B*(utd, N) law", lf)
             d = lf.to_dict()
             d["paper_b"] = {g: batch_size_b(p) for g, p in lf.params.items()}
+            d["bootstrap_log_params"] = {g: np.round(t, 6).tolist() for g, t in boot.items()}
             res.fits["fit_batch_size_n"] = d
         except UserError as exc:
             res.notes.append(f"B*(sigma, N) law skipped: {exc}")

@@ -14,8 +14,8 @@ import pandas as pd
 
 from pql_jax.config import format_utd
 from pql_jax.errors import UserError
-from pql_jax.scaling import (BATCH_SIGMA_N, LawFit, PipelineConfig, PowerFit, batch_size_b, best_hparams,
-                             fit_law, law_flags, boot_predict, compare_forms, crossing_bootstrap,
+from pql_jax.scaling import (LawFit, PipelineConfig, PowerFit, batch_size_b, best_hparams,
+                             fit_batch_size_n, law_flags, boot_predict, compare_forms, crossing_bootstrap,
                              fit_all, fit_hparam_law, flags_table, law_points, load_curves, percentile_interval, propose,
                              round_batch, round_sig, slope_by_threshold, write_json, write_results)
 from pql_jax.workflow.spec import Workflow, read_settings
@@ -56,10 +56,11 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
             write_json(str(d / f"fit_{name}.json"), {**pf.to_dict(), "excluded_at_edge": excluded,
                                                      "slope_by_threshold": sens.get(hp, {}),
                                                      "compare_forms": compare_forms(law_points(best, hp), hp, pf)})
-    batch_n = _fit_batch_size_n(best, fits, notes, flags)
+    batch_n, boot_n = _fit_batch_size_n(best, per_resample, fits, notes, flags)
     if batch_n is not None:
-        d_n = batch_n.to_dict()
-        write_json(str(d / "fit_batch_size_n.json"), {**d_n, "paper_b": {g: batch_size_b(p) for g, p in batch_n.params.items()}})
+        write_json(str(d / "fit_batch_size_n.json"),
+                   {**batch_n.to_dict(), "paper_b": {g: batch_size_b(p) for g, p in batch_n.params.items()},
+                    "bootstrap_log_params": {g: np.round(t, 6).tolist() for g, t in boot_n.items()}})
     targets = list(wf.utd["utd"]) + ([wf.verify["utd"]] if wf.verify["utd"] else [])
     widths = _width_sizes(out / "hparam_sweep" / "results.csv") if batch_n is not None else {}
     rows = [_setting(wf, best, fits, u, float(J[0]), batch_n, w, n) for u in targets
@@ -71,18 +72,19 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
     return {"laws": sorted(fits), "level": level}
 
 
-def _fit_batch_size_n(best: pd.DataFrame, fits: dict, notes: list, flags: list):
-    """B*(sigma, N) through the interior best batch sizes when the sweep has >= 3 model sizes."""
+def _fit_batch_size_n(best: pd.DataFrame, per_resample: dict, fits: dict, notes: list, flags: list):
+    """B*(sigma, N) through the interior best batch sizes when the sweep has >= 3 model sizes,
+    with its seed bootstrap: (LawFit, env -> bootstrap log parameters) or (None, {})."""
     if "model_size" not in best or best["model_size"].nunique() < 3 or "batch_size" not in fits:
-        return None
+        return None, {}
     try:
-        lf = fit_law(BATCH_SIGMA_N, law_points(best, "batch_size"), y="batch_size")
+        lf, boot = fit_batch_size_n(best, per_resample)
     except UserError as exc:
         notes.append(f"B*(sigma, N) law not fitted: {exc}")
-        return None
+        return None, {}
     flags += law_flags("B*(utd, N) law", lf)
     notes.append("batch sizes of the UTD sweep from B*(sigma, N) at each (UTD, critic width)")
-    return lf
+    return lf, boot
 
 
 def _width_sizes(results: Path) -> dict:
