@@ -3,6 +3,7 @@ fit's check against a poor local optimum: all against planted laws."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pql_jax.scaling.hparams import fit_batch_size_n
 from pql_jax.scaling.laws import BATCH_SIGMA_N
@@ -46,3 +47,57 @@ def test_batch_size_n_bootstrap_intervals_cover_the_planted_exponents():
     assert hits["alpha"] >= 15 and hits["beta"] >= 15, hits
     spread = np.std(alphas, ddof=1)
     assert spread / 1.6 < np.median(ses) < spread * 1.6, (spread, np.median(ses))
+
+
+def _write(dir_, name, obj):
+    from pql_jax.scaling.io import write_json
+
+    write_json(str(dir_ / f"{name}.json"), obj)
+
+
+def test_propose_intervals_cover_the_planted_batch_size_and_learning_rate(tmp_path):
+    """`propose` at utd 3 (between the fitted utds) from fit files of 20 planted sweeps: the
+    90% interval of the bootstrap refits' B*(3) and eta*(3) contains the planted value in about
+    90% of them, and the proposal lies inside its own interval."""
+    from pql_jax.scaling.powerlaw import add_bootstrap, fit_fixed_effects
+    from pql_jax.scaling.propose import propose
+
+    rng = np.random.default_rng(1)
+    utd = np.array([0.25, 0.5, 1, 2, 4, 8.0])
+    planted = {"batch_size": (300.0, 0.47), "lr": (6e-4, 0.26)}
+    hits = {"batch_size": 0, "lr": 0}
+    for _ in range(20):
+        for hp, name in (("batch_size", "fit_batch_size"), ("lr", "fit_learning_rate")):
+            c, s = planted[hp]
+            point, boot = _seed_bootstrap(np.log(c * utd ** -s), rng)
+            df = pd.DataFrame({"env": "e", "utd": utd, hp: point})
+            pf = fit_fixed_effects(df, hp, "utd")
+            add_bootstrap(pf, df, boot)
+            _write(tmp_path, name, pf.to_dict())
+        row = propose(str(tmp_path), utds=[3.0]).iloc[0]
+        for hp in hits:
+            c, s = planted[hp]
+            hits[hp] += row[f"{hp}_lo"] <= c * 3.0 ** -s <= row[f"{hp}_hi"]
+        assert row["lr_lo"] <= row["lr"] <= row["lr_hi"]
+        assert row["batch_size_lo"] - 8 <= row["batch_size"] <= row["batch_size_hi"] + 8  # rounded to 16
+    assert hits["batch_size"] >= 15 and hits["lr"] >= 15, hits
+
+
+def test_propose_interval_from_the_batch_size_n_refits(tmp_path):
+    """With B*(sigma, N) fitted, a proposal's batch-size interval comes from its bootstrap refits
+    (stored in fit_batch_size_n.json) at the row's utd and N and contains the planted B*."""
+    from pql_jax.scaling.laws import batch_size_b
+    from pql_jax.scaling.propose import propose
+
+    lf, boot = fit_batch_size_n(*_best_table(np.random.default_rng(2)))
+    _write(tmp_path, "fit_batch_size_n", {**lf.to_dict(), "paper_b": {"e": batch_size_b(lf.params["e"])},
+                                          "bootstrap_log_params": {g: t.tolist() for g, t in boot.items()}})
+    pd.DataFrame({"env": ["e"], "model_size": [2e5]}).to_csv(tmp_path / "budget.csv", index=False)
+    row = propose(str(tmp_path), utds=[3.0]).iloc[0]
+    want = float(BATCH_SIGMA_N.predict(B_N, utd=3.0, model_size=2e5))
+    assert row["batch_size_lo"] <= want <= row["batch_size_hi"]
+    th = np.exp(boot["e"])  # independent check: numpy percentiles of the refits' B*(3, 2e5)
+    b = th[:, 0] / 3.0 ** th[:, 1] / (1 + (th[:, 2] / 2e5) ** th[:, 3])
+    assert row["batch_size_lo"] == pytest.approx(np.percentile(b, 5), rel=2e-3)
+    assert row["batch_size_hi"] == pytest.approx(np.percentile(b, 95), rel=2e-3)
+    assert np.isnan(row["lr_lo"])  # no learning-rate fit in this directory

@@ -42,6 +42,7 @@ class PowerFit:
     interval: dict = field(default_factory=dict)  # {"slope": {g: [lo, hi]}, "coef": ...}: bootstrap percentiles
     flat: dict = field(default_factory=dict)  # group -> True when y does not depend on x within the noise
     x_range: list = field(default_factory=list)  # [min, max] of the fitted x
+    samples: dict = field(default_factory=dict)  # group -> [[coef, slope] per bootstrap resample] (propose's intervals)
 
     def predict(self, group, x) -> np.ndarray:
         """Predicted y for one group; a flat group (no dependence on x within the noise) is the
@@ -82,7 +83,7 @@ class PowerFit:
                "y": self.y, "x": self.x, "shared_slope": self.shared, "loss": self.loss, "n": self.n,
                "params": {g: {"coef": self.coef[g], "slope": self.slope[g], "beta": beta[g]} for g in groups},
                "se": {g: {"coef": self.coef_se[g], "slope": self.slope_se[g]} for g in groups}}
-        for key in ("bootstrap_se", "interval", "flat", "x_range"):
+        for key in ("bootstrap_se", "interval", "flat", "x_range", "samples"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
         return out
@@ -186,5 +187,6 @@ def add_bootstrap(pf: PowerFit, df: pd.DataFrame, boot: np.ndarray, group: str =
             se["slope"][g], iv["slope"][g] = float(np.std(sol[-1], ddof=1)), [float(lo[-1]), float(hi[-1])]
             c = np.exp(sol[i])
             se["coef"][g], iv["coef"][g] = float(np.std(c, ddof=1)), [float(np.exp(lo[i])), float(np.exp(hi[i]))]
+            pf.samples[g] = np.stack([c, sol[-1]], axis=1).tolist()
     pf.bootstrap_se, pf.interval = se, iv
     pf.check_flat()

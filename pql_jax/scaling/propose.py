@@ -41,12 +41,41 @@ def _power(fit: dict | None, env: str, x: float) -> float:
     return p["coef"] * x ** (-p["slope"])
 
 
-def _batch(fits: dict, env: str, utd: float, n: float) -> float:
+def _power_samples(fit: dict | None, env: str, x: float) -> np.ndarray:
+    """coef * x^(-slope) for every bootstrap resample stored with a power fit (empty without)."""
+    fit = fit or {}
+    s = np.asarray((fit.get("samples") or {}).get(env) or [], float).reshape(-1, 2)
+    xr = fit.get("x_range") or []
+    if (fit.get("flat") or {}).get(env) and len(xr) == 2:
+        x = float(np.sqrt(xr[0] * xr[1]))
+    return s[:, 0] * x ** (-s[:, 1])
+
+
+def _b_n(p, utd: float, n: float):
+    """B*(sigma, N) = a / utd^alpha / (1 + (n_half / N)^beta) (parameters scalars or arrays)."""
+    with np.errstate(over="ignore"):
+        return p["a"] / utd ** p["alpha"] / (1 + (p["n_half"] / n) ** p["beta"])
+
+
+def _batch(fits: dict, env: str, utd: float, n: float) -> tuple[float, np.ndarray]:
+    """Proposed batch size and its bootstrap samples (from B*(sigma, N) when fitted, else B*(sigma))."""
     bn = fits.get("fit_batch_size_n")
     if bn and env in bn["params"] and np.isfinite(n):
-        p = bn["params"][env]
-        return p["a"] / utd ** p["alpha"] / (1 + (p["n_half"] / n) ** p["beta"])
-    return _power(fits.get("fit_batch_size"), env, utd)
+        theta = np.exp(np.asarray((bn.get("bootstrap_log_params") or {}).get(env) or [], float).reshape(-1, 4))
+        return _b_n(bn["params"][env], utd, n), _b_n(dict(zip(("a", "alpha", "n_half", "beta"), theta.T)), utd, n)
+    fb = fits.get("fit_batch_size")
+    return _power(fb, env, utd), _power_samples(fb, env, utd)
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float]:
+    """90% percentile interval of bootstrap predictions (3 significant figures; NaN without)."""
+    from pql_jax.scaling.powerlaw import percentile_interval
+
+    s = samples[np.isfinite(samples)]
+    if len(s) < 2:
+        return float("nan"), float("nan")
+    lo, hi = percentile_interval(s)
+    return round_sig(lo), round_sig(hi)
 
 
 def propose(dir_: str, utds=None, budget: float | None = None, env: str | None = None) -> pd.DataFrame:
@@ -105,10 +134,16 @@ def _for_budget(fits, env, F, n_default) -> dict:
 
 
 def _row(fits, env, utd, n) -> dict:
-    b = _batch(fits, env, utd, n)
-    lr = _power(fits.get("fit_learning_rate"), env, utd)
+    """One proposal with the 90% interval of the seed bootstrap's refits at this utd (and N):
+    batch_size_lo/hi, lr_lo/hi (NaN when the fit files hold no refits). The intervals are
+    conditional on the utd and N of the row (a budget row's utd* carries its own uncertainty)."""
+    b, b_s = _batch(fits, env, utd, n)
+    fl = fits.get("fit_learning_rate")
+    lr = _power(fl, env, utd)
+    (b_lo, b_hi), (lr_lo, lr_hi) = _interval(b_s), _interval(_power_samples(fl, env, utd))
     return {"env": env, "utd": utd, "batch_size": round_batch(b) if np.isfinite(b) else np.nan,
-            "lr": round_sig(lr), "model_size": round_sig(n) if np.isfinite(n) else np.nan}
+            "batch_size_lo": b_lo, "batch_size_hi": b_hi, "lr": round_sig(lr), "lr_lo": lr_lo, "lr_hi": lr_hi,
+            "model_size": round_sig(n) if np.isfinite(n) else np.nan}
 
 
 def _envs(dir_: str, fits: dict) -> list:
