@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--out", required=True, help="sweep directory (results.csv, tb/, checkpoints/)")
             cmd.add_argument("--resume", action="store_true", help="continue the sweep in --out")
             cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+            cmd.add_argument("--part", metavar="I/N",
+                             help="train only the I-th of N shares of the members (whole compiled groups where "
+                                  "possible, balanced by planned FLOPs), e.g. one job-array task; merge the parts "
+                                  "with pql-jax merge")
             cmd.add_argument("--batching", default="auto", choices=("auto", "map", "vmap"),
                              help="members within a device: vmap (batched, fastest on accelerators) or map (one "
                                   "after another, bit-identical to single runs); auto: map on CPU, vmap otherwise")
@@ -52,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rerun from this stage (hparam_sweep, fit_hparams, utd_sweep, fit_laws, verify, report)")
     wf.add_argument("--no-progress", action="store_true", help="no progress bars")
     wf.set_defaults(func=_cmd_workflow)
+    merge = sub.add_parser("merge", help="merge the run directories of a sweep's parts (--part I/N) into one",
+                           description=_cmd_merge.__doc__)
+    merge.add_argument("parts", nargs="+", metavar="PART_DIR")
+    merge.add_argument("--out", required=True, help="merged sweep directory (results.csv, tb/)")
+    merge.set_defaults(func=_cmd_merge)
     envs = sub.add_parser("envs", help="list the env names pql_jax accepts")
     envs.set_defaults(func=_cmd_envs)
     from pql_jax.scaling import cli as scaling_cli
@@ -97,14 +106,27 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_merge(args) -> int:
+    """Merge the run directories of a sweep's parts (`pql-jax sweep ... --part I/N`): checks that
+    they come from the same sweep file and overrides, that every member is in exactly one part and
+    finished, then writes one results.csv and tb/ tree into --out (nothing written otherwise)."""
+    from pql_jax.run.parts import merge
+
+    print(f"merged {len(args.parts)} part(s): {merge(args.parts, args.out)}")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     """Train a sweep: one sharded program per group; results.csv has one row per member and logging point."""
     from pathlib import Path
 
     from pql_jax.run import launch
 
+    from pql_jax.run.parts import parse_part
+
+    part = parse_part(args.part) if args.part else None
     rows = launch.train_sweep_file(args.sweep_file, args.out, args.overrides, resume=args.resume,
-                                   progress=not args.no_progress, batching=args.batching)
+                                   progress=not args.no_progress, batching=args.batching, part=part)
     diverged = [r["member"] for r in rows if r.get("diverged")]
     print(f"done: results in {Path(args.out) / 'results.csv'}"
           + (f"; diverged: {', '.join(diverged)}" if diverged else ""))

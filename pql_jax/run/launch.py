@@ -13,7 +13,7 @@ import yaml
 from pql_jax import config as cfg_mod
 from pql_jax.config import Config
 from pql_jax.errors import UserError
-from pql_jax.run import loop
+from pql_jax.run import loop, parts
 from pql_jax.run.compiled import sweep_memory
 from pql_jax.run.plan import check_memory, memory_limit, plan_text, sweep_costs
 from pql_jax.run.sweep import Sweep, load_sweep, single
@@ -71,17 +71,28 @@ def write_atomic(path: Path, text: str) -> None:
 
 def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[str] = (), resume: bool = False,
                      progress: bool = True, batching: str = "auto", log=print,
-                     stop_after_chunks: int | None = None) -> list[dict]:
+                     stop_after_chunks: int | None = None, part: tuple[int, int] | None = None) -> list[dict]:
     """Train every member of a sweep file into `out` (resuming when asked); the last row per member.
 
-    Bad input (sweep file, overrides, memory, an `out` holding something else) raises UserError
-    before anything is written. `stop_after_chunks` ends the work early (tests of resume).
+    `part` (I, N): only the I-th of N job-array shares (`pql_jax.run.parts`), merged later by
+    `pql-jax merge`. Bad input (sweep file, overrides, memory, an `out` holding something else)
+    raises UserError before anything is written. `stop_after_chunks` ends the work early (tests of resume).
     """
     spec = load_sweep(sweep_file, overrides)
     out = Path(out)
     record = yaml.safe_dump({"name": spec.name, "members": [m.name for m in spec.members]}, sort_keys=False)
     files = {MEMBERS_FILE: record, SWEEP_FILE: Path(sweep_file).read_text()}
+    if part is not None:
+        whole = spec
+        spec = parts.split(whole, sweep_costs(whole), part[1])[part[0] - 1]
+        record = parts.part_record(whole, spec, *part, files[SWEEP_FILE], overrides)
+        files = {parts.PART_FILE: record, **files}
+        log(f"part {part[0]}/{part[1]}: {len(spec.members)} of {len(whole.members)} members in "
+            f"{len(spec.groups)} program(s)")
     open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep", check_only=True)
+    if not spec.members:
+        open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep")
+        return []
     costs, lines = plan(spec, batching)
     log("\n".join(lines))
     open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep")

@@ -1,0 +1,149 @@
+"""A sweep split into job-array parts (one machine each, no communication), and the parts merged back.
+
+`pql-jax sweep SWEEP.yaml --part I/N` trains a deterministic share of the members into its own run
+directory; `pql-jax merge DIR... --out DIR` checks the parts and writes one results table and one
+TensorBoard tree, equal to the sweep run whole (map batching: a member's numbers do not depend on
+its group-mates, see tests/test_population.py).
+
+Shares are whole compiled groups where possible, so no part compiles a program it does not need:
+groups are assigned largest first to the least-loaded part (LPT scheduling), by estimated cost
+(planned critic and actor FLOPs of the members' whole runs, plus one compile counted as that of
+`COMPILE_UPDATES` critic updates). With fewer groups than parts, the largest group is halved
+(by members) until there are enough. A split group keeps its index, so every row's `group`
+column equals the whole sweep's.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from pql_jax.config import utd_fraction
+from pql_jax.errors import UserError
+from pql_jax.learner.pql import num_chunks
+from pql_jax.run.plan import Costs
+from pql_jax.run.sweep import Group, Member, Sweep
+from pql_jax.run.tables import read_rows, write_rows_atomic
+
+COMPILE_UPDATES = 2000
+"""A group's compile, in critic updates of its own size (a rough equivalence for balancing)."""
+PART_FILE = "part.yaml"
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """`I/N` (1 <= I <= N) -> (I, N); UserError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise UserError(f"--part must be I/N with 1 <= I <= N (got {text!r})")
+    return int(match[1]), int(match[2])
+
+
+def member_cost(member: Member, costs: Costs) -> float:
+    """Planned FLOPs of a member's whole run (critic and actor updates)."""
+    config = member.config
+    env_steps = num_chunks(config) * config.run.chunk_steps * config.env.num_envs
+    critic_updates = float(utd_fraction(config.agent.utd, config.env.num_envs)) * env_steps / config.env.num_envs
+    return critic_updates * (costs.flops_per_critic_update + costs.flops_per_actor_update / config.agent.critic_actor_ratio)
+
+
+def split(sweep: Sweep, costs: dict[int, Costs], parts: int) -> list[Sweep]:
+    """The `parts` shares of `sweep` (a part may be empty when there are fewer members than parts)."""
+    unit_cost = lambda g: sum(member_cost(m, costs[m.index]) for m in g.members) + \
+        COMPILE_UPDATES * costs[g.members[0].index].flops_per_critic_update
+    units = list(sweep.groups)
+    while len(units) < parts:
+        biggest = max((u for u in units if len(u.members) > 1), key=unit_cost, default=None)
+        if biggest is None:
+            break
+        half = len(biggest.members) // 2
+        at = units.index(biggest)
+        units[at:at + 1] = [replace(biggest, members=biggest.members[:half]),
+                            replace(biggest, members=biggest.members[half:])]
+    loads, shares = [0.0] * parts, [[] for _ in range(parts)]
+    for unit in sorted(units, key=lambda u: (-unit_cost(u), u.index, u.members[0].index)):
+        target = min(range(parts), key=lambda p: (loads[p], p))
+        loads[target] += unit_cost(unit)
+        shares[target].append(unit)
+    out = []
+    for share in shares:
+        groups = {}
+        for unit in sorted(share, key=lambda u: (u.index, u.members[0].index)):
+            members = groups.get(unit.index, ()) + unit.members
+            groups[unit.index] = Group(unit.index, members)
+        members = tuple(m for g in groups.values() for m in g.members)
+        out.append(replace(sweep, members=members, groups=tuple(groups.values())))
+    return out
+
+
+def part_record(sweep: Sweep, part: Sweep, index: int, parts: int, sweep_text: str, overrides) -> str:
+    """What `merge` checks a part against: the whole sweep's identity and this part's members."""
+    final = {m.name: num_chunks(m.config) * m.config.run.chunk_steps * m.config.env.num_envs for m in part.members}
+    return yaml.safe_dump({"sweep": sweep.name, "sweep_file": sweep_text, "overrides": list(overrides),
+                           "members": [m.name for m in sweep.members], "part": f"{index}/{parts}",
+                           "part_members": final}, sort_keys=False)
+
+
+def merge(dirs: list[str | Path], out: str | Path, table: str = "results.csv") -> Path:
+    """Check the parts in `dirs` and write their merged table and TensorBoard tree into `out`.
+
+    UserError (nothing written) for parts of different sweeps, a member missing or in two parts,
+    or a part whose members did not finish."""
+    dirs, out = [Path(d) for d in dirs], Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already holds files; choose another --out")
+    records = []
+    for d in dirs:
+        if not (d / PART_FILE).is_file():
+            raise UserError(f"{d} holds no sweep part (no {PART_FILE}): run it with pql-jax sweep --part I/N")
+        records.append(yaml.safe_load((d / PART_FILE).read_text()))
+    first = records[0]
+    for d, rec in zip(dirs, records):
+        for key in ("sweep_file", "overrides", "members"):
+            if rec[key] != first[key]:
+                raise UserError(f"{d} is a part of a different sweep than {dirs[0]} (its {key} differ)")
+    owner: dict[str, Path] = {}
+    for d, rec in zip(dirs, records):
+        for name in rec["part_members"]:
+            if name in owner:
+                raise UserError(f"member {name} is in two parts: {owner[name]} and {d}")
+            owner[name] = d
+    missing = [m for m in first["members"] if m not in owner]
+    if missing:
+        raise UserError(f"{len(missing)} member(s) in no part given, e.g. {missing[0]}; merge every part of the sweep")
+    rows, columns = _finished_rows(dirs, records, table)
+    position = {name: i for i, name in enumerate(first["members"])}
+    rows.sort(key=lambda r: (int(r["group"]), int(float(r["vector_steps"])), position[r["member"]]))
+    tmp = out.with_name(out.name + ".merging")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_rows_atomic(tmp / table, rows, columns)
+    for name, d in owner.items():
+        if (d / "tb" / name).is_dir():
+            shutil.copytree(d / "tb" / name, tmp / "tb" / name)
+    for name in ("sweep.yaml", "members.yaml"):
+        if (dirs[0] / name).is_file():
+            shutil.copy2(dirs[0] / name, tmp / name)
+    (tmp / "merged.yaml").write_text(yaml.safe_dump({"parts": [str(d) for d in dirs]}, sort_keys=False))
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out / table
+
+
+def _finished_rows(dirs, records, table: str) -> tuple[list[dict], list[str]]:
+    """Every part's rows of its own members; UserError if one has not reached its last env step."""
+    rows, columns = [], []
+    for d, rec in zip(dirs, records):
+        part_rows = read_rows(d / table)
+        for name, final in rec["part_members"].items():
+            done = max((int(float(r["env_steps"])) for r in part_rows if r["member"] == name), default=0)
+            if done < final:
+                raise UserError(f"{d}: member {name} is unfinished ({done:,} of {final:,} env steps); "
+                                f"resume that part (pql-jax sweep ... --part {rec['part']} --resume) first")
+        rows += [r for r in part_rows if r["member"] in rec["part_members"]]
+        columns += [c for c in (part_rows[0].keys() if part_rows else ()) if c not in columns]
+    return rows, columns

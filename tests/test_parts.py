@@ -1,0 +1,125 @@
+"""Job-array parts of a sweep (`pql-jax sweep --part I/N`) and `pql-jax merge`."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import pytest
+import yaml
+
+from conftest import ROOT, SHORT, write_sweep
+from pql_jax.cli import main
+from pql_jax.errors import UserError
+from pql_jax.run import launch, parts
+from pql_jax.run.plan import sweep_costs
+from pql_jax.run.sweep import load_sweep
+from pql_jax.run.tables import read_rows, write_rows_atomic
+
+SWEEP = ROOT / "configs" / "sweeps" / "pointmass_utd.yaml"  # 3 UTDs x 2 batch sizes x 2 seeds: 2 groups of 6
+TIMING = ("wall_time", "env_steps_per_s", "updates_per_s")
+
+
+def _loads(spec, costs, shares):
+    cost = lambda m: parts.member_cost(m, costs[m.index])
+    compile_cost = lambda g: parts.COMPILE_UPDATES * costs[g.members[0].index].flops_per_critic_update
+    return [sum(cost(m) for m in s.members) + sum(compile_cost(g) for g in s.groups) for s in shares]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_split_gives_every_member_once_whole_groups_first(n):
+    spec = load_sweep(SWEEP, SHORT)
+    costs = sweep_costs(spec)
+    shares = parts.split(spec, costs, n)
+    assert len(shares) == n
+    names = [m.name for s in shares for m in s.members]
+    assert sorted(names) == sorted(m.name for m in spec.members)  # each exactly once
+    assert shares == parts.split(spec, costs, n)  # deterministic
+    for share in shares:  # a split group keeps its index and its members' order
+        for group in share.groups:
+            whole = spec.groups[group.index].members
+            assert list(group.members) == [m for m in whole if m in group.members]
+    if n <= len(spec.groups):
+        assert sum(len(s.groups) for s in shares) == len(spec.groups)  # no group split, no compile paid twice
+    else:
+        assert all(s.members for s in shares)
+
+
+def test_split_is_within_lpt_bound_of_the_best_assignment(tmp_path):
+    """LPT's guarantee (4/3 of the optimal makespan) against brute force over whole groups."""
+    path = write_sweep(tmp_path, {"grid": {"batch_size": [32, 64, 128, 256, 512],
+                                                           "critic_width": [16, 64]}, "seeds": 1})
+    spec = load_sweep(path, SHORT)
+    costs = sweep_costs(spec)
+    assert len(spec.groups) == 10
+    shares = parts.split(spec, costs, 3)
+    unit = [sum(parts.member_cost(m, costs[m.index]) for m in g.members)
+            + parts.COMPILE_UPDATES * costs[g.members[0].index].flops_per_critic_update for g in spec.groups]
+    best = min(max(sum(u for u, p in zip(unit, assign) if p == k) for k in range(3))
+               for assign in itertools.product(range(3), repeat=len(unit)))
+    assert max(_loads(spec, costs, shares)) <= 4 / 3 * best + 1e-6
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "3", "a/b", "1/0"])
+def test_bad_part_is_one_line(text):
+    with pytest.raises(UserError, match="--part"):
+        parts.parse_part(text)
+
+
+@pytest.fixture(scope="module")
+def whole_and_parts(tmp_path_factory):
+    """A sweep of 2 groups (batch sizes) x 2 seeds run whole and as 2 parts of one group each: the
+    parts reuse the whole sweep's two compiled programs (splitting a group is covered above, its
+    numbers by tests/test_population.py::test_neighbours_do_not_matter)."""
+    root = tmp_path_factory.mktemp("parts")
+    path = write_sweep(root, {"grid": {"batch_size": [64, 128]}, "seeds": 2})
+    quiet = dict(progress=False, log=lambda *a: None, batching="map")
+    short = [*SHORT, "run.total_env_steps=2400"]
+    launch.train_sweep_file(path, root / "whole", short, **quiet)
+    dirs = [root / f"part{i}" for i in (1, 2)]
+    for i, d in enumerate(dirs, 1):
+        launch.train_sweep_file(path, d, short, part=(i, 2), **quiet)
+    return root, dirs
+
+
+@pytest.mark.slow
+def test_merged_parts_equal_the_whole_sweep(whole_and_parts, capsys):
+    root, dirs = whole_and_parts
+    records = [yaml.safe_load((d / parts.PART_FILE).read_text()) for d in dirs]
+    assert [len(r["part_members"]) for r in records] == [2, 2]  # one whole group each
+    assert main(["merge", *map(str, dirs), "--out", str(root / "merged")]) == 0
+    whole, merged = read_rows(root / "whole" / "results.csv"), read_rows(root / "merged" / "results.csv")
+    assert len(merged) == len(whole)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert strip(merged) == strip(whole)  # same rows, same order, bit-identical numbers (map batching)
+    members = {r["member"] for r in whole}
+    assert {p.name for p in (root / "merged" / "tb").iterdir()} == members
+
+
+@pytest.mark.slow
+def test_merge_refuses_bad_parts_and_writes_nothing(whole_and_parts, tmp_path):
+    root, dirs = whole_and_parts
+    out = tmp_path / "out"
+
+    def refused(args, needle):
+        with pytest.raises(UserError, match=needle):
+            parts.merge(args, out)
+        assert not out.exists()
+
+    refused(dirs[:1], "in no part")
+    refused([*dirs, dirs[0]], "in two parts")
+    refused([*dirs, root / "whole"], "no part.yaml")
+    other = tmp_path / "other"
+    shutil.copytree(dirs[1], other)
+    record = yaml.safe_load((other / parts.PART_FILE).read_text())
+    (other / parts.PART_FILE).write_text(yaml.safe_dump({**record, "overrides": ["agent.gamma=0.9"]}))
+    refused([dirs[0], other], "different sweep")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(dirs[1], unfinished)
+    rows = read_rows(unfinished / "results.csv")
+    write_rows_atomic(unfinished / "results.csv", rows[: len(rows) // 2], list(rows[0]))
+    refused([dirs[0], unfinished], "unfinished")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(UserError, match="already holds"):
+        parts.merge(dirs, tmp_path / "full")
