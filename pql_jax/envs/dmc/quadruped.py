@@ -5,7 +5,8 @@ Same as `dm_control.suite.quadruped.walk` / `.run` (dm_control 1.0.50):
   `make_model` edits (no walls, ball, target, terrain or rangefinders; floor half-size
   20 s x desired speed), MuJoCo's default solver unchanged (Newton, 100 iterations, pyramidal
   cone, Euler with implicit joint damping): MJX supports everything this model uses, so none
-  of Playground's solver or contact cuts are applied;
+  of Playground's solver or contact cuts are applied; one MJX contact detail is set to MuJoCo's
+  (plane-capsule friction frames, see `QuadrupedMove._forward`);
 - 4 physics steps of 5 ms per 20 ms control step, the action written to `ctrl` (MuJoCo clamps
   it to each actuator's ctrlrange, as in dm_control, which does not clip either);
 - observation: dm_control's flattened `OrderedDict`, 78 floats: egocentric_state (16 hinge
@@ -138,6 +139,7 @@ class QuadrupedMove(mjx_env.MjxEnv):
         self._imu = sensor_adr(s.mjSENS_GYRO, s.mjSENS_ACCELEROMETER)
         self._force_torque = sensor_adr(s.mjSENS_FORCE, s.mjSENS_TORQUE)
         self._geoms = _Geoms(m)
+        self._geom_type = jnp.asarray(m.geom_type)
 
     def initial_qpos(self, quat: jax.Array) -> jax.Array:
         """Reset pose for a unit torso quaternion: origin x-y, drop height, hinges at 0."""
@@ -156,10 +158,47 @@ class QuadrupedMove(mjx_env.MjxEnv):
         return self.reset_from(self.initial_qpos(quat / jnp.linalg.norm(quat)))
 
     def step(self, state: mjx_env.State, action: jax.Array) -> mjx_env.State:
-        data = mjx_env.step(self._mjx_model, state.data, action, self.n_substeps)
+        def physics_step(data, _):
+            return mjx.euler(self._mjx_model, self._forward(data.replace(ctrl=action))), None
+
+        data, _ = jax.lax.scan(physics_step, state.data, None, length=self.n_substeps)
         data = self._sync(data)
         done = (~jnp.all(jnp.isfinite(data.qpos)) | ~jnp.all(jnp.isfinite(data.qvel))).astype(jnp.float32)
         return mjx_env.State(data, self._obs(data), self._reward(data), done, state.metrics, state.info)
+
+    def _forward(self, data: mjx.Data) -> mjx.Data:
+        """`mjx.forward` (jax implementation) with MuJoCo's plane-capsule contact frames.
+
+        MuJoCo aligns a plane-capsule contact's first tangent with the capsule axis projected on
+        the plane; MJX does so only when that projection is longer than 0.5 (axis more than 30
+        degrees from the normal) and otherwise uses a fixed world axis. The tangents orient the
+        4-edge friction pyramid (pyramidal cone, condim 3), so a steep shin or foot sliding on
+        the floor gets a different friction force in MJX; here the frames are MuJoCo's."""
+        m = self._mjx_model
+        for stage in (mjx.kinematics, mjx.com_pos, mjx.camlight, mjx.tendon, mjx.crb, mjx.tendon_armature,
+                      mjx.factor_m, mjx.collision):
+            data = stage(m, data)
+        data = self._capsule_frames(data)
+        for stage in (mjx.make_constraint, mjx.transmission, mjx.sensor_pos, mjx.fwd_velocity, mjx.sensor_vel,
+                      mjx.fwd_actuation, mjx.fwd_acceleration, mjx.solve, mjx.sensor_acc):
+            data = stage(m, data)
+        return data
+
+    def _capsule_frames(self, data: mjx.Data) -> mjx.Data:
+        contact = data._impl.contact
+        if contact.dist.shape[0] == 0:
+            return data
+        geom = contact.geom
+        plane_capsule = (self._geom_type[geom[:, 0]] == int(mujoco.mjtGeom.mjGEOM_PLANE)) & \
+            (self._geom_type[geom[:, 1]] == int(mujoco.mjtGeom.mjGEOM_CAPSULE))
+        normal = contact.frame[:, 0]
+        axis = data.geom_xmat[geom[:, 1], :, 2]
+        tangent = axis - normal * jnp.sum(normal * axis, axis=1, keepdims=True)
+        norm = jnp.linalg.norm(tangent, axis=1, keepdims=True)
+        keep = plane_capsule[:, None] & (norm > 1e-9)
+        tangent = jnp.where(keep, tangent / jnp.where(keep, norm, 1.0), contact.frame[:, 1])
+        frame = jnp.stack([normal, tangent, jnp.cross(normal, tangent)], axis=1)
+        return data.tree_replace({"_impl.contact.frame": frame})
 
     def _sync(self, data: mjx.Data) -> mjx.Data:
         """dm_control's `mj_step1` after the last physics step: position and velocity stages

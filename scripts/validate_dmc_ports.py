@@ -1,0 +1,201 @@
+"""Check the MJX ports of dm_control tasks (`dmc:QuadrupedWalk`, ...) against dm_control itself,
+and time them through the env adapter. Reproduces the "MJX ports of Quadruped and Dog" section
+of benchmarks/RESULTS.md (issue "Real physics evidence", section 1).
+
+Three parts, each printed as it finishes (and written as JSON with --out):
+- `steps`: for --seeds dm_control resets, copy the initial qpos/qvel/act into the port, apply the
+  same uniform-random action sequence for --steps control steps in both, and report per field
+  the largest |port - dm_control| over steps 1..100 and over all steps, next to the field's RMS
+  over dm_control's trajectory. --x64 runs the port in float64 too: differences that shrink to
+  ~1e-9 there are float32 rounding amplified by the contact solve, not a modelling difference.
+- `random`: --episodes full episodes (dm_control's 1000-step time limit) of a uniform random policy
+  in each simulator, independent seeds; mean return +- standard error and the difference in SE.
+- `speed`: compile time and env steps/s of the adapter's vector step (pql_jax.envs.make_env) at
+  --envs counts (control steps; one control step = 4 physics steps for Quadruped).
+
+Run (needs dm_control: pip install -e ".[dmc]"):
+    python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps random speed \
+        --x64 --out runs/dmc_quadruped_walk.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = {  # dm_control's flattened Quadruped observation, by field
+    "Quadruped": {"hinge_qpos": (0, 16), "hinge_qvel": (16, 32), "act": (32, 44), "torso_velocity": (44, 47),
+                  "torso_upright": (47, 48), "accelerometer": (48, 51), "gyro": (51, 54),
+                  "force_torque": (54, 78)},
+}
+DM_NAMES = {"QuadrupedWalk": ("quadruped", "walk"), "QuadrupedRun": ("quadruped", "run")}
+
+
+def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", x64)
+    from pql_jax.envs import dmc
+    from pql_jax.envs.dmc import reference
+
+    dtype = jnp.float64 if x64 else jnp.float32
+    env = dmc.load(task)
+    step, reset_from = jax.jit(env.step), jax.jit(env.reset_from)
+    ref = reference.load(*DM_NAMES[task], seed=0)
+    fields = FIELDS[task.removesuffix("Walk").removesuffix("Run")]
+    diffs, scale, rdiff, rscale, t0 = [], [], [], [], time.time()
+    for seed in range(seeds):
+        ts = ref.reset()
+        qpos, qvel, act = (jnp.asarray(x, dtype) for x in reference.state(ref))
+        state = reset_from(qpos, qvel, act)
+        rng = np.random.default_rng(1000 + seed)
+        spec = ref.action_spec()
+        d_ep, s_ep, r_ep, rr_ep = [np.abs(np.asarray(state.obs) - reference.flat_obs(ts.observation))], [], [], []
+        for _ in range(steps):
+            action = rng.uniform(spec.minimum, spec.maximum)
+            ts = ref.step(action)
+            state = step(state, jnp.asarray(action, dtype))
+            dm_obs = reference.flat_obs(ts.observation)
+            d_ep.append(np.abs(np.asarray(state.obs, np.float64) - dm_obs))
+            s_ep.append(dm_obs)
+            r_ep.append(abs(float(state.reward) - ts.reward))
+            rr_ep.append(ts.reward)
+        diffs.append(d_ep), scale.append(s_ep), rdiff.append(r_ep), rscale.append(rr_ep)
+    diffs, scale, rdiff = np.asarray(diffs), np.asarray(scale), np.asarray(rdiff)  # [seed, step(+1), obs]
+    out = {"task": task, "dtype": "float64" if x64 else "float32", "seeds": seeds, "steps": steps,
+           "seconds": round(time.time() - t0, 1), "initial_obs_max": float(diffs[:, 0].max()),
+           "reward": {"max_100": float(rdiff[:, :100].max()), "max_all": float(rdiff.max()),
+                      "rms": float(np.sqrt(np.mean(np.square(rscale))))}, "fields": {}}
+    for name, (lo, hi) in fields.items():
+        out["fields"][name] = {"max_100": float(diffs[:, 1:101, lo:hi].max()),
+                               "max_all": float(diffs[:, 1:, lo:hi].max()),
+                               "rms": float(np.sqrt(np.mean(np.square(scale[:, :, lo:hi]))))}
+    return out
+
+
+def random_returns(task: str, episodes: int, episode_length: int = 1000) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from pql_jax.envs import dmc
+    from pql_jax.envs.dmc import reference
+
+    ref = reference.load(*DM_NAMES[task], seed=1)
+    spec = ref.action_spec()
+    rng = np.random.default_rng(2)
+    t0, dm = time.time(), []
+    for _ in range(episodes):
+        ref.reset()
+        total = 0.0
+        for _ in range(episode_length):
+            total += ref.step(rng.uniform(spec.minimum, spec.maximum)).reward
+        dm.append(total)
+    dm_seconds = time.time() - t0
+    env = dmc.load(task)
+    lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
+
+    @jax.jit
+    def episode_returns(key):
+        states = jax.vmap(env.reset)(jax.random.split(key, episodes))
+
+        def body(carry, k):
+            s, total = carry
+            a = jax.random.uniform(k, (episodes, lo.shape[0]), minval=lo, maxval=hi)
+            s = jax.vmap(env.step)(s, a)
+            return (s, total + s.reward), None
+
+        (_, total), _ = jax.lax.scan(body, (states, jnp.zeros(episodes)), jax.random.split(key, episode_length))
+        return total
+
+    t0 = time.time()
+    port = np.asarray(episode_returns(jax.random.PRNGKey(3)))
+    port_seconds = time.time() - t0
+
+    def stats(x):
+        return {"mean": float(np.mean(x)), "se": float(np.std(x, ddof=1) / np.sqrt(len(x))), "n": len(x),
+                "std": float(np.std(x, ddof=1))}
+
+    a, b = stats(dm), stats(port)
+    return {"task": task, "episodes": episodes, "dm_control": a, "port": b,
+            "diff_in_se": (b["mean"] - a["mean"]) / float(np.hypot(a["se"], b["se"])),
+            "seconds": {"dm_control": round(dm_seconds, 1), "port_incl_compile": round(port_seconds, 1)}}
+
+
+def speed(task: str, counts: list[int], steps: int) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    from pql_jax.config import EnvConfig
+    from pql_jax.envs import make_env
+
+    rows = []
+    for n in counts:
+        env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n))
+        reset, step = jax.jit(env.reset, static_argnums=1), jax.jit(env.step)
+        state = reset(jax.random.PRNGKey(0), n)
+        action = jnp.zeros((n, env.action_size))
+        t0 = time.time()
+        compiled = step.lower(state, action).compile()
+        compile_s = time.time() - t0
+        state, _ = compiled(state, action)  # warm-up
+        jax.block_until_ready(state)
+        t0 = time.time()
+        for i in range(steps):
+            state, out = compiled(state, jnp.sin(jnp.full((n, env.action_size), float(i))))
+        jax.block_until_ready(out)
+        elapsed = time.time() - t0
+        rows.append({"envs": n, "compile_s": round(compile_s, 1), "vector_steps": steps,
+                     "env_steps_per_s": round(n * steps / elapsed, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="QuadrupedWalk", choices=sorted(DM_NAMES))
+    parser.add_argument("--parts", nargs="+", default=["steps", "random", "speed"], choices=["steps", "random", "speed"])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--x64", action="store_true", help="also compare a float64 run of the port")
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 256])
+    parser.add_argument("--speed-steps", type=int, default=20)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    from pql_jax.envs.dmc import reference
+
+    why = reference.available()
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    import jax
+
+    result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "jax": jax.__version__,
+              "devices": [str(d) for d in jax.devices()], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "command": " ".join(sys.argv)}
+    if "steps" in args.parts:
+        result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False)]
+        print(json.dumps(result["steps"][-1]), flush=True)
+    if "random" in args.parts:
+        result["random"] = random_returns(args.task, args.episodes)
+        print(json.dumps(result["random"]), flush=True)
+    if "speed" in args.parts:
+        result["speed"] = speed(args.task, args.envs, args.speed_steps)
+    if "steps" in args.parts and args.x64:  # last: x64 cannot be switched off again in-process
+        result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True))
+        print(json.dumps(result["steps"][-1]), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
