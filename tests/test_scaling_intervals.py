@@ -101,3 +101,69 @@ def test_propose_interval_from_the_batch_size_n_refits(tmp_path):
     assert row["batch_size_lo"] == pytest.approx(np.percentile(b, 5), rel=2e-3)
     assert row["batch_size_hi"] == pytest.approx(np.percentile(b, 95), rel=2e-3)
     assert np.isnan(row["lr_lo"])  # no learning-rate fit in this directory
+
+
+def _steep(a: float, b: float, seed: int = 0) -> pd.DataFrame:
+    """D_J = 1e5 (1 + (b / utd)^a) at 8 utds over 0.25-32 with 5% log-normal noise."""
+    from pql_jax.scaling.laws import DATA_SIGMA
+
+    u = np.geomspace(0.25, 32, 8)
+    d = DATA_SIGMA.predict({"d_min": 1e5, "b": b, "a": a}, utd=u) * np.exp(
+        np.random.default_rng(seed).normal(0, 0.05, len(u)))
+    return pd.DataFrame({"env": "e", "utd": u, "data": d})
+
+
+def test_steep_d_j_local_optimum_is_escaped_and_flagged(monkeypatch):
+    """Planted a=5 with the knee (b=20) near the largest utd: D_J spans 3e9 and the 3 best grid
+    starts all end in the pure-power-law basin (loss 0.4 against 0.001 at the planted values).
+    The check against the polynomial reference restarts across the grid, recovers the planted
+    law and says so in the flags; with the check disabled the poor optimum is reported silently."""
+    from pql_jax.scaling import optimum
+    from pql_jax.scaling.datafit import fit_data_efficiency
+    from pql_jax.scaling.diagnostics import law_flags
+    from pql_jax.scaling.fit import fit_law
+    from pql_jax.scaling.laws import DATA_SIGMA
+
+    df = _steep(5.0, 20.0)
+    fit, _ = fit_data_efficiency(df)
+    (lf,) = fit.fits.values()
+    p = lf.params["e"]
+    assert p["a"] == pytest.approx(5.0, rel=0.05) and p["b"] == pytest.approx(20.0, rel=0.1)
+    assert lf.loss < 0.0025  # the noise: 0.05^2
+    assert any("local optimum" in f["problem"] for f in law_flags("D_J", lf))
+    monkeypatch.setattr(optimum, "CHECK_RATIO", np.inf)
+    monkeypatch.setattr(optimum, "RMS_POOR", np.inf)
+    silent = fit_law(DATA_SIGMA, df)
+    assert silent.loss > 0.1 and not silent.flags
+
+
+def test_d_j_spanning_1e19_with_exponent_25_is_flagged_as_poor_in_flags_csv(tmp_path):
+    """Planted a=25 (b=1.5 inside the utds): D_J spans ~1e19, beyond what the exponent bound (10)
+    can fit. `fit data-efficiency` still fits, and the fit carries a poor-fit flag next to the
+    bound flag; the same flags reach flags.csv of the fit stage through law_flags."""
+    from pql_jax.scaling.datafit import fit_data_efficiency
+    from pql_jax.scaling.diagnostics import flags_table, law_flags
+
+    df = _steep(25.0, 1.5)
+    assert 1e18 < df["data"].max() / df["data"].min() < 1e21
+    fit, _ = fit_data_efficiency(df)
+    flags = flags_table([f for lf in fit.fits.values() for f in law_flags("D_J law", lf)])
+    flags.to_csv(tmp_path / "flags.csv", index=False)
+    problems = pd.read_csv(tmp_path / "flags.csv")["problem"].tolist()
+    assert any(p.startswith("poor fit: log residual RMS") for p in problems), problems
+    (lf,) = fit.fits.values()
+    assert np.sqrt(lf.loss) > 1.0  # it is poor: points off by more than a factor e on average
+
+
+def test_no_poor_fit_flags_on_a_well_posed_planted_law():
+    """The check must not cry wolf: 12 noisy draws (log noise 0.2, 8 utds) of the benchmark's
+    D_J law raise no local-optimum or poor-fit flag."""
+    from pql_jax.scaling.fit import fit_law
+    from pql_jax.scaling.laws import DATA_SIGMA
+
+    rng = np.random.default_rng(5)
+    u = np.geomspace(0.25, 8, 8)
+    for _ in range(12):
+        d = DATA_SIGMA.predict({"d_min": 1e5, "b": 0.45, "a": 0.74}, utd=u) * np.exp(rng.normal(0, 0.2, 8))
+        lf = fit_law(DATA_SIGMA, pd.DataFrame({"env": "e", "utd": u, "data": d}))
+        assert not any("poor fit" in f["problem"] or "local optimum" in f["problem"] for f in lf.flags)

@@ -190,16 +190,27 @@ def _with_gradient(loss_many):
 def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 3, diag: dict | None = None):
     """Best log shape parameters and loss for one group: grid starts (or given ones) + L-BFGS-B.
     ``diag`` (a dict) receives ``at_bound`` (parameter names) and ``problem`` (optimiser)."""
+    from pql_jax.scaling.optimum import check_optimum
+
     grid = law.grid(lx)
     bounds = _bounds(law, grid)
+    cache = []
+
+    def grid_losses():
+        if not cache:
+            cache.append(_grid_losses(law, lx, ly, grid))
+        return cache[0]
+
     if starts is None:
-        pts, losses = _grid_losses(law, lx, ly, grid)
+        pts, losses = grid_losses()
         starts = pts[np.argsort(losses)[:n_starts]]
 
     fun = _with_gradient(lambda pts: _profiled_loss(law, lx, ly, [pts[:, j:j + 1] for j in range(pts.shape[1])]))
     best = min((_lbfgsb(fun, np.asarray(s, float), bounds) for s in starts), key=lambda t: t[1])
+    best, checked = check_optimum(law, lx, ly, best, lambda s: _lbfgsb(fun, np.asarray(s, float), bounds),
+                                  grid_losses)
     if diag is not None:
-        diag.update(at_bound=_at_bounds(law, best[0], bounds), problem=best[2])
+        diag.update(at_bound=_at_bounds(law, best[0], bounds), problem=best[2], **checked)
     scale = float(np.mean(ly - law.log_shape(lx, list(best[0]))))
     return np.concatenate([[scale], best[0]]), best[1]
 
@@ -308,6 +319,7 @@ def _diag_flags(group, diag: dict) -> list[dict]:
            for p in diag.get("at_bound", [])]
     if diag.get("problem"):
         out.append({"group": group, "param": "", "problem": f"optimiser: {diag['problem']}"})
+    out += [{"group": group, "param": "", "problem": diag[k]} for k in ("local_optimum", "poor_fit") if diag.get(k)]
     return out
 
 
