@@ -114,3 +114,42 @@ def test_d4_averages_best_batch_size_over_learning_rates():
     D[:, 1, 0] = [1.0, 2.0, 3.0, 1.0]  # lr=1e-4: best 64; lr=1e-3: best 256
     table, _ = best_hparams(gdf, D, 0)
     assert table["batch_size"][0] == pytest.approx((64 + 256) / 2)
+
+
+def test_crossings_split_over_two_processes_equal_the_serial_ones():
+    """The forked half (even-indexed groups) gives exactly the serial crossings, and a child
+    that dies without answering is covered by the parent. Run in a fresh interpreter: the test
+    session has JAX loaded, where the library does not fork."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys, numpy as np
+from pql_jax.scaling import curves as cv
+from pql_jax.scaling.synthetic import make_sweep
+assert "jax" not in sys.modules
+groups = cv.run_groups(make_sweep(n_envs=2, utds=(0.5, 2), seeds=4, points=60))
+thr = {"*": np.array([100.0, 300.0, 500.0, 700.0])}
+forks, real = [], cv._fork_half
+def counted(*a):
+    child = real(*a)
+    forks.append(child is not None)
+    return child
+cv._fork_half = counted
+cv.PARALLEL_MIN_FITS = 0
+split = cv.bootstrap_crossings(groups, thr, 40, 3)
+parent, inner = os.getpid(), cv._group_crossings
+def dies_in_child(*a):
+    if os.getpid() != parent:
+        raise MemoryError
+    return inner(*a)
+cv._group_crossings = dies_in_child
+rescued = cv.bootstrap_crossings(groups, thr, 40, 3)
+cv._group_crossings, cv.PARALLEL_MIN_FITS = inner, 10 ** 12
+serial = cv.bootstrap_crossings(groups, thr, 40, 3)
+print(sum(forks), np.array_equal(split, serial, equal_nan=True), np.array_equal(rescued, serial, equal_nan=True),
+      np.isfinite(serial).mean() > 0.5)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2", "True", "True", "True"]  # 2 forks made (split, rescued)
