@@ -49,6 +49,9 @@ def test_width_axis_gives_a_batch_size_per_utd_and_width(tmp_path, monkeypatch):
 
     law = yaml.safe_load((out / "fit_hparams" / "fit_batch_size_n.json").read_text())
     assert law["form"] == "batch_sigma_n" and abs(next(iter(law["params"].values()))["alpha"] - 0.47) < 0.15
+    lo, hi = next(iter(law["interval"].values()))["alpha"]  # the seed bootstrap's 90% interval
+    assert lo <= 0.47 <= hi and hi - lo < 0.5
+    assert np.shape(next(iter(law["bootstrap_log_params"].values())))[1] == 4
     settings = pd.read_csv(out / "fit_hparams" / "settings.csv", dtype={"utd": str})
     assert len(settings) == (5 + 1) * len(WIDTHS) and set(settings["critic_width"]) == set(WIDTHS)
     p = next(iter(law["params"].values()))

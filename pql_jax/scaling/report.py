@@ -110,9 +110,13 @@ def write_report(res, out_dir: str, figures: list[str]) -> str:
     L += _power_section("Best learning rate eta*(utd)", res.fits.get("fit_learning_rate"))
     if "fit_batch_size_n" in res.fits:
         f = res.fits["fit_batch_size_n"]
-        rows = pd.DataFrame([{"env": g, **p, "b": f["paper_b"][g]} for g, p in f["params"].items()])
-        L += ["## Best batch size B*(utd, N)", "", f"`{f['formula']}`, loss {f['loss']:.4g}", "",
-              markdown_table(rows, ["env", "a", "alpha", "b", "n_half", "beta"]), ""]
+        iv = f.get("interval") or {}
+        rows = pd.DataFrame([{"env": g, **p, "b": f["paper_b"][g],
+                              **{f"{k} 90%": "[{:.3g}, {:.3g}]".format(*iv[g][k]) for k in ("alpha", "beta")
+                                 if k in iv.get(g, {})}} for g, p in f["params"].items()])
+        cols = ["env", "a", "alpha", "alpha 90%", "b", "n_half", "beta", "beta 90%"]
+        L += ["## Best batch size B*(utd, N)", "", f"`{f['formula']}`, loss {f['loss']:.4g} (90%: seed bootstrap)", "",
+              markdown_table(rows, [c for c in cols if c in rows]), ""]
     L += ["## Data efficiency", "", f"`{fit.law.formula}`, loss {fit.loss:.4g} over {fit.n} points"
           + (f", normalisation: {fit.normalise}" if fit.normalise else ""), ""]
     rows = []

@@ -166,9 +166,12 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
     bn = _json(out / "fit_hparams" / "fit_batch_size_n.json")
     for env, p in (bn.get("params") or {}).items():
         se = (bn.get("se") or {}).get(env, {})
+        bse, iv = (bn.get("bootstrap_se") or {}).get(env, {}), (bn.get("interval") or {}).get(env, {})
+        boot = "".join(f"; {k} +- {_g(bse[k])} bootstrap, 90% [{_g(iv[k][0])}, {_g(iv[k][1])}]"
+                       for k in ("alpha", "beta") if k in bse and k in iv)
         L.append(f"- B*(sigma, N) ({env}): {_g(p['a'])} / utd^{_g(p['alpha'])} / (1 + ({_g(p['n_half'])} / N)^"
-                 f"{_g(p['beta'])}) (alpha +- {_g(se.get('alpha'))}, beta +- {_g(se.get('beta'))} Hessian); it sets the "
-                 "batch size of every (UTD, critic width) of the UTD sweep")
+                 f"{_g(p['beta'])}) (alpha +- {_g(se.get('alpha'))}, beta +- {_g(se.get('beta'))} Hessian{boot}); it "
+                 "sets the batch size of every (UTD, critic width) of the UTD sweep")
     for n in fh.get("notes", []):
         L.append(f"- note: {n}")
     L += _flags(out / "fit_hparams" / "flags.csv")
