@@ -220,7 +220,8 @@ def _fork_half(groups, thresholds, n_resamples, seed, shape):
     import os
     import sys
 
-    if not hasattr(os, "fork") or "jax" in sys.modules or len(os.sched_getaffinity(0)) < 2:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not hasattr(os, "fork") or "jax" in sys.modules or cores < 2:
         return None
     import multiprocessing
 
