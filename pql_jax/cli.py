@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--from", dest="start", metavar="STAGE",
                     help="rerun from this stage (hparam_sweep, fit_hparams, utd_sweep, fit_laws, verify, report)")
     wf.add_argument("--no-progress", action="store_true", help="no progress bars")
+    wf.add_argument("--part", metavar="I/N", help="train only the I-th of N shares of each sweep stage (a job-array "
+                                                  "task; --out on a shared file system); the stage merges and the "
+                                                  "workflow goes on once every part has finished")
     wf.set_defaults(func=_cmd_workflow)
     merge = sub.add_parser("merge", help="merge the run directories of a sweep's parts (--part I/N) into one",
                            description=_cmd_merge.__doc__)
@@ -137,7 +140,12 @@ def _cmd_workflow(args) -> int:
     """Run the scaling workflow; finished stages are skipped, an interrupted sweep resumes."""
     from pql_jax.workflow import run_workflow
 
-    report = run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress)
+    from pql_jax.run.parts import parse_part
+
+    part = parse_part(args.part) if args.part else None
+    report = run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress, part=part)
+    if report is None:
+        return 0  # this part's share is done; the run waits for the other parts
     print(f"done: report in {report}; figures in {report.parent / 'report' / 'figures'} and "
           f"{report.parent / 'fit_laws' / 'figures'}")
     return 0

@@ -123,3 +123,27 @@ def test_merge_refuses_bad_parts_and_writes_nothing(whole_and_parts, tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(UserError, match="already holds"):
         parts.merge(dirs, tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_workflow_sweep_stage_as_parts(whole_and_parts, tmp_path):
+    """A workflow sweep stage run as 2 parts: the first waits, the second merges; the stage's
+    results equal the whole sweep's."""
+    from types import SimpleNamespace
+
+    from pql_jax.workflow.sweeps import PartsPending, run_sweep_stage
+
+    root, _ = whole_and_parts
+    stage = tmp_path / "hparam_sweep"
+    stage.mkdir()
+    text = (root / "sweep.yaml").read_text()
+    spec = yaml.safe_load(text)
+    spec["overrides"] = {"run.total_env_steps": 2400, "run.chunk_steps": 25, "run.checkpoint_every": 2}
+    (stage / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    wf = lambda i: SimpleNamespace(spec={"batching": "map"}, part=(i, 2))
+    quiet = dict(progress=False, log=lambda *a: None)
+    with pytest.raises(PartsPending, match="part2of2"):
+        run_sweep_stage(wf(1), stage, **quiet)
+    assert run_sweep_stage(wf(2), stage, **quiet) == {"members": 4}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert strip(read_rows(stage / "results.csv")) == strip(read_rows(root / "whole" / "results.csv"))

@@ -15,6 +15,7 @@ column equals the whole sweep's.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -117,7 +118,7 @@ def merge(dirs: list[str | Path], out: str | Path, table: str = "results.csv") -
     rows, columns = _finished_rows(dirs, records, table)
     position = {name: i for i, name in enumerate(first["members"])}
     rows.sort(key=lambda r: (int(r["group"]), int(float(r["vector_steps"])), position[r["member"]]))
-    tmp = out.with_name(out.name + ".merging")
+    tmp = out.with_name(f"{out.name}.merging.{os.getpid()}")  # two parts may finish and merge at once
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_rows_atomic(tmp / table, rows, columns)
@@ -128,9 +129,12 @@ def merge(dirs: list[str | Path], out: str | Path, table: str = "results.csv") -
         if (dirs[0] / name).is_file():
             shutil.copy2(dirs[0] / name, tmp / name)
     (tmp / "merged.yaml").write_text(yaml.safe_dump({"parts": [str(d) for d in dirs]}, sort_keys=False))
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    try:
+        if out.exists():
+            out.rmdir()  # empty (checked above): replaced by the merged directory
+        tmp.rename(out)
+    except OSError:  # another process merged the same parts first: its result stands
+        shutil.rmtree(tmp, ignore_errors=True)
     return out / table
 
 

@@ -10,7 +10,7 @@ from pql_jax.errors import UserError
 from pql_jax.workflow.fits import stage_fit_hparams, stage_fit_laws
 from pql_jax.workflow.report import stage_report
 from pql_jax.workflow.spec import STAGES, is_done, load_workflow, mark_done, prepare_out
-from pql_jax.workflow.sweeps import stage_hparam_sweep, stage_utd_sweep
+from pql_jax.workflow.sweeps import PartsPending, stage_hparam_sweep, stage_utd_sweep
 from pql_jax.workflow.verify import stage_verify
 
 #: Stage name -> stage function(wf, out, progress=, log=) -> info for its done.json.
@@ -21,8 +21,9 @@ assert tuple(STAGE_FUNCTIONS) == STAGES
 
 
 def run_workflow(path: str | Path, out: str | Path, start: str | None = None, progress: bool = True,
-                 log=print, fail_after: str | None = None) -> Path:
-    """Run every unfinished stage (or every stage from ``start`` on); returns OUT/report.md.
+                 log=print, fail_after: str | None = None, part: tuple[int, int] | None = None) -> Path | None:
+    """Run every unfinished stage (or every stage from ``start`` on); returns OUT/report.md (None when
+    ``part`` (I, N) trained its share of a sweep stage and waits for the other parts).
 
     Bad input raises UserError before anything is written. ``fail_after`` (tests) raises
     RuntimeError right after that stage is marked done.
@@ -30,6 +31,7 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
     if start is not None and start not in STAGES:
         raise UserError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
     wf = load_workflow(path)
+    wf.part = part
     out = Path(out)
     if start is not None and not (out / "workflow.yaml").is_file():
         raise UserError(f"--from {start}: {out} holds no workflow run")
@@ -43,7 +45,12 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
         log(f"[{stage}] running")
         t0 = time.perf_counter()
         (out / stage).mkdir(parents=True, exist_ok=True)
-        info = STAGE_FUNCTIONS[stage](wf, out, progress=progress, log=log) or {}
+        try:
+            info = STAGE_FUNCTIONS[stage](wf, out, progress=progress, log=log) or {}
+        except PartsPending as pending:  # a job-array part: the stage finishes once every part has
+            log(f"[{stage}] part {part[0]}/{part[1]} done; {pending}. Rerun this command (any part) "
+                "after they finish to merge and go on")
+            return None
         mark_done(out, stage, {"seconds": round(time.perf_counter() - t0, 2), **info})
         log(f"[{stage}] finished in {time.perf_counter() - t0:.1f} s")
         if fail_after == stage:

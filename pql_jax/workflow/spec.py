@@ -76,6 +76,8 @@ class Workflow:
     hparam: dict = field(default_factory=dict)
     utd: dict = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
+    part: tuple | None = None
+    """(I, N): this process trains only the I-th job-array share of each sweep stage (`--part`)."""
 
     @property
     def record(self) -> dict:

@@ -14,7 +14,9 @@ import yaml
 
 from pql_jax.config import format_utd
 from pql_jax.errors import UserError
+from pql_jax.run import parts
 from pql_jax.run.launch import train_sweep_file
+from pql_jax.run.tables import read_rows
 from pql_jax.workflow.spec import Workflow, read_settings
 
 
@@ -32,19 +34,47 @@ def write_sweep(wf: Workflow, path: Path, overrides: dict, grid: dict, zipped: d
     path.write_text(text)
 
 
+class PartsPending(Exception):
+    """This machine's part of a sweep stage is done; other parts are not (yet) finished."""
+
+
 def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
     """Train ``stage_dir/sweep.yaml`` into ``stage_dir/run`` (resuming a partial run), then copy
-    its results to ``stage_dir/results.csv``."""
-    run = stage_dir / "run"
+    its results to ``stage_dir/results.csv``.
+
+    With ``wf.part`` (I, N) only that job-array share is trained, into ``stage_dir/part<I>of<N>``;
+    when every part's directory holds its finished share (a shared file system), they are merged
+    into ``stage_dir/run`` and the stage finishes; otherwise PartsPending."""
+    part = getattr(wf, "part", None)
+    run = stage_dir / (f"part{part[0]}of{part[1]}" if part else "run")
     resume = (run / "members.yaml").is_file()
     if run.exists() and not resume:  # a run that died before it wrote its members: start over
         shutil.rmtree(run)
     if resume:
         log(f"  resuming {run}")
     rows = train_sweep_file(stage_dir / "sweep.yaml", run, resume=resume, progress=progress,
-                            batching=wf.spec.get("batching", "auto"), log=lambda text: log(_indent(text)))
-    shutil.copyfile(run / "results.csv", stage_dir / "results.csv")
+                            batching=wf.spec.get("batching", "auto"), log=lambda text: log(_indent(text)), part=part)
+    if part:
+        rows = _merge_parts(stage_dir, part[1])
+    shutil.copyfile(stage_dir / "run" / "results.csv", stage_dir / "results.csv")
     return {"members": len(rows)}
+
+
+def _merge_parts(stage_dir: Path, parts_total: int) -> list:
+    """Merge every part of a stage into ``stage_dir/run`` (once), or PartsPending."""
+    merged = stage_dir / "run"
+    if not (merged / "results.csv").is_file():
+        dirs = [stage_dir / f"part{i}of{parts_total}" for i in range(1, parts_total + 1)]
+        waiting = [d.name for d in dirs if not (d / parts.PART_FILE).is_file()]
+        if waiting:
+            raise PartsPending(f"{stage_dir.name}: waiting for {', '.join(waiting)}")
+        try:
+            parts.merge(dirs, merged)
+        except UserError as error:  # an unfinished part: wait for it; anything else is bad input
+            if "unfinished" not in str(error):
+                raise
+            raise PartsPending(f"{stage_dir.name}: {error}") from None
+    return list(dict.fromkeys(r["member"] for r in read_rows(merged / "results.csv")))
 
 
 def _indent(text: str) -> str:
