@@ -50,18 +50,19 @@ def run_group(group, batching: str = "map", devices=None) -> list[dict]:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--paper", action="store_true",
-                     help="also run the paper-scale workflow tests (tests/test_paper_workflows.py, tens of minutes)")
+    parser.addoption("--long", action="store_true",
+                     help="also run the `long` tests (paper-scale workflow files, MJX ports stepped against "
+                          "dm_control): minutes to tens of minutes each on CPU")
 
 
 def pytest_collection_modifyitems(config, items):
-    """`paper` tests compile several Playground programs each (about a minute apiece on 2 cores),
-    beyond the suite's 10-minute budget: they run only with --paper."""
-    if config.getoption("--paper"):
+    """`long` tests compile MJX programs that take minutes each on 2 cores (several per paper-scale
+    workflow), beyond the suite's 10-minute budget: they run only with --long."""
+    if config.getoption("--long"):
         return
-    skip = pytest.mark.skip(reason="paper-scale workflow test: run with --paper")
+    skip = pytest.mark.skip(reason="long test: run with --long")
     for item in items:
-        if "paper" in item.keywords:
+        if "long" in item.keywords:
             item.add_marker(skip)
 
 

@@ -65,7 +65,7 @@ def test_reset_height_matches_dm_control(walk):
 
 
 @needs_dm_control
-@pytest.mark.slow
+@pytest.mark.long  # compiling the MJX step takes ~1-2 min on 2 cores: opt-in (--long), beyond the suite budget
 def test_first_steps_match_dm_control(walk):
     """From dm_control's reset state, 5 random control steps: same observations and rewards
     (float32 tolerances: see benchmarks/RESULTS.md, MJX ports of Quadruped and Dog)."""

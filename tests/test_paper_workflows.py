@@ -1,6 +1,6 @@
 """The paper-scale workflow files (configs/workflows/{cheetah_run,walker_walk,humanoid_stand,ant}.yaml).
 
-Opt-in (`python -m pytest --paper tests/test_paper_workflows.py`): each compiles several
+Opt-in (`python -m pytest --long tests/test_paper_workflows.py`): each compiles several
 Playground/Brax programs, about a minute apiece on a 2-core CPU, far beyond the suite's budget.
 - `plan` on the unshrunk file: every hparam-sweep group compiled ahead of time (nothing
   allocated), its peak memory and members per device, the evaluation line, later stages projected.
@@ -28,7 +28,7 @@ SHRINK = {"env.num_envs": 8, "env.eval_envs": 4, "env.val_envs": 2, "env.episode
 """Sizes only: 100 vector steps of 8 envs (two 50-step episodes) per run."""
 
 
-@pytest.mark.paper
+@pytest.mark.long
 @pytest.mark.parametrize("name", PAPER)
 def test_plan_of_the_unshrunk_file(name, capsys):
     assert main(["plan", str(ROOT / "configs" / "workflows" / f"{name}.yaml")]) == 0
@@ -40,7 +40,7 @@ def test_plan_of_the_unshrunk_file(name, capsys):
     assert "utd_sweep" in text and "verify" in text
 
 
-@pytest.mark.paper
+@pytest.mark.long
 @pytest.mark.parametrize("name", PAPER)
 def test_shrunk_file_runs_every_stage(name, tmp_path):
     spec = yaml.safe_load((ROOT / "configs" / "workflows" / f"{name}.yaml").read_text())
