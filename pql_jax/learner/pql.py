@@ -97,8 +97,7 @@ class Learner:
     @property
     def buffer_layout(self):
         """(observation dtype, vector steps per episode): sizes the buffers' observation stores."""
-        e = self.config.env
-        return self.config.agent.buffer_dtype, -(-e.episode_length // e.action_repeat)
+        return self.config.agent.buffer_dtype, episode_vector_steps(self.config.env)
 
     @property
     def parallel_eval(self) -> bool:

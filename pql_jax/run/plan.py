@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from pql_jax.config import Config
+from pql_jax.config import Config, episode_vector_steps
 from pql_jax.errors import UserError
 from pql_jax.learner.networks import trunk_param_count
 from pql_jax.learner.replay import buffer_bytes
@@ -54,7 +54,7 @@ def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
     actor = trunk_param_count(a.actor_arch, obs_size, a.actor_width, a.actor_depth, a.taper, action_size, a.layer_norm)
     passive = sum(q_net(w) for w in a.passive_critic_widths)
     rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
-    layout = (a.buffer_dtype, -(-e.episode_length // e.action_repeat))  # as Learner.buffer_layout
+    layout = (a.buffer_dtype, episode_vector_steps(e))  # as Learner.buffer_layout
     buf = buffer_bytes(rows, e.num_envs, obs_size, action_size, *layout)
     if e.val_envs:
         buf += buffer_bytes(max(min(rows, a.batch_size), a.n_step + 1), e.val_envs, obs_size, action_size, *layout)
