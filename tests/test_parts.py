@@ -20,10 +20,8 @@ SWEEP = ROOT / "configs" / "sweeps" / "pointmass_utd.yaml"  # 3 UTDs x 2 batch s
 TIMING = ("wall_time", "env_steps_per_s", "updates_per_s")
 
 
-def _loads(spec, costs, shares):
-    cost = lambda m: parts.member_cost(m, costs[m.index])
-    compile_cost = lambda g: parts.COMPILE_UPDATES * costs[g.members[0].index].flops_per_critic_update
-    return [sum(cost(m) for m in s.members) + sum(compile_cost(g) for g in s.groups) for s in shares]
+def _loads(costs, shares):
+    return [sum(parts.group_cost(g, costs) for g in s.groups) for s in shares]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
@@ -53,11 +51,10 @@ def test_split_is_within_lpt_bound_of_the_best_assignment(tmp_path):
     costs = sweep_costs(spec)
     assert len(spec.groups) == 10
     shares = parts.split(spec, costs, 3)
-    unit = [sum(parts.member_cost(m, costs[m.index]) for m in g.members)
-            + parts.COMPILE_UPDATES * costs[g.members[0].index].flops_per_critic_update for g in spec.groups]
+    unit = [parts.group_cost(g, costs) for g in spec.groups]
     best = min(max(sum(u for u, p in zip(unit, assign) if p == k) for k in range(3))
                for assign in itertools.product(range(3), repeat=len(unit)))
-    assert max(_loads(spec, costs, shares)) <= 4 / 3 * best + 1e-6
+    assert max(_loads(costs, shares)) <= 4 / 3 * best + 1e-6
 
 
 @pytest.mark.parametrize("text", ["0/3", "4/3", "3", "a/b", "1/0"])

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from pql_jax.config import utd_fraction
+from pql_jax.config import run_vector_steps
 from pql_jax.errors import UserError
-from pql_jax.learner.pql import num_chunks
 from pql_jax.run.plan import Costs
-from pql_jax.run.sweep import Group, Member, Sweep
+from pql_jax.run.sweep import Group, Member, Sweep, update_counts
 from pql_jax.run.tables import read_rows, write_rows_atomic
 
 COMPILE_UPDATES = 2000
@@ -44,17 +43,21 @@ def parse_part(text: str) -> tuple[int, int]:
 
 
 def member_cost(member: Member, costs: Costs) -> float:
-    """Planned FLOPs of a member's whole run (critic and actor updates)."""
+    """Planned FLOPs of a member's whole run (its exact critic updates and the actor updates)."""
     config = member.config
-    env_steps = num_chunks(config) * config.run.chunk_steps * config.env.num_envs
-    critic_updates = float(utd_fraction(config.agent.utd, config.env.num_envs)) * env_steps / config.env.num_envs
+    critic_updates = float(update_counts(config, run_vector_steps(config)).sum())
     return critic_updates * (costs.flops_per_critic_update + costs.flops_per_actor_update / config.agent.critic_actor_ratio)
+
+
+def group_cost(group: Group, costs: dict[int, Costs]) -> float:
+    """Estimated cost of training `group` on one machine: its members' FLOPs plus one compile."""
+    return (sum(member_cost(m, costs[m.index]) for m in group.members)
+            + COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update)
 
 
 def split(sweep: Sweep, costs: dict[int, Costs], parts: int) -> list[Sweep]:
     """The `parts` shares of `sweep` (a part may be empty when there are fewer members than parts)."""
-    unit_cost = lambda g: sum(member_cost(m, costs[m.index]) for m in g.members) + \
-        COMPILE_UPDATES * costs[g.members[0].index].flops_per_critic_update
+    unit_cost = lambda g: group_cost(g, costs)
     units = list(sweep.groups)
     while len(units) < parts:
         biggest = max((u for u in units if len(u.members) > 1), key=unit_cost, default=None)
@@ -82,7 +85,7 @@ def split(sweep: Sweep, costs: dict[int, Costs], parts: int) -> list[Sweep]:
 
 def part_record(sweep: Sweep, part: Sweep, index: int, parts: int, sweep_text: str, overrides) -> str:
     """What `merge` checks a part against: the whole sweep's identity and this part's members."""
-    final = {m.name: num_chunks(m.config) * m.config.run.chunk_steps * m.config.env.num_envs for m in part.members}
+    final = {m.name: run_vector_steps(m.config) * m.config.env.num_envs for m in part.members}
     return yaml.safe_dump({"sweep": sweep.name, "sweep_file": sweep_text, "overrides": list(overrides),
                            "members": [m.name for m in sweep.members], "part": f"{index}/{parts}",
                            "part_members": final}, sort_keys=False)
