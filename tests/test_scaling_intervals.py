@@ -167,3 +167,40 @@ def test_no_poor_fit_flags_on_a_well_posed_planted_law():
         d = DATA_SIGMA.predict({"d_min": 1e5, "b": 0.45, "a": 0.74}, utd=u) * np.exp(rng.normal(0, 0.2, 8))
         lf = fit_law(DATA_SIGMA, pd.DataFrame({"env": "e", "utd": u, "data": d}))
         assert not any("poor fit" in f["problem"] or "local optimum" in f["problem"] for f in lf.flags)
+
+
+def test_budget_proposal_intervals_carry_the_utd_star_uncertainty(tmp_path):
+    """`propose --budget F`: utd*(F) has its own bootstrap refits (stored with the sigma*(F) law),
+    so the row's utd interval is their 5-95% range and the batch-size / lr intervals are those of
+    B*(utd_r), eta*(utd_r) at each refit's utd_r: checked against numpy with B*, eta* refits that
+    do not vary (all of the spread then comes from utd*(F)); a file without refits keeps the
+    conditional intervals."""
+    from pql_jax.scaling.propose import propose
+
+    rng = np.random.default_rng(3)
+    F = 1e12
+    coef = 2e-5 * np.exp(rng.normal(0, 0.3, 100))
+    expo = 0.45 + rng.normal(0, 0.02, 100)
+    law = {"coef": {"e": 2e-5}, "exponent": 0.45, "samples": {"e": np.stack([coef, expo], 1).tolist()}}
+    data = {"coef": {"e": 1e3}, "exponent": 0.45, "samples": {"e": np.stack([coef * 5e7, expo], 1).tolist()}}
+    _write(tmp_path, "fit_budget", {"laws": {"utd": law, "data": data},
+                                    "utd_range": [0.1, 100.0], "budget_range": [1e9, 1e13]})
+    for name, (c, s) in (("fit_batch_size", (300.0, 0.47)), ("fit_learning_rate", (6e-4, 0.26))):
+        _write(tmp_path, name, {"params": {"e": {"coef": c, "slope": s}}, "samples": {"e": [[c, s]] * 100}})
+    row = propose(str(tmp_path), budget=F).iloc[0]
+    u = coef * F ** expo
+    assert row["utd"] == pytest.approx(2e-5 * F ** 0.45)
+    assert row["utd_lo"] == pytest.approx(np.percentile(u, 5), rel=2e-3)
+    assert row["utd_hi"] == pytest.approx(np.percentile(u, 95), rel=2e-3)
+    for hp, c, s in (("batch_size", 300.0, 0.47), ("lr", 6e-4, 0.26)):
+        want = c * u ** -s
+        assert row[f"{hp}_lo"] == pytest.approx(np.percentile(want, 5), rel=2e-3)
+        assert row[f"{hp}_hi"] == pytest.approx(np.percentile(want, 95), rel=2e-3)
+    d = coef * 5e7 * F ** expo
+    assert row["data_pred_lo"] == pytest.approx(np.percentile(d, 5), rel=2e-3)
+
+    del law["samples"]  # an older fit_budget.json: intervals conditional on the proposed utd
+    _write(tmp_path, "fit_budget", {"laws": {"utd": law}, "utd_range": [0.1, 100.0]})
+    row = propose(str(tmp_path), budget=F).iloc[0]
+    assert np.isnan(row["utd_lo"])
+    assert row["batch_size_lo"] == pytest.approx(300.0 * row["utd"] ** -0.47, rel=5e-3)  # 3 significant figures

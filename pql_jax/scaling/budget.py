@@ -176,7 +176,8 @@ def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2, samples: dict | N
     """Fit sigma*(F), N*(F), D*(F), C*(F) as power laws y = coef F^exponent (slope shared
     across envs), holding out each env's largest budgets when it has >= 3 + n_holdout levels.
     ``samples`` ((env, level) -> {quantity: bootstrap optima}) adds the exponent's bootstrap SE
-    and 90% interval (the same rows refitted in every resample)."""
+    and 90% interval (the same rows refitted in every resample) and, per env, the refits'
+    [coef, exponent] pairs (``samples``: what `propose --budget` draws its utd*(F) from)."""
     from pql_jax.scaling.fit import fit_fixed_effects
     from pql_jax.scaling.powerlaw import fixed_effects_solutions, percentile_interval
 
@@ -203,12 +204,16 @@ def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2, samples: dict | N
             F = np.stack([samples[k]["budget"] for k in keys])  # (rows, resamples)
             Y = np.stack([samples[k][y] for k in keys])
             ok = (np.isfinite(F) & (F > 0) & np.isfinite(Y) & (Y > 0)).all(axis=0)
-            slopes = np.array([fixed_effects_solutions(train.assign(budget=F[:, r]), Y[:, r:r + 1], "budget")[-1, 0]
-                               for r in np.flatnonzero(ok)])
-            if len(slopes) > 1:
+            sols = np.stack([fixed_effects_solutions(train.assign(budget=F[:, r]), Y[:, r:r + 1], "budget")[:, 0]
+                             for r in np.flatnonzero(ok)]) if ok.any() else np.zeros((0, 1))
+            if len(sols) > 1:
+                slopes = sols[:, -1]
                 lo, hi = percentile_interval(-slopes)
+                envs = list(pd.unique(train["env"]))  # intercept columns, in order of appearance
                 out[y].update(exponent_bootstrap_se=float(np.std(slopes, ddof=1)), exponent_lo=float(lo),
-                              exponent_hi=float(hi))
+                              exponent_hi=float(hi),
+                              samples={e: np.stack([np.exp(sols[:, i]), -slopes], axis=1).tolist()
+                                       for i, e in enumerate(envs)})
     return out
 
 

@@ -48,7 +48,15 @@ def _power_samples(fit: dict | None, env: str, x: float) -> np.ndarray:
     xr = fit.get("x_range") or []
     if (fit.get("flat") or {}).get(env) and len(xr) == 2:
         x = float(np.sqrt(xr[0] * xr[1]))
-    return s[:, 0] * x ** (-s[:, 1])
+    return s[:, 0] * _paired(x, len(s)) ** (-s[:, 1])
+
+
+def _paired(x, n: int):
+    """``x`` as one value per resample: a scalar as is; samples (of the utd or N a budget row
+    proposes) cycled to length ``n``, resample i of one law beside resample i of the other (both
+    come from the same seed bootstrap, so the uncertainties combine as drawn together)."""
+    x = np.asarray(x, float)
+    return x if x.ndim == 0 else x[np.arange(n) % len(x)]
 
 
 def _b_n(p, utd: float, n: float):
@@ -57,14 +65,16 @@ def _b_n(p, utd: float, n: float):
         return p["a"] / utd ** p["alpha"] / (1 + (p["n_half"] / n) ** p["beta"])
 
 
-def _batch(fits: dict, env: str, utd: float, n: float) -> tuple[float, np.ndarray]:
-    """Proposed batch size and its bootstrap samples (from B*(sigma, N) when fitted, else B*(sigma))."""
+def _batch(fits: dict, env: str, utd: float, n: float, utd_s, n_s) -> tuple[float, np.ndarray]:
+    """Proposed batch size and its bootstrap samples (from B*(sigma, N) when fitted, else
+    B*(sigma)), the samples at ``utd_s`` and ``n_s`` (scalars, or samples of a budget row's)."""
     bn = fits.get("fit_batch_size_n")
     if bn and env in bn["params"] and np.isfinite(n):
         theta = np.exp(np.asarray((bn.get("bootstrap_log_params") or {}).get(env) or [], float).reshape(-1, 4))
-        return _b_n(bn["params"][env], utd, n), _b_n(dict(zip(("a", "alpha", "n_half", "beta"), theta.T)), utd, n)
+        return _b_n(bn["params"][env], utd, n), _b_n(dict(zip(("a", "alpha", "n_half", "beta"), theta.T)),
+                                                      _paired(utd_s, len(theta)), _paired(n_s, len(theta)))
     fb = fits.get("fit_batch_size")
-    return _power(fb, env, utd), _power_samples(fb, env, utd)
+    return _power(fb, env, utd), _power_samples(fb, env, utd_s)
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
@@ -118,29 +128,44 @@ def _outside(fb: dict, row: dict) -> bool:
 
 
 def _for_budget(fits, env, F, n_default) -> dict:
+    """The proposal at the budget-optimal utd*(F) (and N*(F)); with the laws' bootstrap refits
+    stored, its intervals carry the uncertainty of utd*(F) and N*(F) as well (utd_lo/hi,
+    model_size_lo/hi, and batch size / lr evaluated at each refit's utd and N)."""
     laws = (fits.get("fit_budget") or {}).get("laws") or {}
     if "utd" not in laws or env not in laws["utd"]["coef"]:
         raise UserError("propose --budget: no sigma*(F) law in this directory (needs >= 3 thresholds per env)")
     if not F > 0:
         raise UserError(f"propose: budget must be positive, got {F:g}")
-    utd = laws["utd"]["coef"][env] * F ** laws["utd"]["exponent"]
-    n = laws["model_size"]["coef"][env] * F ** laws["model_size"]["exponent"] if "model_size" in laws else n_default
-    row = _row(fits, env, utd, n)
+    utd, utd_s = _budget_law(laws["utd"], env, F)
+    n, n_s = _budget_law(laws["model_size"], env, F) if "model_size" in laws else (n_default, np.array([]))
+    row = _row(fits, env, utd, n, utd_s if len(utd_s) else utd, n_s if len(n_s) else n)
     row["budget"] = F
+    row["utd_lo"], row["utd_hi"] = _interval(utd_s)
+    if "model_size" in laws:
+        row["model_size_lo"], row["model_size_hi"] = _interval(n_s)
     for y in ("data", "compute"):
         if y in laws:
-            row[f"{y}_pred"] = laws[y]["coef"][env] * F ** laws[y]["exponent"]
+            row[f"{y}_pred"], s = _budget_law(laws[y], env, F)
+            row[f"{y}_pred_lo"], row[f"{y}_pred_hi"] = _interval(s)
     return row
 
 
-def _row(fits, env, utd, n) -> dict:
+def _budget_law(law: dict, env: str, F: float) -> tuple[float, np.ndarray]:
+    """coef F^exponent of a budget power law, and the same for each stored bootstrap refit."""
+    s = np.asarray((law.get("samples") or {}).get(env) or [], float).reshape(-1, 2)
+    return law["coef"][env] * F ** law["exponent"], s[:, 0] * F ** s[:, 1]
+
+
+def _row(fits, env, utd, n, utd_s=None, n_s=None) -> dict:
     """One proposal with the 90% interval of the seed bootstrap's refits at this utd (and N):
-    batch_size_lo/hi, lr_lo/hi (NaN when the fit files hold no refits). The intervals are
-    conditional on the utd and N of the row (a budget row's utd* carries its own uncertainty)."""
-    b, b_s = _batch(fits, env, utd, n)
+    batch_size_lo/hi, lr_lo/hi (NaN when the fit files hold no refits). ``utd_s``, ``n_s``:
+    samples of the utd and N themselves (a budget row's), else the intervals are conditional on
+    the row's utd and N."""
+    utd_s, n_s = (utd if utd_s is None else utd_s), (n if n_s is None else n_s)
+    b, b_s = _batch(fits, env, utd, n, utd_s, n_s)
     fl = fits.get("fit_learning_rate")
     lr = _power(fl, env, utd)
-    (b_lo, b_hi), (lr_lo, lr_hi) = _interval(b_s), _interval(_power_samples(fl, env, utd))
+    (b_lo, b_hi), (lr_lo, lr_hi) = _interval(b_s), _interval(_power_samples(fl, env, utd_s))
     return {"env": env, "utd": utd, "batch_size": round_batch(b) if np.isfinite(b) else np.nan,
             "batch_size_lo": b_lo, "batch_size_hi": b_hi, "lr": round_sig(lr), "lr_lo": lr_lo, "lr_hi": lr_hi,
             "model_size": round_sig(n) if np.isfinite(n) else np.nan}
