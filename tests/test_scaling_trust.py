@@ -242,3 +242,29 @@ def test_budget_power_law_exponent_interval_from_the_resamples_optima():
     lo, hi = np.percentile(exps, [5, 95])
     assert law["exponent_lo"] == pytest.approx(lo) and law["exponent_hi"] == pytest.approx(hi)
     assert law["exponent_bootstrap_se"] == pytest.approx(np.std(exps, ddof=1))
+
+
+def _three_envs(exponents, seed: int, noise: float = 0.05) -> pd.DataFrame:
+    """D_J = 1e5 (1 + (8 / utd)^a_env) at 7 utds over 0.25-16, log-normal noise."""
+    from pql_jax.scaling.laws import DATA_SIGMA
+
+    rng = np.random.default_rng(seed)
+    u = np.geomspace(0.25, 16, 7)
+    return pd.concat([pd.DataFrame({"env": env, "utd": u, "data": DATA_SIGMA.predict(
+        {"d_min": 1e5, "b": 8.0, "a": a}, utd=u) * np.exp(rng.normal(0, noise, len(u)))})
+        for env, a in zip("xyz", exponents)], ignore_index=True)
+
+
+def test_shared_exponent_that_the_envs_do_not_share_is_flagged_poor():
+    """A D_J exponent shared across envs is checked against the per-env fits (F-test of the
+    nested fits): planted exponents 0.4 / 0.7 / 1.2 are flagged in (nearly) every draw, a truly
+    shared 0.7 in (nearly) none (1% false flags by construction)."""
+    from pql_jax.scaling.fit import fit_law
+    from pql_jax.scaling.laws import DATA_SIGMA
+
+    def flagged(exponents, seed):
+        flags = fit_law(DATA_SIGMA, _three_envs(exponents, seed), shared=("a",)).flags
+        return any("sharing a across groups is rejected" in f["problem"] for f in flags)
+
+    assert sum(flagged((0.4, 0.7, 1.2), s) for s in range(10)) >= 9
+    assert sum(flagged((0.7, 0.7, 0.7), s) for s in range(20)) <= 1

@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 
 from pql_jax.errors import UserError
 from pql_jax.scaling.laws import Law
+from pql_jax.scaling.optimum import sharing_check
 from pql_jax.scaling.powerlaw import (PowerFit, design_matrix, fit_fixed_effects,  # noqa: F401 - re-exported
                                       fixed_effects_bootstrap)
 
@@ -286,11 +287,13 @@ def fit_law(law: Law, df: pd.DataFrame, y: str = "data", group: str = "env",
         diag = {}
         thetas[g], loss = fit_one(law, _log_inputs(law, sub), np.log(sub[y].to_numpy(float)), n_starts=n_starts,
                                   diag=diag)
-        if not shared:
-            flags += _diag_flags(g, diag)
+        flags += _diag_flags(g, diag if not shared else {"poor_fit": diag.get("poor_fit")})
         total += loss * len(sub)
     if shared:
+        free_ssr = total
         thetas, total, diag = _fit_shared(law, df, y, group, groups, shared, thetas)
+        diag["poor_fit"] = sharing_check(free_ssr, total, len(df), len(groups) * len(law.params),
+                                         (len(groups) - 1) * len(shared), shared)
         flags += _diag_flags("all groups (joint fit)", diag)
     params, se = {}, {}
     if shared:

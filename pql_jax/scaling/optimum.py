@@ -75,3 +75,32 @@ def check_optimum(law, lx: dict, ly: np.ndarray, best: tuple, restart, grid) -> 
                             f"with as many parameters: {np.sqrt(ref):.3g}): an exponent beyond the search bound, "
                             "a local optimum, or a form that does not describe these points")
     return best, diag
+
+
+#: Sharing exponents across groups is rejected when the F-test of the joint fit against the
+#: per-group fits gives a p-value below this (1% false flags on a truly shared law).
+SHARE_P = 0.01
+
+
+def sharing_check(free_ssr: float, joint_ssr: float, n: int, p_free: int, q: int, names) -> str | None:
+    """A ``poor fit`` message when exponents shared across groups do not describe them.
+
+    The joint fit is the per-group fits (``p_free`` parameters in all, sum of squared log
+    residuals ``free_ssr``) constrained by ``q`` equalities; the extra-sum-of-squares F-test of
+    the two nested least-squares fits (F with q and n - p_free degrees of freedom) asks whether
+    the constraint costs more than the noise explains. Also poor: points off by more than a
+    factor exp(RMS_POOR) on average. None when neither."""
+    from scipy.special import fdtrc  # F distribution's survival function (scipy.stats is a 0.3 s import)
+
+    dof = n - p_free
+    if q > 0 and dof > 0 and free_ssr > 0:
+        f = max(joint_ssr - free_ssr, 0.0) / q / (free_ssr / dof)
+        p = float(fdtrc(q, dof, f))
+        if p < SHARE_P:
+            return (f"poor fit: sharing {', '.join(names)} across groups is rejected by the data (F-test of the "
+                    f"joint fit against per-group fits: F = {f:.3g}, p = {p:.2g}, {q} and {dof} dof): "
+                    "the groups' exponents differ; fit them per group")
+    rms = float(np.sqrt(joint_ssr / n))
+    if rms > RMS_POOR:
+        return f"poor fit: log residual RMS {rms:.3g} of the joint fit: the shared law misses its points"
+    return None
