@@ -44,7 +44,7 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
         se = fit.get("se", {}).get(env, {})
         bse = (fit.get("bootstrap_se", {}).get("slope") or {}).get(env)
         lines.append(f"- {name} ({env}): {_g(p['coef'])} (+- {_g(se.get('coef'))}) x utd^({_g(-p['slope'])}) "
-                     f"(slope +- {_g(se.get('slope'))} Hessian" + (f", +- {_g(bse)} bootstrap" if bse else "")
+                     f"(slope, the negated exponent: {_g(p['slope'])} +- {_g(se.get('slope'))} Hessian" + (f", +- {_g(bse)} bootstrap" if bse else "")
                      + ")" + (f", i.e. ({_g(p['beta'])} / utd)^{_g(p['slope'])}" if p['slope'] > 0 else "")
                      + f"; log-loss {_g(fit['loss'])}, {fit['n']} points")
         iv = (fit.get("interval") or {}).get("slope", {}).get(env)
