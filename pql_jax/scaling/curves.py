@@ -13,7 +13,7 @@ import pandas as pd
 from scipy.optimize import isotonic_regression
 
 from pql_jax.errors import UserError
-from pql_jax.scaling.io import HPARAM_COLUMNS
+from pql_jax.scaling.io import HPARAM_COLUMNS, sorted_levels
 
 #: Columns of a cell: the unit whose best hyperparameters are chosen and whose D_J is fitted.
 CELL_COLUMNS = ("env", "utd", "model_size")
@@ -45,10 +45,13 @@ def _common_grid(block: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def run_groups(df: pd.DataFrame) -> list[RunGroup]:
     """Split curves into run groups with a seeds x steps matrix each."""
     keys = group_keys(df)
-    df = df.sort_values(keys + ["seed", "step"], kind="stable")
+    parts = _sorted_parts(df, keys)
+    if parts is None:  # not sorted already: sort (stable) and group
+        df = df.sort_values(keys + ["seed", "step"], kind="stable")
+        parts = df.groupby(keys, sort=True).indices.items()
     seed, step, ret = (df[c].to_numpy(float) for c in ("seed", "step", "return"))
     out = []
-    for key, pos in df.groupby(keys, sort=True).indices.items():
+    for key, pos in parts:
         key = key if isinstance(key, tuple) else (key,)
         n = len(np.unique(seed[pos]))
         st = step[pos].reshape(n, -1) if len(pos) % n == 0 else None
@@ -62,6 +65,27 @@ def run_groups(df: pd.DataFrame) -> list[RunGroup]:
     return out
 
 
+def _sorted_parts(df: pd.DataFrame, keys: list[str]):
+    """(key, positions) of every run group as ``groupby(keys, sort=True).indices`` gives them,
+    when the rows are already sorted by keys, seed and step (then the groups are runs of
+    consecutive rows; no sort or hashing of the whole table); None otherwise (or when a key
+    column is neither float nor object, whose groupby keys this does not reproduce)."""
+    cols = [df[k].to_numpy() for k in keys]
+    if not len(df) or any(c.dtype.kind not in "fO" for c in cols):
+        return None
+    level = sorted_levels(df, keys + ["seed", "step"])
+    if level is None:
+        return None
+    starts = np.concatenate([[0], np.flatnonzero(level < len(keys)) + 1, [len(df)]])
+    heads = [tuple(c[starts[:-1]].tolist()) for c in cols]  # Python str / float, as groupby's keys
+    out = []
+    for i, key in enumerate(zip(*heads)):
+        if any(v != v for v in key):  # groupby leaves out groups with a NaN key
+            return None
+        out.append((key, np.arange(starts[i], starts[i + 1])))
+    return out
+
+
 def isotonic_rows(y: np.ndarray) -> np.ndarray:
     """Non-decreasing least-squares fit of every row, in one call of scipy's PAVA: each row is
     lifted above the previous one's maximum and the rows are concatenated; no block can pool
@@ -70,8 +94,9 @@ def isotonic_rows(y: np.ndarray) -> np.ndarray:
     y = np.atleast_2d(np.asarray(y, float))
     if len(y) == 1:
         return isotonic_regression(y[0]).x[None]
-    span = y.max(axis=1) - y.min(axis=1)
-    lift = np.concatenate([[0.0], np.cumsum(span[:-1] + 1.0)]) - y.min(axis=1)
+    low = y.min(axis=1)
+    span = y.max(axis=1) - low
+    lift = np.concatenate([[0.0], np.cumsum(span[:-1] + 1.0)]) - low
     lift -= lift.mean()  # keep the lifted values centred: less rounding in the long sum
     flat = isotonic_regression((y + lift[:, None]).ravel()).x
     return flat.reshape(y.shape) - lift[:, None]
@@ -82,10 +107,14 @@ def first_crossings(steps: np.ndarray, iso: np.ndarray, thresholds) -> np.ndarra
     between the two logging points around it; NaN where never reached. Shape (rows, n_J)."""
     iso = np.atleast_2d(iso)
     J = np.asarray(thresholds, float)
-    first = (iso[:, :, None] < J[None, None, :]).sum(axis=1)  # rows are monotone: count = index
     T = iso.shape[1]
-    hi = np.clip(first, 0, T - 1)
-    lo = np.clip(first - 1, 0, T - 1)
+    # rows are monotone: the count of values below J is the index of the first value >= J
+    # (argmax stops at the first True; counting a 3-D comparison took 4x as long)
+    first = np.zeros((len(iso), len(J)), np.intp)
+    for i, j in enumerate(J):
+        first[:, i] = np.where(iso[:, -1] < j, T, np.argmax(iso >= j, axis=1))
+    hi = np.minimum(first, T - 1)
+    lo = np.maximum(first - 1, 0)
     y0 = np.take_along_axis(iso, lo, axis=1)
     y1 = np.take_along_axis(iso, hi, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -283,16 +312,17 @@ def crossings_table(groups: list[RunGroup], keys: list[str], thresholds: dict,
                     D: np.ndarray) -> pd.DataFrame:
     """Long table: one row per (run group, threshold) with the crossing, its bootstrap SE and
     the fraction of resamples that reached the threshold."""
-    rows = []
-    for i, g in enumerate(groups):
-        J = thresholds.get(g.key[0], thresholds.get("*"))
-        for j, thr in enumerate(J):
-            boot = D[i, 1:, j]
-            rows.append({**dict(zip(keys, g.key)), "level": j, "threshold": float(thr),
-                         "data": D[i, 0, j], "data_std": float(nanstd(boot)),
-                         "reached": bool(np.isfinite(D[i, 0, j])),
-                         "reached_frac": float(np.isfinite(boot).mean()) if boot.size else float("nan")})
-    return pd.DataFrame(rows)
+    nj = D.shape[2]
+    J = np.array([thresholds.get(g.key[0], thresholds.get("*")) for g in groups], float).reshape(len(groups), nj)
+    # each (group, threshold)'s resamples as one contiguous row: the same sums, in the same
+    # order, as on the slice D[i, 1:, j] alone (one vectorised pass instead of a call per row)
+    boot = np.ascontiguousarray(D[:, 1:, :].transpose(0, 2, 1)).reshape(len(groups) * nj, -1)
+    cols = {k: np.repeat(np.array([g.key[i] for g in groups], dtype=object), nj).tolist() for i, k in enumerate(keys)}
+    cols.update(level=np.tile(np.arange(nj), len(groups)), threshold=J.ravel(), data=D[:, 0, :].ravel(),
+                data_std=nanstd(boot, axis=1) if boot.shape[1] else np.full(len(boot), np.nan),
+                reached=np.isfinite(D[:, 0, :]).ravel(),
+                reached_frac=np.isfinite(boot).mean(axis=1) if boot.shape[1] else np.full(len(boot), np.nan))
+    return pd.DataFrame(cols)
 
 
 def nanmean(x, axis=None):

@@ -118,9 +118,17 @@ class PowerFit:
                         each(self.flat) if g in self.flat else {}, list(self.x_range))
 
 
+def group_codes(values, groups) -> np.ndarray:
+    """The index of each value in ``groups`` (-1 where absent): the codes of
+    ``pd.Categorical(values, categories=groups)``, by a dict lookup (the Categorical costs
+    ~0.4 ms per call, and the budget bootstrap builds hundreds of these small matrices)."""
+    index = {g: i for i, g in enumerate(groups)}
+    return np.fromiter((index.get(v, -1) for v in values), np.int64, count=len(values))
+
+
 def design_matrix(df: pd.DataFrame, x: str, group: str, groups: list) -> np.ndarray:
     """Columns: one indicator per group (intercepts), then -log x (the shared slope)."""
-    codes = pd.Categorical(df[group], categories=groups).codes
+    codes = group_codes(df[group], groups)
     return np.column_stack([np.eye(len(groups))[codes], -np.log(df[x].to_numpy(float))])
 
 
