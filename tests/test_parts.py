@@ -144,3 +144,61 @@ def test_workflow_sweep_stage_as_parts(whole_and_parts, tmp_path):
     assert run_sweep_stage(wf(2), stage, **quiet) == {"members": 4}
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
     assert strip(read_rows(stage / "results.csv")) == strip(read_rows(root / "whole" / "results.csv"))
+
+
+@pytest.mark.slow
+def test_submitit_launch_merges_to_the_whole_sweep(whole_and_parts, tmp_path):
+    """`--parts 2 --launch submitit` on submitit's local executor (two job processes, the compiled
+    programs from the shared cache): OUT/results.csv equals the whole sweep's; a second launch
+    without --resume is refused; with --resume nothing is submitted again (both parts finished)."""
+    pytest.importorskip("submitit")
+    from pql_jax.run import submit
+
+    root, _ = whole_and_parts
+    out = tmp_path / "launched"
+    args = (root / "sweep.yaml", out, [*SHORT, "run.total_env_steps=2400"])
+    said = []
+    table = submit.launch_parts(*args, count=2, cluster="local", batching="map", log=said.append)
+    assert table == out / "results.csv" and "submitted 2 part(s) of 2" in said[0]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert strip(read_rows(table)) == strip(read_rows(root / "whole" / "results.csv"))
+    assert {p.name for p in (out / "tb").iterdir()} == {r["member"] for r in read_rows(table)}
+    with pytest.raises(UserError, match="already holds a merged sweep"):
+        submit.launch_parts(*args, count=2, cluster="local", batching="map")
+    said.clear()
+    submit.launch_parts(*args, count=2, cluster="local", batching="map", resume=True, log=said.append)
+    assert said == []  # every part finished: nothing submitted, merged again
+
+
+@pytest.mark.parametrize("text,needle", [("gpus=0", "positive"), ("gpu=1", "KEY=VALUE"), ("time=ten", "int"),
+                                         ("partition", "KEY=VALUE")])
+def test_bad_slurm_options_are_one_line(text, needle):
+    from pql_jax.run.submit import parse_slurm
+
+    with pytest.raises(UserError, match=needle):
+        parse_slurm(text)
+
+
+def test_slurm_options_map_to_submitit_parameters():
+    from pql_jax.run.submit import parse_slurm
+
+    assert parse_slurm("partition=gpu, gpus=2,time=90,mem_gb=64,parallel=4") == {
+        "slurm_partition": "gpu", "gpus_per_node": 2, "timeout_min": 90, "mem_gb": 64.0,
+        "slurm_array_parallelism": 4}
+
+
+def test_failed_parts_are_named_and_nothing_is_merged(tmp_path):
+    """Parts whose jobs fail (their run directories are files, so the jobs' own checks refuse them):
+    one UserError naming each failed part, its error and its log; no merged table is written."""
+    pytest.importorskip("submitit")
+    from pql_jax.run import submit
+
+    out = tmp_path / "launched"
+    for index in (1, 2):  # both blocked: nothing trains, the test stays seconds long
+        blocker = submit.part_dir(out, index, 2)
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("not a run directory")
+    with pytest.raises(UserError, match=r"2 part\(s\) failed: part 1/2 \(.*UserError: .*part-1-of-2.*; log .*"
+                                        r"part 2/2 \(.*part-2-of-2"):
+        submit.launch_parts(SWEEP, out, SHORT, count=2, cluster="local", resume=True, log=lambda *a: None)
+    assert not (out / "results.csv").exists()

@@ -118,7 +118,7 @@ def merge(dirs: list[str | Path], out: str | Path, table: str = "results.csv") -
     missing = [m for m in first["members"] if m not in owner]
     if missing:
         raise UserError(f"{len(missing)} member(s) in no part given, e.g. {missing[0]}; merge every part of the sweep")
-    rows, columns = _finished_rows(dirs, records, table)
+    rows, columns = finished_rows(dirs, records, table)
     position = {name: i for i, name in enumerate(first["members"])}
     rows.sort(key=lambda r: (int(r["group"]), int(float(r["vector_steps"])), position[r["member"]]))
     tmp = out.with_name(f"{out.name}.merging.{os.getpid()}")  # two parts may finish and merge at once
@@ -141,7 +141,7 @@ def merge(dirs: list[str | Path], out: str | Path, table: str = "results.csv") -
     return out / table
 
 
-def _finished_rows(dirs, records, table: str) -> tuple[list[dict], list[str]]:
+def finished_rows(dirs, records, table: str) -> tuple[list[dict], list[str]]:
     """Every part's rows of its own members; UserError if one has not reached its last env step."""
     rows, columns = [], []
     for d, rec in zip(dirs, records):
