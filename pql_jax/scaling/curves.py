@@ -243,31 +243,68 @@ def _group_crossings(g: RunGroup, thresholds: dict, n_resamples: int, seed: int)
     return first_crossings(g.steps, isotonic_rows(resample_means(g, n_resamples, seed)), J)
 
 
-def _fork_half(groups, thresholds, n_resamples, seed, shape):
-    """(process, pipe) of a forked child computing the even-indexed groups, or None where forking
-    is not safe or useful (no fork, JAX loaded: forking its threads can deadlock; one core)."""
+def fork_safe() -> bool:
+    """Whether work may go to a forked child: POSIX fork, at least 2 cores, and JAX not loaded
+    (forking a process with JAX's threads running can deadlock)."""
     import os
     import sys
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if not hasattr(os, "fork") or "jax" in sys.modules or cores < 2:
-        return None
+    return hasattr(os, "fork") and "jax" not in sys.modules and cores >= 2
+
+
+class Forked:
+    """``fn(*args)`` computed in a forked child started now (``result()`` collects it), or here
+    in ``result()`` where forking is not safe or the child failed: the same code on the same
+    data either way, so the same result. ``fn`` must not mutate what this process reads later
+    (the child's changes stay in the child); its result must pickle."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args, self.proc = fn, args, None
+        if fork_safe():
+            self.proc, self.conn = fork_child(lambda send: send.send(fn(*args)))
+
+    def result(self):
+        """The result (waits for the child)."""
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            try:
+                out = self.conn.recv()
+                proc.join()
+                return out
+            except EOFError:  # the child failed (or raised): compute here, raising what it raised
+                proc.join()
+        return self.fn(*self.args)
+
+
+def fork_child(work):
+    """(process, receiving end) of a forked child that runs ``work(sending end)`` and exits
+    without running this process's atexit handlers or flushing its buffers a second time."""
     import multiprocessing
+    import os
 
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
 
-    def work():
+    def run():
         try:
-            send.send_bytes(np.stack([_group_crossings(g, thresholds, n_resamples, seed)
-                                      for g in groups[0::2]]).astype(float).tobytes())
+            work(send)
         finally:
-            os._exit(0)  # no atexit handlers / buffers of the parent run twice
+            os._exit(0)
 
-    proc = ctx.Process(target=work)
+    proc = ctx.Process(target=run)
     proc.start()
     send.close()
     return proc, recv
+
+
+def _fork_half(groups, thresholds, n_resamples, seed, shape):
+    """(process, pipe) of a forked child computing the even-indexed groups, or None where forking
+    is not safe or useful (``fork_safe``)."""
+    if not fork_safe():
+        return None
+    return fork_child(lambda send: send.send_bytes(np.stack([_group_crossings(g, thresholds, n_resamples, seed)
+                                                             for g in groups[0::2]]).astype(float).tobytes()))
 
 
 @dataclass

@@ -79,8 +79,9 @@ class _Timer:
         self.t = now
 
 
-def fit_all(curves, config: PipelineConfig | None = None) -> Results:
-    """Run the whole pipeline on learning curves (path or DataFrame); see ``write_results``."""
+def fit_all(curves, config: PipelineConfig | None = None, painter=None) -> Results:
+    """Run the whole pipeline on learning curves (path or DataFrame); see ``write_results``.
+    ``painter`` (``api.FigurePainter``) gets each figure's inputs as soon as they exist."""
     cfg = config or PipelineConfig()
     res = Results(cfg)
     timer = _Timer(res.timings)
@@ -114,19 +115,26 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
     level = cfg.select_level if cfg.select_level is not None else nj // 2
     best, per_resample = best_hparams(gdf, D, min(level, nj - 1))
     res.tables["best_hparams"] = best
-    _fit_hparams(res, best, per_resample, gdf, D, next(iter(thresholds.values())))
+    checks = _fit_hparams(res, best, per_resample, gdf, D, next(iter(thresholds.values())))
     _given_hparams(res, sorted(gdf["env"].unique()))
     timer.lap("best_hparams_fits")
     cells, Dc = _cell_crossings(res, gdf, D, thresholds, best)
     res.tables["crossings"] = cells
+    paint = painter.submit if painter is not None else lambda *a: None
+    paint(res, ["batch_size_fit", "learning_rate_fit"] + ([] if len(held) else ["isotonic_curves"]), level)
     with single_thread_blas():
         fit_data_stage(res, cells, Dc)
     timer.lap("data_efficiency_fit")
     if len(held):
         _predict_held_out(res, held)
+    paint(res, ["data_efficiency", "data_sigma_n"] + (["isotonic_curves"] if len(held) else []), level)
     with single_thread_blas():
         _budgets(res, df, cells)
     timer.lap("budget")
+    paint(res, ["pareto", "sigma_star"], level)
+    for name, extra in (checks.result() if checks else {}).items():
+        res.fits[f"fit_{name}"].update(extra)
+    timer.lap("hparam_checks_wait")
     res.tables["flags"] = flags_table(res.flags)
     res.summary = {"config": asdict(cfg), "select_level": level, "notes": res.notes,
                    "thresholds": {e: list(map(float, t)) for e, t in thresholds.items()}}
@@ -134,11 +142,13 @@ def fit_all(curves, config: PipelineConfig | None = None) -> Results:
 
 
 def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.DataFrame, D: np.ndarray,
-                 thresholds) -> None:
+                 thresholds) -> cv.Forked | None:
     """B*(sigma), eta*(sigma) (fixed effects or per env, seed bootstrap, cells at the grid edge
-    left out, slope at every threshold) and B*(sigma, N) when N varies."""
+    left out) and B*(sigma, N) when N varies. Returns the checks of the B*, eta* laws (slope at
+    every threshold, offset form compared), which nothing downstream reads: computed in a forked
+    child while the pipeline goes on, ``{name: entries of fit_<name>.json}``."""
     given = res.config.hparam_fits or {}
-    sens = slope_by_threshold(gdf, D, thresholds)
+    fitted = []
     for hp, name in (("batch_size", "batch_size"), ("lr", "learning_rate")):
         if name in given or hp not in best.columns or best[f"n_{hp}"].max() < 2:
             continue
@@ -149,9 +159,9 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
         if pf is None:
             continue
         res.objects[name] = pf
-        res.fits[f"fit_{name}"] = {**pf.to_dict(), "excluded_at_edge": excluded,
-                                   "slope_by_threshold": sens.get(hp, {}),
-                                   "compare_forms": compare_forms(law_points(best, hp), hp, pf)}
+        res.fits[f"fit_{name}"] = {**pf.to_dict(), "excluded_at_edge": excluded}  # + the checks
+        fitted.append((hp, name, pf))
+    checks = cv.Forked(_law_checks, gdf, D, thresholds, best, fitted) if fitted else None
     if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects \
             and "batch_size_n" not in given:
         try:
@@ -164,6 +174,15 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
             res.fits["fit_batch_size_n"] = d
         except UserError as exc:
             res.notes.append(f"B*(sigma, N) law skipped: {exc}")
+    return checks
+
+
+def _law_checks(gdf: pd.DataFrame, D: np.ndarray, thresholds, best: pd.DataFrame, fitted: list) -> dict:
+    """Per fitted B* / eta* law: its shared slope refitted at every threshold level and the
+    offset form fitted and compared with it."""
+    sens = slope_by_threshold(gdf, D, thresholds)
+    return {name: {"slope_by_threshold": sens.get(hp, {}), "compare_forms": compare_forms(law_points(best, hp), hp, pf)}
+            for hp, name, pf in fitted}
 
 
 def _cell_crossings(res: Results, gdf: pd.DataFrame, D: np.ndarray, thresholds: dict, best):

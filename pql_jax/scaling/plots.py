@@ -3,6 +3,7 @@ with held-out points, Pareto frontiers with iso-budget lines, sigma*(F), D_J ove
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -50,19 +51,31 @@ def _draw(res, out_dir: str, jobs, quiet: bool = False) -> None:
     fewer figures; the parent reports which exist)."""
     try:
         for name, fn_name in jobs:
-            fn = hparam_fit(fn_name[:-4]) if fn_name.endswith("_fit") else globals()[fn_name]
-            fig = fn(res)
-            if fig is not None:
-                for ax in fig.axes:
-                    _quiet_minor_ticks(ax)
-                fig.savefig(os.path.join(out_dir, name), dpi=90)
-                plt.close(fig)
+            png = render(res, fn_name)
+            if png is not None:
+                with open(os.path.join(out_dir, name), "wb") as fh:
+                    fh.write(png)
     except Exception:
         if not quiet:
             raise
         os._exit(1)
     if quiet:
         os._exit(0)  # no atexit handlers / buffers of the parent run twice
+
+
+def render(res, fn_name: str) -> bytes | None:
+    """The PNG of one figure (``FIGURES``' function name), or None where the results do not
+    support it."""
+    fn = hparam_fit(fn_name[:-4]) if fn_name.endswith("_fit") else globals()[fn_name]
+    fig = fn(res)
+    if fig is None:
+        return None
+    for ax in fig.axes:
+        _quiet_minor_ticks(ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _layout(fig) -> None:
