@@ -179,6 +179,38 @@ def joint_bootstrap_refit(fit: LawFit, df: pd.DataFrame, LY: np.ndarray, group: 
     return {g: vec[:, per_group[gi]] for gi, g in enumerate(groups)}
 
 
+def bootstrap_refits(fit: LawFit, parts: dict, iters: int = 30) -> dict:
+    """``bootstrap_refit`` of several groups at once, ``parts``: group -> (lx, LY); returns
+    group -> log parameters (R, p), the same numbers as one call per group.
+
+    The groups' resample rows are stacked into one ``batched_lm`` (per-row inputs, boxes and
+    starts; groups with fewer points padded with weightless ones, whose residuals are exact
+    zeros): every operation there is per row, and sums over up to 7 points run left to right,
+    so a padded zero changes nothing. Longer, unequal groups are refitted one by one (numpy
+    sums 8 or more terms pairwise, where padding would regroup them)."""
+    law = fit.law
+    n = {g: LY.shape[1] for g, (_, LY) in parts.items()}
+    if len(parts) < 2 or (max(n.values()) >= 8 and len(set(n.values())) > 1):
+        return {g: bootstrap_refit(fit, g, lx, LY, iters) for g, (lx, LY) in parts.items()}
+    width, q = max(n.values()), len(law.params)
+    LYs, lxs, th0, lo, hi, blocks, start = [], {k: [] for k in law.inputs}, [], [], [], {}, 0
+    for g, (lx, LY) in parts.items():
+        pad = width - n[g]
+        LYs.append(np.pad(LY, ((0, 0), (0, pad)), constant_values=np.nan))
+        for k in law.inputs:  # a finite input at the weightless points: 0 * finite = 0
+            lxs[k].append(np.tile(np.pad(lx[k], (0, pad), mode="edge"), (len(LY), 1)))
+        th0.append(np.tile(np.log([fit.params[g][p] for p in law.params]), (len(LY), 1)))
+        box = _bounds(law, law.grid(lx))
+        lo.append(np.tile([-np.inf] + [b[0] for b in box], (len(LY), 1)))
+        hi.append(np.tile([np.inf] + [b[1] for b in box], (len(LY), 1)))
+        blocks[g] = slice(start, start + len(LY))
+        start += len(LY)
+    index = np.repeat(np.arange(q)[:, None], width, axis=1)
+    theta = _lm(law, {k: np.vstack(v) for k, v in lxs.items()}, np.vstack(LYs), np.vstack(th0), np.vstack(lo),
+                np.vstack(hi), index, iters, list(blocks.values()))
+    return {g: theta[b] for g, b in blocks.items()}
+
+
 def batched_lm(law: Law, lx: dict, LY: np.ndarray, theta0: np.ndarray, index: np.ndarray,
                iters: int = 30) -> np.ndarray:
     """Parameter vectors (R, q) minimising the squared log residuals of every row of LY, from
@@ -190,31 +222,40 @@ def batched_lm(law: Law, lx: dict, LY: np.ndarray, theta0: np.ndarray, index: np
     optimisers costs seconds where this costs milliseconds. Parameters stay in the main fit's
     box (no runaway along ridges); rows with fewer points than parameters are NaN.
     """
-    W = np.isfinite(LY).astype(float)
-    LY = np.where(W > 0, LY, 0.0)
     R, q = len(LY), len(theta0)
-    theta = np.tile(np.asarray(theta0, float), (R, 1))
     box = _bounds(law, law.grid(lx))
     lo, hi = np.full(q, -np.inf), np.full(q, np.inf)
     for i in range(1, len(law.params)):  # entry 0 of a law is its scale: unbounded
         lo[np.unique(index[i])], hi[np.unique(index[i])] = box[i - 1]
+    return _lm(law, lx, LY, np.tile(np.asarray(theta0, float), (R, 1)), lo, hi, index, iters, [slice(None)])
+
+
+def _lm(law: Law, lx: dict, LY: np.ndarray, theta: np.ndarray, lo, hi, index: np.ndarray, iters: int,
+        blocks: list) -> np.ndarray:
+    """The iterations of ``batched_lm`` from starts ``theta`` (R, q) within [lo, hi]; a singular
+    step falls back to the pseudo-inverse for the rows of its block (one caller's group)."""
+    W = np.isfinite(LY).astype(float)
+    LY = np.where(W > 0, LY, 0.0)
+    q = theta.shape[1]
 
     def resid(th):
         return W * (LY - law.log_predict(lx, [th[:, idx] for idx in index]))
 
     r = resid(theta)
     loss = (r ** 2).sum(1)
-    lam = np.full(R, 1e-3)
+    lam = np.full(len(LY), 1e-3)
     eye = np.eye(q)
     for _ in range(iters):
         jac = np.stack([(resid(theta + 1e-6 * e) - r) / 1e-6 for e in eye], axis=-1)  # (R, n, q)
         A = np.einsum("rni,rnj->rij", jac, jac)
         g = np.einsum("rni,rn->ri", jac, r)
         A_damped = A + lam[:, None, None] * (np.einsum("rii->ri", A)[:, :, None] * eye + 1e-12 * eye)
-        try:
-            step = -np.linalg.solve(A_damped, g[..., None])[..., 0]
-        except np.linalg.LinAlgError:  # a resample whose points cannot move some parameter
-            step = -np.einsum("rij,rj->ri", np.linalg.pinv(A_damped), g)
+        step = np.empty_like(theta)
+        for b in blocks if len(blocks) > 1 else [slice(None)]:
+            try:
+                step[b] = -np.linalg.solve(A_damped[b], g[b][..., None])[..., 0]
+            except np.linalg.LinAlgError:  # a resample whose points cannot move some parameter
+                step[b] = -np.einsum("rij,rj->ri", np.linalg.pinv(A_damped[b]), g[b])
         cand = np.clip(theta + step, lo, hi)
         rc = resid(cand)
         lc = (rc ** 2).sum(1)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pql_jax.scaling.curves import nanstd
-from pql_jax.scaling.datafit import bootstrap_refit, fit_data_efficiency, joint_bootstrap_refit
+from pql_jax.scaling.datafit import bootstrap_refit, bootstrap_refits, fit_data_efficiency, joint_bootstrap_refit
 from pql_jax.scaling.diagnostics import law_flags
 from pql_jax.scaling.powerlaw import percentile_interval
 
@@ -53,12 +53,11 @@ def _refits(fit, lf, rows: pd.DataFrame, D_r: np.ndarray) -> dict:
         return {"all": bootstrap_refit(lf, "all", lx, np.log(D_r * overall / env_med))}
     if lf.shared:
         return joint_bootstrap_refit(lf, rows, np.log(D_r))
-    out = {}
+    parts = {}
     for env in lf.params:
         m = (rows["env"] == env).to_numpy()
-        lx = {k: np.log(rows[k].to_numpy(float)[m]) for k in law.inputs}
-        out[env] = bootstrap_refit(lf, env, lx, np.log(D_r[:, m]))
-    return out
+        parts[env] = ({k: np.log(rows[k].to_numpy(float)[m]) for k in law.inputs}, np.log(D_r[:, m]))
+    return bootstrap_refits(lf, parts)
 
 
 def boot_log_params(res, env, level) -> np.ndarray | None:
