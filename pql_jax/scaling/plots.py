@@ -187,11 +187,12 @@ def data_efficiency(res):
             if env not in fit.thresholds[lv]:
                 continue
             sub = pred[(pred["env"] == env) & (pred["level"] == lv)]
-            held = sub["held_out"] if "held_out" in sub else np.zeros(len(sub), bool)
+            held = sub["held_out"].to_numpy(bool) if "held_out" in sub else np.zeros(len(sub), bool)
+            utd, data = sub["utd"].to_numpy(), sub["data"].to_numpy()  # arrays: pandas indexing cost more here
             col = f"C{lv % 10}"
-            _points_with_bars(ax, sub["utd"][~held], sub["data"][~held], sub["data_std"][~held], col,
+            _points_with_bars(ax, utd[~held], data[~held], sub["data_std"].to_numpy()[~held], col,
                               f"J={fit.thresholds[lv][env]:.0f}")
-            ax.plot(sub["utd"][held], sub["data"][held], "x", ms=7, color=col)
+            ax.plot(utd[held], data[held], "x", ms=7, color=col)
             ax.plot(u, fit.predict(env, lv, utd=u), "-", lw=1, color=col)
         ax.set(xscale="log", yscale="log", xlabel="utd", title=env)
     axes[0].set_ylabel("env steps to threshold D_J")
@@ -213,13 +214,13 @@ def pareto(res):
         for lv, sub in front[front["env"] == env].groupby("level"):
             o = opt[(opt["env"] == env) & (opt["level"] == lv)].iloc[0]
             col = f"C{lv % 10}"
-            ok = ~sub["dominated"].to_numpy() & ~sub["extrapolated"].to_numpy()
-            ax.plot(sub["compute"].where(ok), sub["data"].where(ok), "-", color=col, lw=1.2,
+            comp, data = sub["compute"].to_numpy(float), sub["data"].to_numpy(float)
+            dom, extra = sub["dominated"].to_numpy(bool), sub["extrapolated"].to_numpy(bool)
+            ok, ext = ~dom & ~extra, ~dom & extra
+            ax.plot(np.where(ok, comp, np.nan), np.where(ok, data, np.nan), "-", color=col, lw=1.2,
                     label=f"J={o['threshold']:.0f}")
-            ext = ~sub["dominated"].to_numpy() & sub["extrapolated"].to_numpy()
-            ax.plot(sub["compute"].where(ext), sub["data"].where(ext), "--", color=col, lw=1.0)
-            dom = sub["dominated"].to_numpy()
-            ax.plot(sub["compute"].where(dom), sub["data"].where(dom), "-", color=col, lw=0.6, alpha=0.35)
+            ax.plot(np.where(ext, comp, np.nan), np.where(ext, data, np.nan), "--", color=col, lw=1.0)
+            ax.plot(np.where(dom, comp, np.nan), np.where(dom, data, np.nan), "-", color=col, lw=0.6, alpha=0.35)
             c = np.geomspace(sub["compute"].min(), o["budget"] * 0.999, 50)
             ax.plot(c, (o["budget"] - c) / delta, ":", color=f"C{lv % 10}", lw=0.8)
             ax.plot(o["compute"], o["data"], "o", color=f"C{lv % 10}", ms=4)
