@@ -202,3 +202,26 @@ def test_failed_parts_are_named_and_nothing_is_merged(tmp_path):
                                         r"part 2/2 \(.*part-2-of-2"):
         submit.launch_parts(SWEEP, out, SHORT, count=2, cluster="local", resume=True, log=lambda *a: None)
     assert not (out / "results.csv").exists()
+
+
+@pytest.mark.slow
+def test_workflow_sweep_stage_launched_through_submitit(whole_and_parts, tmp_path):
+    """A workflow sweep stage with `--parts 2 --launch submitit` (local executor): the stage
+    submits, waits, merges into its run directory; its results equal the whole sweep's."""
+    pytest.importorskip("submitit")
+    from types import SimpleNamespace
+
+    from pql_jax.workflow.sweeps import run_sweep_stage
+
+    root, _ = whole_and_parts
+    stage = tmp_path / "hparam_sweep"
+    stage.mkdir()
+    spec = yaml.safe_load((root / "sweep.yaml").read_text())
+    spec["overrides"] = {"run.total_env_steps": 2400, "run.chunk_steps": 25, "run.checkpoint_every": 2}
+    (stage / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    wf = SimpleNamespace(spec={"batching": "map"}, part=None, launch={"count": 2, "cluster": "local"})
+    assert run_sweep_stage(wf, stage, progress=False, log=lambda *a: None) == {"members": 4}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert strip(read_rows(stage / "results.csv")) == strip(read_rows(root / "whole" / "results.csv"))
+    assert sorted(p.name for p in (stage / "run" / "parts").iterdir() if p.name.startswith("part")) == \
+        ["part-1-of-2", "part-2-of-2"]

@@ -21,9 +21,12 @@ assert tuple(STAGE_FUNCTIONS) == STAGES
 
 
 def run_workflow(path: str | Path, out: str | Path, start: str | None = None, progress: bool = True,
-                 log=print, fail_after: str | None = None, part: tuple[int, int] | None = None) -> Path | None:
+                 log=print, fail_after: str | None = None, part: tuple[int, int] | None = None,
+                 launch: dict | None = None) -> Path | None:
     """Run every unfinished stage (or every stage from ``start`` on); returns OUT/report.md (None when
-    ``part`` (I, N) trained its share of a sweep stage and waits for the other parts).
+    ``part`` (I, N) trained its share of a sweep stage and waits for the other parts). ``launch``
+    (``pql_jax.run.submit.launch_parts`` options: count, cluster, slurm) runs each sweep stage as
+    that many submitit parts, waits for them and merges them.
 
     Bad input raises UserError before anything is written. ``fail_after`` (tests) raises
     RuntimeError right after that stage is marked done.
@@ -31,7 +34,9 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
     if start is not None and start not in STAGES:
         raise UserError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
     wf = load_workflow(path)
-    wf.part = part
+    wf.part, wf.launch = part, launch
+    if part and launch:
+        raise UserError("give --part I/N (this machine's share) or --parts N --launch submitit, not both")
     out = Path(out)
     if start is not None and not (out / "workflow.yaml").is_file():
         raise UserError(f"--from {start}: {out} holds no workflow run")

@@ -78,6 +78,9 @@ class Workflow:
     verify: dict = field(default_factory=dict)
     part: tuple | None = None
     """(I, N): this process trains only the I-th job-array share of each sweep stage (`--part`)."""
+    launch: dict | None = None
+    """submitit options (count, cluster, slurm): each sweep stage runs as that many submitted
+    parts, waited for and merged (`--parts N --launch submitit`)."""
 
     @property
     def record(self) -> dict:

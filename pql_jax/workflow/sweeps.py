@@ -44,7 +44,11 @@ def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
 
     With ``wf.part`` (I, N) only that job-array share is trained, into ``stage_dir/part<I>of<N>``;
     when every part's directory holds its finished share (a shared file system), they are merged
-    into ``stage_dir/run`` and the stage finishes; otherwise PartsPending."""
+    into ``stage_dir/run`` and the stage finishes; otherwise PartsPending. With ``wf.launch``
+    (submitit options) the stage's parts are submitted, waited for and merged into ``stage_dir/run``."""
+    launched = getattr(wf, "launch", None)
+    if launched:
+        return _launch_stage(wf, stage_dir, launched, log)
     part = getattr(wf, "part", None)
     run = stage_dir / (f"part{part[0]}of{part[1]}" if part else "run")
     resume = (run / "members.yaml").is_file()
@@ -58,6 +62,17 @@ def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
         rows = _merge_parts(stage_dir, part[1])
     shutil.copyfile(stage_dir / "run" / "results.csv", stage_dir / "results.csv")
     return {"members": len(rows)}
+
+
+def _launch_stage(wf: Workflow, stage_dir: Path, launched: dict, log) -> dict:
+    """Submit the stage's sweep as job-array parts (``pql_jax.run.submit``), wait, merge into ``run``."""
+    from pql_jax.run.submit import launch_parts
+
+    run = stage_dir / "run"
+    table = launch_parts(stage_dir / "sweep.yaml", run, resume=run.exists(), batching=wf.spec.get("batching", "auto"),
+                         log=lambda text: log(_indent(text)), **launched)
+    shutil.copyfile(table, stage_dir / "results.csv")
+    return {"members": len({r["member"] for r in read_rows(table)})}
 
 
 def _merge_parts(stage_dir: Path, parts_total: int) -> list:
