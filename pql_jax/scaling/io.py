@@ -205,23 +205,23 @@ def sorted_levels(df: pd.DataFrame, cols) -> np.ndarray | None:
     callers skip the hashing (``duplicated``) or sorting of every row, the largest costs of
     reading a sweep of a million rows. pandas has no such check over several columns."""
     level = np.full(max(len(df) - 1, 0), len(cols))
+    tied = None  # the pairs equal in every column so far (None: all of them)
     for k, col in enumerate(cols):
-        tied = np.flatnonzero(level == len(cols))
-        if not len(tied):
-            break
         a = df[col].to_numpy()
         if a.dtype.kind not in "biufO":
             return None
-        prev, nxt = a[tied], a[tied + 1]
-        step = tied[nxt != prev]  # pairs first told apart by this column (NaN != NaN: told apart)
-        lo, hi = a[step], a[step + 1]
+        prev, nxt = (a[:-1], a[1:]) if tied is None else (a[tied], a[tied + 1])
+        differ = nxt != prev  # NaN != NaN: told apart here, then refused below
         try:
-            increasing = bool(np.all(lo < hi))  # NaN or mixed types: not sorted
+            increasing = bool(np.all(prev[differ] < nxt[differ]))  # NaN or mixed types: not sorted
         except TypeError:
             return None
         if not increasing:
             return None
-        level[step] = k
+        level[np.flatnonzero(differ) if tied is None else tied[differ]] = k
+        tied = np.flatnonzero(~differ) if tied is None else tied[~differ]
+        if not len(tied):
+            break
     return level
 
 
