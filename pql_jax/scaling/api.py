@@ -13,7 +13,7 @@ from pql_jax.scaling.fit import PowerFit, fit_fixed_effects
 from pql_jax.scaling.io import (_numeric_column, _check_values, atomic_output_dir, load_crossings,
                                 read_table, require_columns, require_distinct, write_json)
 from pql_jax.scaling.curves import fork_safe
-from pql_jax.scaling.pipeline import LOW_PRIORITY, PipelineConfig, Results, fit_all
+from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
 
 
 def fit_data_efficiency_file(crossings, out: str, shared: bool = False, normalise: str | None = None,
@@ -194,7 +194,6 @@ def _paint_lanes(pipes) -> None:
     import pickle
 
     try:
-        os.nice(LOW_PRIORITY)  # the pipeline's own process goes first; figures take what it leaves
         for parent_end, _ in pipes:
             parent_end.close()  # so that the parent's exit reads as the end of the input here
         from pql_jax.scaling import plots

@@ -259,10 +259,10 @@ class Forked:
     data either way, so the same result. ``fn`` must not mutate what this process reads later
     (the child's changes stay in the child); its result must pickle."""
 
-    def __init__(self, fn, *args, nice: int = 0):
+    def __init__(self, fn, *args):
         self.fn, self.args, self.proc = fn, args, None
         if fork_safe():
-            self.proc, self.conn = fork_child(lambda send: send.send(fn(*args)), nice)
+            self.proc, self.conn = fork_child(lambda send: send.send(fn(*args)))
 
     def result(self):
         """The result (waits for the child)."""
@@ -277,11 +277,9 @@ class Forked:
         return self.fn(*self.args)
 
 
-def fork_child(work, nice: int = 0):
+def fork_child(work):
     """(process, receiving end) of a forked child that runs ``work(sending end)`` and exits
-    without running this process's atexit handlers or flushing its buffers a second time.
-    ``nice``: lower the child's priority by that much (work off this process's critical path
-    then takes only the CPU that this process leaves)."""
+    without running this process's atexit handlers or flushing its buffers a second time."""
     import multiprocessing
     import os
 
@@ -290,7 +288,6 @@ def fork_child(work, nice: int = 0):
 
     def run():
         try:
-            os.nice(nice)
             work(send)
         finally:
             os._exit(0)

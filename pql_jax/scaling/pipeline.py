@@ -24,11 +24,6 @@ from pql_jax.scaling.laws import batch_size_b
 from pql_jax.scaling.powerlaw import percentile_interval
 
 
-#: Niceness of forked children whose work is off the pipeline's critical path (the B*/eta*
-#: checks, the figures): they take the core the pipeline leaves idle, not the pipeline's.
-LOW_PRIORITY = 10
-
-
 @dataclass
 class PipelineConfig:
     """Options of `fit all` (CLI flags of the same names)."""
@@ -166,7 +161,7 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
         res.objects[name] = pf
         res.fits[f"fit_{name}"] = {**pf.to_dict(), "excluded_at_edge": excluded}  # + the checks
         fitted.append((hp, name, pf))
-    checks = cv.Forked(_law_checks, gdf, D, thresholds, best, fitted, nice=LOW_PRIORITY) if fitted else None
+    checks = cv.Forked(_law_checks, gdf, D, thresholds, best, fitted) if fitted else None
     if "model_size" in best.columns and best["model_size"].nunique() >= 3 and "batch_size" in res.objects \
             and "batch_size_n" not in given:
         try:
