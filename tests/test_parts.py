@@ -57,6 +57,20 @@ def test_split_is_within_lpt_bound_of_the_best_assignment(tmp_path):
     assert max(_loads(costs, shares)) <= 4 / 3 * best + 1e-6
 
 
+def test_split_cuts_groups_when_whole_groups_balance_badly(tmp_path):
+    """9 groups on 8 parts: whole groups leave one part with two of them; halving groups (each
+    piece paying its own compile) shortens the busiest part, and every member is still in
+    exactly one part."""
+    path = write_sweep(tmp_path, {"grid": {"critic_width": list(range(16, 25))}, "seeds": 4})
+    spec = load_sweep(path, [*SHORT, "run.total_env_steps=2000000"])  # planned only: training outweighs a compile
+    costs = sweep_costs(spec)
+    unit = lambda g: parts.group_cost(g, costs)
+    whole_loads, _ = parts._lpt(list(spec.groups), unit, 8)
+    shares = parts.split(spec, costs, 8)
+    assert max(_loads(costs, shares)) < 0.8 * max(whole_loads)
+    assert sorted(m.name for s in shares for m in s.members) == sorted(m.name for m in spec.members)
+
+
 @pytest.mark.parametrize("text", ["0/3", "4/3", "3", "a/b", "1/0"])
 def test_bad_part_is_one_line(text):
     with pytest.raises(UserError, match="--part"):

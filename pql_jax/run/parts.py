@@ -9,8 +9,9 @@ Shares are whole compiled groups where possible, so no part compiles a program i
 groups are assigned largest first to the least-loaded part (LPT scheduling), by estimated cost
 (planned critic and actor FLOPs of the members' whole runs, plus one compile counted as that of
 `COMPILE_UPDATES` critic updates). With fewer groups than parts, the largest group is halved
-(by members) until there are enough. A split group keeps its index, so every row's `group`
-column equals the whole sweep's.
+(by members) until there are enough; groups are halved further while that shortens the busiest
+part (see `split`). A split group keeps its index, so every row's `group` column equals the
+whole sweep's.
 """
 
 from __future__ import annotations
@@ -56,31 +57,57 @@ def group_cost(group: Group, costs: dict[int, Costs]) -> float:
 
 
 def split(sweep: Sweep, costs: dict[int, Costs], parts: int) -> list[Sweep]:
-    """The `parts` shares of `sweep` (a part may be empty when there are fewer members than parts)."""
+    """The `parts` shares of `sweep` (a part may be empty when there are fewer members than parts).
+
+    Whole groups by LPT first; then the costliest group (or piece) is halved again and again, up
+    to `MAX_PIECES_PER_PART` pieces per part, and the assignment with the smallest makespan wins
+    (each extra piece pays its own compile). With about as many groups as parts, whole groups
+    balance badly: 9 equal groups on 8 parts leave one part with twice the work of the rest."""
     unit_cost = lambda g: group_cost(g, costs)
     units = list(sweep.groups)
-    while len(units) < parts:
-        biggest = max((u for u in units if len(u.members) > 1), key=unit_cost, default=None)
-        if biggest is None:
-            break
-        half = len(biggest.members) // 2
-        at = units.index(biggest)
-        units[at:at + 1] = [replace(biggest, members=biggest.members[:half]),
-                            replace(biggest, members=biggest.members[half:])]
+    while len(units) < parts and _halve_costliest(units, unit_cost):
+        pass
+    best = _lpt(units, unit_cost, parts)
+    while len(units) < MAX_PIECES_PER_PART * parts and _halve_costliest(units, unit_cost):
+        trial = _lpt(units, unit_cost, parts)
+        if max(trial[0]) < max(best[0]) * (1 - 1e-9):
+            best = trial
+    return [_share(sweep, share) for share in best[1]]
+
+
+MAX_PIECES_PER_PART = 4
+"""How finely `split` may cut groups to balance the parts (pieces per part, on average)."""
+
+
+def _halve_costliest(units: list[Group], unit_cost) -> bool:
+    """Replace the costliest unit of more than one member by its two halves; False if none."""
+    biggest = max((u for u in units if len(u.members) > 1), key=unit_cost, default=None)
+    if biggest is None:
+        return False
+    half = len(biggest.members) // 2
+    at = units.index(biggest)
+    units[at:at + 1] = [replace(biggest, members=biggest.members[:half]),
+                        replace(biggest, members=biggest.members[half:])]
+    return True
+
+
+def _lpt(units: list[Group], unit_cost, parts: int) -> tuple[list[float], list[list[Group]]]:
+    """Largest cost first onto the least-loaded part: (loads, units per part)."""
     loads, shares = [0.0] * parts, [[] for _ in range(parts)]
     for unit in sorted(units, key=lambda u: (-unit_cost(u), u.index, u.members[0].index)):
         target = min(range(parts), key=lambda p: (loads[p], p))
         loads[target] += unit_cost(unit)
         shares[target].append(unit)
-    out = []
-    for share in shares:
-        groups = {}
-        for unit in sorted(share, key=lambda u: (u.index, u.members[0].index)):
-            members = groups.get(unit.index, ()) + unit.members
-            groups[unit.index] = Group(unit.index, members)
-        members = tuple(m for g in groups.values() for m in g.members)
-        out.append(replace(sweep, members=members, groups=tuple(groups.values())))
-    return out
+    return loads, shares
+
+
+def _share(sweep: Sweep, share: list[Group]) -> Sweep:
+    """A part as a sweep: its pieces of one group joined (members in the group's order)."""
+    groups = {}
+    for unit in sorted(share, key=lambda u: (u.index, u.members[0].index)):
+        groups[unit.index] = Group(unit.index, groups.get(unit.index, ()) + unit.members)
+    members = tuple(m for g in groups.values() for m in g.members)
+    return replace(sweep, members=members, groups=tuple(groups.values()))
 
 
 def part_record(sweep: Sweep, part: Sweep, index: int, parts: int, sweep_text: str, overrides) -> str:
