@@ -2,9 +2,12 @@
 
 7 envs x 6 UTDs x 3 batch sizes x 3 learning rates x 10 seeds x 200 logging points, 100
 bootstrap resamples. Prints cold wall-clock times (a fresh `pql-jax` process, imports included)
-with and without figures, the time per stage, and recovered vs planted slopes.
+with and without figures, the CPU seconds of the main process and of its forked children, the
+time per stage, and recovered vs planted slopes. ``--before DIR`` also times another version
+(a source tree holding ``pql_jax/``, e.g. ``git archive REV pql_jax | tar -x -C DIR``) against
+this one, interleaved run by run (on a shared machine the load drifts between runs).
 
-    python benchmarks/bench_fit.py [--keep DIR]
+    python benchmarks/bench_fit.py [--keep DIR] [--before DIR] [--rounds N]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,22 +27,47 @@ import pandas as pd
 
 from pql_jax.scaling.synthetic import PLANTED, make_sweep
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the command line in a fresh process, reporting its own CPU and its children's (forked workers)
+CLI = ("import json, resource, sys\nfrom pql_jax import cli\nrc = cli.main(sys.argv[1:])\n"
+       "s, c = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"
+       "sys.stderr.write(json.dumps([s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime]))\nsys.exit(rc)")
 
-def run(csv: str, out: str, *extra: str) -> tuple[float, float]:
-    """(wall, CPU) seconds of one cold `pql-jax fit all` process; CPU time is what the
-    process itself used, so it is less affected by other jobs on a shared machine."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+def run(csv: str, out: str, *extra: str, source: str = ROOT) -> tuple[float, float, float]:
+    """(wall, CPU of the main process, CPU of its children) seconds of one cold `pql-jax fit all`
+    with the ``pql_jax`` of ``source``; CPU time is less affected by other jobs than wall time."""
+    env = dict(os.environ, PYTHONPATH=source)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pql_jax.cli", "fit", "all", csv, "--out", out, *extra],
-                   check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-c", CLI, "fit", "all", csv, "--out", out, *extra], check=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=tempfile.gettempdir())  # not the repository: PYTHONPATH decides the version
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    main_cpu, child_cpu = json.loads(done.stderr.strip().splitlines()[-1])
+    return wall, main_cpu, child_cpu
+
+
+def compare(csv: str, work: str, before: str, rounds: int) -> None:
+    """Interleaved cold runs with figures: ``before`` (a source tree) and this checkout."""
+    load0 = os.getloadavg()[0]
+    times = {"before": [], "after": []}
+    for _ in range(rounds):
+        for name, src in (("before", before), ("after", ROOT)):
+            times[name].append(run(csv, os.path.join(work, f"out_{name}"), source=src))
+    print(f"\ninterleaved, {rounds} rounds, with figures (1-min load average {load0:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after, other jobs included)\n")
+    print("| version | wall median (min-max) | CPU median: total = main + children |\n|---|---|---|")
+    for name, t in times.items():
+        w, m, c = (statistics.median(x[i] for x in t) for i in range(3))
+        print(f"| {name} | {w:.2f} s ({min(x[0] for x in t):.2f}-{max(x[0] for x in t):.2f}) | "
+              f"{statistics.median(x[1] + x[2] for x in t):.2f} s = {m:.2f} + {c:.2f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--keep", help="write the outputs here instead of a temporary directory")
+    ap.add_argument("--before", help="source tree of another version to time against this one, interleaved")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --before")
     args = ap.parse_args()
     work = args.keep or tempfile.mkdtemp(prefix="bench_fit_")
     os.makedirs(work, exist_ok=True)
@@ -48,13 +77,14 @@ def main() -> None:
     print(f"sweep: {len(df)} rows, {df.groupby(['env', 'utd', 'batch_size', 'lr']).ngroups} run groups, "
           f"{df['seed'].nunique()} seeds, {df.groupby(['env', 'utd', 'batch_size', 'lr', 'seed']).size().iloc[0]} points")
     runs = [run(csv, os.path.join(work, "out_nofig"), "--no-figures") for _ in range(3)]
-    wall, cpu = np.median([r[0] for r in runs]), np.median([r[1] for r in runs])
+    wall, cpu = np.median([r[0] for r in runs]), np.median([r[1] + r[2] for r in runs])
     out = os.path.join(work, "out")
-    wall_f, cpu_f = run(csv, out)
+    wall_f, main_f, child_f = run(csv, out)
     summary = json.load(open(os.path.join(out, "summary.json")))
     print(f"load average (1 min, other jobs included): {os.getloadavg()[0]:.2f}")
     print(f"\ncold `fit all` without figures (median of 3): wall {wall:.2f} s, CPU {cpu:.2f} s; "
-          f"with figures: wall {wall_f:.2f} s, CPU {cpu_f:.2f} s\n")
+          f"with figures: wall {wall_f:.2f} s, CPU {main_f + child_f:.2f} s ({main_f:.2f} main process, "
+          f"{child_f:.2f} forked children)\n")
     print("| stage (run with figures) | seconds |\n|---|---|")
     for k, v in summary["timings"].items():
         print(f"| {k} | {v:.2f} |")
@@ -83,6 +113,8 @@ def main() -> None:
     cr = pd.read_csv(os.path.join(out, "crossings_runs.csv"))
     print(f"\ncrossings: {len(cr)} (run group, threshold) pairs, {int((~cr['reached']).sum())} not reached; "
           f"outputs in {out}")
+    if args.before:
+        compare(csv, work, args.before, args.rounds)
 
 
 if __name__ == "__main__":
