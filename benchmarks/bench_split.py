@@ -9,7 +9,9 @@ its exact critic updates and actor updates; compiles counted as in `parts.group_
   members are sharded over the D devices, ceil(members / D) per device, groups one after another;
   device-slot use = members / (D x ceil(members / D)) (the rest is padding);
 - N job-array parts (`--part I/N` or `--parts N --launch submitit`), each on its own device(s):
-  whole groups assigned by LPT (`parts.split`); balance = mean / max part cost;
+  `parts.split` with lock-step costs (whole groups by LPT, cut further where that shortens the
+  busiest part: a piece holding only the smaller UTDs of a group also wastes less on masking);
+  balance = mean / max part time;
 - `--hosts` parts of `--host-devices` devices each (a host's GPUs as one part, sharded within it).
 
 Speed-up: planned FLOPs of the busiest device on one device over those with the layout, i.e. the
@@ -61,10 +63,10 @@ def costs_once(sweep) -> dict:
 def group_time(group, costs, devices: int) -> float:
     """Planned FLOPs on the busiest of `devices` devices running `group` sharded: members run in
     lock step (vmapped, their updates masked), so ceil(members / devices) x the costliest member,
-    plus one compile (as `parts.group_cost` counts it)."""
-    unit = max(parts.member_cost(m, costs[m.index]) for m in group.members)
-    return (math.ceil(len(group.members) / devices) * unit
-            + parts.COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update)
+    plus one compile (`parts.group_cost` with lockstep)."""
+    per = math.ceil(len(group.members) / devices)
+    compile_cost = parts.COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
+    return per * max(parts.member_cost(m, costs[m.index]) for m in group.members) + compile_cost
 
 
 def sweep_time(sweep, costs, devices: int) -> float:
@@ -81,7 +83,7 @@ def sharded(sweep, costs, devices: int, base: float) -> dict:
 
 def job_array(sweep, costs, count: int, devices: int, base: float) -> dict:
     """`count` parts by LPT (`parts.split`), each one program over its own `devices` devices."""
-    shares = [s for s in parts.split(sweep, costs, count) if s.groups]
+    shares = [s for s in parts.split(sweep, costs, count, lockstep=True) if s.groups]
     times = [sweep_time(share, costs, devices) for share in shares]
     return {"groups_per_part": [len(s.groups) for s in shares], "balance": sum(times) / count / max(times),
             "speedup": base / max(times)}

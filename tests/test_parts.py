@@ -57,6 +57,18 @@ def test_split_is_within_lpt_bound_of_the_best_assignment(tmp_path):
     assert max(_loads(costs, shares)) <= 4 / 3 * best + 1e-6
 
 
+def test_lockstep_group_cost_charges_every_member_the_costliest_updates():
+    """vmap batching: members step together, masked updates cost as much as real ones."""
+    spec = load_sweep(SWEEP, SHORT)  # one group: utd 1/64, 1/32, 1/16 x 2 seeds
+    costs = sweep_costs(spec)
+    group = spec.groups[0]
+    each = [parts.member_cost(m, costs[m.index]) for m in group.members]
+    compile_cost = parts.COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
+    assert max(each) > 3.5 * min(each)  # 4x span of UTDs
+    assert parts.group_cost(group, costs) == pytest.approx(sum(each) + compile_cost)
+    assert parts.group_cost(group, costs, lockstep=True) == pytest.approx(len(each) * max(each) + compile_cost)
+
+
 def test_split_cuts_groups_when_whole_groups_balance_badly(tmp_path):
     """9 groups on 8 parts: whole groups leave one part with two of them; halving groups (each
     piece paying its own compile) shortens the busiest part, and every member is still in
@@ -68,7 +80,13 @@ def test_split_cuts_groups_when_whole_groups_balance_badly(tmp_path):
     whole_loads, _ = parts._lpt(list(spec.groups), unit, 8)
     shares = parts.split(spec, costs, 8)
     assert max(_loads(costs, shares)) < 0.8 * max(whole_loads)
-    assert sorted(m.name for s in shares for m in s.members) == sorted(m.name for m in spec.members)
+    for count in (3, 5, 8):  # pieces of one group that land in one part are joined, in the group's order
+        shares = parts.split(spec, costs, count)
+        assert sorted(m.name for s in shares for m in s.members) == sorted(m.name for m in spec.members)
+        for share in shares:
+            assert len({g.index for g in share.groups}) == len(share.groups)
+            for group in share.groups:
+                assert list(group.members) == [m for m in spec.groups[group.index].members if m in group.members]
 
 
 @pytest.mark.parametrize("text", ["0/3", "4/3", "3", "a/b", "1/0"])

@@ -50,20 +50,24 @@ def member_cost(member: Member, costs: Costs) -> float:
     return critic_updates * (costs.flops_per_critic_update + costs.flops_per_actor_update / config.agent.critic_actor_ratio)
 
 
-def group_cost(group: Group, costs: dict[int, Costs]) -> float:
-    """Estimated cost of training `group` on one machine: its members' FLOPs plus one compile."""
-    return (sum(member_cost(m, costs[m.index]) for m in group.members)
-            + COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update)
+def group_cost(group: Group, costs: dict[int, Costs], lockstep: bool = False) -> float:
+    """Estimated cost of training `group` on one machine: its members' FLOPs plus one compile.
+    `lockstep` (vmap batching): members step together and a masked update costs as much as a
+    real one, so every member pays the costliest member's updates."""
+    each = [member_cost(m, costs[m.index]) for m in group.members]
+    work = len(each) * max(each) if lockstep else sum(each)
+    return work + COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
 
 
-def split(sweep: Sweep, costs: dict[int, Costs], parts: int) -> list[Sweep]:
+def split(sweep: Sweep, costs: dict[int, Costs], parts: int, lockstep: bool = False) -> list[Sweep]:
     """The `parts` shares of `sweep` (a part may be empty when there are fewer members than parts).
 
     Whole groups by LPT first; then the costliest group (or piece) is halved again and again, up
     to `MAX_PIECES_PER_PART` pieces per part, and the assignment with the smallest makespan wins
     (each extra piece pays its own compile). With about as many groups as parts, whole groups
-    balance badly: 9 equal groups on 8 parts leave one part with twice the work of the rest."""
-    unit_cost = lambda g: group_cost(g, costs)
+    balance badly: 9 equal groups on 8 parts leave one part with twice the work of the rest.
+    `lockstep`: cost members as vmap batching runs them (`group_cost`)."""
+    unit_cost = lambda g: group_cost(g, costs, lockstep)
     units = list(sweep.groups)
     while len(units) < parts and _halve_costliest(units, unit_cost):
         pass
@@ -105,7 +109,8 @@ def _share(sweep: Sweep, share: list[Group]) -> Sweep:
     """A part as a sweep: its pieces of one group joined (members in the group's order)."""
     groups = {}
     for unit in sorted(share, key=lambda u: (u.index, u.members[0].index)):
-        groups[unit.index] = Group(unit.index, groups.get(unit.index, ()) + unit.members)
+        joined = groups[unit.index].members if unit.index in groups else ()
+        groups[unit.index] = Group(unit.index, joined + unit.members)
     members = tuple(m for g in groups.values() for m in g.members)
     return replace(sweep, members=members, groups=tuple(groups.values()))
 
