@@ -105,7 +105,7 @@ class FigurePainter:
         import multiprocessing
         import tempfile
 
-        self.dir, self.sent, self.n = tempfile.mkdtemp(prefix="pql_figures_"), {}, 0
+        self.dir, self.n = tempfile.mkdtemp(prefix="pql_figures_"), 0
         ctx = multiprocessing.get_context("fork")
         self.pipes = [ctx.Pipe() for _ in range(2)]
         self.proc = ctx.Process(target=_paint_lanes, args=(self.pipes,))
@@ -114,10 +114,11 @@ class FigurePainter:
             child_end.close()  # so that a child's failure reads as the end of its output here
 
     def submit(self, res, names: list, select_level: int) -> None:
-        """Hand the figures ``names`` (``plots.FIGURES`` function names) to the children."""
+        """Hand the figures ``names`` (``FIGURES``' function names) to the children."""
         import pickle
 
-        light = Results(res.config, tables=dict(res.tables), fits={k: v for k, v in res.fits.items() if k == "fit_budget"},
+        light = Results(res.config, tables=dict(res.tables),
+                        fits={k: v for k, v in res.fits.items() if k == "fit_budget"},
                         objects={k: v for k, v in res.objects.items() if k in _FIGURE_OBJECTS},
                         summary={"select_level": select_level})
         if "isotonic_curves" in names and light.objects.get("groups"):  # only the first env's runs are drawn
@@ -132,12 +133,14 @@ class FigurePainter:
         for lane in (0, 1):
             mine = [n for n in names if self.LANE.get(n, 0) == lane]
             if mine:
-                self.pipes[lane][0].send((path, mine))
-                self.sent.setdefault(lane, []).extend(mine)
+                try:
+                    self.pipes[lane][0].send((path, mine))
+                except OSError:  # the child failed: its figures are drawn in ``finish``
+                    pass
 
     def finish(self, res, out_dir: str) -> list[str]:
         """Write the figures into ``out_dir`` (those not drawn by a child are drawn here); return
-        the file names written, in ``plots.FIGURES`` order."""
+        the file names written, in ``FIGURES`` order."""
         os.makedirs(out_dir, exist_ok=True)
         pngs = {}
         for conn, _ in self.pipes:
@@ -151,7 +154,7 @@ class FigurePainter:
             except (EOFError, OSError):  # the child failed: its figures are drawn here
                 pass
         self.proc.join()
-        files = dict((fn, name) for name, fn in _figures())
+        files = {fn: name for name, fn in FIGURES}
         missing = [fn for fn, _ in files.items() if fn not in pngs]
         if missing:
             from pql_jax.scaling import plots
@@ -161,7 +164,7 @@ class FigurePainter:
             if png is not None:
                 with open(os.path.join(out_dir, files[fn]), "wb") as fh:
                     fh.write(png)
-        return [name for name, fn in _figures() if pngs.get(fn) is not None]
+        return [name for name, fn in FIGURES if pngs.get(fn) is not None]
 
     def close(self) -> None:
         """Stop the children (after ``finish``, or when the pipeline failed) and remove the inputs."""
@@ -175,16 +178,15 @@ class FigurePainter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: Every figure: (file, function of ``plots``), ordered so that alternate ones balance two
+#: workers (``plots.make_figures``); here so that it is known without importing matplotlib.
+FIGURES = (("isotonic_curves.png", "isotonic_curves"), ("data_efficiency.png", "data_efficiency"),
+           ("batch_size_fit.png", "batch_size_fit"), ("pareto.png", "pareto"),
+           ("learning_rate_fit.png", "learning_rate_fit"), ("sigma_star.png", "sigma_star"),
+           ("data_sigma_n.png", "data_sigma_n"))
+
 #: What the figures read of ``Results.objects``.
 _FIGURE_OBJECTS = ("groups", "keys", "thresholds", "batch_size", "learning_rate", "data")
-
-
-def _figures():
-    """``plots.FIGURES`` without importing matplotlib here (the same list)."""
-    return (("isotonic_curves.png", "isotonic_curves"), ("data_efficiency.png", "data_efficiency"),
-            ("batch_size_fit.png", "batch_size_fit"), ("pareto.png", "pareto"),
-            ("learning_rate_fit.png", "learning_rate_fit"), ("sigma_star.png", "sigma_star"),
-            ("data_sigma_n.png", "data_sigma_n"))
 
 
 def _paint_lanes(pipes) -> None:

@@ -14,15 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pql_jax.config import format_utd  # noqa: E402
+from pql_jax.scaling.api import FIGURES  # noqa: E402, F401 - every figure, in drawing order
 from pql_jax.scaling.curves import first_crossings, isotonic_rows  # noqa: E402
 
 MAX_PANELS = 8
-
-
-FIGURES = (("isotonic_curves.png", "isotonic_curves"), ("data_efficiency.png", "data_efficiency"),
-           ("batch_size_fit.png", "batch_size_fit"), ("pareto.png", "pareto"),
-           ("learning_rate_fit.png", "learning_rate_fit"), ("sigma_star.png", "sigma_star"),
-           ("data_sigma_n.png", "data_sigma_n"))  # ordered so that alternate ones balance two workers
 
 
 def make_figures(res, out_dir: str) -> list[str]:
