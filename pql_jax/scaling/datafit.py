@@ -180,35 +180,41 @@ def joint_bootstrap_refit(fit: LawFit, df: pd.DataFrame, LY: np.ndarray, group: 
 
 
 def bootstrap_refits(fit: LawFit, parts: dict, iters: int = 30) -> dict:
-    """``bootstrap_refit`` of several groups at once, ``parts``: group -> (lx, LY); returns
-    group -> log parameters (R, p), the same numbers as one call per group.
+    """``bootstrap_refit`` of several groups, ``parts``: group -> (lx, LY); returns group -> log
+    parameters (R, p), the same numbers as one call per group.
 
-    The groups' resample rows are stacked into one ``batched_lm`` (per-row inputs, boxes and
-    starts; groups with fewer points padded with weightless ones, whose residuals are exact
-    zeros): every operation there is per row, and sums over up to 7 points run left to right,
-    so a padded zero changes nothing. Longer, unequal groups are refitted one by one (numpy
-    sums 8 or more terms pairwise, where padding would regroup them)."""
-    law = fit.law
-    n = {g: LY.shape[1] for g, (_, LY) in parts.items()}
-    if len(parts) < 2 or (max(n.values()) >= 8 and len(set(n.values())) > 1):
-        return {g: bootstrap_refit(fit, g, lx, LY, iters) for g, (lx, LY) in parts.items()}
-    width, q = max(n.values()), len(law.params)
-    LYs, lxs, th0, lo, hi, blocks, start = [], {k: [] for k in law.inputs}, [], [], [], {}, 0
-    for g, (lx, LY) in parts.items():
-        pad = width - n[g]
-        LYs.append(np.pad(LY, ((0, 0), (0, pad)), constant_values=np.nan))
-        for k in law.inputs:  # a finite input at the weightless points: 0 * finite = 0
-            lxs[k].append(np.tile(np.pad(lx[k], (0, pad), mode="edge"), (len(LY), 1)))
-        th0.append(np.tile(np.log([fit.params[g][p] for p in law.params]), (len(LY), 1)))
-        box = _bounds(law, law.grid(lx))
-        lo.append(np.tile([-np.inf] + [b[0] for b in box], (len(LY), 1)))
-        hi.append(np.tile([np.inf] + [b[1] for b in box], (len(LY), 1)))
-        blocks[g] = slice(start, start + len(LY))
-        start += len(LY)
-    index = np.repeat(np.arange(q)[:, None], width, axis=1)
-    theta = _lm(law, {k: np.vstack(v) for k, v in lxs.items()}, np.vstack(LYs), np.vstack(th0), np.vstack(lo),
-                np.vstack(hi), index, iters, list(blocks.values()))
-    return {g: theta[b] for g, b in blocks.items()}
+    Groups whose points have the same inputs (the same UTDs, sizes) are refitted in one
+    ``batched_lm`` pass, their resample rows stacked under the shared inputs: every operation
+    there is per row, so each row's numbers are those of its group's own call (35 calls were
+    mostly numpy call overhead). Inputs are never tiled per row: that changed the last bits of
+    some refits of the (sigma, N) law."""
+    law, out, classes = fit.law, {}, {}
+    for g, (lx, _) in parts.items():
+        classes.setdefault(tuple(np.asarray(lx[k], float).tobytes() for k in law.inputs), []).append(g)
+    for same in classes.values():
+        if len(same) == 1:
+            out[same[0]] = bootstrap_refit(fit, same[0], *parts[same[0]], iters)
+            continue
+        lx, LYs = parts[same[0]][0], [parts[g][1] for g in same]
+        q, n = len(law.params), LYs[0].shape[1]
+        index = np.repeat(np.arange(q)[:, None], n, axis=1)
+        lo, hi = _box(law, lx, index, q)
+        theta = np.vstack([np.tile(np.log([fit.params[g][p] for p in law.params]), (len(LY), 1))
+                           for g, LY in zip(same, LYs)])
+        ends = np.cumsum([0] + [len(LY) for LY in LYs])
+        blocks = [slice(a, b) for a, b in zip(ends[:-1], ends[1:])]
+        theta = _lm(law, lx, np.vstack(LYs), theta, lo, hi, index, iters, blocks)
+        out.update({g: theta[b] for g, b in zip(same, blocks)})
+    return {g: out[g] for g in parts}
+
+
+def _box(law: Law, lx: dict, index: np.ndarray, q: int):
+    """Bounds (q,) on the parameter vector: the main fit's box (``_bounds``); scales unbounded."""
+    box = _bounds(law, law.grid(lx))
+    lo, hi = np.full(q, -np.inf), np.full(q, np.inf)
+    for i in range(1, len(law.params)):  # entry 0 of a law is its scale: unbounded
+        lo[np.unique(index[i])], hi[np.unique(index[i])] = box[i - 1]
+    return lo, hi
 
 
 def batched_lm(law: Law, lx: dict, LY: np.ndarray, theta0: np.ndarray, index: np.ndarray,
@@ -223,10 +229,7 @@ def batched_lm(law: Law, lx: dict, LY: np.ndarray, theta0: np.ndarray, index: np
     box (no runaway along ridges); rows with fewer points than parameters are NaN.
     """
     R, q = len(LY), len(theta0)
-    box = _bounds(law, law.grid(lx))
-    lo, hi = np.full(q, -np.inf), np.full(q, np.inf)
-    for i in range(1, len(law.params)):  # entry 0 of a law is its scale: unbounded
-        lo[np.unique(index[i])], hi[np.unique(index[i])] = box[i - 1]
+    lo, hi = _box(law, lx, index, q)
     return _lm(law, lx, LY, np.tile(np.asarray(theta0, float), (R, 1)), lo, hi, index, iters, [slice(None)])
 
 
