@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--batching", default="auto", choices=("auto", "map", "vmap"),
                              help="members within a device: vmap (batched, fastest on accelerators) or map (one "
                                   "after another, bit-identical to single runs); auto: map on CPU, vmap otherwise")
+            _add_distributed_flags(cmd)
         cmd.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the base config")
         cmd.set_defaults(func=func)
     wf = sub.add_parser("workflow", help="the scaling workflow: sweeps -> fitted laws -> proposal -> verification",
@@ -70,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     scaling_cli.add_subcommands(sub)
     return parser
+
+
+def _add_distributed_flags(cmd) -> None:
+    """Flags that start one sweep on several processes (hosts): pql_jax.run.distributed."""
+    group = cmd.add_argument_group("several processes (JAX multi-controller; start every process alike)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which every process joins")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (0 writes the outputs)")
+    group.add_argument("--distributed", choices=("auto",),
+                       help="auto: JAX finds the coordinator, N and I itself (SLURM, cloud TPU, ...)")
+    group.add_argument("--init-timeout", type=int, default=300, metavar="S",
+                       help="seconds to wait for the coordinator and every process to join (default 300)")
 
 
 def _cmd_train(args) -> int:
@@ -123,14 +136,18 @@ def _cmd_sweep(args) -> int:
     """Train a sweep: one sharded program per group; results.csv has one row per member and logging point."""
     from pathlib import Path
 
-    from pql_jax.run import launch
+    from pql_jax.run import distributed, launch
 
     from pql_jax.run.parts import parse_part
 
     part = parse_part(args.part) if args.part else None
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.distributed,
+                           args.init_timeout)  # before any JAX computation
     rows = launch.train_sweep_file(args.sweep_file, args.out, args.overrides, resume=args.resume,
                                    progress=not args.no_progress, batching=args.batching, part=part)
     diverged = [r["member"] for r in rows if r.get("diverged")]
+    if not distributed.is_primary():
+        return 0
     print(f"done: results in {Path(args.out) / 'results.csv'}"
           + (f"; diverged: {', '.join(diverged)}" if diverged else ""))
     return 0

@@ -5,6 +5,10 @@ killed mid-save never leaves a half-written checkpoint as the latest. With `asyn
 training pauses only to copy the state to host memory (the next chunk donates, i.e. reuses, the
 device buffers), and orbax writes the copy to disk in a background thread while training goes
 on; one write at a time.
+
+With several processes (pql_jax.run.distributed) the state's arrays are global: every process
+calls save and restore, orbax writes and reads each process's own shards (process 0 the metadata
+and the JSON `meta`), so the checkpoint directory must be on a file system every process sees.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -48,8 +53,8 @@ class Checkpointer:
         self.manager.wait_until_finished()
         meta = {**meta, "with_buffer": self.with_buffer}
         leaves = _saved_leaves(state, self.with_buffer)
-        if self.asynchronous:  # a private host copy: the device buffers are donated to the next chunk
-            leaves = {k: np.array(v, copy=True) for k, v in leaves.items()}
+        if self.asynchronous:  # a private copy: the device buffers are donated to the next chunk
+            leaves = {k: _private_copy(v) for k, v in leaves.items()}
         items = {"meta": ocp.args.JsonSave(meta), "state": ocp.args.StandardSave(leaves)}
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         if not self.asynchronous:
@@ -85,6 +90,15 @@ class Checkpointer:
         """Finish any write in flight, then release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _private_copy(leaf):
+    """A copy of `leaf` that the next chunk's donation cannot overwrite: in host memory when this
+    process holds the whole array, else on the devices (a global array: orbax copies its own
+    shards to host)."""
+    if getattr(leaf, "is_fully_addressable", True):
+        return np.array(leaf, copy=True)
+    return jnp.copy(leaf)
 
 
 def _saved_leaves(state, with_buffer: bool) -> dict:

@@ -15,6 +15,7 @@ from pql_jax.config import Config
 from pql_jax.errors import UserError
 from pql_jax.run import loop, parts
 from pql_jax.run.compiled import sweep_memory
+from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.run.plan import check_memory, memory_limit, plan_text, sweep_costs
 from pql_jax.run.sweep import Sweep, load_sweep, single
 
@@ -44,8 +45,11 @@ def open_run_dir(out: Path, files: dict[str, str], resume: bool, same=None, what
     """Create `out` holding `files` (each written atomically), or, with `resume`, check that it holds
     them already and, when `same` is given, that `same(text of the first file)` says it is this run.
     UserError otherwise, with nothing written. `check_only`: the checks, nothing written (run before
-    the plan's compile, so a wrong --out fails at once)."""
+    the plan's compile, so a wrong --out fails at once). With several processes only process 0
+    writes (every process checks)."""
     out = Path(out)
+    if not check_only and not is_primary():
+        return  # process 0 writes; every process ran the checks before (check_only), as process 0 does now
     if resume:
         missing = [name for name in files if not (out / name).is_file()]
         if missing:
@@ -90,12 +94,14 @@ def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[st
         log(f"part {part[0]}/{part[1]}: {len(spec.members)} of {len(whole.members)} members in "
             f"{len(spec.groups)} program(s)")
     open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep", check_only=True)
+    barrier("pql_jax: run directory checked")  # by every process, before process 0 writes it
     if not spec.members:
         open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep")
         return []
     costs, lines = plan(spec, batching)
     log("\n".join(lines))
     open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep")
+    barrier("pql_jax: run directory written")
     return loop.train(spec, out, costs, loop.SWEEP, resume=resume, progress=progress, batching=batching,
                       stop_after_chunks=stop_after_chunks, log=log)
 

@@ -1,6 +1,8 @@
 """THE host loop: trains every group of a sweep, one compiled chunk after another, with the results
 table, TensorBoard, checkpoints, progress and resume. A single run is a sweep of one member; the
-two differ only in their `Layout` (file names, and what a divergence does).
+two differ only in their `Layout` (file names, and what a divergence does). With several
+processes (pql_jax.run.distributed) every process runs this loop on its share of the members'
+devices and sees every member's metrics; only process 0 writes the table and TensorBoard.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pql_jax.errors import UserError
 from pql_jax.learner.evaluate import eval_due
 from pql_jax.learner.pql import num_chunks
 from pql_jax.run.checkpoint import Checkpointer
+from pql_jax.run.distributed import is_primary
 from pql_jax.run.plan import Costs
 from pql_jax.run.program import GroupProgram
 from pql_jax.run.sweep import Group, Member, Sweep
@@ -65,7 +68,7 @@ def train(sweep: Sweep, out: Path, costs: dict[int, Costs], layout: Layout = SWE
 
     total = sum(num_chunks(g.config) * g.config.run.chunk_steps * g.config.env.num_envs * len(g.members)
                 for g in sweep.groups)
-    bar = tqdm(total=total, unit="step", unit_scale=True, disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=total, unit="step", unit_scale=True, disable=not (progress and is_primary()), dynamic_ncols=True,
                desc=sweep.name if len(sweep.members) > 1 else "train")
     budget = [stop_after_chunks]
     last: list[dict] = []
@@ -91,13 +94,15 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
         start = meta["chunk"]
         log(f"group {group.index}: resumed from chunk {start} (env step {start * chunk_steps * num_envs:,})")
     bar.update(start * chunk_steps * num_envs * len(group.members))
+    writes = is_primary()
     table = MetricsTable(out / layout.table, start * chunk_steps if resume else None,
-                         keep=lambda row: int(row["group"]) != group.index)
+                         keep=lambda row: int(row["group"]) != group.index) if writes else Discard()
     if start >= total:
         ckpt.close()
         return []
     columns = {m.index: member_columns(m, group.index, costs[m.index]) for m in group.members}
-    boards = {m.index: TensorBoard(layout.tb_dir(out, m), purge_step=start * chunk_steps * num_envs if resume else None)
+    purge = start * chunk_steps * num_envs if resume else None
+    boards = {m.index: TensorBoard(layout.tb_dir(out, m), purge_step=purge) if writes else Discard()
               for m in group.members}
     for m in group.members:
         boards[m.index].start(attached_hparams(m.config, costs[m.index].critic_params, sweep.axes),
@@ -139,6 +144,14 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
             log(f"group {group.index}: {len(ckpt.pauses)} checkpoint(s), training paused {np.mean(ckpt.pauses):.3f} s "
                 f"per save (max {max(ckpt.pauses):.3f} s)")
     return list(prev.values())
+
+
+class Discard:
+    """Stands in for the results table and TensorBoard on processes other than process 0: takes
+    every call, writes nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def _rows(group: Group, metrics: dict, columns: dict, costs: dict, num_envs: int, wall: float, elapsed,

@@ -19,6 +19,7 @@ from pql_jax.errors import UserError
 from pql_jax.learner.evaluate import eval_phase
 from pql_jax.learner.pql import Learner, build_learner
 from pql_jax.learner.state import PopulationSchedule, hparams_from_config
+from pql_jax.run.distributed import place, to_host
 from pql_jax.run.sweep import Group
 
 BATCHING = ("auto", "map", "vmap")
@@ -96,9 +97,10 @@ _PROGRAMS: dict[tuple, Program] = {}
 
 
 def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
-    """Move a chunk's metrics to numpy (one transfer per chunk); `env_steps` = vector steps x envs
+    """Move a chunk's metrics to numpy (one transfer per chunk; gathered from every process when
+    members live on several); `env_steps` = vector steps x envs
     per step, exact in int64 (the chunk returns the two factors, each well inside int32)."""
-    out = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    out = {k: np.asarray(v) for k, v in to_host(metrics).items()}
     if "envs_per_step" in out:
         envs = out.pop("envs_per_step").astype(np.int64)
         out["env_steps"] = out["vector_steps"].astype(np.int64) * envs
@@ -126,7 +128,11 @@ class GroupProgram:
     group: Group
     program: Program
     hp: object
+    """Stacked hyperparameters as the program's input (global arrays sharded over "pop" when
+    several processes run; else as built)."""
     keys: jax.Array
+    host_hp: object
+    """The same hyperparameters on this host (schedules are built from them)."""
 
     @classmethod
     def build(cls, group: Group, batching: str = "auto", devices=None) -> "GroupProgram":
@@ -134,7 +140,8 @@ class GroupProgram:
         padded = list(group.members) + [group.members[0]] * (program.size - len(group.members))
         hp = stack([hparams_from_config(m.config) for m in padded])
         keys = jnp.stack([jax.random.PRNGKey(m.config.run.seed) for m in padded])
-        return cls(group, program, hp, keys)
+        members = NamedSharding(program.mesh, PartitionSpec("pop"))
+        return cls(group, program, place(hp, members), place(keys, members), hp)
 
     @property
     def learner(self) -> Learner:
@@ -147,7 +154,8 @@ class GroupProgram:
     def schedule(self, vector_steps: int, evaluate: bool = True) -> PopulationSchedule:
         config = self.group.config
         phase = eval_phase(run_vector_steps(config), config.env)
-        return PopulationSchedule.of(self.hp, vector_steps, evaluate, phase)
+        schedule = PopulationSchedule.of(self.host_hp, vector_steps, evaluate, phase)
+        return place(schedule, NamedSharding(self.program.mesh, PartitionSpec()))
 
     def abstract_state(self):
         """`initial_state`'s shapes and shardings, nothing allocated."""

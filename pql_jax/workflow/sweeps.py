@@ -2,7 +2,8 @@
 
 ``hparam_sweep`` trains the UTD x batch size x learning rate grid; ``utd_sweep`` trains the UTD
 list at the settings ``fit_hparams`` fitted (times the critic widths when given). ``verify`` runs
-its plan through the same two functions (``write_sweep``, ``run_sweep_stage``).
+its plan through the same two functions (``write_sweep``, ``run_sweep_stage``). Under several
+processes (pql_jax.run.distributed) only process 0 writes the stage's files; every process trains.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 from pql_jax.config import format_utd
 from pql_jax.errors import UserError
 from pql_jax.run import parts
+from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.run.launch import train_sweep_file
 from pql_jax.run.tables import read_rows
 from pql_jax.workflow.spec import Workflow, read_settings
@@ -31,7 +33,9 @@ def write_sweep(wf: Workflow, path: Path, overrides: dict, grid: dict, zipped: d
     text = yaml.safe_dump(spec, sort_keys=False)
     if path.is_file() and path.read_text() != text:
         raise UserError(f"{path} holds a different sweep; rerun this stage with --from {path.parent.name}")
-    path.write_text(text)
+    if is_primary():
+        path.write_text(text)
+    barrier("pql_jax: stage sweep written")
 
 
 class PartsPending(Exception):
@@ -52,15 +56,17 @@ def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
     part = getattr(wf, "part", None)
     run = stage_dir / (f"part{part[0]}of{part[1]}" if part else "run")
     resume = (run / "members.yaml").is_file()
-    if run.exists() and not resume:  # a run that died before it wrote its members: start over
+    if run.exists() and not resume and is_primary():  # a run that died before it wrote its members: start over
         shutil.rmtree(run)
+    barrier("pql_jax: stage run directory cleared")
     if resume:
         log(f"  resuming {run}")
     rows = train_sweep_file(stage_dir / "sweep.yaml", run, resume=resume, progress=progress,
                             batching=wf.spec.get("batching", "auto"), log=lambda text: log(_indent(text)), part=part)
     if part:
-        rows = _merge_parts(stage_dir, part[1])
-    shutil.copyfile(stage_dir / "run" / "results.csv", stage_dir / "results.csv")
+        rows = _merge_parts(stage_dir, part[1])  # concurrent merges are safe (parts.merge)
+    if is_primary():
+        shutil.copyfile(stage_dir / "run" / "results.csv", stage_dir / "results.csv")
     return {"members": len(rows)}
 
 
