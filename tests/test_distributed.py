@@ -195,6 +195,12 @@ def test_coordinator_port_in_use_exit_2(tmp_path, capsys):
                  "process 0 cannot start the coordinator")
 
 
+def test_auto_without_a_cluster_exit_2(tmp_path, capsys, monkeypatch):
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR"))]:
+        monkeypatch.delenv(name)  # no cluster for JAX to find
+    _refused(tmp_path, capsys, ["--distributed", "auto"], "--distributed auto: JAX found no cluster to join")
+
+
 def test_processes_disagreeing_on_the_count_exit_2(tmp_path):
     """Process 0 says 2 processes, process 1 says 3: both stop with the same line, nothing written."""
     out = tmp_path / "out"
