@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--batching", default="auto", choices=("auto", "map", "vmap"),
                              help="members within a device: vmap (batched, fastest on accelerators) or map (one "
                                   "after another, bit-identical to single runs); auto: map on CPU, vmap otherwise")
+            _add_launch_flags(cmd)
             _add_distributed_flags(cmd)
         cmd.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the base config")
         cmd.set_defaults(func=func)
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--part", metavar="I/N", help="train only the I-th of N shares of each sweep stage (a job-array "
                                                   "task; --out on a shared file system); the stage merges and the "
                                                   "workflow goes on once every part has finished")
+    _add_launch_flags(wf)
     wf.set_defaults(func=_cmd_workflow)
     merge = sub.add_parser("merge", help="merge the run directories of a sweep's parts (--part I/N) into one",
                            description=_cmd_merge.__doc__)
@@ -71,6 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     scaling_cli.add_subcommands(sub)
     return parser
+
+
+def _add_launch_flags(cmd) -> None:
+    """Flags that submit a sweep (or each sweep stage) as job-array parts and merge them: pql_jax.run.submit."""
+    group = cmd.add_argument_group("job-array parts through submitit (pip install \"pql_jax[submitit]\")")
+    group.add_argument("--parts", type=int, metavar="N", help="split into N parts (with --launch)")
+    group.add_argument("--launch", choices=("submitit",), help="submit the N parts, wait for them and merge them "
+                                                               "into --out (parts under OUT/parts/)")
+    group.add_argument("--cluster", default="auto", choices=("auto", "slurm", "local"),
+                       help="auto: SLURM where sbatch exists, else submitit's local executor")
+    group.add_argument("--slurm", metavar="KEY=VALUE,...",
+                       help="per-part job options: partition, account, qos, constraint, gpus, cpus, mem_gb, "
+                            "time (minutes), parallel (parts at once), e.g. partition=gpu,gpus=1,time=240")
+
+
+def _launch_options(args) -> dict | None:
+    """submitit options from --parts/--launch/--cluster/--slurm (None without --launch); UserError
+    for an incomplete or conflicting set."""
+    if args.launch is None:
+        if args.parts is not None or args.slurm is not None or args.cluster != "auto":
+            raise UserError("--parts, --cluster and --slurm need --launch submitit")
+        return None
+    if args.parts is None:
+        raise UserError("--launch submitit needs --parts N")
+    if args.part:
+        raise UserError("give --part I/N (this machine's share) or --parts N --launch submitit, not both")
+    return {"count": args.parts, "cluster": args.cluster, "slurm": args.slurm}
 
 
 def _add_distributed_flags(cmd) -> None:
@@ -141,6 +170,16 @@ def _cmd_sweep(args) -> int:
     from pql_jax.run.parts import parse_part
 
     part = parse_part(args.part) if args.part else None
+    launched = _launch_options(args)
+    if launched:
+        from pql_jax.run.submit import launch_parts
+
+        if args.coordinator or args.distributed:
+            raise UserError("--launch submitit runs each part as its own single-process job; drop the distributed flags")
+        table = launch_parts(args.sweep_file, args.out, args.overrides, resume=args.resume, batching=args.batching,
+                             **launched)
+        print(f"done: merged results in {table}")
+        return 0
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.distributed,
                            args.init_timeout)  # before any JAX computation
     rows = launch.train_sweep_file(args.sweep_file, args.out, args.overrides, resume=args.resume,
@@ -160,7 +199,8 @@ def _cmd_workflow(args) -> int:
     from pql_jax.run.parts import parse_part
 
     part = parse_part(args.part) if args.part else None
-    report = run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress, part=part)
+    report = run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress, part=part,
+                          launch=_launch_options(args))
     if report is None:
         return 0  # this part's share is done; the run waits for the other parts
     print(f"done: report in {report}; figures in {report.parent / 'report' / 'figures'} and "

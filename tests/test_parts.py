@@ -257,3 +257,18 @@ def test_workflow_sweep_stage_launched_through_submitit(whole_and_parts, tmp_pat
     assert strip(read_rows(stage / "results.csv")) == strip(read_rows(root / "whole" / "results.csv"))
     assert sorted(p.name for p in (stage / "run" / "parts").iterdir() if p.name.startswith("part")) == \
         ["part-1-of-2", "part-2-of-2"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--parts", "2"], "need --launch submitit"),
+    (["--launch", "submitit"], "needs --parts N"),
+    (["--launch", "submitit", "--parts", "2", "--part", "1/2"], "not both"),
+    (["--launch", "submitit", "--parts", "2", "--slurm", "gpus=x"], "gpus must be int"),
+    (["--launch", "submitit", "--parts", "0"], "--parts must be >= 1"),
+])
+def test_bad_launch_flags_are_one_line(args, needle, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", str(SWEEP), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not out.exists()

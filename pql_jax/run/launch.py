@@ -17,6 +17,7 @@ from pql_jax.run import loop, parts
 from pql_jax.run.compiled import sweep_memory
 from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.run.plan import check_memory, memory_limit, plan_text, sweep_costs
+from pql_jax.run.program import resolve_batching
 from pql_jax.run.sweep import Sweep, load_sweep, single
 
 CONFIG_FILE = "config.yaml"
@@ -88,7 +89,8 @@ def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[st
     files = {MEMBERS_FILE: record, SWEEP_FILE: Path(sweep_file).read_text()}
     if part is not None:
         whole = spec
-        spec = parts.split(whole, sweep_costs(whole), part[1])[part[0] - 1]
+        lockstep = resolve_batching(batching) == "vmap"  # vmapped members pay the costliest member's updates
+        spec = parts.split(whole, sweep_costs(whole), part[1], lockstep=lockstep)[part[0] - 1]
         record = parts.part_record(whole, spec, *part, files[SWEEP_FILE], overrides)
         files = {parts.PART_FILE: record, **files}
         log(f"part {part[0]}/{part[1]}: {len(spec.members)} of {len(whole.members)} members in "

@@ -13,6 +13,7 @@ from pql_jax.scaling.fit import PowerFit, fit_fixed_effects
 from pql_jax.scaling.io import (_numeric_column, _check_values, atomic_output_dir, load_crossings,
                                 read_table, require_columns, require_distinct, write_json)
 from pql_jax.scaling.curves import fork_safe
+from pql_jax.scaling.figure_list import FIGURES
 from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
 
 
@@ -178,12 +179,6 @@ class FigurePainter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-#: Every figure: (file, function of ``plots``), ordered so that alternate ones balance two
-#: workers (``plots.make_figures``); here so that it is known without importing matplotlib.
-FIGURES = (("isotonic_curves.png", "isotonic_curves"), ("data_efficiency.png", "data_efficiency"),
-           ("batch_size_fit.png", "batch_size_fit"), ("pareto.png", "pareto"),
-           ("learning_rate_fit.png", "learning_rate_fit"), ("sigma_star.png", "sigma_star"),
-           ("data_sigma_n.png", "data_sigma_n"))
 
 #: What the figures read of ``Results.objects``.
 _FIGURE_OBJECTS = ("groups", "keys", "thresholds", "batch_size", "learning_rate", "data")
