@@ -99,23 +99,26 @@ def table(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The tiny sweep on one process (in this one), on two, and on two stopped after 3 chunks (the
-    checkpoint at chunk 2 is the latest) then resumed by the CLI."""
+    """The tiny sweep on one process (in this one), and on two processes stopped after 3 chunks
+    (the checkpoint at chunk 2 is the latest) then resumed by the CLI. (Two launches, not three:
+    an uninterrupted two-process run would cost the suite another ~30 s; resume's bit-identity is
+    tested on one process in tests/test_population.py and tests/test_train_e2e.py.)"""
     root = tmp_path_factory.mktemp("distributed")
     sweep = tiny_sweep(root)
     launch.train_sweep_file(sweep, root / "one", RUN, progress=False, batching="map", log=lambda *a: None)
-    whole = two_processes(sweep_cli(sweep, root / "two"))
-    ok(whole)
-    ok(two_processes(stopped_early(sweep, root / "resumed", 3)))
-    stopped = table(root / "resumed" / "results.csv")
-    resumed = two_processes(sweep_cli(sweep, root / "resumed", "--resume"))
+    ok(two_processes(stopped_early(sweep, root / "two", 3)))
+    stopped = table(root / "two" / "results.csv")
+    resumed = two_processes(sweep_cli(sweep, root / "two", "--resume"))
     ok(resumed)
-    return root, whole, stopped, resumed
+    return root, stopped, resumed
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_table(runs):
-    root, procs, _, _ = runs
+    """Stopped after 3 chunks and resumed on two processes: the one-process table, counters
+    exactly, floats to rounding (each device holds 3 members instead of 6: XLA's reductions round
+    differently; one process with two devices gives the two-process table bit for bit)."""
+    root, _, procs = runs
     one, two = table(root / "one" / "results.csv"), table(root / "two" / "results.csv")
     assert len(two) == len(one) == 6 * 4 and list(two[0]) == list(one[0])
     for a, b in zip(one, two):
@@ -128,20 +131,21 @@ def test_two_processes_give_the_one_process_table(runs):
     assert "done: results in" in procs[0].stdout and "done:" not in procs[1].stdout  # process 0 reports
     members = sorted({r["member"] for r in one})
     assert sorted(p.name for p in (root / "two" / "tb").iterdir()) == members
-    for member in members:  # one TensorBoard writer per member: process 1 wrote none
-        assert len(list((root / "two" / "tb" / member).glob("events.*"))) == 1
+    for member in members:  # process 0's writer before the stop and after the resume; process 1 wrote none
+        assert len(list((root / "two" / "tb" / member).glob("events.*"))) == 2
     assert sorted(p.name for p in (root / "two" / "checkpoints" / "group0").iterdir() if p.name.isdigit()) \
         == ["100", "50"]
 
 
 @pytest.mark.slow
-def test_two_processes_stopped_then_resumed_give_the_same_table(runs):
-    root, _, stopped, procs = runs
+def test_two_processes_stopped_then_resumed_keep_the_written_rows(runs):
+    """The resumed run restarts from the checkpoint at chunk 2 and rewrites nothing before it."""
+    root, stopped, procs = runs
     assert len(stopped) == 6 * 3  # 3 chunks written, the checkpoint at chunk 2
     assert "resumed from chunk 2" in procs[0].stdout
-    whole, resumed = table(root / "two" / "results.csv"), table(root / "resumed" / "results.csv")
+    resumed = table(root / "two" / "results.csv")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-    assert strip(resumed) == strip(whole)  # bit for bit: the same program, the restored state
+    assert strip(resumed[:6 * 2]) == strip(stopped[:6 * 2])
 
 
 @pytest.mark.parametrize("flags, needle", [
