@@ -45,12 +45,13 @@ def test_adapter_resets_nonfinite_envs_and_returns_finite_values():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [[], ["agent.buffer_dtype=bfloat16", "env.random_episode_start=true",
-                                            "env.val_envs=4"]])
-def test_nonfinite_steps_do_not_kill_a_run(overrides):
+def test_nonfinite_steps_do_not_kill_a_run():
     """NaN observations and rewards at random steps: the run stays finite, never diverges, and
-    counts exactly the injected steps (of training and validation envs)."""
-    config = small(["env.name=test:pointmass_nan", *overrides])
+    counts exactly the injected steps (of training and validation envs). One compiled run with
+    the options that touch the same paths (bfloat16 buffer, random starts, validation envs); a
+    second, plain float32 run cost the suite 18 s for no path this one misses."""
+    config = small(["env.name=test:pointmass_nan", "agent.buffer_dtype=bfloat16", "env.random_episode_start=true",
+                    "env.val_envs=4"])
     learner = make_train(config)
     key, hp = jax.random.PRNGKey(config.run.seed), hparams_from_config(config)
     state, metrics = jax.jit(learner.train)(key, hp)
