@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "task; --out on a shared file system); the stage merges and the "
                                                   "workflow goes on once every part has finished")
     _add_launch_flags(wf)
+    _add_distributed_flags(wf)
     wf.set_defaults(func=_cmd_workflow)
     merge = sub.add_parser("merge", help="merge the run directories of a sweep's parts (--part I/N) into one",
                            description=_cmd_merge.__doc__)
@@ -99,6 +100,8 @@ def _launch_options(args) -> dict | None:
         raise UserError("--launch submitit needs --parts N")
     if args.part:
         raise UserError("give --part I/N (this machine's share) or --parts N --launch submitit, not both")
+    if args.coordinator or args.distributed:
+        raise UserError("--launch submitit runs each part as its own single-process job; drop the distributed flags")
     return {"count": args.parts, "cluster": args.cluster, "slurm": args.slurm}
 
 
@@ -174,8 +177,6 @@ def _cmd_sweep(args) -> int:
     if launched:
         from pql_jax.run.submit import launch_parts
 
-        if args.coordinator or args.distributed:
-            raise UserError("--launch submitit runs each part as its own single-process job; drop the distributed flags")
         table = launch_parts(args.sweep_file, args.out, args.overrides, resume=args.resume, batching=args.batching,
                              **launched)
         print(f"done: merged results in {table}")
@@ -194,13 +195,19 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_workflow(args) -> int:
     """Run the scaling workflow; finished stages are skipped, an interrupted sweep resumes."""
+    from pql_jax.run import distributed
+    from pql_jax.run.parts import parse_part
     from pql_jax.workflow import run_workflow
 
-    from pql_jax.run.parts import parse_part
-
     part = parse_part(args.part) if args.part else None
-    report = run_workflow(args.workflow_file, args.out, start=args.start, progress=not args.no_progress, part=part,
-                          launch=_launch_options(args))
+    launched = _launch_options(args)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.distributed,
+                           args.init_timeout)  # before any JAX computation
+    primary = distributed.is_primary()
+    report = run_workflow(args.workflow_file, args.out, start=args.start, progress=primary and not args.no_progress,
+                          part=part, launch=launched, log=print if primary else (lambda *a: None))
+    if not primary:
+        return 0
     if report is None:
         return 0  # this part's share is done; the run waits for the other parts
     print(f"done: report in {report}; figures in {report.parent / 'report' / 'figures'} and "

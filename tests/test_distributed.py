@@ -215,3 +215,30 @@ def test_processes_disagreeing_on_the_count_exit_2(tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "error: the processes disagree on --num-processes: [2, 3]" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("primary", [True, False])
+def test_workflow_stages_by_process(primary, tmp_path, monkeypatch):
+    """Under several processes every process runs the training stages, only process 0 the fitting
+    and report stages and the stage markers; the others wait at the barriers. (Checked end to end
+    by hand: two processes of one device run the workflow to the tables, settings and verification
+    of one process with two devices, bit for bit; benchmarks/RESULTS.md.)"""
+    from pql_jax.workflow import runner
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump({
+        "base": str(ROOT / "configs" / "pointmass.yaml"), "max_return": 50,
+        "hparam_sweep": {"utd": ["1/8", "1/4", "1/2"], "batch_size": [32], "lr": [1e-3]},
+        "utd_sweep": {"utd": ["1/16", "1/4", "1"]}, "verify": {"utd": "2"}}))
+    out = tmp_path / "out"
+    ran, barriers = [], []
+    monkeypatch.setattr(runner, "is_primary", lambda: primary)
+    monkeypatch.setattr(runner, "barrier", barriers.append)
+    monkeypatch.setattr(runner, "STAGE_FUNCTIONS", {s: (lambda wf, out, s=s, **kw: ran.append(s) or {})
+                                                     for s in runner.STAGES})
+    if not primary:  # process 0 prepared OUT; this process only checks it
+        monkeypatch.setattr(runner, "prepare_out", lambda wf, out: None)
+    runner.run_workflow(wf, out, progress=False, log=lambda *a: None)
+    assert ran == (list(runner.STAGES) if primary else list(runner.TRAINING_STAGES))
+    assert all((out / s / "done.json").is_file() == primary for s in runner.STAGES)
+    assert len(barriers) == 2 * len(runner.STAGES)  # before each stage and after its marker

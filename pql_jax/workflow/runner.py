@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pql_jax.errors import UserError
+from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.workflow.fits import stage_fit_hparams, stage_fit_laws
 from pql_jax.workflow.report import stage_report
 from pql_jax.workflow.spec import STAGES, is_done, load_workflow, mark_done, prepare_out
@@ -42,25 +43,42 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
         raise UserError(f"--from {start}: {out} holds no workflow run")
     prepare_out(wf, out)
     if start is not None:
-        _clear_from(out, start)
+        if is_primary():
+            _clear_from(out, start)
+        barrier("pql_jax: workflow --from cleared")
     for stage in STAGES:
         if is_done(out, stage):
             log(f"[{stage}] done already, skipped")
             continue
         log(f"[{stage}] running")
         t0 = time.perf_counter()
-        (out / stage).mkdir(parents=True, exist_ok=True)
+        if is_primary():
+            (out / stage).mkdir(parents=True, exist_ok=True)
+        barrier(f"pql_jax: workflow {stage} started")
         try:
-            info = STAGE_FUNCTIONS[stage](wf, out, progress=progress, log=log) or {}
+            info = _run_stage(wf, out, stage, progress, log)
         except PartsPending as pending:  # a job-array part: the stage finishes once every part has
             log(f"[{stage}] part {part[0]}/{part[1]} done; {pending}. Rerun this command (any part) "
                 "after they finish to merge and go on")
             return None
-        mark_done(out, stage, {"seconds": round(time.perf_counter() - t0, 2), **info})
+        if is_primary():
+            mark_done(out, stage, {"seconds": round(time.perf_counter() - t0, 2), **info})
+        barrier(f"pql_jax: workflow {stage} done")  # the next stage reads what this one wrote
         log(f"[{stage}] finished in {time.perf_counter() - t0:.1f} s")
         if fail_after == stage:
             raise RuntimeError(f"injected failure after stage {stage}")
     return out / "report.md"
+
+
+#: Stages that train: under several processes (pql_jax.run.distributed) every process runs them;
+#: the fitting and report stages run on process 0 alone, the others wait for them.
+TRAINING_STAGES = ("hparam_sweep", "utd_sweep", "verify")
+
+
+def _run_stage(wf, out: Path, stage: str, progress: bool, log) -> dict:
+    if stage in TRAINING_STAGES or is_primary():
+        return STAGE_FUNCTIONS[stage](wf, out, progress=progress, log=log) or {}
+    return {}
 
 
 def _clear_from(out: Path, start: str) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from pql_jax.scaling import cell_crossings, crossing_bootstrap, load_curves, write_json
 from pql_jax.workflow.spec import Workflow, read_marker
+from pql_jax.run.distributed import is_primary
 from pql_jax.workflow.sweeps import run_sweep_stage, write_sweep
 
 
@@ -26,7 +27,8 @@ def stage_verify(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
     plan = _read_plan(out)
     if plan.empty:
         reason = read_marker(out, "fit_laws").get("reason", "fit_laws proposed no settings")
-        write_json(str(d / "summary.json"), {"verified": False, "reason": reason})
+        if is_primary():
+            write_json(str(d / "summary.json"), {"verified": False, "reason": reason})
         return {"verified": False, "reason": reason}
     with_width = "critic_width" in plan and plan["critic_width"].notna().any()
     runs = plan.drop_duplicates(["utd", "batch_size", "lr"] + (["critic_width"] if with_width else []))
@@ -36,6 +38,8 @@ def stage_verify(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         zipped["agent.critic_width"] = [int(w) for w in runs["critic_width"]]
     write_sweep(wf, d / "sweep.yaml", dict(wf.utd["overrides"]), {}, zipped, wf.verify["seeds"])
     info = run_sweep_stage(wf, d, progress, log)
+    if not is_primary():  # the other processes of a multi-process run only train
+        return info
     df, _ = load_curves(str(d / "results.csv"), float(wf.spec["max_return"]))
     levels = sorted(plan["level"].unique())
     thresholds = [float(plan.loc[plan["level"] == lv, "threshold"].iloc[0]) for lv in levels]
