@@ -81,7 +81,8 @@ def _finished(d: Path) -> bool:
     return True
 
 
-def _executor(folder: Path, cluster: str, slurm: dict, count: int):
+def _executor(folder: Path, cluster: str, slurm: dict):
+    """submitit's AutoExecutor for the parts (UserError naming the extra when submitit is missing)."""
     try:
         import submitit
     except ImportError:
@@ -112,7 +113,7 @@ def launch_parts(sweep_file, out, overrides=(), count: int = 2, cluster: str = "
         raise UserError(f"{out / 'parts'} already holds parts; pass --resume to continue them")
     todo = [i for i in range(1, count + 1) if not _finished(part_dir(out, i, count))]
     if todo:
-        executor = _executor(out / "parts" / "submitit", cluster, options, count)
+        executor = _executor(out / "parts" / "submitit", cluster, options)
         dirs = [str(part_dir(out, i, count)) for i in todo]
         jobs = executor.map_array(train_part, [str(sweep_file)] * len(todo), dirs, [list(overrides)] * len(todo),
                                   todo, [count] * len(todo), [batching] * len(todo), [resume] * len(todo))
