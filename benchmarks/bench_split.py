@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from pql_jax.run import parts
+from pql_jax.run.plan import sweep_costs
 from pql_jax.run.sweep import load_sweep
 
 
@@ -51,22 +52,12 @@ def hparam_sweep(workflow: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def costs_once(sweep) -> dict:
-    """Planned costs of every member, building the env once (all members share it)."""
-    from pql_jax.envs import make_env
-    from pql_jax.run.plan import run_costs
-
-    env = make_env(sweep.members[0].config.env)
-    return {m.index: run_costs(m.config, env.obs_size, env.action_size) for m in sweep.members}
-
-
 def group_time(group, costs, devices: int) -> float:
     """Planned FLOPs on the busiest of `devices` devices running `group` sharded: members run in
     lock step (vmapped, their updates masked), so ceil(members / devices) x the costliest member,
-    plus one compile (`parts.group_cost` with lockstep)."""
+    plus one compile (as `parts.group_cost` with lockstep, for `devices` = 1)."""
     per = math.ceil(len(group.members) / devices)
-    compile_cost = parts.COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
-    return per * max(parts.member_cost(m, costs[m.index]) for m in group.members) + compile_cost
+    return per * max(parts.member_cost(m, costs[m.index]) for m in group.members) + parts.compile_cost(group, costs)
 
 
 def sweep_time(sweep, costs, devices: int) -> float:
@@ -98,7 +89,7 @@ def main() -> None:
     ap.add_argument("--host-devices", type=int, default=8)
     args = ap.parse_args()
     sweep = hparam_sweep(args.workflow)
-    costs = costs_once(sweep)
+    costs = sweep_costs(sweep)
     base = sweep_time(sweep, costs, 1)
     print(f"{args.workflow} hparam_sweep: {len(sweep.members)} members in {len(sweep.groups)} compiled groups "
           f"({', '.join(str(len(g.members)) for g in sweep.groups)} members); planned "

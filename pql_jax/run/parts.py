@@ -56,7 +56,12 @@ def group_cost(group: Group, costs: dict[int, Costs], lockstep: bool = False) ->
     real one, so every member pays the costliest member's updates."""
     each = [member_cost(m, costs[m.index]) for m in group.members]
     work = len(each) * max(each) if lockstep else sum(each)
-    return work + COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
+    return work + compile_cost(group, costs)
+
+
+def compile_cost(group: Group, costs: dict[int, Costs]) -> float:
+    """A group's one compile, counted as `COMPILE_UPDATES` critic updates of its own size."""
+    return COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
 
 
 def split(sweep: Sweep, costs: dict[int, Costs], parts: int, lockstep: bool = False) -> list[Sweep]:
