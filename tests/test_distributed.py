@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, SHORT
+from conftest import ROOT, SHORT, env_with_xla_flags
 from pql_jax.cli import main
 from pql_jax.errors import UserError
 from pql_jax.run import distributed, launch
@@ -52,8 +52,8 @@ def two_processes(args_of, timeout: int = 300) -> list[subprocess.CompletedProce
     """Run `args_of(process_id, port)` for processes 0 and 1 at once (one CPU device each); both are
     killed at `timeout` seconds (a process that fails alone leaves the other waiting for it)."""
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = env_with_xla_flags("--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+                             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
     procs = [subprocess.Popen([sys.executable, *args_of(i, port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env, cwd=ROOT) for i in (0, 1)]
     out = []

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, SHORT, run_alone, run_group, small, write_sweep
+from conftest import ROOT, SHORT, env_with_xla_flags, run_alone, run_group, small, write_sweep
 
 from pql_jax.cli import main
 from pql_jax.learner.pql import make_train, num_chunks
@@ -123,7 +122,7 @@ one = run_group(spec.groups[0], "map", jax.devices()[:1])
 print(json.dumps({{"two": [{{k: v.tolist() for k, v in m.items()}} for m in two],
                   "one": [{{k: v.tolist() for k, v in m.items()}} for m in one]}}))
 """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = env_with_xla_flags("--xla_force_host_platform_device_count=2")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout.strip().splitlines()[-1])
