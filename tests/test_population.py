@@ -67,6 +67,7 @@ def test_masked_fractional_utd_counts_are_exact(utd_sweep):
     # UTDs 1/64, 1/32, 1/16 at 32 envs: 0.5, 1 and 2 updates per step; the group runs 2 slots a step.
     assert executed == len(group.members) * 2 * (steps - max(member.config.agent.warmup_steps, 2))
     assert waste == pytest.approx(1 - (0.5 + 1 + 2) / 6, abs=0.01)
+    assert sweep.masking_waste(group, lockstep=False) == (0.0, useful, useful)  # lax.map: own slots only
 
 
 def test_vmap_batching_agrees_to_float_rounding(utd_sweep):

@@ -199,8 +199,8 @@ class Learner:
     def gated(self, group_pred, own_pred, fn, state: TrainState, key):
         """Run `fn(state, key) -> (state, metrics)` when any member needs it, keep it where this one does.
 
-        `group_pred` is the same for every member of a vmapped population, so the lax.cond
-        really skips the work when no member needs it; `own_pred` masks it per member. Only the
+        `group_pred` is the same for every member of a vmapped block, so the lax.cond
+        really skips the work when none of them needs it; `own_pred` masks it per member. Only the
         network fields (LEARNED) pass through the cond: the replay buffer is read as a constant,
         so it is never copied into the cond's outputs.
         """
@@ -219,8 +219,8 @@ class Learner:
     def update_phase(self, state: TrainState, sums, group: PopulationSchedule, key):
         """All critic (and actor) updates of one vector step, following the exact schedule.
 
-        `group` holds every member's schedule at this vector step (a single run: its own), so the
-        update slots run only when some member needs them. The loop carries only the network
+        `group` holds the schedules of the members run together at this vector step (a single
+        run or lax.map: its own), so the update slots run only when one of them needs them. The loop carries only the network
         fields; buffer, statistics and hyperparameters are loop constants.
         """
         hp = state.hp
@@ -326,8 +326,9 @@ class Learner:
     def chunk(self, state: TrainState, group: PopulationSchedule):
         """`chunk_steps` vector steps, then eval and diagnostics; returns (state, metrics).
 
-        `group` (unbatched in a population) holds every member's schedule at the chunk's first
-        vector step, so update work is skipped on steps where no member updates. A diverged state
+        `group` (unbatched in a population) holds the schedules of the members this one runs
+        with (see `PopulationSchedule`) at the chunk's first vector step, so update work is
+        skipped on steps where none of them updates. A diverged state
         (NaN/Inf in a loss or parameter) is returned unchanged, except its replay buffers. The
         evaluation episode runs only when `group.evaluate` (else `eval_return` is NaN); it reads
         the state without changing it, so skipping it leaves training bit-identical.

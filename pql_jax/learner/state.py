@@ -86,10 +86,11 @@ LEARNED = ("actor_params", "actor_opt", "critic_params", "critic_target", "criti
 
 
 class PopulationSchedule(struct.PyTreeNode):
-    """Every member's update schedule, passed unbatched to a batched chunk ([K] arrays).
+    """The update schedules of the members a chunk runs together ([K] arrays), unbatched.
 
-    A chunk runs an update slot when any member of the group needs it, so steps where no member
-    updates are skipped; a single run is a group of one.
+    A chunk runs an update slot when any of them needs it, so steps where none updates are
+    skipped. Under vmap they are a device's block of members; under lax.map and in a single run,
+    the member alone (`program.chunk_over_members`).
     """
 
     step: jax.Array

@@ -31,7 +31,7 @@ def plan(sweep: Sweep, batching: str = "auto") -> tuple[dict, list[str]]:
     and checked by its compiled peak; training then reuses the compiled chunk."""
     costs = sweep_costs(sweep)
     memory = sweep_memory(sweep.groups, batching, limit=memory_limit(sweep.base))
-    return costs, plan_text(sweep, costs, check_memory(sweep, costs, memory), memory)
+    return costs, plan_text(sweep, costs, check_memory(sweep, costs, memory), memory, batching)
 
 
 def plan_sweep(sweep_file: str | Path, overrides: list[str] = (), batching: str = "auto"

@@ -164,10 +164,13 @@ def _eval_line(config) -> str:
 
 
 def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float,
-              memory: dict[int, GroupMemory] | None = None) -> list[str]:
-    """The plan `pql-jax plan` and `train` print: members, groups, memory, FLOPs, masking waste,
-    evaluation share; with `memory`, each group's compiled peak and members per device."""
+              memory: dict[int, GroupMemory] | None = None, batching: str = "auto") -> list[str]:
+    """The plan `pql-jax plan` and `train` print: members, groups, memory, FLOPs, masking waste
+    (under `batching`), evaluation share; with `memory`, each group's compiled peak and members
+    per device."""
     import jax  # noqa: PLC0415 - only for the device line
+
+    from pql_jax.run.program import resolve_batching  # noqa: PLC0415 - program imports JAX
 
     if len(sweep.members) == 1:
         c = costs[sweep.members[0].index]
@@ -189,12 +192,14 @@ def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float,
                          f"{c.flops_per_critic_update / 1e9:>17.3f}")
     lines.append("")
     group_bytes = {g.index: group_need(g, costs, memory) for g in sweep.groups}
+    lockstep = resolve_batching(batching) == "vmap"
     for group in sweep.groups:
-        waste, useful, executed = masking_waste(group)
+        waste, useful, executed = masking_waste(group, lockstep)
+        what = (f"masked-UTD waste {100 * waste:.1f}% ({useful:,} useful of {executed:,} executed critic updates)"
+                if lockstep else f"{useful:,} critic updates (map: each member runs only its own)")
         lines.append(f"group {group.index}: {len(group.members)} members, up to {group.max_updates} updates/step, "
                      f"memory {format_bytes(group_bytes[group.index])}"
-                     f"{'' if memory is not None else ' (formula)'}, masked-UTD waste {100 * waste:.1f}% "
-                     f"({useful:,} useful of {executed:,} executed critic updates)")
+                     f"{'' if memory is not None else ' (formula)'}, {what}")
         if memory is not None:
             lines.append("  " + _memory_line(memory[group.index], limit))
         lines.append("  " + _eval_line(group.config))

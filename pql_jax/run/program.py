@@ -62,17 +62,50 @@ def over_members(fn, batching: str, in_axes):
     return mapped
 
 
+#: The schedule fields that hold one entry per member (the rest are shared by the group).
+MEMBER_FIELDS = ("rate_num", "rate_den", "warmup_steps", "critic_actor_ratio")
+
+
+def schedule_specs() -> PopulationSchedule:
+    """How a chunk's schedule is laid out over devices: each member's entries with the member
+    ("pop"), the group's step and evaluation flags on every device."""
+    pop, rep = PartitionSpec("pop"), PartitionSpec()
+    return PopulationSchedule(**{f: pop if f in MEMBER_FIELDS else rep
+                                 for f in PopulationSchedule.__dataclass_fields__})
+
+
+def chunk_over_members(chunk, batching: str):
+    """The chunk of a device's block of members, each gated by the schedules it runs with.
+
+    vmap: the block's members step together, so an update slot runs when any of them needs it
+    (the others discard its result). lax.map: each member runs alone with its own schedule, so
+    a slot it does not need is skipped, not computed: mixing UTDs in a group then costs nothing
+    beyond the slot loop. Either way a member's numbers are those of its single run.
+    """
+    if batching == "vmap":
+        return jax.vmap(chunk, in_axes=(0, None))
+
+    def mapped(states, schedule):
+        def one(xs):
+            state, own = xs
+            return chunk(state, schedule.replace(**{f: v[None] for f, v in own.items()}))
+
+        return jax.lax.map(one, (states, {f: getattr(schedule, f) for f in MEMBER_FIELDS}))
+
+    return mapped
+
+
 class Program:
     """The jitted init and chunk of one program shape for `size` members on `devices`."""
 
     def __init__(self, learner: Learner, size: int, batching: str, devices):
         self.learner, self.size, self.batching = learner, size, batching
         self.mesh = mesh = Mesh(np.array(devices), ("pop",))
-        pop, rep = PartitionSpec("pop"), PartitionSpec()
+        pop = PartitionSpec("pop")
         init = over_members(learner.init, batching, (0, 0))
-        chunk = over_members(learner.chunk, batching, (0, None))
+        chunk = chunk_over_members(learner.chunk, batching)
         self.init = jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(pop, pop), out_specs=pop, check_vma=False))
-        self.chunk = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=(pop, rep), out_specs=(pop, pop),
+        self.chunk = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=(pop, schedule_specs()), out_specs=(pop, pop),
                                            check_vma=False), donate_argnums=0)
         self._compiled = None
         self.compile_seconds = 0.0
@@ -155,7 +188,9 @@ class GroupProgram:
         config = self.group.config
         phase = eval_phase(run_vector_steps(config), config.env)
         schedule = PopulationSchedule.of(self.host_hp, vector_steps, evaluate, phase)
-        return place(schedule, NamedSharding(self.program.mesh, PartitionSpec()))
+        specs = schedule_specs()
+        return schedule.replace(**{f: place(getattr(schedule, f), NamedSharding(self.program.mesh, getattr(specs, f)))
+                                   for f in PopulationSchedule.__dataclass_fields__})
 
     def abstract_state(self):
         """`initial_state`'s shapes and shardings, nothing allocated."""

@@ -184,15 +184,16 @@ def update_counts(config: Config, steps: int) -> np.ndarray:
     return np.where(t >= start, due, 0)
 
 
-def masking_waste(group: Group) -> tuple[float, int, int]:
+def masking_waste(group: Group, lockstep: bool = True) -> tuple[float, int, int]:
     """(wasted fraction, useful updates, executed update slots) of a group's masked schedule.
 
-    Each vector step runs as many update slots as the busiest member needs, for every member;
-    a slot a member does not need is computed and discarded.
+    `lockstep` (vmap batching): each vector step runs as many update slots as the busiest member
+    needs, for every member; a slot a member does not need is computed and discarded. Otherwise
+    (lax.map) each member runs only its own slots: nothing is wasted.
     """
     config = group.config
     steps = num_chunks(config) * config.run.chunk_steps
     counts = np.stack([update_counts(m.config, steps) for m in group.members])
     useful = int(counts.sum())
-    executed = int(counts.max(axis=0).sum()) * len(group.members)
+    executed = int(counts.max(axis=0).sum()) * len(group.members) if lockstep else useful
     return (1.0 - useful / executed if executed else 0.0), useful, executed
