@@ -220,8 +220,9 @@ class Learner:
         """All critic (and actor) updates of one vector step, following the exact schedule.
 
         `group` holds the schedules of the members run together at this vector step (a single
-        run or lax.map: its own), so the update slots run only when one of them needs them. The loop carries only the network
-        fields; buffer, statistics and hyperparameters are loop constants.
+        run or lax.map: its own), so the update slots run only when one of them needs them. The
+        loop carries only the network fields; buffer, statistics and hyperparameters are loop
+        constants.
         """
         hp = state.hp
         own_count, own_before = self.updates_due(hp, state.step)

@@ -80,7 +80,7 @@ def chunk_over_members(chunk, batching: str):
     vmap: the block's members step together, so an update slot runs when any of them needs it
     (the others discard its result). lax.map: each member runs alone with its own schedule, so
     a slot it does not need is skipped, not computed: mixing UTDs in a group then costs nothing
-    beyond the slot loop. Either way a member's numbers are those of its single run.
+    beyond the slot loop. The gating never changes a member's numbers, only the work done.
     """
     if batching == "vmap":
         return jax.vmap(chunk, in_axes=(0, None))
