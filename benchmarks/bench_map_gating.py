@@ -8,26 +8,28 @@ their own schedule, the mixed group costs its useful updates, not the busiest me
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import write_sweep  # noqa: E402
+import yaml
 
-from pql_jax.learner.pql import num_chunks  # noqa: E402
-from pql_jax.run import sweep  # noqa: E402
-from pql_jax.run.program import GroupProgram  # noqa: E402
+from pql_jax.learner.pql import num_chunks
+from pql_jax.run import sweep
+from pql_jax.run.program import GroupProgram
+
+POINTMASS = Path(__file__).resolve().parents[1] / "configs" / "pointmass.yaml"
 
 OVERRIDES = ["run.total_env_steps=32000", "run.chunk_steps=50", "run.eval_every=1000"]
 
 
 def time_group(body: dict, tmp: Path, name: str) -> tuple[int, float, int]:
     """(members, best-of-3 training seconds, critic updates done) of the sweep's only group."""
-    group = sweep.load_sweep(write_sweep(tmp, body, name), OVERRIDES).groups[0]
+    path = tmp / name
+    path.write_text(yaml.safe_dump({"base": str(POINTMASS), **body}))
+    group = sweep.load_sweep(path, OVERRIDES).groups[0]
     program = GroupProgram.build(group, "map")
     program.compile()
     best = []
