@@ -1,10 +1,52 @@
-"""pql_jax versus brax's SAC trainer at matched settings: learning and speed.
+"""pql_jax versus brax's SAC trainer at matched settings: learning and speed, over seeds.
 
-Runs in the project venv; the baseline runs as a subprocess in benchmarks/.venv-sac
-(create it with `bash benchmarks/setup_sac_venv.sh`; brax 0.14.2's SAC needs JAX <= 0.9).
+Both trainers run in ONE process on the same JAX: brax 0.14.2's SAC needs JAX 0.9.2 (it calls
+jax.device_put_replicated, which JAX 0.10 removed), and 0.9.2 is also the lowest JAX this
+project supports, so `bash benchmarks/setup_sac_venv.sh` builds benchmarks/.venv-sac with
+JAX 0.9.2, brax 0.14.2, playground 0.2.0 and this project (editable, CI's lowest constraints),
+and the script runs with that venv's python. brax SAC is `sac_baseline.train_sac`, called
+in-process. Runs are interleaved per seed (pql seed 0, sac seed 0, pql seed 1, ...) so that
+load drift on a shared machine hits both sides alike.
 
-    .venv/bin/python benchmarks/bench_vs_sac.py --out benchmarks/bench_vs_sac.json
-    .venv/bin/python benchmarks/bench_vs_sac.py --quick          # smoke run, a few minutes
+    bash benchmarks/setup_sac_venv.sh
+    benchmarks/.venv-sac/bin/python benchmarks/bench_vs_sac.py --out benchmarks/bench_vs_sac.jsonl
+    benchmarks/.venv-sac/bin/python benchmarks/bench_vs_sac.py --quick --out /tmp/smoke.jsonl  # minutes
+    benchmarks/.venv-sac/bin/python benchmarks/bench_vs_sac.py --report-only --out benchmarks/bench_vs_sac.jsonl
+
+Another interpreter is refused (exit 2, naming the fix) unless `--only pql`, which needs only
+pql_jax (e.g. the project venv; its JAX makes a separate fingerprint, so use another --out).
+`--quick` (1 seed of CartpoleSwingup, 24,576 steps, 3 evals) checks the plumbing only: its first
+pql_jax chunk is all prefill, too short to compare learning or speed.
+
+Defaults: Playground CartpoleSwingup x 5 seeds, CheetahRun x 3, WalkerWalk x 3 (seeds 0..n-1),
+300,000 env steps and 10 evals per run, 128 envs; hours on a 2-core CPU. `--seeds 5` sets every
+task's count, `--seeds CartpoleSwingup=8,CheetahRun=5` (or `3,CartpoleSwingup=8`) some of them.
+
+Resuming: every finished (task, method, seed) run is appended to `--out FILE.jsonl` at once (one
+JSON line, flushed and fsynced) with a fingerprint of the settings that decide comparability:
+everything but the task and seed lists (env steps, evals, envs, batch, update ratio, networks,
+prefill, eval envs, episode length, pql overrides) plus the versions of jax, jaxlib, brax,
+playground, mujoco, mujoco-mjx, flax and optax. Re-running the same command skips the runs the
+file already holds, so a killed run continues where it stopped, and a later call with more
+seeds or tasks adds to the same statistics. A file holding other settings is refused (exit 2)
+unless `--new-out` (which moves it aside and starts a new file); a half-written last line (a
+killed run) is ignored. The pql_jax git commit is recorded in every line but is not part of the
+fingerprint (the report lists the commits it mixes). `--report-only` prints the table and draws
+the figures from the file without training (pass the same settings options, e.g. --quick).
+
+Output: a Markdown table (printed, and written to FILE.md beside --out) and one learning-curve
+figure per task, `vs_sac_<Task>.png` in `--figures` (default benchmarks/figures/). Statistics,
+per task and method, over the n seeds run: score per seed = the mean eval return of its last 3
+evaluations; mean +- standard error (sample SD with ddof=1, / sqrt(n)); env steps to threshold
+= the first evaluation at or above the task's return threshold, mean +- SE over the seeds that
+reached it, with hits k/n; train and loop env steps/s mean +- SE; and the speed ratio pql/sac
+computed per seed pair (the same seed index of both methods), mean +- SE and min-max.
+Thresholds: CartpoleSwingup 400 (as before), CheetahRun 300, WalkerWalk 500: mid-range returns
+on dm_control's [0, 1000] scale, the values the issue suggested; not "solved" levels, and not
+yet checked against a full run; `--threshold TASK=RETURN` overrides them (they enter only the
+report, not the fingerprint). The figures plot each method at its own eval steps (brax SAC: step
+0, then after the prefill and every epoch; pql_jax: the end of every chunk), which differ
+between the methods by at most a fraction of an epoch.
 
 Matched per task: num_envs, batch size, hidden sizes (2 x 256 relu MLPs, constant width,
 LayerNorm as brax's Q network: pql_jax's agent.layer_norm applies it to actor and critic),
@@ -12,21 +54,25 @@ update ratio (brax's grad_updates_per_step per vector step == pql_jax agent.utd 
 random-action prefill (brax min_replay_size == pql_jax warmup_steps * num_envs), replay capacity
 (>= the budget, nothing evicted), env-step budget, episode length, and eval work (the same
 number of evals on the same number of envs, deterministic policy, full episodes: pql_jax evals
-once per chunk, brax SAC once per epoch plus once at step 0). The algorithms keep their own
-remaining hyperparameters (learning rates, tau, n-step, exploration...).
+once per chunk, brax SAC once per epoch plus once at step 0). These are Playground's tuned brax
+SAC settings for dm_control (batch 512, 8 updates per vector step, min replay 8192). The
+algorithms keep their own remaining hyperparameters (learning rates, tau, n-step, exploration...).
 
 Speed is measured without compilation: the first pql_jax chunk and the first brax SAC epoch
 include compiling, so both are timed from the end of that first chunk/epoch to the end of the
 run. loop_sps includes evals (both pay for the same evals); train_sps excludes eval time
 (brax: its own eval/walltime; pql_jax: a separately timed call of the same jitted eval, times
-the number of chunks). outside_frac is pql_jax's share of loop wall time spent outside the
-jitted chunk calls (host-side Python: metrics transfer, bookkeeping).
+the number of chunks). eval_share is the eval time's share of the window; outside_frac is
+pql_jax's share of loop wall time spent outside the jitted chunk calls (host-side Python:
+metrics transfer, bookkeeping). pql_jax compiles once per task (later seeds reuse the program),
+brax SAC on every run; startup_s shows that, the window excludes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -34,23 +80,52 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SAC_PYTHON = HERE / ".venv-sac" / "bin" / "python"
-DEFAULT_TASKS = ["playground:CartpoleSwingup", "playground:CartpoleBalance"]
-THRESHOLDS = {"CartpoleSwingup": 400.0, "CartpoleBalance": 800.0}
+REPO = HERE.parent
+METHODS = ("pql_jax", "brax_sac")
+SHORT = {"pql": "pql_jax", "sac": "brax_sac"}
+LABEL = {"pql_jax": "pql_jax", "brax_sac": "brax SAC"}
+DEFAULT_SEEDS = {"playground:CartpoleSwingup": 5, "playground:CheetahRun": 3, "playground:WalkerWalk": 3}
+DEFAULT_TASKS = list(DEFAULT_SEEDS)
+FALLBACK_SEEDS = 3  # a task outside DEFAULT_SEEDS
+# Return thresholds for "env steps to threshold" (see the module docstring).
+THRESHOLDS = {"CartpoleSwingup": 400.0, "CheetahRun": 300.0, "WalkerWalk": 500.0, "CartpoleBalance": 800.0}
+LAST_K = 3  # score = mean of the last LAST_K evaluations
+QUICK = {"env_steps": 24_576, "evals": 3, "seeds": 1}
+# Options whose values decide whether two runs are comparable (the fingerprint); with the versions.
+COMPARABLE = ("env_steps", "evals", "num_envs", "batch_size", "grad_updates_per_step", "width", "depth",
+              "layer_norm", "activation", "min_replay", "eval_envs", "episode_length", "pql_override")
+VERSIONED = ("jax", "jaxlib", "brax", "playground", "mujoco", "mujoco-mjx", "flax", "optax")
+SETUP_HINT = ("run `bash benchmarks/setup_sac_venv.sh`, then run this script with "
+              "benchmarks/.venv-sac/bin/python")
 
 
+class BadInput(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BadInput(message)
+
+
+# ---- options ------------------------------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="pql_jax vs brax SAC at matched settings")
+    p = _Parser(description="pql_jax vs brax SAC at matched settings, over seeds (resumable)")
     p.add_argument("--tasks", default=None, help=f"comma-separated (default: {','.join(DEFAULT_TASKS)})")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    p.add_argument("--env-steps", type=int, default=200_000, help="env-step budget per run")
-    p.add_argument("--evals", type=int, default=10,
-                   help="evals per run during training (= pql_jax chunks = brax SAC epochs)")
+    p.add_argument("--seeds", default=None, metavar="N | TASK=N,...",
+                   help="seeds 0..N-1: one count for every task, or per task, e.g. CartpoleSwingup=5,CheetahRun=3 "
+                        "(a bare N among them sets the tasks not named; defaults: "
+                        + ", ".join(f"{t.split(':')[-1]}={n}" for t, n in DEFAULT_SEEDS.items())
+                        + f", {FALLBACK_SEEDS} for other tasks)")
+    p.add_argument("--env-steps", type=int, default=None, help="env-step budget per run (default 300000)")
+    p.add_argument("--evals", type=int, default=None,
+                   help="evals per run during training (= pql_jax chunks = brax SAC epochs; default 10)")
     p.add_argument("--num-envs", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--grad-updates-per-step", type=int, default=8)
@@ -64,29 +139,462 @@ def parse_args(argv=None):
     p.add_argument("--threshold", action="append", default=[], metavar="TASK=RETURN",
                    help=f"return threshold per task (defaults: {THRESHOLDS})")
     p.add_argument("--pql-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra pql_jax config override, e.g. agent.n_step=1 (recorded in the output)")
+                   help="extra pql_jax config override, e.g. agent.n_step=1 (part of the fingerprint)")
     p.add_argument("--only", choices=["pql", "sac"], default=None, help="run one side only")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: first task, 1 seed, 24576 steps, 3 evals (a few minutes)")
-    p.add_argument("--out", default=None, help="write raw numbers here (JSON)")
+                   help=f"smoke run: first task, {QUICK['seeds']} seed, {QUICK['env_steps']} steps, "
+                        f"{QUICK['evals']} evals (a few minutes; options given explicitly win)")
+    p.add_argument("--out", default=None, metavar="FILE.jsonl",
+                   help="append each finished run here; runs already in it are skipped; table to FILE.md")
+    p.add_argument("--new-out", action="store_true",
+                   help="--out holds runs with other settings: move it aside (FILE.<time>.jsonl) and start anew")
+    p.add_argument("--report-only", action="store_true", help="print the table and draw the figures from --out")
+    p.add_argument("--figures", default=str(HERE / "figures"), metavar="DIR",
+                   help="learning-curve PNGs vs_sac_<Task>.png go here (default: benchmarks/figures/)")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.env_steps, args.evals = 1, 24_576, 3
         args.tasks = args.tasks or DEFAULT_TASKS[0]
-    args.tasks = (args.tasks or ",".join(DEFAULT_TASKS)).split(",")
-    for item in args.threshold:
-        task, value = item.split("=", 1)
-        THRESHOLDS[task.split(":")[-1]] = float(value)
+        args.seeds = args.seeds or str(QUICK["seeds"])
+    if args.env_steps is None:
+        args.env_steps = QUICK["env_steps"] if args.quick else 300_000
+    if args.evals is None:
+        args.evals = QUICK["evals"] if args.quick else 10
+    args.tasks = [normalize_task(t) for t in (args.tasks or ",".join(DEFAULT_TASKS)).split(",") if t.strip()]
+    if not args.tasks:
+        raise BadInput("--tasks names no task")
+    if len(set(args.tasks)) != len(args.tasks):
+        raise BadInput(f"--tasks names a task twice: {','.join(args.tasks)}")
+    args.seed_counts = parse_seeds(args.seeds, args.tasks)
+    args.thresholds = parse_thresholds(args.threshold)
+    for name, value in (("--evals", args.evals), ("--env-steps", args.env_steps), ("--num-envs", args.num_envs),
+                        ("--batch-size", args.batch_size), ("--width", args.width), ("--depth", args.depth),
+                        ("--eval-envs", args.eval_envs), ("--episode-length", args.episode_length)):
+        if value < 1:
+            raise BadInput(f"{name} must be >= 1, got {value}")
     if args.evals < 2:
-        p.error("--evals must be >= 2 (the first chunk/epoch includes compilation)")
+        raise BadInput("--evals must be >= 2 (the first chunk/epoch includes compilation)")
+    if args.report_only and args.new_out:
+        raise BadInput("--report-only reads --out; it cannot start a new one (--new-out)")
+    if args.report_only and not args.out:
+        raise BadInput("--report-only needs --out FILE.jsonl")
     return args
 
 
+def normalize_task(name: str) -> str:
+    """`CheetahRun` or `playground:CheetahRun` -> `playground:CheetahRun` (brax SAC runs Playground envs)."""
+    name = name.strip()
+    if ":" not in name:
+        return f"playground:{name}"
+    prefix, rest = name.split(":", 1)
+    if prefix != "playground" or not rest:
+        raise BadInput(f"unknown task {name!r}: the brax SAC baseline runs Playground envs (playground:NAME)")
+    return name
+
+
+def parse_seeds(spec, tasks, defaults=DEFAULT_SEEDS, fallback=FALLBACK_SEEDS) -> dict:
+    """Seeds per task: None -> the defaults; "N" -> N for every task; "TASK=N,..." -> those, the
+    others keep their defaults (or a bare "N" among the items)."""
+    counts, named = {}, {}
+    for item in (spec.split(",") if spec else []):
+        item = item.strip()
+        name, _, value = item.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if not item or n < 1:
+            raise BadInput(f"bad --seeds item {item!r}: want N or TASK=N with N >= 1 (e.g. CartpoleSwingup=5,CheetahRun=3)")
+        if not name:
+            if "*" in named:
+                raise BadInput(f"--seeds {spec!r} gives two counts for all tasks")
+            named["*"] = n
+            continue
+        task = normalize_task(name)
+        if task not in tasks:
+            raise BadInput(f"--seeds names {name!r}, which is not among the tasks ({','.join(tasks)})")
+        if task in named:
+            raise BadInput(f"--seeds names {name!r} twice")
+        named[task] = n
+    for task in tasks:
+        counts[task] = named.get(task, named.get("*", defaults.get(task, fallback)))
+    return counts
+
+
+def parse_thresholds(items, base=THRESHOLDS) -> dict:
+    out = dict(base)
+    for item in items:
+        task, sep, value = item.partition("=")
+        try:
+            out[normalize_task(task).split(":", 1)[1]] = float(value)
+        except ValueError:
+            raise BadInput(f"bad --threshold {item!r}: want TASK=RETURN, e.g. CheetahRun=300") from None
+        if not sep or not task.strip():
+            raise BadInput(f"bad --threshold {item!r}: want TASK=RETURN, e.g. CheetahRun=300")
+    return out
+
+
+# ---- fingerprint and the resumable output file ---------------------------------------------
+def package_versions(names=VERSIONED) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def comparable_settings(args, versions: dict) -> dict:
+    """What must agree for runs to be pooled: every option but the task and seed lists, and versions."""
+    settings = {k: getattr(args, k) for k in COMPARABLE}
+    settings["pql_override"] = list(settings["pql_override"])
+    settings["versions"] = dict(versions)
+    return settings
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_records(path):
+    """Records of a JSONL file: (records, notes, offset of a half-written last line or None).
+
+    A last line that is not complete JSON (a run killed while appending) is ignored with a note;
+    a bad line before the last one is an error."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    records, notes, partial_at, offset = [], [], None, 0
+    for i, raw in enumerate(lines):
+        start, offset = offset, offset + len(raw) + 1
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if all(not rest.strip() for rest in lines[i + 1:]):
+                notes.append(f"note: {path} line {i + 1} is half-written (a killed run?); ignored")
+                partial_at = start
+                continue
+            raise BadInput(f"{path} line {i + 1} is not a JSON record; repair or move the file") from None
+        records.append(record)
+    return records, notes, partial_at
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def matching_records(records, fp: str, settings: dict, path):
+    """The records made with these settings; a record with another fingerprint is an error."""
+    for r in records:
+        if r.get("fingerprint") != fp:
+            theirs, ours = _flatten(r.get("settings") or {}), _flatten(settings)
+            diff = [f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(theirs) | set(ours))
+                    if theirs.get(k) != ours.get(k)]
+            raise BadInput(f"{path} holds runs with other settings ({'; '.join(diff[:4]) or 'no fingerprint'}"
+                           f"{'; ...' if len(diff) > 4 else ''}): use the same options, another --out, or --new-out")
+    return list(records)
+
+
+def run_key(r) -> tuple:
+    return (r["env"], r["method"], int(r["seed"]))
+
+
+def dedupe(records):
+    """One record per (task, method, seed): the first; returns (records, notes)."""
+    seen, out, notes = set(), [], []
+    for r in records:
+        if run_key(r) in seen:
+            notes.append(f"note: {r['env']} {r['method']} seed {r['seed']} appears twice; the first is used")
+            continue
+        seen.add(run_key(r))
+        out.append(r)
+    return out, notes
+
+
+def plan_runs(seed_counts: dict, methods, done: set):
+    """(to run, already done) lists of (task, method, seed), interleaved per seed:
+    task 1 pql seed 0, sac seed 0, pql seed 1, ...; then task 2."""
+    todo, skipped = [], []
+    for task, n in seed_counts.items():
+        for seed in range(n):
+            for method in methods:
+                (skipped if (task, method, seed) in done else todo).append((task, method, seed))
+    return todo, skipped
+
+
+def append_record(path, record: dict):
+    """Append one JSON line and make it durable before the next run starts."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---- statistics ------------------------------------------------------------------------------
+def score(evals, k=LAST_K) -> float:
+    """Mean eval return of the last k evaluations (non-finite ones left out; NaN if none)."""
+    values = [e["eval_return"] for e in evals[-k:]]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def mean_se(values):
+    """(mean, standard error, n) of the finite values: SE = sample SD (ddof=1) / sqrt(n); NaN SE if n < 2."""
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    se = float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return float(np.mean(v)), se, n
+
+
 def steps_to_threshold(evals, threshold):
+    """Env steps of the first evaluation with return >= threshold, or None."""
+    if threshold is None:
+        return None
     for point in evals:
-        if point["eval_return"] >= threshold:
+        if point["eval_return"] is not None and point["eval_return"] >= threshold:
             return point["env_steps"]
     return None
+
+
+def pair_ratios(numerator: dict, denominator: dict) -> dict:
+    """{seed: numerator[seed] / denominator[seed]} over the seeds both have (finite, denominator > 0)."""
+    out = {}
+    for seed in sorted(set(numerator) & set(denominator)):
+        a, b = numerator[seed], denominator[seed]
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and b > 0:
+            out[seed] = a / b
+    return out
+
+
+def ratio_summary(ratios: dict) -> dict:
+    m, se, n = mean_se(list(ratios.values()))
+    vals = list(ratios.values())
+    return {"pairs": {str(k): v for k, v in ratios.items()}, "mean": m, "se": se, "n": n,
+            "min": min(vals) if vals else float("nan"), "max": max(vals) if vals else float("nan")}
+
+
+def _stat(values) -> dict:
+    m, se, n = mean_se(values)
+    return {"values": list(values), "mean": m, "se": se, "n": n}
+
+
+def summarize(records, thresholds: dict, tasks=()) -> dict:
+    """Per task (the given ones first, then any others in the records) and method: the statistics."""
+    order = list(tasks) + [r["env"] for r in records if r["env"] not in tasks]
+    summary = {}
+    for task in dict.fromkeys(order):
+        threshold = thresholds.get(task.split(":")[-1])
+        row = {"threshold": threshold}
+        for method in METHODS:
+            rs = sorted((r for r in records if r["env"] == task and r["method"] == method), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            steps = [steps_to_threshold(r["evals"], threshold) for r in rs]
+            hits = [s for s in steps if s is not None]
+            row[method] = {
+                "seeds": [r["seed"] for r in rs], "n": len(rs),
+                "score": _stat([score(r["evals"]) for r in rs]),
+                "steps_to_threshold": {**_stat(hits), "per_seed": steps, "hits": len(hits)},
+                **{key: _stat([r.get(key) for r in rs]) for key in ("train_sps", "loop_sps", "eval_share",
+                                                                   "startup_s", "total_wall_s")},
+                "outside_frac": _stat([r.get("outside_frac") for r in rs]) if method == "pql_jax" else None,
+                "jax": sorted({str(r.get("jax")) for r in rs}),
+                "commits": sorted({str(r.get("commit")) for r in rs}),
+            }
+        if "pql_jax" in row and "brax_sac" in row:
+            for key in ("train_sps", "loop_sps"):
+                by_seed = {m: {r["seed"]: r.get(key) for r in records if r["env"] == task and r["method"] == m}
+                           for m in METHODS}
+                row[f"{key}_ratio"] = ratio_summary(pair_ratios(by_seed["pql_jax"], by_seed["brax_sac"]))
+        if len(row) > 1:
+            summary[task] = row
+    return summary
+
+
+def fmt_mse(stat: dict, fmt="{:.0f}") -> str:
+    if stat is None or stat["n"] == 0:
+        return "n/a"
+    if stat["n"] == 1 or not math.isfinite(stat["se"]):
+        return fmt.format(stat["mean"])  # one seed: no SE (the n column says so)
+    return f"{fmt.format(stat['mean'])} ± {fmt.format(stat['se'])}"
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| task (threshold) | method | n seeds | score: mean of last 3 evals | env steps to threshold (hits) "
+             "| train env steps/s | loop env steps/s | eval share | outside-chunk frac | startup s | JAX |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task, row in summary.items():
+        name = task.split(":")[-1]
+        label = name + (f" (≥ {row['threshold']:g})" if row["threshold"] is not None else "")
+        for method in METHODS:
+            if method not in row:
+                continue
+            m = row[method]
+            st = m["steps_to_threshold"]
+            reach = (f"{fmt_mse(st, '{:,.0f}') if st['hits'] else 'not reached'} ({st['hits']}/{m['n']})"
+                     if row["threshold"] is not None else "n/a")
+            outside = fmt_mse(m["outside_frac"], "{:.4f}") if m["outside_frac"] else "—"
+            lines.append(f"| {label} | {LABEL[method]} | {m['n']} | {fmt_mse(m['score'])} | {reach} "
+                         f"| {fmt_mse(m['train_sps'])} | {fmt_mse(m['loop_sps'])} | {fmt_mse(m['eval_share'], '{:.3f}')} "
+                         f"| {outside} | {fmt_mse(m['startup_s'])} | {', '.join(m['jax'])} |")
+        if "train_sps_ratio" in row:
+            cells = []
+            for key in ("train_sps_ratio", "loop_sps_ratio"):
+                r = row[key]
+                cells.append("n/a" if r["n"] == 0 else f"**{fmt_mse(r, '{:.2f}x')}**"
+                             + (f" ({r['min']:.2f}-{r['max']:.2f}x)" if r["n"] > 1 else ""))
+            pairs = row["train_sps_ratio"]["n"]
+            lines.append(f"| {name} | ratio pql/sac per seed pair | {pairs} pair{'s' if pairs != 1 else ''} | | "
+                         f"| {cells[0]} | {cells[1]} | | | | |")
+    lines += ["", f"Mean ± standard error over the seeds (n per row; SE = sample SD with ddof=1 / sqrt(n); "
+              f"a single value where n = 1). "
+              f"Score: mean eval return of each run's last {LAST_K} evaluations. Env steps to threshold: the "
+              f"first evaluation at or above it, over the seeds that reached it (hits k/n). Env steps/s: "
+              f"compile-free window; train excludes eval time. Ratio: pql_jax / brax SAC env steps/s of the "
+              f"same seed, mean ± SE (min-max) over the pairs."]
+    return "\n".join(lines)
+
+
+def curve(runs):
+    """Learning curve of one method over seeds: (x, mean, se, n, interpolated).
+
+    Runs of one method evaluate at the same env steps (same budget, envs and number of evals),
+    so normally no interpolation happens; if a run's eval steps differ from the first (lowest)
+    seed's grid, its returns are linearly interpolated onto that grid (np.interp, ends held)."""
+    runs = sorted(runs, key=lambda r: r["seed"])
+    xs = [np.array([e["env_steps"] for e in r["evals"]], dtype=float) for r in runs]
+    ys = [np.array([np.nan if e["eval_return"] is None else e["eval_return"] for e in r["evals"]], dtype=float)
+          for r in runs]
+    grid = xs[0]
+    interpolated = not all(len(x) == len(grid) and np.array_equal(x, grid) for x in xs)
+    if interpolated:
+        ys = [np.interp(grid, x, y) for x, y in zip(xs, ys)]
+    y = np.vstack(ys)
+    n = len(runs)
+    se = np.std(y, axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.zeros(len(grid))
+    return grid, y.mean(axis=0), se, n, interpolated
+
+
+def plot_task(task, records, threshold, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    notes = []
+    for method, color in zip(METHODS, ("tab:blue", "tab:orange")):
+        rs = [r for r in records if r["env"] == task and r["method"] == method]
+        if not rs:
+            continue
+        x, mean, se, n, interpolated = curve(rs)
+        ax.plot(x, mean, marker="o", ms=3, color=color, label=f"{LABEL[method]} (n={n} seed{'s' if n != 1 else ''})")
+        ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.25, lw=0)
+        if interpolated:
+            notes.append(f"{LABEL[method]}: eval steps differ between seeds, interpolated")
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
+    jax_versions = sorted({str(r.get("jax")) for r in records if r["env"] == task})
+    ax.set_title(f"{task.split(':')[-1]}: eval return, mean ± SE over seeds (JAX {', '.join(jax_versions)})",
+                 fontsize=10)
+    ax.set_xlabel("env steps")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_ylabel("eval return (deterministic policy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    if notes:
+        ax.text(0.01, 0.01, "; ".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(records, args, out, figures_dir, fp):
+    summary = summarize(records, args.thresholds, args.tasks)
+    if not summary:
+        print("no runs to report")
+        return summary
+    table = markdown(summary)
+    commits = sorted({str(r.get("commit")) for r in records})
+    footer = (f"{len(records)} runs, settings fingerprint {fp}, pql_jax commit(s) {', '.join(commits)}"
+              + (f"; raw runs: {out}" if out else ""))
+    print(table)
+    print("\n" + footer)
+    if out:
+        md = out.with_suffix(".md")
+        md.write_text(table + "\n\n" + footer + "\n")
+        print(f"table: {md}")
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for task, row in summary.items():
+        path = figures_dir / f"vs_sac_{task.split(':')[-1]}.png"
+        plot_task(task, records, row["threshold"], path)
+        print(f"figure: {path}")
+    return summary
+
+
+# ---- environment checks -------------------------------------------------------------------
+def runtime_problem(methods) -> str | None:
+    """Why this interpreter cannot run `methods`, or None."""
+    try:
+        import pql_jax  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"pql_jax is not importable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if "brax_sac" not in methods:
+        return None
+    try:
+        import jax
+        import mujoco_playground  # noqa: F401
+        from brax.training.agents.sac import train  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"brax SAC is not importable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    with warnings.catch_warnings():  # JAX 0.9 warns that it is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        has_replicated = hasattr(jax, "device_put_replicated")
+    if not has_replicated:
+        return f"brax SAC cannot run on JAX {jax.__version__} here (it needs jax.device_put_replicated, gone in JAX 0.10)"
+    return None
+
+
+def validate_tasks(tasks):
+    from mujoco_playground import registry
+    known = set(registry.ALL_ENVS)
+    for task in tasks:
+        if task.split(":", 1)[1] not in known:
+            raise BadInput(f"unknown task {task!r}: not a Playground env (e.g. playground:CartpoleSwingup)")
+
+
+def _git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "pql_jax"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # ---- pql_jax ------------------------------------------------------------------------------
@@ -116,6 +624,7 @@ def run_pql(args, task, seed):
     from pql_jax import config as C
     from pql_jax.learner import pql as T
     from pql_jax.learner.state import PopulationSchedule, hparams_from_config
+    from pql_jax.run.program import metrics_to_host
 
     t_start = time.time()
     overrides = pql_overrides(args, task)
@@ -133,7 +642,6 @@ def run_pql(args, task, seed):
     jax.block_until_ready(state)
     n_chunks = learner.num_chunks
     evals, inside, t_first = [], 0.0, None
-    t_loop = time.time()
     for i in range(n_chunks):
         t0 = time.time()
         state, metrics = chunk(state, PopulationSchedule.of(hp, i * cfg.run.chunk_steps))
@@ -141,12 +649,12 @@ def run_pql(args, task, seed):
         t1 = time.time()
         if i > 0:
             inside += t1 - t0
-        metrics = T.metrics_to_host(metrics)
+        metrics = metrics_to_host(metrics)
         evals.append({"env_steps": int(metrics["env_steps"]), "eval_return": float(metrics["eval_return"]),
                       "online_return": float(metrics["online_return"]), "wall_s": time.time() - t_start,
                       "critic_updates": int(metrics["critic_updates"]), "diverged": bool(metrics["diverged"])})
-        print(f"[pql] {task} seed {seed} step {evals[-1]['env_steps']} return {evals[-1]['eval_return']:.1f} "
-              f"t {evals[-1]['wall_s']:.1f}s", file=sys.stderr, flush=True)
+        print(f"[pql] {task.split(':')[-1]} seed {seed} step {evals[-1]['env_steps']} "
+              f"return {evals[-1]['eval_return']:.1f} t {evals[-1]['wall_s']:.1f}s", file=sys.stderr, flush=True)
         if i == 0:
             t_first = time.time()
             first_chunk_s = t_first - t0
@@ -175,131 +683,92 @@ def run_pql(args, task, seed):
     }
 
 
-# ---- brax SAC ----------------------------------------------------------------------------
+# ---- brax SAC (in this process) -------------------------------------------------------------
 def run_sac(args, task, seed):
-    if not SAC_PYTHON.exists():
-        raise SystemExit(f"{SAC_PYTHON} missing: run `bash benchmarks/setup_sac_venv.sh` first")
-    cmd = [str(SAC_PYTHON), str(HERE / "sac_baseline.py"), "--env", task,
-           "--num-envs", str(args.num_envs), "--batch-size", str(args.batch_size),
-           "--grad-updates-per-step", str(args.grad_updates_per_step),
-           "--hidden", ",".join([str(args.width)] * args.depth), "--q-layer-norm", str(args.layer_norm),
-           "--env-steps", str(args.env_steps), "--seed", str(seed), "--episode-length", str(args.episode_length),
-           "--num-evals", str(args.evals + 1), "--num-eval-envs", str(args.eval_envs),
-           "--min-replay-size", str(args.min_replay), "--action-repeat", "1"]
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env["JAX_PLATFORMS"] = "cpu"
-    print(f"[sac] {task} seed {seed}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr.splitlines():
-        if line.startswith("[sac]"):
-            print(line, file=sys.stderr, flush=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.splitlines()[-30:])
-        raise RuntimeError(f"brax SAC baseline failed (exit {proc.returncode}):\n{tail}")
-    result = json.loads(lines[-1])
-    result["command"] = " ".join(cmd)
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from sac_baseline import train_sac
+
+    result = train_sac(task, num_envs=args.num_envs, batch_size=args.batch_size,
+                       grad_updates_per_step=args.grad_updates_per_step, hidden=[args.width] * args.depth,
+                       q_layer_norm=bool(args.layer_norm), env_steps=args.env_steps, seed=seed,
+                       episode_length=args.episode_length, action_repeat=1, num_evals=args.evals + 1,
+                       num_eval_envs=args.eval_envs, min_replay_size=args.min_replay)
+    result["sac_settings"] = result.pop("settings")  # brax's train() arguments; "settings" is the fingerprint's
     return result
 
 
-# ---- report -----------------------------------------------------------------------------
-def _ms(values, fmt="{:.0f}"):
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values))}"
+RUNNERS = {"pql_jax": run_pql, "brax_sac": run_sac}
 
 
-def summarize(runs, args):
-    summary = {}
-    for task in args.tasks:
-        name = task.split(":")[-1]
-        threshold = THRESHOLDS.get(name)
-        row = {"threshold": threshold}
-        for method in ("pql_jax", "brax_sac"):
-            rs = [r for r in runs if r["env"] == task and r["method"] == method]
-            if not rs:
-                continue
-            hits = [steps_to_threshold(r["evals"], threshold) if threshold is not None else None for r in rs]
-            row[method] = {
-                "seeds": [r["seed"] for r in rs],
-                "final_return": [r["final_return"] for r in rs],
-                "final_env_steps": [r["final_env_steps"] for r in rs],
-                "steps_to_threshold": hits,
-                "loop_sps": [r.get("loop_sps") for r in rs], "train_sps": [r.get("train_sps") for r in rs],
-                "eval_share": [r.get("eval_share") for r in rs],
-                "outside_frac": [r.get("outside_frac", r.get("other_share")) for r in rs],
-                "startup_s": [r.get("startup_s") for r in rs], "total_wall_s": [r["total_wall_s"] for r in rs],
-            }
-        if "pql_jax" in row and "brax_sac" in row:
-            for key in ("loop_sps", "train_sps"):
-                a = np.mean([v for v in row["pql_jax"][key] if v]) if any(row["pql_jax"][key]) else float("nan")
-                b = np.mean([v for v in row["brax_sac"][key] if v]) if any(row["brax_sac"][key]) else float("nan")
-                row[f"{key}_ratio"] = float(a / b)
-        summary[task] = row
-    return summary
+# ---- main ---------------------------------------------------------------------------------
+def _main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    methods = [m for m in METHODS if args.only is None or SHORT[args.only] == m]
+    settings = comparable_settings(args, package_versions())
+    fp = fingerprint(settings)
+    out = Path(args.out) if args.out else None
+    if args.report_only and not out.exists():
+        raise BadInput(f"{out} does not exist")
+    if out is not None and args.new_out and out.exists():
+        stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+        aside = out.with_name(f"{out.stem}.{stamp}{out.suffix}")
+        out.rename(aside)
+        print(f"--new-out: moved the old {out} to {aside}", file=sys.stderr)
 
+    records, partial_at = [], None
+    if out is not None and out.exists():
+        records, notes, partial_at = read_records(out)
+        records = matching_records(records, fp, settings, out)
+        records, more = dedupe(records)
+        for note in notes + more:
+            print(note, file=sys.stderr)
+    if args.report_only:
+        report(records, args, out, args.figures, fp)
+        return 0
 
-def markdown(summary):
-    lines = ["| task | method | final return | env steps to threshold (hits) | loop env steps/s | train env steps/s "
-             "| eval share | outside-chunk frac | startup s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for task, row in summary.items():
-        for method in ("pql_jax", "brax_sac"):
-            if method not in row:
-                continue
-            m = row[method]
-            hits = [h for h in m["steps_to_threshold"] if h is not None]
-            reach = f"{_ms(hits)} ({len(hits)}/{len(m['seeds'])})" if row["threshold"] is not None else "n/a"
-            outside = _ms(m["outside_frac"], "{:.4f}") if method == "pql_jax" else "—"
-            label = task.split(':')[-1] + (f" (≥{row['threshold']:.0f})" if row["threshold"] is not None else "")
-            lines.append(f"| {label} | {method} | {_ms(m['final_return'])} "
-                         f"| {reach} | {_ms(m['loop_sps'])} | {_ms(m['train_sps'])} | {_ms(m['eval_share'], '{:.3f}')} "
-                         f"| {outside} | {_ms(m['startup_s'])} |")
-        if "loop_sps_ratio" in row:
-            lines.append(f"| {task.split(':')[-1]} | **ratio pql/sac** | | | **{row['loop_sps_ratio']:.2f}x** "
-                         f"| **{row['train_sps_ratio']:.2f}x** | | | |")
-    return "\n".join(lines)
+    problem = runtime_problem(methods)
+    if problem:
+        raise BadInput(f"{problem}; {SETUP_HINT} (or --only pql)")
+    validate_tasks(args.tasks)
+    if partial_at is not None:  # drop the half-written line before appending after it
+        with open(out, "r+b") as f:
+            f.truncate(partial_at)
 
-
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    todo, skipped = plan_runs(args.seed_counts, methods, {run_key(r) for r in records})
+    if skipped:
+        print(f"skipping {len(skipped)} runs already in {out}: "
+              + "; ".join(f"{t.split(':')[-1]} {m} seed {s}" for t, m, s in skipped), file=sys.stderr)
+    print(f"{len(todo)} runs to do (fingerprint {fp})", file=sys.stderr, flush=True)
+    commit, machine = _git_commit(), f"{_cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    command = " ".join([sys.executable, *(sys.argv if argv is None else [__file__, *argv])])
+    for task, method, seed in todo:
+        t0 = time.time()
+        record = RUNNERS[method](args, task, seed)
+        record.update({
+            "fingerprint": fp, "settings": settings, "commit": commit, "machine": machine,
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "run_s": time.time() - t0, "loadavg_end": os.getloadavg(), "command": command,
+        })
+        records.append(record)
+        if out is not None:
+            append_record(out, record)
+        print(f"[done] {task.split(':')[-1]} {method} seed {seed}: score {score(record['evals']):.1f}, "
+              f"train {record.get('train_sps', float('nan')):.0f} env steps/s ({record['run_s']:.0f} s)",
+              file=sys.stderr, flush=True)
+    report(records, args, out, args.figures, fp)
+    print(f"load average at end {os.getloadavg()}")
+    return 0
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    started = datetime.datetime.now(datetime.timezone.utc)
-    t0 = time.time()
-    runs = []
-    for task in args.tasks:
-        for seed in range(args.seeds):  # interleaved so load drift on a shared machine hits both sides
-            if args.only in (None, "pql"):
-                runs.append(run_pql(args, task, seed))
-            if args.only in (None, "sac"):
-                runs.append(run_sac(args, task, seed))
-    summary = summarize(runs, args)
-    table = markdown(summary)
-    meta = {
-        "date_utc": started.isoformat(timespec="seconds"), "duration_s": time.time() - t0,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "loadavg_end": os.getloadavg(), "args": vars(args),
-    }
-    print(table)
-    print(f"\n{meta['date_utc']}, {meta['duration_s']:.0f} s, {meta['machine']}, load avg at end {meta['loadavg_end']}")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1))
-        print(f"raw numbers: {args.out}")
+    try:
+        return _main(argv)
+    except BadInput as e:
+        print(f"bench_vs_sac.py: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
