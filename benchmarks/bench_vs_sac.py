@@ -72,9 +72,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -83,19 +81,20 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when imported by path
+from vs_sac_report import METHODS, markdown, plot_task, summarize  # noqa: E402
+from vs_sac_store import (BadInput, append_record, dedupe, fingerprint, matching_records,  # noqa: E402
+                          plan_runs, read_records, run_key)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-METHODS = ("pql_jax", "brax_sac")
 SHORT = {"pql": "pql_jax", "sac": "brax_sac"}
-LABEL = {"pql_jax": "pql_jax", "brax_sac": "brax SAC"}
 DEFAULT_SEEDS = {"playground:CartpoleSwingup": 5, "playground:CheetahRun": 3, "playground:WalkerWalk": 3}
 DEFAULT_TASKS = list(DEFAULT_SEEDS)
 FALLBACK_SEEDS = 3  # a task outside DEFAULT_SEEDS
 # Return thresholds for "env steps to threshold" (see the module docstring).
 THRESHOLDS = {"CartpoleSwingup": 400.0, "CheetahRun": 300.0, "WalkerWalk": 500.0, "CartpoleBalance": 800.0}
-LAST_K = 3  # score = mean of the last LAST_K evaluations
 QUICK = {"env_steps": 24_576, "evals": 3, "seeds": 1}
 # Options whose values decide whether two runs are comparable (the fingerprint); with the versions.
 COMPARABLE = ("env_steps", "evals", "num_envs", "batch_size", "grad_updates_per_step", "width", "depth",
@@ -104,9 +103,6 @@ VERSIONED = ("jax", "jaxlib", "brax", "playground", "mujoco", "mujoco-mjx", "fla
 SETUP_HINT = ("run `bash benchmarks/setup_sac_venv.sh`, then run this script with "
               "benchmarks/.venv-sac/bin/python")
 
-
-class BadInput(Exception):
-    """A user error: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -251,274 +247,6 @@ def comparable_settings(args, versions: dict) -> dict:
     settings["pql_override"] = list(settings["pql_override"])
     settings["versions"] = dict(versions)
     return settings
-
-
-def fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_records(path):
-    """Records of a JSONL file: (records, notes, offset of a half-written last line or None).
-
-    A last line that is not complete JSON (a run killed while appending) is ignored with a note;
-    a bad line before the last one is an error."""
-    data = Path(path).read_bytes()
-    lines = data.split(b"\n")
-    records, notes, partial_at, offset = [], [], None, 0
-    for i, raw in enumerate(lines):
-        start, offset = offset, offset + len(raw) + 1
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if all(not rest.strip() for rest in lines[i + 1:]):
-                notes.append(f"note: {path} line {i + 1} is half-written (a killed run?); ignored")
-                partial_at = start
-                continue
-            raise BadInput(f"{path} line {i + 1} is not a JSON record; repair or move the file") from None
-        records.append(record)
-    return records, notes, partial_at
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def matching_records(records, fp: str, settings: dict, path):
-    """The records made with these settings; a record with another fingerprint is an error."""
-    for r in records:
-        if r.get("fingerprint") != fp:
-            theirs, ours = _flatten(r.get("settings") or {}), _flatten(settings)
-            diff = [f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(theirs) | set(ours))
-                    if theirs.get(k) != ours.get(k)]
-            raise BadInput(f"{path} holds runs with other settings ({'; '.join(diff[:4]) or 'no fingerprint'}"
-                           f"{'; ...' if len(diff) > 4 else ''}): use the same options, another --out, or --new-out")
-    return list(records)
-
-
-def run_key(r) -> tuple:
-    return (r["env"], r["method"], int(r["seed"]))
-
-
-def dedupe(records):
-    """One record per (task, method, seed): the first; returns (records, notes)."""
-    seen, out, notes = set(), [], []
-    for r in records:
-        if run_key(r) in seen:
-            notes.append(f"note: {r['env']} {r['method']} seed {r['seed']} appears twice; the first is used")
-            continue
-        seen.add(run_key(r))
-        out.append(r)
-    return out, notes
-
-
-def plan_runs(seed_counts: dict, methods, done: set):
-    """(to run, already done) lists of (task, method, seed), interleaved per seed:
-    task 1 pql seed 0, sac seed 0, pql seed 1, ...; then task 2."""
-    todo, skipped = [], []
-    for task, n in seed_counts.items():
-        for seed in range(n):
-            for method in methods:
-                (skipped if (task, method, seed) in done else todo).append((task, method, seed))
-    return todo, skipped
-
-
-def append_record(path, record: dict):
-    """Append one JSON line and make it durable before the next run starts."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ---- statistics ------------------------------------------------------------------------------
-def score(evals, k=LAST_K) -> float:
-    """Mean eval return of the last k evaluations (non-finite ones left out; NaN if none)."""
-    values = [e["eval_return"] for e in evals[-k:]]
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def mean_se(values):
-    """(mean, standard error, n) of the finite values: SE = sample SD (ddof=1) / sqrt(n); NaN SE if n < 2."""
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    se = float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    return float(np.mean(v)), se, n
-
-
-def steps_to_threshold(evals, threshold):
-    """Env steps of the first evaluation with return >= threshold, or None."""
-    if threshold is None:
-        return None
-    for point in evals:
-        if point["eval_return"] is not None and point["eval_return"] >= threshold:
-            return point["env_steps"]
-    return None
-
-
-def pair_ratios(numerator: dict, denominator: dict) -> dict:
-    """{seed: numerator[seed] / denominator[seed]} over the seeds both have (finite, denominator > 0)."""
-    out = {}
-    for seed in sorted(set(numerator) & set(denominator)):
-        a, b = numerator[seed], denominator[seed]
-        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and b > 0:
-            out[seed] = a / b
-    return out
-
-
-def ratio_summary(ratios: dict) -> dict:
-    m, se, n = mean_se(list(ratios.values()))
-    vals = list(ratios.values())
-    return {"pairs": {str(k): v for k, v in ratios.items()}, "mean": m, "se": se, "n": n,
-            "min": min(vals) if vals else float("nan"), "max": max(vals) if vals else float("nan")}
-
-
-def _stat(values) -> dict:
-    m, se, n = mean_se(values)
-    return {"values": list(values), "mean": m, "se": se, "n": n}
-
-
-def summarize(records, thresholds: dict, tasks=()) -> dict:
-    """Per task (the given ones first, then any others in the records) and method: the statistics."""
-    order = list(tasks) + [r["env"] for r in records if r["env"] not in tasks]
-    summary = {}
-    for task in dict.fromkeys(order):
-        threshold = thresholds.get(task.split(":")[-1])
-        row = {"threshold": threshold}
-        for method in METHODS:
-            rs = sorted((r for r in records if r["env"] == task and r["method"] == method), key=lambda r: r["seed"])
-            if not rs:
-                continue
-            steps = [steps_to_threshold(r["evals"], threshold) for r in rs]
-            hits = [s for s in steps if s is not None]
-            row[method] = {
-                "seeds": [r["seed"] for r in rs], "n": len(rs),
-                "score": _stat([score(r["evals"]) for r in rs]),
-                "steps_to_threshold": {**_stat(hits), "per_seed": steps, "hits": len(hits)},
-                **{key: _stat([r.get(key) for r in rs]) for key in ("train_sps", "loop_sps", "eval_share",
-                                                                   "startup_s", "total_wall_s")},
-                "outside_frac": _stat([r.get("outside_frac") for r in rs]) if method == "pql_jax" else None,
-                "jax": sorted({str(r.get("jax")) for r in rs}),
-                "commits": sorted({str(r.get("commit")) for r in rs}),
-            }
-        if "pql_jax" in row and "brax_sac" in row:
-            for key in ("train_sps", "loop_sps"):
-                by_seed = {m: {r["seed"]: r.get(key) for r in records if r["env"] == task and r["method"] == m}
-                           for m in METHODS}
-                row[f"{key}_ratio"] = ratio_summary(pair_ratios(by_seed["pql_jax"], by_seed["brax_sac"]))
-        if len(row) > 1:
-            summary[task] = row
-    return summary
-
-
-def fmt_mse(stat: dict, fmt="{:.0f}") -> str:
-    if stat is None or stat["n"] == 0:
-        return "n/a"
-    if stat["n"] == 1 or not math.isfinite(stat["se"]):
-        return fmt.format(stat["mean"])  # one seed: no SE (the n column says so)
-    return f"{fmt.format(stat['mean'])} ± {fmt.format(stat['se'])}"
-
-
-def markdown(summary: dict) -> str:
-    lines = ["| task (threshold) | method | n seeds | score: mean of last 3 evals | env steps to threshold (hits) "
-             "| train env steps/s | loop env steps/s | eval share | outside-chunk frac | startup s | JAX |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for task, row in summary.items():
-        name = task.split(":")[-1]
-        label = name + (f" (≥ {row['threshold']:g})" if row["threshold"] is not None else "")
-        for method in METHODS:
-            if method not in row:
-                continue
-            m = row[method]
-            st = m["steps_to_threshold"]
-            reach = (f"{fmt_mse(st, '{:,.0f}') if st['hits'] else 'not reached'} ({st['hits']}/{m['n']})"
-                     if row["threshold"] is not None else "n/a")
-            outside = fmt_mse(m["outside_frac"], "{:.4f}") if m["outside_frac"] else "—"
-            lines.append(f"| {label} | {LABEL[method]} | {m['n']} | {fmt_mse(m['score'])} | {reach} "
-                         f"| {fmt_mse(m['train_sps'])} | {fmt_mse(m['loop_sps'])} | {fmt_mse(m['eval_share'], '{:.3f}')} "
-                         f"| {outside} | {fmt_mse(m['startup_s'])} | {', '.join(m['jax'])} |")
-        if "train_sps_ratio" in row:
-            cells = []
-            for key in ("train_sps_ratio", "loop_sps_ratio"):
-                r = row[key]
-                cells.append("n/a" if r["n"] == 0 else f"**{fmt_mse(r, '{:.2f}x')}**"
-                             + (f" ({r['min']:.2f}-{r['max']:.2f}x)" if r["n"] > 1 else ""))
-            pairs = row["train_sps_ratio"]["n"]
-            lines.append(f"| {name} | ratio pql/sac per seed pair | {pairs} pair{'s' if pairs != 1 else ''} | | "
-                         f"| {cells[0]} | {cells[1]} | | | | |")
-    lines += ["", f"Mean ± standard error over the seeds (n per row; SE = sample SD with ddof=1 / sqrt(n); "
-              f"a single value where n = 1). "
-              f"Score: mean eval return of each run's last {LAST_K} evaluations. Env steps to threshold: the "
-              f"first evaluation at or above it, over the seeds that reached it (hits k/n). Env steps/s: "
-              f"compile-free window; train excludes eval time. Ratio: pql_jax / brax SAC env steps/s of the "
-              f"same seed, mean ± SE (min-max) over the pairs."]
-    return "\n".join(lines)
-
-
-def curve(runs):
-    """Learning curve of one method over seeds: (x, mean, se, n, interpolated).
-
-    Runs of one method evaluate at the same env steps (same budget, envs and number of evals),
-    so normally no interpolation happens; if a run's eval steps differ from the first (lowest)
-    seed's grid, its returns are linearly interpolated onto that grid (np.interp, ends held)."""
-    runs = sorted(runs, key=lambda r: r["seed"])
-    xs = [np.array([e["env_steps"] for e in r["evals"]], dtype=float) for r in runs]
-    ys = [np.array([np.nan if e["eval_return"] is None else e["eval_return"] for e in r["evals"]], dtype=float)
-          for r in runs]
-    grid = xs[0]
-    interpolated = not all(len(x) == len(grid) and np.array_equal(x, grid) for x in xs)
-    if interpolated:
-        ys = [np.interp(grid, x, y) for x, y in zip(xs, ys)]
-    y = np.vstack(ys)
-    n = len(runs)
-    se = np.std(y, axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.zeros(len(grid))
-    return grid, y.mean(axis=0), se, n, interpolated
-
-
-def plot_task(task, records, threshold, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    notes = []
-    for method, color in zip(METHODS, ("tab:blue", "tab:orange")):
-        rs = [r for r in records if r["env"] == task and r["method"] == method]
-        if not rs:
-            continue
-        x, mean, se, n, interpolated = curve(rs)
-        ax.plot(x, mean, marker="o", ms=3, color=color, label=f"{LABEL[method]} (n={n} seed{'s' if n != 1 else ''})")
-        ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.25, lw=0)
-        if interpolated:
-            notes.append(f"{LABEL[method]}: eval steps differ between seeds, interpolated")
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
-    jax_versions = sorted({str(r.get("jax")) for r in records if r["env"] == task})
-    ax.set_title(f"{task.split(':')[-1]}: eval return, mean ± SE over seeds (JAX {', '.join(jax_versions)})",
-                 fontsize=10)
-    ax.set_xlabel("env steps")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.set_ylabel("eval return (deterministic policy)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    if notes:
-        ax.text(0.01, 0.01, "; ".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def report(records, args, out, figures_dir, fp):

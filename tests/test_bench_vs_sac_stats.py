@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_sac.py"
+sys.path.insert(0, str(SCRIPT.parent))
+import vs_sac_report as R  # noqa: E402
+import vs_sac_store as S  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,37 +52,37 @@ def test_import_does_not_pull_in_brax_or_jax():
 
 def test_score_is_mean_of_last_three(B):
     returns = [10.0, 250.0, 400.0, 380.0, 700.0, 655.5]
-    assert B.score(evals(range(6), returns)) == pytest.approx(np.mean(returns[-3:]))
-    assert B.score(evals(range(6), returns)) != pytest.approx(np.mean(returns))
+    assert R.score(evals(range(6), returns)) == pytest.approx(np.mean(returns[-3:]))
+    assert R.score(evals(range(6), returns)) != pytest.approx(np.mean(returns))
     # fewer than three evaluations: the mean of those there are
-    assert B.score(evals(range(2), [3.0, 5.0])) == pytest.approx(4.0)
+    assert R.score(evals(range(2), [3.0, 5.0])) == pytest.approx(4.0)
 
 
 def test_mean_se_uses_sample_sd(B):
     values = [818.0, 792.0, 640.5, 901.25, 700.0]
-    m, se, n = B.mean_se(values)
+    m, se, n = R.mean_se(values)
     assert n == 5
     assert m == pytest.approx(np.mean(values))
     assert se == pytest.approx(np.std(values, ddof=1) / math.sqrt(5))
     assert se != pytest.approx(np.std(values) / math.sqrt(5))  # not the population SD
-    m1, se1, n1 = B.mean_se([5.0, None, float("nan")])
+    m1, se1, n1 = R.mean_se([5.0, None, float("nan")])
     assert (m1, n1) == (5.0, 1) and math.isnan(se1)
 
 
 def test_steps_to_threshold_first_crossing(B):
     ev = evals([30_080, 60_160, 90_240, 120_320], [120.0, 410.0, 390.0, 800.0])
-    assert B.steps_to_threshold(ev, 400.0) == 60_160
-    assert B.steps_to_threshold(ev, 410.0) == 60_160  # ">=": reaching it counts
-    assert B.steps_to_threshold(ev, 900.0) is None
-    assert B.steps_to_threshold(ev, None) is None
+    assert R.steps_to_threshold(ev, 400.0) == 60_160
+    assert R.steps_to_threshold(ev, 410.0) == 60_160  # ">=": reaching it counts
+    assert R.steps_to_threshold(ev, 900.0) is None
+    assert R.steps_to_threshold(ev, None) is None
 
 
 def test_pair_ratios_per_seed(B):
     pql = {0: 900.0, 1: 800.0, 2: 1000.0, 3: 700.0}
     sac = {0: 600.0, 1: 800.0, 2: 500.0}  # seed 3 has no partner
-    ratios = B.pair_ratios(pql, sac)
+    ratios = R.pair_ratios(pql, sac)
     assert ratios == pytest.approx({0: 1.5, 1: 1.0, 2: 2.0})
-    summary = B.ratio_summary(ratios)
+    summary = R.ratio_summary(ratios)
     r = np.array([1.5, 1.0, 2.0])
     assert summary["mean"] == pytest.approx(r.mean())
     assert summary["se"] == pytest.approx(r.std(ddof=1) / math.sqrt(3))
@@ -95,7 +98,7 @@ def test_summarize_against_numpy(B):
     pql_sps, sac_sps = {0: 900.0, 1: 850.0, 2: 870.0}, {0: 700.0, 1: 600.0}
     recs = ([record(task, "pql_jax", s, r, pql_sps[s]) for s, r in pql_returns.items()]
             + [record(task, "brax_sac", s, r, sac_sps[s]) for s, r in sac_returns.items()])
-    row = B.summarize(recs, {"CartpoleSwingup": 400.0})[task]
+    row = R.summarize(recs, {"CartpoleSwingup": 400.0})[task]
     p = row["pql_jax"]
     scores = [np.mean(r[-3:]) for r in pql_returns.values()]
     assert p["n"] == 3 and p["score"]["mean"] == pytest.approx(np.mean(scores))
@@ -112,20 +115,20 @@ def test_summarize_against_numpy(B):
     assert ratio["n"] == 2 and ratio["mean"] == pytest.approx(pairs.mean())
     assert ratio["se"] == pytest.approx(pairs.std(ddof=1) / math.sqrt(2))
     assert row["brax_sac"]["steps_to_threshold"]["hits"] == 1
-    table = B.markdown({task: row})
+    table = R.markdown({task: row})
     assert "(2/3)" in table and "(1/2)" in table and "2 pairs" in table
 
 
 def test_curve_mean_se_and_interpolation(B):
     a = record("t", "pql_jax", 0, [0.0, 10.0, 20.0], steps=[100, 200, 300])
     b = record("t", "pql_jax", 1, [2.0, 14.0, 26.0], steps=[100, 200, 300])
-    x, mean, se, n, interpolated = B.curve([b, a])
+    x, mean, se, n, interpolated = R.curve([b, a])
     assert not interpolated and n == 2 and list(x) == [100, 200, 300]
     y = np.array([[0, 10, 20], [2, 14, 26]], dtype=float)
     np.testing.assert_allclose(mean, y.mean(0))
     np.testing.assert_allclose(se, y.std(0, ddof=1) / math.sqrt(2))
     c = record("t", "pql_jax", 2, [0.0, 20.0, 40.0], steps=[100, 300, 500])  # other eval steps
-    x, mean, _, _, interpolated = B.curve([a, c])
+    x, mean, _, _, interpolated = R.curve([a, c])
     assert interpolated and list(x) == [100, 200, 300]  # the lowest seed's grid
     np.testing.assert_allclose(mean, [(0 + 0) / 2, (10 + 10) / 2, (20 + 20) / 2])
 
@@ -147,7 +150,7 @@ def _settings(B, **change):
         setattr(args, k, v)
     versions = {"jax": "0.9.2", "brax": "0.14.2"}
     settings = B.comparable_settings(args, versions)
-    return settings, B.fingerprint(settings)
+    return settings, S.fingerprint(settings)
 
 
 def test_fingerprint_ignores_tasks_and_seeds_only(B):
@@ -156,11 +159,11 @@ def test_fingerprint_ignores_tasks_and_seeds_only(B):
     assert _settings(B, env_steps=s0["env_steps"] + 1)[1] != fp0
     assert _settings(B, pql_override=["agent.n_step=1"])[1] != fp0
     args = B.parse_args(["--quick"])
-    assert B.fingerprint(B.comparable_settings(args, {"jax": "0.10.2", "brax": "0.14.2"})) != fp0
+    assert S.fingerprint(B.comparable_settings(args, {"jax": "0.10.2", "brax": "0.14.2"})) != fp0
     # an option given with --quick wins over the quick default, and changes the fingerprint
     args = B.parse_args(["--quick", "--env-steps", "30000"])
     assert args.env_steps == 30000
-    assert B.fingerprint(B.comparable_settings(args, {"jax": "0.9.2", "brax": "0.14.2"})) != fp0
+    assert S.fingerprint(B.comparable_settings(args, {"jax": "0.9.2", "brax": "0.14.2"})) != fp0
 
 
 def test_resume_skips_done_and_ignores_truncated_last_line(B, tmp_path):
@@ -168,15 +171,15 @@ def test_resume_skips_done_and_ignores_truncated_last_line(B, tmp_path):
     out = tmp_path / "runs.jsonl"
     task = "playground:CartpoleSwingup"
     for method, seed in (("pql_jax", 0), ("brax_sac", 0), ("pql_jax", 1)):
-        B.append_record(out, record(task, method, seed, [1.0, 2.0, 3.0], fp=fp, settings=settings))
+        S.append_record(out, record(task, method, seed, [1.0, 2.0, 3.0], fp=fp, settings=settings))
     full = out.read_bytes()
     with open(out, "ab") as f:  # a run killed while appending: half a line, no newline
         f.write(json.dumps(record(task, "brax_sac", 1, [1.0], fp=fp, settings=settings)).encode()[:57])
-    records, notes, partial_at = B.read_records(out)
+    records, notes, partial_at = S.read_records(out)
     assert len(records) == 3 and partial_at == len(full)
     assert len(notes) == 1 and "half-written" in notes[0]
-    records = B.matching_records(records, fp, settings, out)
-    todo, skipped = B.plan_runs({task: 3}, B.METHODS, {B.run_key(r) for r in records})
+    records = S.matching_records(records, fp, settings, out)
+    todo, skipped = S.plan_runs({task: 3}, R.METHODS, {S.run_key(r) for r in records})
     assert skipped == [(task, "pql_jax", 0), (task, "brax_sac", 0), (task, "pql_jax", 1)]
     # interleaved per seed, the killed run first again
     assert todo == [(task, "brax_sac", 1), (task, "pql_jax", 2), (task, "brax_sac", 2)]
@@ -186,24 +189,24 @@ def test_bad_line_before_the_last_is_an_error(B, tmp_path):
     out = tmp_path / "runs.jsonl"
     out.write_text('{"env": "a"\n' + json.dumps(record("t", "pql_jax", 0, [1.0])) + "\n")
     with pytest.raises(B.BadInput, match="line 1"):
-        B.read_records(out)
+        S.read_records(out)
 
 
 def test_other_fingerprint_is_refused(B, tmp_path):
     settings, fp = _settings(B)
     other, other_fp = _settings(B, env_steps=settings["env_steps"] * 2)
     out = tmp_path / "runs.jsonl"
-    B.append_record(out, record("playground:CartpoleSwingup", "pql_jax", 0, [1.0], fp=other_fp, settings=other))
-    records, _, _ = B.read_records(out)
+    S.append_record(out, record("playground:CartpoleSwingup", "pql_jax", 0, [1.0], fp=other_fp, settings=other))
+    records, _, _ = S.read_records(out)
     with pytest.raises(B.BadInput, match="env_steps"):
-        B.matching_records(records, fp, settings, out)
-    assert B.matching_records(records, other_fp, other, out) == records
+        S.matching_records(records, fp, settings, out)
+    assert S.matching_records(records, other_fp, other, out) == records
 
 
 def test_main_refuses_other_fingerprint_with_exit_2(B, tmp_path, capsys):
     other, other_fp = _settings(B, env_steps=123)
     out = tmp_path / "runs.jsonl"
-    B.append_record(out, record("playground:CartpoleSwingup", "pql_jax", 0, [1.0], fp=other_fp, settings=other))
+    S.append_record(out, record("playground:CartpoleSwingup", "pql_jax", 0, [1.0], fp=other_fp, settings=other))
     assert B.main(["--quick", "--report-only", "--out", str(out), "--figures", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other settings" in err and "--new-out" in err
@@ -220,11 +223,11 @@ def test_report_only_reads_matching_lines(B, tmp_path, capsys, monkeypatch):
     # versions as this interpreter sees them, so --report-only's fingerprint matches
     args = B.parse_args(["--quick"])
     settings = B.comparable_settings(args, B.package_versions())
-    fp = B.fingerprint(settings)
+    fp = S.fingerprint(settings)
     out = tmp_path / "runs.jsonl"
     task = "playground:CartpoleSwingup"
     for method, seed, ret, sps in (("pql_jax", 0, 500.0, 900.0), ("brax_sac", 0, 300.0, 600.0)):
-        B.append_record(out, record(task, method, seed, [ret] * 3, sps, fp=fp, settings=settings))
+        S.append_record(out, record(task, method, seed, [ret] * 3, sps, fp=fp, settings=settings))
     drawn = []
     monkeypatch.setattr(B, "plot_task", lambda task, recs, thr, path: drawn.append(path))
     assert B.main(["--quick", "--report-only", "--out", str(out), "--figures", str(tmp_path / "fig")]) == 0
