@@ -88,3 +88,119 @@ def test_first_steps_match_dm_control(walk):
         np.testing.assert_allclose(float(state.reward), ts.reward, atol=1e-4)
         np.testing.assert_allclose(np.asarray(state.obs[:48]), obs[:48], atol=1e-3, rtol=1e-3)  # state, velocity, upright
         np.testing.assert_allclose(np.asarray(state.obs[48:]), obs[48:], atol=2e-2, rtol=1e-3)  # acc-stage sensors
+
+
+@pytest.fixture(scope="module")
+def dog_stand():
+    from pql_jax.envs import dmc
+
+    return dmc.load("DogStand"), reference.load("dog", "stand", seed=0)
+
+
+@needs_dm_control
+def test_dog_model_matches_dm_control(dog_stand):
+    """Without its mesh geoms (visual only) but with dm_control's compiled inertials, the dog has
+    dm_control's bodies, masses, joints, actuators, tendons, sensors and colliding geoms."""
+    env, ref = dog_stand
+    ours, theirs = env.mj_model, ref.physics.model._model
+    for kind, count in (("body", "nbody"), ("sensor", "nsensor"), ("actuator", "nu"), ("joint", "njnt"),
+                        ("tendon", "ntendon"), ("site", "nsite")):
+        n = getattr(theirs, count)
+        assert getattr(ours, count) == n, kind
+        assert [getattr(ours, kind)(i).name for i in range(n)] == [getattr(theirs, kind)(i).name for i in range(n)]
+    for field in ("body_mass", "body_ipos", "body_iquat", "body_inertia", "body_subtreemass", "dof_damping",
+                  "dof_armature", "jnt_stiffness", "jnt_range", "qpos0", "actuator_gainprm", "actuator_ctrlrange",
+                  "actuator_dynprm", "tendon_length0"):
+        np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field), err_msg=field)
+    assert ours.nmesh == 0 and theirs.nmesh == 162
+    colliding = [i for i in range(theirs.ngeom) if theirs.geom_contype[i] | theirs.geom_conaffinity[i]]
+    names = [theirs.geom(i).name for i in colliding]
+    ids = [ours.geom(n).id for n in names]
+    for field in ("geom_type", "geom_size", "geom_pos", "geom_quat", "geom_friction", "geom_solref", "geom_solimp",
+                  "geom_condim", "geom_priority"):
+        np.testing.assert_array_equal(getattr(ours, field)[ids], getattr(theirs, field)[colliding], err_msg=field)
+    for field in ("timestep", "solver", "iterations", "ls_iterations", "tolerance", "cone", "integrator",
+                  "disableflags", "enableflags"):
+        assert getattr(ours.opt, field) == getattr(theirs.opt, field), field
+    assert (ours.opt.noslip_iterations, theirs.opt.noslip_iterations) == (0, 4)  # MJX has no noslip solver
+
+
+@needs_dm_control
+def test_dog_mesh_free_model_steps_like_dm_control():
+    """In MuJoCo, the mesh-free model with noslip put back and dm_control's contacts steps
+    bit-identically to dm_control's dog: dropping the meshes changes nothing."""
+    import xml.etree.ElementTree as ET
+
+    import mujoco
+    from mujoco_playground._src.dm_control_suite import common
+
+    from pql_jax.envs.dmc import dog
+
+    root = ET.fromstring(dog.model_xml())
+    root.find("option").set("noslip_iterations", "4")
+    model = mujoco.MjModel.from_xml_string(ET.tostring(root, encoding="unicode"), common.get_assets())
+    ref = reference.load("dog", "stand", seed=3)
+    ref.reset()
+    data = mujoco.MjData(model)
+    data.qpos[:], data.qvel[:], data.act[:] = reference.state(ref)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        action = rng.uniform(-1, 1, model.nu)
+        ref.step(action)
+        data.ctrl[:] = action
+        mujoco.mj_step(model, data, nstep=3)
+    np.testing.assert_array_equal(data.qpos, ref.physics.data.qpos)
+    np.testing.assert_array_equal(data.qvel, ref.physics.data.qvel)
+
+
+@needs_dm_control
+def test_dog_contact_sets():
+    """"floor": only geom-floor pairs; "self": all of dm_control's pairs but the ellipsoid-box ones
+    (no MJX collision function)."""
+    import mujoco
+    from mujoco.mjx._src import collision_driver
+
+    from pql_jax.envs.dmc import dog
+
+    theirs = reference.load("dog", "stand").physics.model._model
+
+    def pairs(m):
+        return {tuple(sorted((m.geom(a).name, m.geom(b).name))) for a, b, _ in collision_driver.geom_pairs(m)}
+
+    full = pairs(theirs)
+    floor = pairs(dog.Dog(None).mj_model)
+    assert floor == {p for p in full if "floor" in p} and len(floor) == 119
+    kept = pairs(dog.Dog(None, contacts="self").mj_model)
+    types = {int(mujoco.mjtGeom.mjGEOM_ELLIPSOID), int(mujoco.mjtGeom.mjGEOM_BOX)}
+    assert full - kept == {p for p in full if {int(theirs.geom(n).type[0]) for n in p} == types}
+    assert len(full - kept) == 181
+
+
+@needs_dm_control
+@pytest.mark.parametrize("task", ["DogStand", "DogWalk"])
+def test_dog_observation_and_reward_match_dm_control(task):
+    """On dm_control's own states (its task on the adapted model, 30 random steps), the port's
+    observation and reward functions give dm_control's: 223 floats in its order, rewards in [0, 1]."""
+    import jax
+    from mujoco import mjx
+
+    from pql_jax.envs import dmc
+    from pql_jax.envs.dmc import dog
+
+    env, ref = dmc.load(task), dog.dm_control_adapted(task, seed=4)
+    ts, rng = ref.reset(), np.random.default_rng(5)
+    assert sum(v.size for v in ts.observation.values()) == 223 == env.observation_size
+    assert [k for k in ts.observation] == ["joint_angles", "joint_velocites", "torso_pelvis_height", "z_projection",
+                                           "torso_com_velocity", "inertial_sensors", "foot_forces", "touch_sensors",
+                                           "actuator_state"]
+    np.testing.assert_allclose(env.stand_height, ref._task._stand_height, rtol=1e-12)
+    np.testing.assert_allclose(env.body_weight, ref._task._body_weight, rtol=1e-12)
+    rewards, obs_reward = [], jax.jit(lambda d: (env._obs(d), env._reward(d)))
+    for _ in range(15):
+        ts = ref.step(rng.uniform(-1, 1, env.action_size))
+        data = mjx.put_data(ref.physics.model._model, ref.physics.data._data, impl="jax")
+        obs, rew = obs_reward(data)
+        np.testing.assert_allclose(np.asarray(obs), reference.flat_obs(ts.observation), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(float(rew), ts.reward, atol=1e-5)
+        rewards.append(float(rew))
+    assert 0.0 <= min(rewards) and max(rewards) <= 1.0 and max(rewards) > 0.0

@@ -25,7 +25,7 @@ BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 
 
-DMC_ENVS = ("QuadrupedWalk", "QuadrupedRun")
+DMC_ENVS = ("QuadrupedWalk", "QuadrupedRun", "DogStand", "DogWalk")
 """dm_control tasks ported to MJX here (pql_jax.envs.dmc), named `dmc:<task>`."""
 
 TEST_ENVS = ("test:pointmass", "test:pointmass_nan")

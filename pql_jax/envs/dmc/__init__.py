@@ -1,6 +1,7 @@
 """Ports to MJX of dm_control suite tasks that no MuJoCo Playground release has, named `dmc:<Task>`.
 
-`dmc:QuadrupedWalk` and `dmc:QuadrupedRun` (pql_jax.envs.dmc.quadruped) follow dm_control's own
+`dmc:QuadrupedWalk` and `dmc:QuadrupedRun` (pql_jax.envs.dmc.quadruped) and `dmc:DogStand` and
+`dmc:DogWalk` (pql_jax.envs.dmc.dog: solver and contacts adapted to MJX) follow dm_control's own
 model files and task code; they expose the Playground `MjxEnv` API, so the env adapter
 (pql_jax.envs) drives them like `playground:` tasks. dm_control itself is not needed to run them;
 it is the reference they are validated against (scripts/validate_dmc_ports.py,
@@ -14,8 +15,10 @@ from pql_jax.envs import DMC_ENVS as ENVS
 
 def load(task: str, impl: str = "jax"):
     """The raw MJX env for one of `ENVS`."""
-    from pql_jax.envs.dmc import quadruped
+    from pql_jax.envs.dmc import dog, quadruped
 
+    if task in ("DogStand", "DogWalk"):
+        return dog.Dog(None if task == "DogStand" else dog.WALK_SPEED, config_overrides={"impl": impl})
     speeds = {"QuadrupedWalk": quadruped.WALK_SPEED, "QuadrupedRun": quadruped.RUN_SPEED}
     if task not in speeds:
         raise ValueError(f"unknown dmc task {task!r}; known: {', '.join(ENVS)}")
