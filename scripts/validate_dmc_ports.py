@@ -1,4 +1,4 @@
-"""Check the MJX ports of dm_control tasks (`dmc:QuadrupedWalk`, ...) against dm_control itself,
+"""Check the MJX ports of dm_control tasks (`dmc:QuadrupedWalk`, `dmc:DogStand`, ...) against dm_control itself,
 and time them through the env adapter. Reproduces the "MJX ports of Quadruped and Dog" section
 of benchmarks/RESULTS.md (issue "Real physics evidence", section 1).
 
@@ -8,10 +8,15 @@ Three parts, each printed as it finishes (and written as JSON with --out):
   the largest |port - dm_control| over steps 1..100 and over all steps, next to the field's RMS
   over dm_control's trajectory. --x64 runs the port in float64 too: differences that shrink to
   ~1e-9 there are float32 rounding amplified by the contact solve, not a modelling difference.
+  Dog tasks are also compared with dm_control's task on the port's adapted model (no noslip,
+  floor contacts: `dog.dm_control_adapted`), which splits the drift into the adaptations'
+  (adapted vs dm_control) and MJX's (port vs adapted).
 - `random`: --episodes full episodes (dm_control's 1000-step time limit) of a uniform random policy
   in each simulator, independent seeds; mean return +- standard error and the difference in SE.
+  Episodes that blow up (dm_control's PhysicsError, a non-finite port return) are counted and left
+  out of the statistics.
 - `speed`: compile time and env steps/s of the adapter's vector step (pql_jax.envs.make_env) at
-  --envs counts (control steps; one control step = 4 physics steps for Quadruped).
+  --envs counts (control steps; one control step = 4 physics steps for Quadruped, 3 for Dog).
 
 Run (needs dm_control: pip install -e ".[dmc]"):
     python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps random speed \
@@ -33,8 +38,31 @@ FIELDS = {  # dm_control's flattened Quadruped observation, by field
     "Quadruped": {"hinge_qpos": (0, 16), "hinge_qvel": (16, 32), "act": (32, 44), "torso_velocity": (44, 47),
                   "torso_upright": (47, 48), "accelerometer": (48, 51), "gyro": (51, 54),
                   "force_torque": (54, 78)},
+    "Dog": {"joint_angles": (0, 73), "joint_velocities": (73, 146), "torso_pelvis_height": (146, 148),
+            "z_projection": (148, 157), "torso_com_velocity": (157, 160), "accelerometer": (160, 163),
+            "velocimeter": (163, 166), "gyro": (166, 169), "foot_forces": (169, 181), "touch_sensors": (181, 185),
+            "actuator_state": (185, 223)},
 }
-DM_NAMES = {"QuadrupedWalk": ("quadruped", "walk"), "QuadrupedRun": ("quadruped", "run")}
+DM_NAMES = {"QuadrupedWalk": ("quadruped", "walk"), "QuadrupedRun": ("quadruped", "run"),
+            "DogStand": ("dog", "stand"), "DogWalk": ("dog", "walk")}
+
+
+def _domain(task: str) -> str:
+    return task.removesuffix("Walk").removesuffix("Run").removesuffix("Stand")
+
+
+def _adapted(task: str, seed: int):
+    """dm_control's task on the port's adapted model (Dog), else None."""
+    if _domain(task) != "Dog":
+        return None
+    from pql_jax.envs.dmc import dog
+
+    return dog.dm_control_adapted(task, seed=seed)
+
+
+def _field_table(diffs: np.ndarray, scale: np.ndarray, fields: dict) -> dict:
+    return {name: {"max_100": float(diffs[:, 1:101, lo:hi].max()), "max_all": float(diffs[:, 1:, lo:hi].max()),
+                   "rms": float(np.sqrt(np.mean(np.square(scale[:, :, lo:hi]))))} for name, (lo, hi) in fields.items()}
 
 
 def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
@@ -48,35 +76,54 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
     dtype = jnp.float64 if x64 else jnp.float32
     env = dmc.load(task)
     step, reset_from = jax.jit(env.step), jax.jit(env.reset_from)
-    ref = reference.load(*DM_NAMES[task], seed=0)
-    fields = FIELDS[task.removesuffix("Walk").removesuffix("Run")]
+    ref, ada = reference.load(*DM_NAMES[task], seed=0), _adapted(task, seed=0)
+    fields = FIELDS[_domain(task)]
     diffs, scale, rdiff, rscale, t0 = [], [], [], [], time.time()
+    adiffs, a_dm, ardiff, a_dm_r, first = [], [], [], [], []
     for seed in range(seeds):
         ts = ref.reset()
-        qpos, qvel, act = (jnp.asarray(x, dtype) for x in reference.state(ref))
-        state = reset_from(qpos, qvel, act)
+        qpos, qvel, act = reference.state(ref)
+        state = reset_from(*(jnp.asarray(x, dtype) for x in (qpos, qvel, act)))
+        if ada is not None:
+            ada.reset()
+            with ada.physics.reset_context():
+                ada.physics.data.qpos[:], ada.physics.data.qvel[:], ada.physics.data.act[:] = qpos, qvel, act
         rng = np.random.default_rng(1000 + seed)
         spec = ref.action_spec()
         d_ep, s_ep, r_ep, rr_ep = [np.abs(np.asarray(state.obs) - reference.flat_obs(ts.observation))], [], [], []
-        for _ in range(steps):
+        ad_ep, adm_ep, ar_ep, adm_r_ep, over = [d_ep[0]], [d_ep[0] * 0], [], [], None
+        for i in range(steps):
             action = rng.uniform(spec.minimum, spec.maximum)
             ts = ref.step(action)
             state = step(state, jnp.asarray(action, dtype))
-            dm_obs = reference.flat_obs(ts.observation)
-            d_ep.append(np.abs(np.asarray(state.obs, np.float64) - dm_obs))
+            dm_obs, port_obs = reference.flat_obs(ts.observation), np.asarray(state.obs, np.float64)
+            d_ep.append(np.abs(port_obs - dm_obs))
             s_ep.append(dm_obs)
             r_ep.append(abs(float(state.reward) - ts.reward))
             rr_ep.append(ts.reward)
-        diffs.append(d_ep), scale.append(s_ep), rdiff.append(r_ep), rscale.append(rr_ep)
+            if ada is not None:
+                ta = ada.step(action)
+                ada_obs = reference.flat_obs(ta.observation)
+                ad_ep.append(np.abs(port_obs - ada_obs)), adm_ep.append(np.abs(ada_obs - dm_obs))
+                ar_ep.append(abs(float(state.reward) - ta.reward)), adm_r_ep.append(abs(ta.reward - ts.reward))
+            if over is None and (ad_ep if ada is not None else d_ep)[-1].max() > 1e-3:
+                over = i + 1
+        diffs.append(d_ep), scale.append(s_ep), rdiff.append(r_ep), rscale.append(rr_ep), first.append(over)
+        adiffs.append(ad_ep), a_dm.append(adm_ep), ardiff.append(ar_ep), a_dm_r.append(adm_r_ep)
     diffs, scale, rdiff = np.asarray(diffs), np.asarray(scale), np.asarray(rdiff)  # [seed, step(+1), obs]
     out = {"task": task, "dtype": "float64" if x64 else "float32", "seeds": seeds, "steps": steps,
            "seconds": round(time.time() - t0, 1), "initial_obs_max": float(diffs[:, 0].max()),
+           "first_step_obs_over_1e-3": first,
            "reward": {"max_100": float(rdiff[:, :100].max()), "max_all": float(rdiff.max()),
-                      "rms": float(np.sqrt(np.mean(np.square(rscale))))}, "fields": {}}
-    for name, (lo, hi) in fields.items():
-        out["fields"][name] = {"max_100": float(diffs[:, 1:101, lo:hi].max()),
-                               "max_all": float(diffs[:, 1:, lo:hi].max()),
-                               "rms": float(np.sqrt(np.mean(np.square(scale[:, :, lo:hi]))))}
+                      "rms": float(np.sqrt(np.mean(np.square(rscale))))},
+           "fields": _field_table(diffs, scale, fields)}
+    if ada is not None:  # first_step_obs_over_1e-3 is then port vs adapted
+        ardiff, a_dm_r = np.asarray(ardiff), np.asarray(a_dm_r)
+        out["port_vs_adapted"] = {"reward": {"max_100": float(ardiff[:, :100].max()), "max_all": float(ardiff.max())},
+                                  "fields": _field_table(np.asarray(adiffs), scale, fields)}
+        out["adapted_vs_dm_control"] = {"reward": {"max_100": float(a_dm_r[:, :100].max()),
+                                                   "max_all": float(a_dm_r.max())},
+                                        "fields": _field_table(np.asarray(a_dm), scale, fields)}
     return out
 
 
@@ -89,15 +136,25 @@ def random_returns(task: str, episodes: int, episode_length: int = 1000) -> dict
 
     ref = reference.load(*DM_NAMES[task], seed=1)
     spec = ref.action_spec()
-    rng = np.random.default_rng(2)
-    t0, dm = time.time(), []
-    for _ in range(episodes):
-        ref.reset()
-        total = 0.0
-        for _ in range(episode_length):
-            total += ref.step(rng.uniform(spec.minimum, spec.maximum)).reward
-        dm.append(total)
+
+    def dm_returns(env, seed):
+        rng, returns = np.random.default_rng(seed), []
+        for _ in range(episodes):
+            env.reset()
+            total = 0.0
+            try:
+                for _ in range(episode_length):
+                    total += env.step(rng.uniform(spec.minimum, spec.maximum)).reward
+            except Exception:  # noqa: BLE001 - dm_control's PhysicsError: a blow-up
+                total = float("nan")
+            returns.append(total)
+        return returns
+
+    t0 = time.time()
+    dm = dm_returns(ref, 2)
     dm_seconds = time.time() - t0
+    ada = _adapted(task, seed=4)
+    adapted = None if ada is None else dm_returns(ada, 5)
     env = dmc.load(task)
     lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
 
@@ -119,13 +176,20 @@ def random_returns(task: str, episodes: int, episode_length: int = 1000) -> dict
     port_seconds = time.time() - t0
 
     def stats(x):
-        return {"mean": float(np.mean(x)), "se": float(np.std(x, ddof=1) / np.sqrt(len(x))), "n": len(x),
-                "std": float(np.std(x, ddof=1))}
+        x = np.asarray(x, np.float64)
+        ok = x[np.isfinite(x)]
+        return {"mean": float(np.mean(ok)), "se": float(np.std(ok, ddof=1) / np.sqrt(len(ok))), "n": len(ok),
+                "std": float(np.std(ok, ddof=1)), "blowups": int(len(x) - len(ok))}
 
     a, b = stats(dm), stats(port)
-    return {"task": task, "episodes": episodes, "dm_control": a, "port": b,
-            "diff_in_se": (b["mean"] - a["mean"]) / float(np.hypot(a["se"], b["se"])),
-            "seconds": {"dm_control": round(dm_seconds, 1), "port_incl_compile": round(port_seconds, 1)}}
+    out = {"task": task, "episodes": episodes, "dm_control": a, "port": b,
+           "diff_in_se": (b["mean"] - a["mean"]) / float(np.hypot(a["se"], b["se"])),
+           "seconds": {"dm_control": round(dm_seconds, 1), "port_incl_compile": round(port_seconds, 1)}}
+    if adapted is not None:
+        c = out["dm_control_adapted"] = stats(adapted)
+        out["adapted_diff_in_se"] = (c["mean"] - a["mean"]) / float(np.hypot(a["se"], c["se"]))
+        out["port_vs_adapted_diff_in_se"] = (b["mean"] - c["mean"]) / float(np.hypot(b["se"], c["se"]))
+    return out
 
 
 def speed(task: str, counts: list[int], steps: int) -> list[dict]:
@@ -169,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-steps", type=int, default=20)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    from pql_jax.run import compile_cache
+
+    compile_cache.enable()  # a second run (or part) reuses the compiled step
     from pql_jax.envs.dmc import reference
 
     why = reference.available()
