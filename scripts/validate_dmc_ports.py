@@ -127,7 +127,7 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
     return out
 
 
-def random_returns(task: str, episodes: int, episode_length: int = 1000) -> dict:
+def random_returns(task: str, episodes: int, dm_episodes: int | None = None, episode_length: int = 1000) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -139,7 +139,7 @@ def random_returns(task: str, episodes: int, episode_length: int = 1000) -> dict
 
     def dm_returns(env, seed):
         rng, returns = np.random.default_rng(seed), []
-        for _ in range(episodes):
+        for _ in range(dm_episodes or episodes):
             env.reset()
             total = 0.0
             try:
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--x64", action="store_true", help="also compare a float64 run of the port")
     parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--dm-episodes", type=int, help="episodes in dm_control (default: --episodes)")
     parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 256])
     parser.add_argument("--speed-steps", type=int, default=20)
     parser.add_argument("--out", type=Path)
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False)]
         print(json.dumps(result["steps"][-1]), flush=True)
     if "random" in args.parts:
-        result["random"] = random_returns(args.task, args.episodes)
+        result["random"] = random_returns(args.task, args.episodes, args.dm_episodes)
         print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
         result["speed"] = speed(args.task, args.envs, args.speed_steps)

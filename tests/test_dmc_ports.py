@@ -204,3 +204,29 @@ def test_dog_observation_and_reward_match_dm_control(task):
         np.testing.assert_allclose(float(rew), ts.reward, atol=1e-5)
         rewards.append(float(rew))
     assert 0.0 <= min(rewards) and max(rewards) <= 1.0 and max(rewards) > 0.0
+
+
+@needs_dm_control
+@pytest.mark.long  # compiling the dog's MJX step takes ~2-3 min on 2 cores: opt-in (--long)
+def test_dog_first_steps_match_dm_control_on_the_adapted_model():
+    """From a dm_control reset state, 3 random control steps of the port and of dm_control's task
+    on the adapted model (no noslip, floor contacts): same observations and rewards to float32
+    rounding (see benchmarks/RESULTS.md, MJX ports of Quadruped and Dog)."""
+    import jax
+    import jax.numpy as jnp
+
+    from pql_jax.envs import dmc
+    from pql_jax.envs.dmc import dog
+
+    env, ref = dmc.load("DogStand"), dog.dm_control_adapted("DogStand", seed=0)
+    ts = ref.reset()
+    state = jax.jit(env.reset_from)(*(jnp.asarray(x, jnp.float32) for x in reference.state(ref)))
+    np.testing.assert_allclose(np.asarray(state.obs), reference.flat_obs(ts.observation), rtol=1e-4, atol=1e-4)
+    step, rng = jax.jit(env.step), np.random.default_rng(0)
+    for _ in range(3):
+        action = rng.uniform(-1, 1, env.action_size)
+        ts, state = ref.step(action), step(state, jnp.asarray(action, jnp.float32))
+        obs = reference.flat_obs(ts.observation)
+        np.testing.assert_allclose(float(state.reward), ts.reward, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(state.obs[:160]), obs[:160], atol=1e-2)  # positions, velocities
+        np.testing.assert_allclose(np.asarray(state.obs[160:]), obs[160:], rtol=1e-2, atol=0.5)  # sensors

@@ -14,7 +14,7 @@ Quadruped and Dog"):
 - ADAPTED solver: no noslip pass (dm_control sets `noslip_iterations=4`; MJX has none). Newton,
   100 iterations, 50 line-search steps, pyramidal cone, Euler with implicit damping: dm_control's;
 - ADAPTED contacts (`contacts="floor"`, the default): only geom-floor contacts. dm_control's model
-  has 5557 candidate geom pairs (5437 self pairs), which MJX's jax implementation evaluates every
+  has 5557 candidate geom pairs (5438 self pairs), which MJX's jax implementation evaluates every
   physics step with no mid-phase (and it has no ellipsoid-box function for 181 of them);
   `contacts="self"` keeps all of dm_control's pairs except those 181, culled the way Playground
   culls its DM Control models (`max_geom_pairs`, `max_contact_points`: `SELF_CULL`).
