@@ -83,7 +83,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when imported by path
-from vs_sac_report import METHODS, markdown, plot_task, summarize  # noqa: E402
+from vs_sac_report import METHODS, markdown, plot_task, score, summarize  # noqa: E402
 from vs_sac_store import (BadInput, append_record, dedupe, fingerprint, matching_records,  # noqa: E402
                           plan_runs, read_records, run_key)
 
