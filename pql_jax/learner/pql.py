@@ -62,6 +62,7 @@ class Learner:
         a = self.config.agent
         return losses.support(a.num_atoms, a.v_min, a.v_max) if a.distributional else None
 
+    @jax.named_scope("obs_norm")
     def norm(self, state: TrainState, obs):
         a = self.config.agent
         return normalize(state.obs_stats, obs, a.obs_clip, a.normalize_obs)
@@ -124,6 +125,7 @@ class Learner:
         return state.replace(episode_step=start.astype(state.episode_step.dtype))
 
     # ---- learning ------------------------------------------------------------------------
+    @jax.named_scope("td_target")
     def td_target(self, state: TrainState, batch: replay.Batch, key):
         """Clipped double-Q target with target-policy smoothing (no gradient)."""
         hp = state.hp
@@ -137,6 +139,7 @@ class Learner:
             target = losses.scalar_target(out, batch.nstep_return, batch.discount)
         return jax.lax.stop_gradient(target)
 
+    @jax.named_scope("sample")
     def sample(self, state: TrainState, buffer, key):
         a = self.config.agent
         return replay.sample(buffer, key, a.batch_size, a.n_step, state.hp.gamma, state.hp.reward_scale)
@@ -155,20 +158,24 @@ class Learner:
                 out = net.apply(p, obs, batch.action)
                 return losses.td_loss(out, target, categorical), out
 
-            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss, out, optax.tree.norm(grads)
+            with jax.named_scope("critic_grad"):
+                (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            with jax.named_scope("critic_adam"):
+                updates, opt_state = tx.update(grads, opt_state, params)
+                return optax.apply_updates(params, updates), opt_state, loss, out, optax.tree.norm(grads)
 
         params, opt, loss, out, grad_norm = step_net(self.critic, state.critic_params, state.critic_opt)
         passive = [step_net(n, p, o) for n, p, o in zip(self.passive, state.passive_params, state.passive_opt)]
+        with jax.named_scope("polyak"):
+            target_params = optax.incremental_update(params, state.critic_target, state.hp.tau)
         state = state.replace(
-            critic_params=params, critic_opt=opt,
-            critic_target=optax.incremental_update(params, state.critic_target, state.hp.tau),
+            critic_params=params, critic_opt=opt, critic_target=target_params,
             passive_params=tuple(p[0] for p in passive), passive_opt=tuple(p[1] for p in passive),
             critic_updates=state.critic_updates + 1)
         q_mean = jnp.mean(losses.expected_q(out, self.atoms))
         return state, {"critic_loss": loss, "q_mean": q_mean, "critic_grad_norm": grad_norm, "critic_count": F32(1)}
 
+    @jax.named_scope("actor_update")
     def actor_update(self, state: TrainState, key):
         """One actor step: maximise min over heads of Q(s, pi(s))."""
         obs = self.norm(state, self.sample(state, state.buffer, key).obs)
@@ -209,8 +216,9 @@ class Learner:
         def run(fields):
             new, metrics = fn(state.replace(**fields), key)
             keep = lambda a, b: jnp.where(own_pred, a, b)
-            kept = {f: jax.tree.map(keep, getattr(new, f), fields[f]) for f in LEARNED}
-            return kept, jax.tree.map(lambda m: jnp.where(own_pred, m, jnp.zeros_like(m)), metrics)
+            with jax.named_scope("member_mask"):
+                kept = {f: jax.tree.map(keep, getattr(new, f), fields[f]) for f in LEARNED}
+                return kept, jax.tree.map(lambda m: jnp.where(own_pred, m, jnp.zeros_like(m)), metrics)
 
         zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(run, learned)[1])
         fields, metrics = jax.lax.cond(group_pred, run, lambda fields: (fields, zero), learned)
@@ -249,6 +257,7 @@ class Learner:
         return state.replace(**fields), sums
 
     # ---- acting --------------------------------------------------------------------------
+    @jax.named_scope("act")
     def act(self, state: TrainState, obs, key):
         """Uniform random actions during warm-up, else the policy plus PQL's mixed per-env Gaussian
         noise (stds spread over the training envs, and separately over the validation envs)."""
@@ -271,7 +280,8 @@ class Learner:
         obs = state.env.obs
         action = self.act(state, obs[: n + v], key)
         if not q:
-            return (*self.env.step(state.env, action), action, state.cohort, jnp.bool_(False))
+            with jax.named_scope("env_step"):
+                return (*self.env.step(state.env, action), action, state.cohort, jnp.bool_(False))
         horizon, cohorts = episode_vector_steps(self.config.env), self.config.run.eval_cohorts
         phases = evaluate.cohort_phases(group.eval_phase, horizon, cohorts)
         starts = evaluate.boundary(group.step, phases, horizon)
@@ -279,7 +289,8 @@ class Learner:
         cohort = evaluate.cohort_begin(state.cohort, starts, state.actor_params, state.obs_stats, state.step)
         eval_action = evaluate.cohort_actions(cohort, self.actor, obs[n + v:], self.config.agent)
         reset = jnp.concatenate([jnp.zeros(n + v, jnp.bool_), jnp.repeat(ends, q // cohorts)])
-        env, out = self.env.step(state.env, jnp.concatenate([action, eval_action]), reset)
+        with jax.named_scope("env_step"):
+            env, out = self.env.step(state.env, jnp.concatenate([action, eval_action]), reset)
         finishes = ends & (group.step + 1 >= phases + horizon)
         eval_ended = (out.terminal | out.truncated | out.nonfinite)[n + v:]
         return env, out, action, evaluate.cohort_record(cohort, out.reward[n + v:], eval_ended, finishes), jnp.any(finishes)
@@ -291,6 +302,7 @@ class Learner:
         obs = state.env.obs
         env, out, action, cohort, finished = self.step_envs(state, group, act_key)
 
+        @jax.named_scope("replay_insert")
         def store(buffer, lo, hi):
             o = jax.tree.map(lambda x: x[lo:hi], out)
             return replay.insert(buffer, obs[lo:hi], action[lo:hi], o.reward, o.terminal, o.truncated, o.next_obs,
@@ -298,7 +310,7 @@ class Learner:
 
         state = state.replace(env=env, cohort=cohort, buffer=store(state.buffer, 0, n),
                               val_buffer=store(state.val_buffer, n, n + v) if v else state.val_buffer,
-                              obs_stats=update_stats(state.obs_stats, obs[:n]), key=key)
+                              obs_stats=jax.named_scope("obs_stats")(update_stats)(state.obs_stats, obs[:n]), key=key)
         ended = (out.terminal | out.truncated)[:n]
         sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(jnp.where(ended, out.episode_return[:n], 0.0)),
                 "episodes": sums["episodes"] + jnp.sum(ended),
@@ -308,6 +320,7 @@ class Learner:
         return state.replace(step=state.step + 1), sums
 
     # ---- evaluation and diagnostics -------------------------------------------------------
+    @jax.named_scope("diagnostics")
     def td_errors(self, state: TrainState, buffer, key):
         """Per-head TD loss of the main and passive critics on a batch from `buffer`."""
         categorical = self.config.agent.distributional
@@ -318,6 +331,7 @@ class Learner:
         nets = [(self.critic, state.critic_params)] + list(zip(self.passive, state.passive_params))
         return [losses.td_loss(n.apply(p, obs, batch.action), target, categorical) / 2 for n, p in nets]
 
+    @jax.named_scope("evaluate")
     def evaluate(self, state: TrainState, key):
         """Mean undiscounted return of one deterministic-policy episode per eval env (sequential)."""
         if self.config.env.eval_envs == 0:
