@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--no-eval", action="store_true", help="trace chunks without their evaluation episode")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="more pql_jax overrides")
     p.add_argument("--top", type=int, default=15, help="list the N ops with the most time")
+    p.add_argument("--scope", default=None, help="list the top ops of this scope only (e.g. other)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the table as JSON")
     return p.parse_args(argv)
 
@@ -64,23 +65,33 @@ def overrides(args) -> list[str]:
 
 def op_scopes(hlo_text: str) -> tuple[dict[str, str], dict[str, str]]:
     """({HLO instruction name: innermost learner scope, or its opcode class}, {name: opcode and
-    op_name}) from compiled HLO text."""
-    out, described = {}, {}
+    op_name}) from compiled HLO text. An instruction without an op_name of its own (XLA's
+    wrapped fusions) takes the most common scope of the computation it calls."""
     pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\b([a-z\-]+)\(")
+    header = re.compile(r"^\s*(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
+    rows, inner, computation = [], defaultdict(list), None
     for line in hlo_text.splitlines():
+        h = header.match(line)
+        if h and " = " not in line:
+            computation = h.group(1)
+            continue
         m = pattern.match(line)
         if not m:
             continue
         meta = re.search(r'op_name="([^"]*)"', line)
-        name, opcode, op_name = m.group(1), m.group(2), meta.group(1) if meta else ""
-        described[name] = f"{opcode} {op_name}"
+        calls = re.search(r"calls=%?([\w.\-]+)", line)
+        op_name = meta.group(1) if meta else ""
         found = [s for s in re.split(r"[/()]", op_name) if s in SCOPES]
+        rows.append((m.group(1), m.group(2), op_name, found[-1] if found else None, calls.group(1) if calls else None))
         if found:
-            out[name] = found[-1]
-        elif opcode in CONTROL:
-            out[name] = "loop/cond control"
-        else:
-            out[name] = "other"
+            inner[computation].append(found[-1])
+    out, described = {}, {}
+    for name, opcode, op_name, scope, called in rows:
+        if scope is None and called in inner:
+            votes = inner[called]
+            scope = max(set(votes), key=votes.count)
+        described[name] = f"{opcode} {op_name or ('(calls ' + called + ')' if called else '')}"
+        out[name] = scope or ("loop/cond control" if opcode in CONTROL else "other")
     return out, described
 
 
@@ -167,7 +178,7 @@ def main(argv=None) -> int:
     rows = sorted(by_scope.items(), key=lambda kv: -kv[1])
     for name, sec in rows:
         print(f"| {name} | {sec:.3f} | {sec / total:.1%} |")
-    top = sorted(by_op.items(), key=lambda kv: -kv[1])[:args.top]
+    top = sorted(((n, s) for n, s in by_op.items() if args.scope in (None, scopes[n])), key=lambda kv: -kv[1])[:args.top]
     print(f"\n| top {args.top} ops | scope | op time s | share | opcode and op_name |\n|---|---|---|---|---|")
     for name, sec in top:
         print(f"| {name} | {scopes[name]} | {sec:.3f} | {sec / total:.1%} | {described[name][:110]} |")
