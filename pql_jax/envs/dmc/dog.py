@@ -227,17 +227,7 @@ class Dog(mjx_env.MjxEnv):
     def xml_path(self) -> str:
         return XML_PATH.as_posix()
 
-    @property
-    def action_size(self) -> int:
-        return self._mjx_model.nu
-
-    @property
-    def mj_model(self) -> mujoco.MjModel:
-        return self._mj_model
-
-    @property
-    def mjx_model(self) -> mjx.Model:
-        return self._mjx_model
+    action_size, mj_model, mjx_model = QuadrupedMove.action_size, QuadrupedMove.mj_model, QuadrupedMove.mjx_model
 
 
 def dm_control_adapted(task: str, seed: int | None = None, contacts: str = "floor"):
