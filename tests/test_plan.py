@@ -68,7 +68,7 @@ def test_gpu_configs_default_to_a_small_eval_budget():
     at most a few % of the env call, 4 cohorts: about 4 results per 1000-step episode (>= 16 per run
     for the task configs, >= 40 for the workflows' curves)."""
     paths = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if cfg_mod.load(p).env.num_envs >= 1024]
-    assert len(paths) == 10  # 8 Playground/Brax tasks and the 2 dmc: Quadruped ports
+    assert len(paths) == 11  # 8 Playground/Brax tasks, the 2 dmc: Quadruped ports and dmc: DogStand
     for path in paths:
         share = eval_share(cfg_mod.load(path))
         assert share.share == 0.0 and share.parallel_envs / share.env_call_envs < 0.05, path.name
