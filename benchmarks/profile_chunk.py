@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     from pql_jax.learner import pql as T
     from pql_jax.learner.state import PopulationSchedule, hparams_from_config
 
-    cfg = C.load(None, overrides(args))
+    settings = overrides(args)
+    cfg = C.load(None, settings)
     learner = T.make_train(cfg)
     hp = hparams_from_config(cfg)
     init, chunk = jax.jit(learner.init), jax.jit(learner.chunk, donate_argnums=0)
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
             "task": args.task, "chunks": args.chunks, "chunk_steps": steps, "num_envs": cfg.env.num_envs,
             "evaluate": not args.no_eval, "wall_s": wall, "env_steps_per_s": env_steps / wall,
             "op_time_s": dict(rows), "top_ops": [[n, scopes[n], s, described[n]] for n, s in top], "unmatched_s": unmatched, "jax": jax.__version__,
-            "overrides": overrides(args)}, indent=1))
+            "overrides": settings}, indent=1))
     return 0
 
 

@@ -20,6 +20,7 @@ def init_stats(size: int) -> RunningStats:
     return RunningStats(jnp.zeros(size), jnp.ones(size), jnp.asarray(1e-4, jnp.float32))
 
 
+@jax.named_scope("obs_stats")
 def update_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
     """Merge a batch [B, size] into the stats (Chan et al. parallel variance)."""
     batch_mean = batch.mean(0)

@@ -310,7 +310,7 @@ class Learner:
 
         state = state.replace(env=env, cohort=cohort, buffer=store(state.buffer, 0, n),
                               val_buffer=store(state.val_buffer, n, n + v) if v else state.val_buffer,
-                              obs_stats=jax.named_scope("obs_stats")(update_stats)(state.obs_stats, obs[:n]), key=key)
+                              obs_stats=update_stats(state.obs_stats, obs[:n]), key=key)
         ended = (out.terminal | out.truncated)[:n]
         sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(jnp.where(ended, out.episode_return[:n], 0.0)),
                 "episodes": sums["episodes"] + jnp.sum(ended),
