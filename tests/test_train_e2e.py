@@ -207,3 +207,47 @@ def test_sigkill_during_an_asynchronous_checkpoint_write(tmp_path):
     assert half_written and latest is not None and latest < min(half_written), (caught, latest)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     same_columns(table(reference), table(out))
+
+
+def _types(tree):
+    import jax
+
+    return [(jax.tree_util.keystr(path), leaf.shape, leaf.dtype, leaf.weak_type)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _fresh(env):
+    import jax
+
+    from pql_jax.learner.pql import make_train
+    from pql_jax.learner.state import hparams_from_config
+
+    config = cfg_mod.load(POINTMASS, [f"env.name={env}", "env.num_envs=4", "env.eval_envs=2",
+                                      "run.total_env_steps=400", "run.chunk_steps=25"])
+    learner, hp = make_train(config), hparams_from_config(config)
+    return learner, hp, jax.eval_shape(learner.init, jax.random.PRNGKey(0), hp)
+
+
+def test_fresh_state_has_the_types_a_chunk_returns():
+    """`init`'s state has the shapes, dtypes and weak types `chunk` returns (traced, not compiled),
+    so `jax.jit(learner.chunk)` compiles once, not again on its second call."""
+    import jax
+
+    from pql_jax.learner.state import PopulationSchedule
+
+    learner, hp, fresh = _fresh("test:pointmass")
+    after, _ = jax.eval_shape(learner.chunk, fresh, PopulationSchedule.of(hp, 0))
+    assert _types(fresh) == _types(after)
+
+
+@pytest.mark.slow
+def test_fresh_state_has_no_weak_types_on_mjx():
+    """MJX data from CheetahRun's reset carries a weakly typed `time`, which a chunk returns strong:
+    before `strong_types` the second chunk of a Playground run compiled the whole program again
+    (134 s more on CheetahRun on this CPU). The fresh state has no weak leaf."""
+    import jax
+
+    learner, _, fresh = _fresh("playground:CheetahRun")
+    envs = jax.eval_shape(learner.start_envs, jax.random.PRNGKey(1), jax.random.PRNGKey(2))
+    assert [p for p, *_, weak in _types(envs) if weak] == [".sim.data.time"]
+    assert not [p for p, *_, weak in _types(fresh) if weak]
