@@ -139,6 +139,7 @@ class Dog(mjx_env.MjxEnv):
     _forward = QuadrupedMove._forward  # mjx.forward with MuJoCo's plane-capsule contact frames
     _capsule_frames = QuadrupedMove._capsule_frames
     _sync = QuadrupedMove._sync  # dm_control's mj_step1 after the last physics step
+    step = QuadrupedMove.step  # n_substeps Euler steps, then _sync, _obs, _reward and a non-finite flag
 
     def __init__(self, move_speed: float | None = None, contacts: str = "floor",
                  config: config_dict.ConfigDict | None = None, config_overrides: dict[str, Any] | None = None):
@@ -187,15 +188,6 @@ class Dog(mjx_env.MjxEnv):
         lo, hi = (jnp.asarray(x, jnp.float32) for x in self._mj_model.actuator_ctrlrange.T)
         act = jax.random.uniform(k_act, lo.shape, minval=lo, maxval=hi)
         return self.reset_from(qpos, qvel, act)
-
-    def step(self, state: mjx_env.State, action: jax.Array) -> mjx_env.State:
-        def physics_step(data, _):
-            return mjx.euler(self._mjx_model, self._forward(data.replace(ctrl=action))), None
-
-        data, _ = jax.lax.scan(physics_step, state.data, None, length=self.n_substeps)
-        data = self._sync(data)
-        done = (~jnp.all(jnp.isfinite(data.qpos)) | ~jnp.all(jnp.isfinite(data.qvel))).astype(jnp.float32)
-        return mjx_env.State(data, self._obs(data), self._reward(data), done, state.metrics, state.info)
 
     def _com_velocity(self, data: mjx.Data) -> jax.Array:
         return data.sensordata[self._linvel] @ data.xmat[self._torso]
