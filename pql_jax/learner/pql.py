@@ -31,6 +31,7 @@ from pql_jax.learner.state import (  # noqa: F401 - re-exported: the state is pa
 # The env state is kept too: a diverged member's envs stop where its networks stopped.
 _FROZEN = tuple(f for f in TrainState.__dataclass_fields__ if f not in ("buffer", "val_buffer"))
 
+
 def strong_types(tree):
     """`tree` with every weakly typed array made strong (same dtype). A weak leaf in the fresh
     state (MJX's `data.time`, built from a Python float) comes back strong from the first chunk,
