@@ -68,9 +68,21 @@ def pytest_addoption(parser):
                           "dm_control): minutes to tens of minutes each on CPU")
 
 
+HEAVY_FIRST = ("test_workflow.py", "test_population.py", "test_train_e2e.py", "test_distributed.py",
+               "test_parts.py", "test_compile_cache.py", "test_nonfinite_and_start.py", "test_parallel_eval.py",
+               "test_dmc_ports.py", "test_plan.py")
+"""Test files by their share of the suite's time, largest first (benchmarks/RESULTS.md, "Test suite
+time"). pytest-xdist (`-n 2 --dist loadfile --no-loadscope-reorder`, in pyproject.toml) hands whole
+files to its two workers in collection order: the long ones first leave the short ones to fill the
+end, instead of one worker finishing the workflow test while the other idles."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """`long` tests compile MJX programs that take minutes each on 2 cores (several per paper-scale
-    workflow), beyond the suite's 10-minute budget: they run only with --long."""
+    """Heavy files first (HEAVY_FIRST, then the rest in their order); `long` tests compile MJX
+    programs that take minutes each on 2 cores (several per paper-scale workflow), beyond the
+    suite's 10-minute budget: they run only with --long."""
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
     if config.getoption("--long"):
         return
     skip = pytest.mark.skip(reason="long test: run with --long")
