@@ -5,6 +5,8 @@ last rows of `state.env`, fresh there) are stepped alone for one episode with th
 its mean return is what the chunk that finishes the cohort must report, at that state's step.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -18,6 +20,13 @@ from pql_jax.run.sweep import single
 PARALLEL = ["run.eval_mode=parallel", "env.val_envs=4", "env.eval_envs=6"]
 
 
+@functools.cache
+def _jitted(learner):
+    """The learner's env step and policy, jitted once per learner (a bound method is a new
+    function object at each access, so `jax.jit(learner.env.step)` per rollout traced it anew)."""
+    return jax.jit(learner.env.step), jax.jit(learner.policy)
+
+
 def _rollout_return(learner, state, horizon, first=None, count=None):
     """Mean return of one episode per eval env (rows `first` .. `first + count` of the env call;
     default: every eval env), stepped alone with `state`'s policy."""
@@ -26,7 +35,7 @@ def _rollout_return(learner, state, horizon, first=None, count=None):
     env_state = jax.tree.map(lambda x: x[first:first + count], state.env)
     assert (np.asarray(env_state.episode_step) == 0).all()  # fresh at a boundary
     total, alive = np.zeros(count), np.ones(count, bool)
-    step, policy = jax.jit(learner.env.step), jax.jit(learner.policy)
+    step, policy = _jitted(learner)
     for _ in range(horizon):
         env_state, out = step(env_state, policy(state, env_state.obs))
         total += np.where(alive, np.asarray(out.reward), 0.0)

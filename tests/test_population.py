@@ -23,10 +23,13 @@ from pql_jax.run.program import _PROGRAMS, GroupProgram, program_for, stack
 pytestmark = pytest.mark.slow  # every test here compiles and trains populations
 
 
+UTD_SWEEP = {"seeds": 2, "grid": {"utd": ["1/64", "1/32", "1/16"]}}
+
+
 @pytest.fixture(scope="module")
 def utd_sweep(tmp_path_factory):
     """3 fractional UTDs spanning 4x, 2 seeds: one group of 6 members."""
-    path = write_sweep(tmp_path_factory.mktemp("utd"), {"seeds": 2, "grid": {"utd": ["1/64", "1/32", "1/16"]}})
+    path = write_sweep(tmp_path_factory.mktemp("utd"), UTD_SWEEP)
     spec = sweep.load_sweep(path, SHORT)
     return spec, run_group(spec.groups[0])
 
@@ -106,32 +109,33 @@ def test_groups_split_by_shape_only(tmp_path):
         assert {m.config.run.seed for m in group.members} == {3, 4}
 
 
-def test_sharded_over_two_cpu_devices_matches_unsharded(tmp_path):
-    """Subprocess with 2 forced host devices: members split over devices give the numbers of the
-    1-device run (counters exactly; XLA's per-device CPU code rounds floats differently, ~1e-6)."""
+def test_sharded_over_two_cpu_devices_matches_unsharded(utd_sweep, tmp_path):
+    """Subprocess with 2 forced host devices: the fixture's population split over the devices (3
+    members each) gives the numbers of the 1-device run in this process (counters exactly; XLA's
+    per-device CPU code rounds floats differently, ~1e-6)."""
+    spec, one = utd_sweep
     script = tmp_path / "shard.py"
     script.write_text(f"""
-import json, sys, jax, numpy as np
+import json, sys, jax
 sys.path.insert(0, {str(ROOT / 'tests')!r})
 from conftest import run_group, write_sweep, SHORT
 from pathlib import Path
 from pql_jax.run import sweep
 assert len(jax.devices()) == 2
-spec = sweep.load_sweep(write_sweep(Path({str(tmp_path)!r}), {{"seeds": 2, "grid": {{"utd": ["1/32", "1/16"]}}}}), SHORT)
+spec = sweep.load_sweep(write_sweep(Path({str(tmp_path)!r}), {UTD_SWEEP!r}), SHORT)
 two = run_group(spec.groups[0], "map", jax.devices())
-one = run_group(spec.groups[0], "map", jax.devices()[:1])
-print(json.dumps({{"two": [{{k: v.tolist() for k, v in m.items()}} for m in two],
-                  "one": [{{k: v.tolist() for k, v in m.items()}} for m in one]}}))
+print(json.dumps([{{k: v.tolist() for k, v in m.items()}} for m in two]))
 """)
     env = env_with_xla_flags("--xla_force_host_platform_device_count=2")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    for two, one in zip(data["two"], data["one"]):
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(two) == len(one) and len(two[0]["env_steps"]) == len(spec.groups[0].members) == 6
+    for mine, theirs in zip(two, one):
         for key in ("env_steps", "critic_updates", "actor_updates", "diverged"):
-            assert two[key] == one[key], key
+            assert mine[key] == theirs[key].tolist(), key
     for key in ("critic_loss", "q_mean", "eval_return", "online_return"):
-        np.testing.assert_allclose(data["two"][0][key], data["one"][0][key], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(two[0][key], one[0][key], rtol=1e-5, atol=1e-5)
 
 
 def test_sweep_cli_table_tensorboard_and_resume(tmp_path, capsys):
