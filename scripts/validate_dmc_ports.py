@@ -15,6 +15,10 @@ Three parts, each printed as it finishes (and written as JSON with --out):
   in each simulator, independent seeds; mean return +- standard error and the difference in SE.
   Episodes that blow up (dm_control's PhysicsError, a non-finite port return) are counted and left
   out of the statistics.
+- `adaptations` (Dog): which adaptation moves the model away from dm_control. dm_control's own
+  task, from the same states and actions, on four variants: a 1e-9 nudge of the initial
+  velocities (the trajectory's own sensitivity, the floor of any comparison), no noslip only,
+  floor contacts only, and both (the port's model); MuJoCo on the CPU, no MJX, seconds.
 - `speed`: compile time and env steps/s of the adapter's vector step (pql_jax.envs.make_env) at
   --envs counts (control steps; one control step = 4 physics steps for Quadruped, 3 for Dog).
 
@@ -127,6 +131,62 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
     return out
 
 
+def _dm_variants(task: str, seed: int) -> dict:
+    """dm_control's Dog task (`seed`) on the model variants that split the port's adaptations: a
+    1e-9 nudge of the initial velocities (the trajectory's own sensitivity, the floor of any
+    comparison), each adaptation alone, and both (the port's model)."""
+    from pql_jax.envs.dmc import dog, reference
+
+    no_noslip = reference.load(*DM_NAMES[task], seed=seed)
+    no_noslip.physics.model.opt.noslip_iterations = 0
+    floor_only = dog.dm_control_adapted(task, seed=seed)
+    floor_only.physics.model.opt.noslip_iterations = reference.load(*DM_NAMES[task]).physics.model.opt.noslip_iterations
+    return {"nudge_1e-9": reference.load(*DM_NAMES[task], seed=seed), "no_noslip": no_noslip,
+            "floor_contacts": floor_only, "both": dog.dm_control_adapted(task, seed=seed)}
+
+
+def adaptation_drift(task: str, seeds: int, steps: int) -> dict:
+    """Which adaptation moves the Dog away from dm_control: from the same state and actions as
+    dm_control's own task, the largest |variant - dm_control| per field over steps 1..100 for each
+    variant of `_dm_variants` (MuJoCo on the CPU for all; no MJX)."""
+    from pql_jax.envs.dmc import reference
+
+    ref = reference.load(*DM_NAMES[task], seed=0)
+    variants = _dm_variants(task, seed=0)
+    spec, fields, t0 = ref.action_spec(), FIELDS[_domain(task)], time.time()
+    diffs = {name: [] for name in variants}
+    rdiffs, scale = {name: [] for name in variants}, []
+    for seed in range(seeds):
+        ts = ref.reset()
+        qpos, qvel, act = reference.state(ref)
+        nudge = np.random.default_rng(seed).choice([-1e-9, 1e-9], size=qvel.shape)
+        for name, env in variants.items():
+            env.reset()
+            with env.physics.reset_context():
+                env.physics.data.qpos[:], env.physics.data.act[:] = qpos, act
+                env.physics.data.qvel[:] = qvel + (nudge if name == "nudge_1e-9" else 0.0)
+        rng = np.random.default_rng(1000 + seed)
+        per = {name: [np.zeros_like(reference.flat_obs(ts.observation))] for name in variants}
+        rew, sc = {name: [] for name in variants}, []
+        for _ in range(steps):
+            action = rng.uniform(spec.minimum, spec.maximum)
+            ts = ref.step(action)
+            dm_obs = reference.flat_obs(ts.observation)
+            sc.append(dm_obs)
+            for name, env in variants.items():
+                tv = env.step(action)
+                per[name].append(np.abs(reference.flat_obs(tv.observation) - dm_obs))
+                rew[name].append(abs(tv.reward - ts.reward))
+        scale.append(sc)
+        for name in variants:
+            diffs[name].append(per[name]), rdiffs[name].append(rew[name])
+    scale = np.asarray(scale)
+    return {"task": task, "seeds": seeds, "steps": steps, "seconds": round(time.time() - t0, 1),
+            "variants": {name: {"reward_max_100": float(np.asarray(rdiffs[name])[:, :100].max()),
+                                "fields": _field_table(np.asarray(diffs[name]), scale, fields)}
+                         for name in variants}}
+
+
 def random_returns(task: str, episodes: int, dm_episodes: int | None = None, episode_length: int = 1000) -> dict:
     import jax
     import jax.numpy as jnp
@@ -224,7 +284,7 @@ def speed(task: str, counts: list[int], steps: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="QuadrupedWalk", choices=sorted(DM_NAMES))
-    parser.add_argument("--parts", nargs="+", default=["steps", "random", "speed"], choices=["steps", "random", "speed"])
+    parser.add_argument("--parts", nargs="+", default=["steps", "random", "speed"], choices=["steps", "random", "speed", "adaptations"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--x64", action="store_true", help="also compare a float64 run of the port")
@@ -256,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
         result["speed"] = speed(args.task, args.envs, args.speed_steps)
+    if "adaptations" in args.parts:
+        if _adapted(args.task, seed=0) is None:
+            print(f"error: --parts adaptations: {args.task} has no adapted model", file=sys.stderr)
+            return 2
+        result["adaptations"] = adaptation_drift(args.task, args.seeds, args.steps)
+        print(json.dumps(result["adaptations"]), flush=True)
     if "steps" in args.parts and args.x64:  # last: x64 cannot be switched off again in-process
         result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True))
         print(json.dumps(result["steps"][-1]), flush=True)

@@ -230,3 +230,29 @@ def test_dog_first_steps_match_dm_control_on_the_adapted_model():
         np.testing.assert_allclose(float(state.reward), ts.reward, atol=1e-3)
         np.testing.assert_allclose(np.asarray(state.obs[:160]), obs[:160], atol=1e-2)  # positions, velocities
         np.testing.assert_allclose(np.asarray(state.obs[160:]), obs[160:], rtol=1e-2, atol=0.5)  # sensors
+
+
+@needs_dm_control
+def test_adaptation_variants_split_the_dog_model():
+    """scripts/validate_dmc_ports.py --parts adaptations: each variant of dm_control's Dog changes
+    exactly its own adaptation (noslip iterations, the geoms that can collide), and from one state
+    and action sequence a 1e-9 velocity nudge stays far below either adaptation's drift."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import validate_dmc_ports as script
+
+    variants = script._dm_variants("DogStand", seed=0)
+    dm = reference.load("dog", "stand").physics.model
+    assert dm.opt.noslip_iterations > 0
+    expect = {"nudge_1e-9": (dm.opt.noslip_iterations, dm.ngeom), "no_noslip": (0, dm.ngeom),
+              "floor_contacts": (dm.opt.noslip_iterations, variants["both"].physics.model.ngeom),
+              "both": (0, variants["both"].physics.model.ngeom)}
+    for name, env in variants.items():
+        assert (env.physics.model.opt.noslip_iterations, env.physics.model.ngeom) == expect[name], name
+    assert variants["both"].physics.model.ngeom < dm.ngeom
+    drift = script.adaptation_drift("DogStand", seeds=1, steps=20)["variants"]
+    angles = {name: v["fields"]["joint_angles"]["max_100"] for name, v in drift.items()}
+    assert angles["nudge_1e-9"] < 1e-3 < min(angles["no_noslip"], angles["floor_contacts"], angles["both"]), angles
