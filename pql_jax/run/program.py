@@ -128,6 +128,47 @@ class Program:
 
 _PROGRAMS: dict[tuple, Program] = {}
 
+#: Fraction of the kernel's per-process memory-map limit at which cached programs are dropped.
+MAP_HEADROOM = 0.5
+
+
+def _count_lines(path: str) -> int | None:
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for _ in handle)
+    except OSError:
+        return None
+
+
+def _map_limit() -> int | None:
+    """The kernel's limit on memory mappings per process (Linux `vm.max_map_count`), or None."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def release_if_mapped_out() -> bool:
+    """Drop the cached programs and JAX's compilation caches when this process holds more than
+    MAP_HEADROOM of the kernel's memory-map limit; True if it did.
+
+    XLA's CPU backend maps every compiled kernel into its own memory sections (about 540 mappings
+    for a 60-layer toy function; thousands for a chunk program), held for as long as the
+    executable lives. A workflow compiles one program per group in one process, so on CPU it
+    reached Linux's default limit of 65,530 mappings after ~10 programs and LLVM aborted the
+    process ("Unable to allocate section memory"). Dropped programs are rebuilt on demand (from
+    the persistent compilation cache when it is on); results do not change."""
+    limit, held = _map_limit(), _count_lines("/proc/self/maps")
+    if limit is None or held is None or held < MAP_HEADROOM * limit:
+        return False
+    _PROGRAMS.clear()
+    jax.clear_caches()
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    return True
+
 
 def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
     """Move a chunk's metrics to numpy (one transfer per chunk; gathered from every process when
@@ -150,6 +191,7 @@ def program_for(shape: ProgramConfig, max_updates: int, members: int, batching: 
     size = -(-members // len(devices)) * len(devices)
     key = (shape, max_updates, size, batching, tuple(d.id for d in devices))
     if key not in _PROGRAMS:
+        release_if_mapped_out()
         _PROGRAMS[key] = Program(build_learner(shape, max_updates), size, batching, devices)
     return _PROGRAMS[key]
 
