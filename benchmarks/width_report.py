@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when imported by path
 from vs_sac_report import mean_se  # noqa: E402
@@ -36,8 +37,17 @@ ARCH_DEFAULT = "mlp"  # a table without a critic_arch column holds PQL's MLP cri
 
 def member_scores(df, last: int):
     """One dict per member: arch, width, N, seed, steps reached, score, all-evals mean, curve."""
-    require_columns(df, ("member", "seed", "step", "return", "critic_width", "model_size"), "results table")
+    numeric = ("seed", "step", "return", "critic_width", "model_size")
+    require_columns(df, ("member",) + numeric, "results table")
+    for col in numeric:
+        try:
+            df[col] = pd.to_numeric(df[col])
+        except (ValueError, TypeError):
+            raise UserError(f"results table: column {col!r} has a value that is not a number") from None
     df = df[np.isfinite(df["return"].astype(float))]
+    for col in ("seed", "step", "critic_width", "model_size"):
+        if not np.isfinite(df[col].astype(float)).all():
+            raise UserError(f"results table: column {col!r} has a missing or non-finite value")
     runs = []
     for member, rows in df.groupby("member", sort=False):
         rows = rows.sort_values("step")

@@ -67,3 +67,13 @@ def test_cli_table_figure_and_bad_input(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "bad.csv")], capture_output=True, text=True)
     assert out.returncode == 2 and "critic_width" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_non_numeric_values_are_one_line_and_exit_2(tmp_path, capsys):
+    bad = table()
+    bad["return"] = bad["return"].astype(object)
+    bad.loc[3, "return"] = "oops"
+    bad.to_csv(tmp_path / "results.csv", index=False)
+    assert W.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'return'" in err and len(err.strip().splitlines()) == 1
