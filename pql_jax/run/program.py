@@ -6,6 +6,7 @@ or in run length share one compiled program.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -133,6 +134,7 @@ MAP_HEADROOM = 0.5
 
 
 def _count_lines(path: str) -> int | None:
+    """Lines of a file (for /proc/self/maps: this process's memory mappings), or None."""
     try:
         with open(path, "rb") as handle:
             return sum(1 for _ in handle)
@@ -154,8 +156,7 @@ def release_if_mapped_out() -> bool:
     MAP_HEADROOM of the kernel's memory-map limit; True if it did.
 
     XLA's CPU backend maps every compiled kernel into its own memory sections (about 540 mappings
-    for a 60-layer toy function; thousands for a chunk program), held for as long as the
-    executable lives. A workflow compiles one program per group in one process, so on CPU it
+    for a 60-layer toy function in a fresh process), held for as long as the executable lives. A workflow compiles one program per group in one process, so on CPU it
     reached Linux's default limit of 65,530 mappings after ~10 programs and LLVM aborted the
     process ("Unable to allocate section memory"). Dropped programs are rebuilt on demand (from
     the persistent compilation cache when it is on); results do not change."""
@@ -164,8 +165,6 @@ def release_if_mapped_out() -> bool:
         return False
     _PROGRAMS.clear()
     jax.clear_caches()
-    import gc  # noqa: PLC0415
-
     gc.collect()
     return True
 
