@@ -24,13 +24,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when imported by path
 from vs_sac_report import mean_se  # noqa: E402
 
 from pql_jax.errors import UserError  # noqa: E402
-from pql_jax.scaling.io import read_table, require_columns  # noqa: E402
+from pql_jax.scaling.io import _check_values, _numeric_column, read_table, require_columns  # noqa: E402
 
 ARCH_DEFAULT = "mlp"  # a table without a critic_arch column holds PQL's MLP critic
 
@@ -40,14 +39,9 @@ def member_scores(df, last: int):
     numeric = ("seed", "step", "return", "critic_width", "model_size")
     require_columns(df, ("member",) + numeric, "results table")
     for col in numeric:
-        try:
-            df[col] = pd.to_numeric(df[col])
-        except (ValueError, TypeError):
-            raise UserError(f"results table: column {col!r} has a value that is not a number") from None
-    df = df[np.isfinite(df["return"].astype(float))]
-    for col in ("seed", "step", "critic_width", "model_size"):
-        if not np.isfinite(df[col].astype(float)).all():
-            raise UserError(f"results table: column {col!r} has a missing or non-finite value")
+        df[col] = _numeric_column(df, col, "results table")
+    df = df[df["return"].notna()]  # rows without an evaluation
+    _check_values(df, numeric, "results table")
     runs = []
     for member, rows in df.groupby("member", sort=False):
         rows = rows.sort_values("step")
