@@ -204,3 +204,29 @@ def test_budget_proposal_intervals_carry_the_utd_star_uncertainty(tmp_path):
     row = propose(str(tmp_path), budget=F).iloc[0]
     assert np.isnan(row["utd_lo"])
     assert row["batch_size_lo"] == pytest.approx(300.0 * row["utd"] ** -0.47, rel=5e-3)  # 3 significant figures
+
+
+def test_results_with_a_given_batch_size_n_law_write_and_read_back(tmp_path):
+    """The workflow's fit_laws step: ``fit_all`` given a B*(sigma, N) law writes summary.json
+    (the law's shape functions are code, so the config holds the law by its ``to_dict``), and
+    the law read back from it predicts what the given one does."""
+    import json
+
+    from pql_jax.errors import UserError
+    from pql_jax.scaling import PipelineConfig, fit_all, load_curves
+    from pql_jax.scaling.api import write_results
+    from pql_jax.scaling.fit import LawFit
+    from pql_jax.scaling.synthetic import make_sweep
+
+    lf, _ = fit_batch_size_n(*_best_table(np.random.default_rng(4)))
+    df, _ = load_curves(make_sweep(n_envs=1, seeds=6, points=40, utds=(0.25, 1, 4), batch_sizes=(256,),
+                                   lrs=(5e-4,)))
+    cfg = PipelineConfig(max_return=1000.0, n_thresholds=2, resamples=5, figures=False,
+                         hparam_fits={"batch_size_n": lf})
+    with pytest.raises(UserError, match="needs a model_size column"):
+        fit_all(df, cfg)
+    res = fit_all(df.assign(model_size=np.array([1e5, 2e5, 4e5])[df["seed"].to_numpy(int) % 3]), cfg)
+    write_results(res, str(tmp_path))
+    given = json.loads((tmp_path / "summary.json").read_text())["config"]["hparam_fits"]["batch_size_n"]
+    back = LawFit.from_dict(given)
+    assert back.predict("e", utd=0.5, model_size=2e5) == pytest.approx(lf.predict("e", utd=0.5, model_size=2e5))

@@ -4,7 +4,7 @@ seed bootstrap carried through every stage and a timing per stage."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -116,7 +116,7 @@ def fit_all(curves, config: PipelineConfig | None = None, painter=None) -> Resul
     best, per_resample = best_hparams(gdf, D, min(level, nj - 1))
     res.tables["best_hparams"] = best
     checks = _fit_hparams(res, best, per_resample, gdf, D, next(iter(thresholds.values())))
-    _given_hparams(res, sorted(gdf["env"].unique()))
+    _given_hparams(res, sorted(gdf["env"].unique()), "model_size" in gdf.columns)
     timer.lap("best_hparams_fits")
     cells, Dc = _cell_crossings(res, gdf, D, thresholds, best)
     res.tables["crossings"] = cells
@@ -136,9 +136,18 @@ def fit_all(curves, config: PipelineConfig | None = None, painter=None) -> Resul
         res.fits[f"fit_{name}"].update(extra)
     timer.lap("hparam_checks_wait")
     res.tables["flags"] = flags_table(res.flags)
-    res.summary = {"config": asdict(cfg), "select_level": level, "notes": res.notes,
+    res.summary = {"config": _config_summary(cfg), "select_level": level, "notes": res.notes,
                    "thresholds": {e: list(map(float, t)) for e, t in thresholds.items()}}
     return res
+
+
+def _config_summary(cfg: PipelineConfig) -> dict:
+    """The configuration as JSON-ready data: given hparam laws by their ``to_dict`` (a law's shape
+    functions are code, not data)."""
+    given = cfg.hparam_fits
+    out = asdict(replace(cfg, hparam_fits=None))
+    out["hparam_fits"] = {name: fit.to_dict() for name, fit in given.items()} if given else None
+    return out
 
 
 def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.DataFrame, D: np.ndarray,
@@ -237,12 +246,14 @@ def _predict_held_out(res: Results, held: pd.DataFrame) -> None:
     res.fits["fit"] = fit.to_dict()
 
 
-def _given_hparams(res: Results, envs: list) -> None:
+def _given_hparams(res: Results, envs: list, has_model_size: bool) -> None:
     """B*(sigma), eta*(sigma) (PowerFit) and B*(sigma, N) (LawFit, ``batch_size_n``) of
     ``PipelineConfig.hparam_fits`` as if fitted here."""
     for name, fit in (res.config.hparam_fits or {}).items():
         if name not in ("batch_size", "learning_rate", "batch_size_n"):
             raise UserError(f"hparam_fits: unknown law {name!r}; known: batch_size, learning_rate, batch_size_n")
+        if name == "batch_size_n" and not has_model_size:
+            raise UserError("hparam_fits: the batch_size_n law B*(utd, N) needs a model_size column in the curves")
         groups = fit.params if name == "batch_size_n" else fit.coef
         missing = [e for e in envs if e not in groups]
         if missing:
