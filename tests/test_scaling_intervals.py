@@ -230,3 +230,39 @@ def test_results_with_a_given_batch_size_n_law_write_and_read_back(tmp_path):
     given = json.loads((tmp_path / "summary.json").read_text())["config"]["hparam_fits"]["batch_size_n"]
     back = LawFit.from_dict(given)
     assert back.predict("e", utd=0.5, model_size=2e5) == pytest.approx(lf.predict("e", utd=0.5, model_size=2e5))
+
+
+@pytest.mark.parametrize("batch_n_half", [None, 1e5])
+def test_fit_all_uses_b_star_of_n_only_where_b_star_changes_with_n(batch_n_half, tmp_path):
+    """`fit all` on a sweep with three model sizes: B* planted flat in N gets a B*(utd, N) fit that
+    is flagged (no dependence on model size) and not used for compute; B* planted falling 3.5x from
+    the largest to the smallest N is used and unflagged on that count."""
+    from pql_jax.scaling import PipelineConfig, fit_all, load_curves
+    from pql_jax.scaling.synthetic import make_sweep
+
+    df, _ = load_curves(make_sweep(n_envs=1, utds=(0.25, 0.5, 1, 2, 4), batch_sizes=(32, 128, 512, 2048),
+                                   lrs=(5e-4,), seeds=3, points=50, model_sizes=[3e4, 1e5, 4e5], seed=4,
+                                   planted={"batch_n_half": batch_n_half}), 900.0)
+    res = fit_all(df, PipelineConfig(max_return=900.0, n_thresholds=3, resamples=20, figures=False))
+    flat = any(f["param"] == "N" and f["problem"].startswith("no dependence on model size") for f in res.flags)
+    assert "fit_batch_size_n" in res.fits
+    assert flat == (batch_n_half is None)
+    assert ("batch_size_n" in res.objects) == (batch_n_half is not None)
+    if batch_n_half is None:
+        return
+    # propose reads the fit files: a law flagged flat in N is not used there either
+    import json
+
+    from pql_jax.scaling import propose
+    from pql_jax.scaling.api import write_results
+
+    write_results(res, str(tmp_path))
+    budget = float(res.tables["budget"]["budget"].median())  # its row proposes a model size too
+    path = tmp_path / "fit_batch_size_n.json"
+    law = json.loads(path.read_text())
+    with_n = propose(str(tmp_path), budget=budget)["batch_size"].iloc[0]
+    path.write_text(json.dumps({**law, "flags": law.get("flags", []) + [{"group": "env0", "param": "N", "problem": "flat"}]}))
+    flagged = propose(str(tmp_path), budget=budget)["batch_size"].iloc[0]
+    path.unlink()
+    without_n = propose(str(tmp_path), budget=budget)["batch_size"].iloc[0]
+    assert flagged == without_n != with_n

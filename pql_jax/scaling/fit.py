@@ -87,15 +87,20 @@ class LawFit:
         num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
         table = lambda t: {g: {k: num(v) for k, v in p.items()} for g, p in (t or {}).items()}  # noqa: E731
         return cls(LAWS[d["form"]], table(d["params"]), table(d.get("se")), num(d.get("loss")), int(d.get("n") or 0),
-                   tuple(d.get("shared") or ()), table(d.get("bootstrap_se")))
+                   tuple(d.get("shared") or ()), table(d.get("bootstrap_se")),
+                   {g: {k: [num(x) for x in v] for k, v in p.items()} for g, p in (d.get("interval") or {}).items()},
+                   [dict(f) for f in d.get("flags") or []])
 
     def for_groups(self, groups) -> "LawFit":
         """This fit of one group applied to each of ``groups`` (a law fitted on one env's sweep)."""
         if len(self.params) != 1:
             raise UserError(f"{self.law.name} law has fits for {len(self.params)} groups; expected one to share")
         (g,) = self.params
-        return LawFit(self.law, {h: self.params[g] for h in groups}, {h: self.se[g] for h in groups}, self.loss,
-                      self.n, self.shared)
+        per = lambda t: {h: t[g] for h in groups} if g in t else {}  # noqa: E731
+        return LawFit(self.law, per(self.params), per(self.se), self.loss, self.n, self.shared,
+                      per(self.bootstrap_se), per(self.interval),
+                      [{**f, "group": h} for f in self.flags if f.get("group") == g for h in groups]
+                      + [dict(f) for f in self.flags if f.get("group") != g])
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""

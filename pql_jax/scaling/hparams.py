@@ -217,7 +217,52 @@ def fit_batch_size_n(best: pd.DataFrame, per_resample: dict):
                 lo, hi = percentile_interval(vals)
                 lf.bootstrap_se[g] = dict(zip(lf.law.params, nanstd(vals, axis=0).tolist()))
                 lf.interval[g] = {p: [float(a), float(b)] for p, a, b in zip(lf.law.params, lo, hi)}
+    lf.flags += n_dependence_flags(lf, sub, boot)
     return lf, boot
+
+
+def n_dependence_flags(lf, points: pd.DataFrame, log_params: dict) -> list[dict]:
+    """``_flat_in_n`` of every group of a B*(sigma, N) fit over the model sizes of its ``points``
+    (env, model_size), from the bootstrap refits (group -> log parameters)."""
+    return [f for g in lf.params
+            for f in _flat_in_n(lf, g, points.loc[points["env"] == g, "model_size"].to_numpy(float),
+                                log_params.get(g))]
+
+
+#: B*(sigma, N) counts as depending on N when the 5th percentile of B*(largest N) / B*(smallest N)
+#: over the seed bootstrap exceeds this: a smaller change is within a batch grid's rounding.
+MIN_N_RATIO = 1.1
+
+
+def _flat_in_n(lf, group, sizes: np.ndarray, log_params) -> list[dict]:
+    """A flag when the seed bootstrap does not show B* changing across the swept model sizes:
+    the law's N part (n_half, beta) is then not determined and B*(sigma) alone is the law.
+    A prediction, not the parameters, is tested: n_half and beta trade off against each other
+    (and the form's step limit beta -> inf) while the ratio across the swept N stays pinned."""
+    from pql_jax.scaling.powerlaw import percentile_interval
+
+    if len(sizes) == 0 or log_params is None:
+        return []
+    log_params = np.asarray(log_params, float)
+    lo_n, hi_n = float(sizes.min()), float(sizes.max())
+    rows = np.exp(log_params[np.isfinite(log_params).all(1)])
+    ratios = np.array([lf.law.predict(dict(zip(lf.law.params, r)), utd=1.0, model_size=hi_n)
+                       / lf.law.predict(dict(zip(lf.law.params, r)), utd=1.0, model_size=lo_n) for r in rows])
+    ratios = ratios[np.isfinite(ratios)]
+    if len(ratios) < 2:
+        return []
+    lo, hi = percentile_interval(ratios)
+    if lo > MIN_N_RATIO:
+        return []
+    return [{"group": group, "param": "N",
+             "problem": f"no dependence on model size within the noise (B* at N={hi_n:.3g} / at N={lo_n:.3g}: "
+                        f"90% [{lo:.3g}, {hi:.3g}]): B*(utd) is the law, not B*(utd, N)"}]
+
+
+def depends_on_n(lf, group=None) -> bool:
+    """Whether a fitted B*(sigma, N) shows B* changing with N (no ``_flat_in_n`` flag) for
+    ``group`` (every group when None)."""
+    return not any(f.get("param") == "N" and (group is None or f.get("group") == group) for f in lf.flags)
 
 
 def _edges(best: pd.DataFrame, hp: str) -> np.ndarray:

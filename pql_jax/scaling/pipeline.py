@@ -17,7 +17,7 @@ from pql_jax.scaling.datastage import boot_log_params, fit_data_stage, with_inte
 from pql_jax.scaling.diagnostics import flags_table, law_flags
 from pql_jax.scaling.fit import holdout_split, single_thread_blas
 from pql_jax.scaling.forms import compare_forms
-from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, fit_batch_size_n,
+from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, depends_on_n, fit_batch_size_n,
                                      fit_hparam_law, law_points, slope_by_threshold)
 from pql_jax.scaling.io import load_curves, require_columns, require_distinct
 from pql_jax.scaling.laws import batch_size_b
@@ -175,8 +175,9 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
             and "batch_size_n" not in given:
         try:
             lf, boot = fit_batch_size_n(best, per_resample)
-            res.objects["batch_size_n"] = lf
             res.flags += law_flags("B*(utd, N) law", lf)
+            if depends_on_n(lf):  # else B*(sigma) sets compute's batch size (the flag says why)
+                res.objects["batch_size_n"] = lf
             d = lf.to_dict()
             d["paper_b"] = {g: batch_size_b(p) for g, p in lf.params.items()}
             d["bootstrap_log_params"] = {g: np.round(t, 6).tolist() for g, t in boot.items()}

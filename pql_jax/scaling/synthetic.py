@@ -4,7 +4,8 @@ The first crossing of return level J is planted as
 D_J = d_min(env) h(J) (1 + (b(J) / utd)^a) [+ (n_half / N)^beta] * penalty(B, lr), with
 h(J) = log(r_max / (r_max - J)) and b(J) = b (J / 500)^gamma; the return curve of a run is the
 inverse of that map, so every threshold's crossing follows the planted law. The penalty grows
-away from the planted best batch size B*(utd) and learning rate eta*(utd).
+away from the planted best batch size B*(utd) and learning rate eta*(utd); B* falls with N as
+1 / (1 + (batch_n_half / N)^batch_n_beta) when ``batch_n_half`` is planted (default: no N term).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 PLANTED = {"batch_slope": 0.47, "lr_slope": 0.26, "a": 0.74, "b": 0.45, "gamma": 1.0,
-           "alpha": 0.74, "beta": 0.6, "n_half": 3e5, "penalty": 0.15}
+           "alpha": 0.74, "beta": 0.6, "n_half": 3e5, "penalty": 0.15, "batch_n_half": None, "batch_n_beta": 1.0}
 
 
 def planted_b(J, planted: dict | None = None):
@@ -48,9 +49,11 @@ def make_sweep(n_envs: int = 7, utds=(0.25, 0.5, 1, 2, 4, 8), batch_sizes=(64, 2
             bstar, lstar = b0[env] * utd ** -p["batch_slope"], lr0[env] * utd ** -p["lr_slope"]
             for N in sizes:
                 t_J = d_min[env] * h * shape(utd, N)
+                bstar_n = bstar / (1 + (p["batch_n_half"] / N) ** p["batch_n_beta"]) \
+                    if N is not None and p["batch_n_half"] else bstar
                 for B in batch_sizes:
                     for lr in lrs:
-                        pen = np.exp(p["penalty"] * (np.log(B / bstar) ** 2 + np.log(lr / lstar) ** 2))
+                        pen = np.exp(p["penalty"] * (np.log(B / bstar_n) ** 2 + np.log(lr / lstar) ** 2))
                         scale = pen * np.exp(rng.normal(0, seed_noise, seeds))
                         ret = np.stack([np.interp(steps, t_J * s, J) for s in scale])
                         ret = ret + rng.normal(0, obs_noise, ret.shape)

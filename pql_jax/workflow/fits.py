@@ -15,7 +15,7 @@ import pandas as pd
 from pql_jax.config import format_utd
 from pql_jax.errors import UserError
 from pql_jax.scaling import (LawFit, PipelineConfig, PowerFit, batch_size_b, best_hparams,
-                             fit_batch_size_n, law_flags, boot_predict, compare_forms, crossing_bootstrap,
+                             depends_on_n, fit_batch_size_n, law_flags, n_dependence_flags, boot_predict, compare_forms, crossing_bootstrap,
                              fit_all, fit_hparam_law, flags_table, law_points, load_curves, percentile_interval, propose,
                              round_batch, round_sig, slope_by_threshold, write_json, write_results)
 from pql_jax.workflow.spec import Workflow, read_settings
@@ -56,11 +56,13 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
             write_json(str(d / f"fit_{name}.json"), {**pf.to_dict(), "excluded_at_edge": excluded,
                                                      "slope_by_threshold": sens.get(hp, {}),
                                                      "compare_forms": compare_forms(law_points(best, hp), hp, pf)})
-    batch_n, boot_n = _fit_batch_size_n(best, per_resample, fits, notes, flags)
+    batch_n, boot_n, used = _fit_batch_size_n(best, per_resample, fits, notes, flags)
     if batch_n is not None:
         write_json(str(d / "fit_batch_size_n.json"),
                    {**batch_n.to_dict(), "paper_b": {g: batch_size_b(p) for g, p in batch_n.params.items()},
-                    "bootstrap_log_params": {g: np.round(t, 6).tolist() for g, t in boot_n.items()}})
+                    "bootstrap_log_params": {g: np.round(t, 6).tolist() for g, t in boot_n.items()},
+                    "used": used})
+        batch_n = batch_n if used else None
     targets = list(wf.utd["utd"]) + ([wf.verify["utd"]] if wf.verify["utd"] else [])
     widths = _width_sizes(out / "hparam_sweep" / "results.csv") if batch_n is not None else {}
     rows = [_setting(wf, best, fits, u, float(J[0]), batch_n, w, n) for u in targets
@@ -74,17 +76,37 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
 
 def _fit_batch_size_n(best: pd.DataFrame, per_resample: dict, fits: dict, notes: list, flags: list):
     """B*(sigma, N) through the interior best batch sizes when the sweep has >= 3 model sizes,
-    with its seed bootstrap: (LawFit, env -> bootstrap log parameters) or (None, {})."""
+    with its seed bootstrap: (LawFit, env -> bootstrap log parameters, used) or (None, {}, False).
+    A law whose seed bootstrap shows no change of B* across the swept model sizes (``depends_on_n``)
+    is reported but not used: its undetermined N part would set the UTD sweep's batch sizes and the
+    budget's compute (on CartpoleBalance it put B* = 5 at a model size below the swept ones)."""
     if "model_size" not in best or best["model_size"].nunique() < 3 or "batch_size" not in fits:
-        return None, {}
+        return None, {}, False
     try:
         lf, boot = fit_batch_size_n(best, per_resample)
     except UserError as exc:
         notes.append(f"B*(sigma, N) law not fitted: {exc}")
-        return None, {}
+        return None, {}, False
     flags += law_flags("B*(utd, N) law", lf)
+    if not depends_on_n(lf):
+        notes.append("B*(sigma, N) law fitted but not used (B* does not change with N within the noise): batch "
+                     "sizes of the UTD sweep from B*(sigma) alone, the same at every critic width")
+        return lf, boot, False
     notes.append("batch sizes of the UTD sweep from B*(sigma, N) at each (UTD, critic width)")
-    return lf, boot
+    return lf, boot, True
+
+
+def batch_size_n_law(out: Path) -> LawFit | None:
+    """The B*(sigma, N) law that ``fit_hparams`` fitted and chose to use, else None."""
+    path = out / "fit_hparams" / "fit_batch_size_n.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    lf = LawFit.from_dict(d)
+    if "used" not in d:  # a run written before the N-dependence check: check it now
+        best = pd.read_csv(out / "fit_hparams" / "best_hparams.csv")
+        lf.flags += n_dependence_flags(lf, law_points(best, "batch_size"), d.get("bootstrap_log_params") or {})
+    return lf if d.get("used", True) and depends_on_n(lf) else None
 
 
 def _width_sizes(results: Path) -> dict:
@@ -156,8 +178,9 @@ def stage_fit_laws(wf: Workflow, out: Path, progress: bool = True, log=print) ->
     # B*(sigma), eta*(sigma) come from the hparam sweep (the UTD sweep has one B, eta per UTD)
     given = {name: PowerFit.from_dict(json.loads((out / "fit_hparams" / f"fit_{name}.json").read_text()))
              for _, name in HPARAMS if (out / "fit_hparams" / f"fit_{name}.json").is_file()}
-    if (out / "fit_hparams" / "fit_batch_size_n.json").is_file():
-        given["batch_size_n"] = LawFit.from_dict(json.loads((out / "fit_hparams" / "fit_batch_size_n.json").read_text()))
+    batch_n = batch_size_n_law(out)
+    if batch_n is not None:
+        given["batch_size_n"] = batch_n
     pcfg = PipelineConfig(max_return=float(wf.spec["max_return"]), thresholds=_thresholds(wf),
                           n_thresholds=int(wf.spec.get("n_thresholds") or 5),
                           resamples=int(wf.spec.get("resamples", 100)), holdout=fit_opts.get("holdout"),
@@ -208,10 +231,13 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
     prop = pd.concat(props, ignore_index=True) if props else pd.DataFrame()
     s = read_settings(out)  # no law: the fitted hparam setting of the nearest UTD
     for i, row in prop.iterrows():
-        if not np.isfinite(row.get("batch_size", np.nan)) or not np.isfinite(row.get("lr", np.nan)):
+        missing = [hp for hp in ("batch_size", "lr") if not np.isfinite(row.get(hp, np.nan))]
+        if missing:  # only what no law gives; a law's value stays
             near = s.iloc[int(np.argmin(np.abs(np.log(s["utd_value"]) - math.log(row["utd"]))))]
-            prop.loc[i, "batch_size"], prop.loc[i, "lr"] = int(near["batch_size"]), float(near["lr"])
-            notes.append(f"proposal for {row['target']}: B / eta from the nearest fitted setting (no law)")
+            for hp in missing:
+                prop.loc[i, hp] = int(near[hp]) if hp == "batch_size" else float(near[hp])
+            notes.append(f"proposal for {row['target']}: {' and '.join(missing)} from the nearest fitted setting "
+                         "(no law)")
     if wf.utd["clip"] and len(prop):
         prop["batch_size"] = prop["batch_size"].clip(*wf.utd["clip"])
     return prop
