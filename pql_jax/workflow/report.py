@@ -102,10 +102,18 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
     cross = _csv(out / "fit_laws" / "crossings.csv")
     if not cross.empty:
         fig, ax = plt.subplots(figsize=(5.5, 4))
+        pred = _csv(out / "fit_laws" / "predictions.csv")
+        at_n = ""
+        if "model_size" in cross and cross["model_size"].nunique() > 1:  # one model size: the verified one
+            sizes = cross["model_size"].unique()
+            want = float(ver["model_size"].iloc[0]) if "model_size" in ver and len(ver) else float(np.median(sizes))
+            n = sizes[np.argmin(np.abs(np.log(sizes / want)))]
+            cross = cross[cross["model_size"] == n]
+            pred = pred[pred["model_size"] == n] if "model_size" in pred else pred
+            at_n = f" at N = {n:,.0f}"
         for lv, sub in cross.groupby("level"):
             ok = sub[np.isfinite(sub["data"])]
             line = ax.plot(ok["utd"], ok["data"], "o", label=f"J={sub['threshold'].iloc[0]:g}")[0]
-            pred = _csv(out / "fit_laws" / "predictions.csv")
             if not pred.empty and "data_fit" in pred:
                 p = pred[pred["level"] == lv].sort_values("utd")
                 ax.plot(p["utd"], p["data_fit"], "-", color=line.get_color(), alpha=0.6)
@@ -114,13 +122,13 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
                 ax.plot(v["utd_value"], v["data_pred"], "s", mfc="none", color=line.get_color())
                 ax.plot(v["utd_value"], v["data_measured"], "*", ms=11, color=line.get_color())
         ax.set(xscale="log", yscale="log", xlabel="UTD sigma", ylabel="env steps to threshold D_J",
-               title="D_J(sigma): sweep (o), fit (-), verify predicted (square) / measured (*)")
+               title=f"D_J(sigma){at_n}: sweep (o), fit (-), verify predicted (square) / measured (*)")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(figdir / "verification.png", dpi=110)
         plt.close(fig)
-        made.append(("verification.png", "D_J(sigma) with the held-out verification"))
+        made.append(("verification.png", f"D_J(sigma){at_n} with the held-out verification"))
     hp = _csv(out / "hparam_sweep" / "results.csv")
     ut = _csv(out / "utd_sweep" / "results.csv")
     panels = [(d, by) for d, by in ((hp, "batch_size"), (ut, "critic_width")) if not _td_table(d, by).empty]
