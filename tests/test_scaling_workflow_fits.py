@@ -92,3 +92,17 @@ def test_a_batch_size_law_flat_in_n_is_reported_not_used(tmp_path, monkeypatch):
     np.testing.assert_allclose(settings["batch_size_raw"], b.predict("env0", settings["utd_value"].to_numpy()),
                                rtol=1e-9)
     assert fits.batch_size_n_law(out) is None
+
+
+def test_a_proposal_takes_from_the_nearest_setting_only_what_no_law_gave():
+    """A proposal whose learning rate has no law (NaN) takes it from the setting of the nearest UTD
+    in log (3/8 -> 1/2 here, not 1/4); its batch size from a law stays; a row with both keeps both."""
+    settings = pd.DataFrame({"utd_value": [0.25, 0.5, 1.0], "batch_size": [400, 300, 200], "lr": [1e-3, 7e-4, 5e-4]})
+    prop = pd.DataFrame({"target": ["a", "b", "c"], "utd": [0.375, 0.375, 4.0], "batch_size": [336, np.nan, 250],
+                         "lr": [np.nan, np.nan, 2e-4]})
+    notes = []
+    out = fits.fill_from_settings(prop, settings, notes)
+    assert out["batch_size"].tolist() == [336, 300, 250] and out["lr"].tolist() == [7e-4, 7e-4, 2e-4]
+    assert notes == ["proposal for a: lr from the nearest fitted setting (no law)",
+                     "proposal for b: batch_size and lr from the nearest fitted setting (no law)"]
+    assert np.isnan(prop["lr"].iloc[0])  # the input is not changed

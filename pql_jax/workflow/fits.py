@@ -228,18 +228,25 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
                 props.append(c)
         except UserError as exc:
             notes.append(f"no proposal for budget {F:.3g}: {exc}")
-    prop = pd.concat(props, ignore_index=True) if props else pd.DataFrame()
-    s = read_settings(out)  # no law: the fitted hparam setting of the nearest UTD
+    prop = fill_from_settings(pd.concat(props, ignore_index=True) if props else pd.DataFrame(),
+                              read_settings(out), notes)
+    if wf.utd["clip"] and len(prop):
+        prop["batch_size"] = prop["batch_size"].clip(*wf.utd["clip"])
+    return prop
+
+
+def fill_from_settings(prop: pd.DataFrame, settings: pd.DataFrame, notes: list) -> pd.DataFrame:
+    """Each proposal's batch size or learning rate that no law gave (NaN), from the fitted
+    setting (``settings.csv``) of the UTD nearest in log; a value a law gave stays."""
+    prop = prop.copy()
     for i, row in prop.iterrows():
         missing = [hp for hp in ("batch_size", "lr") if not np.isfinite(row.get(hp, np.nan))]
-        if missing:  # only what no law gives; a law's value stays
-            near = s.iloc[int(np.argmin(np.abs(np.log(s["utd_value"]) - math.log(row["utd"]))))]
+        if missing:
+            near = settings.iloc[int(np.argmin(np.abs(np.log(settings["utd_value"]) - math.log(row["utd"]))))]
             for hp in missing:
                 prop.loc[i, hp] = int(near[hp]) if hp == "batch_size" else float(near[hp])
             notes.append(f"proposal for {row['target']}: {' and '.join(missing)} from the nearest fitted setting "
                          "(no law)")
-    if wf.utd["clip"] and len(prop):
-        prop["batch_size"] = prop["batch_size"].clip(*wf.utd["clip"])
     return prop
 
 
