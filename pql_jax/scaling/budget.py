@@ -210,10 +210,10 @@ def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2, samples: dict | N
                 slopes = sols[:, -1]
                 lo, hi = percentile_interval(-slopes)
                 envs = list(pd.unique(train["env"]))  # intercept columns, in order of appearance
+                with np.errstate(over="ignore"):  # a resample's wild intercept: inf, dropped as non-finite downstream
+                    samples = {e: np.stack([np.exp(sols[:, i]), -slopes], axis=1).tolist() for i, e in enumerate(envs)}
                 out[y].update(exponent_bootstrap_se=float(np.std(slopes, ddof=1)), exponent_lo=float(lo),
-                              exponent_hi=float(hi),
-                              samples={e: np.stack([np.exp(sols[:, i]), -slopes], axis=1).tolist()
-                                       for i, e in enumerate(envs)})
+                              exponent_hi=float(hi), samples=samples)
     return out
 
 
