@@ -32,8 +32,7 @@ from pql_jax.scaling.datastage import boot_predict
 from pql_jax.scaling.diagnostics import flag_lines, flags_table, law_flags
 from pql_jax.scaling.forms import compare_forms
 from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, depends_on_n, fit_batch_size_n,
-                                     n_dependence_flags,
-                                     fit_hparam_law, law_points, slope_by_threshold)
+                                     fit_hparam_law, law_points, n_dependence_flags, slope_by_threshold)
 from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, parse_number, write_json
 from pql_jax.scaling.laws import (BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS, Law, batch_size_b, compute,
                                   power_law)
@@ -55,7 +54,5 @@ __all__ = [
     "propose", "round_batch", "round_sig", "write_proposals", "markdown_table", "fmt",
     "fit_hparam_law", "slope_by_threshold", "flags_table", "flag_lines", "boot_predict", "percentile_interval",
     "COVERAGE", "law_flags", "batch_size_b", "compare_forms", "law_points", "cell_crossings_at",
-    "fit_batch_size_n",
-    "depends_on_n",
-    "n_dependence_flags",
+    "fit_batch_size_n", "depends_on_n", "n_dependence_flags",
 ]

@@ -259,10 +259,10 @@ def _flat_in_n(lf, group, sizes: np.ndarray, log_params) -> list[dict]:
                         f"90% [{lo:.3g}, {hi:.3g}]): B*(utd) is the law, not B*(utd, N)"}]
 
 
-def depends_on_n(lf, group=None) -> bool:
-    """Whether a fitted B*(sigma, N) shows B* changing with N (no ``_flat_in_n`` flag) for
-    ``group`` (every group when None)."""
-    return not any(f.get("param") == "N" and (group is None or f.get("group") == group) for f in lf.flags)
+def depends_on_n(flags: list, group=None) -> bool:
+    """Whether a fitted B*(sigma, N) shows B* changing with N, from its ``flags`` (a LawFit's, or
+    its fit file's): no ``_flat_in_n`` flag for ``group`` (for any group when None)."""
+    return not any(f.get("param") == "N" and (group is None or f.get("group") == group) for f in flags or [])
 
 
 def _edges(best: pd.DataFrame, hp: str) -> np.ndarray:

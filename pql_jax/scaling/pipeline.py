@@ -176,7 +176,7 @@ def _fit_hparams(res: Results, best: pd.DataFrame, per_resample: dict, gdf: pd.D
         try:
             lf, boot = fit_batch_size_n(best, per_resample)
             res.flags += law_flags("B*(utd, N) law", lf)
-            if depends_on_n(lf):  # else B*(sigma) sets compute's batch size (the flag says why)
+            if depends_on_n(lf.flags):  # else B*(sigma) sets compute's batch size (the flag says why)
                 res.objects["batch_size_n"] = lf
             d = lf.to_dict()
             d["paper_b"] = {g: batch_size_b(p) for g, p in lf.params.items()}

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pql_jax.errors import UserError
+from pql_jax.scaling.hparams import depends_on_n
 
 
 def round_batch(b: float, multiple: int = 16) -> int:
@@ -67,10 +68,10 @@ def _b_n(p, utd: float, n: float):
 
 def _batch(fits: dict, env: str, utd: float, n: float, utd_s, n_s) -> tuple[float, np.ndarray]:
     """Proposed batch size and its bootstrap samples (from B*(sigma, N) when fitted and B*
-    changes with N (``hparams.depends_on_n``), else B*(sigma)), the samples at ``utd_s`` and ``n_s`` (scalars, or samples of a budget row's)."""
+    changes with N (``depends_on_n``), else B*(sigma)), the samples at ``utd_s`` and ``n_s``
+    (scalars, or samples of a budget row's)."""
     bn = fits.get("fit_batch_size_n")
-    flat_in_n = bn and any(f.get("param") == "N" and f.get("group") == env for f in bn.get("flags") or [])
-    if bn and env in bn["params"] and np.isfinite(n) and not flat_in_n:
+    if bn and env in bn["params"] and np.isfinite(n) and depends_on_n(bn.get("flags"), env):
         theta = np.exp(np.asarray((bn.get("bootstrap_log_params") or {}).get(env) or [], float).reshape(-1, 4))
         return _b_n(bn["params"][env], utd, n), _b_n(dict(zip(("a", "alpha", "n_half", "beta"), theta.T)),
                                                       _paired(utd_s, len(theta)), _paired(n_s, len(theta)))

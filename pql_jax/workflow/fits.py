@@ -14,10 +14,11 @@ import pandas as pd
 
 from pql_jax.config import format_utd
 from pql_jax.errors import UserError
-from pql_jax.scaling import (LawFit, PipelineConfig, PowerFit, batch_size_b, best_hparams,
-                             depends_on_n, fit_batch_size_n, law_flags, n_dependence_flags, boot_predict, compare_forms, crossing_bootstrap,
-                             fit_all, fit_hparam_law, flags_table, law_points, load_curves, percentile_interval, propose,
-                             round_batch, round_sig, slope_by_threshold, write_json, write_results)
+from pql_jax.scaling import (LawFit, PipelineConfig, PowerFit, batch_size_b, best_hparams, boot_predict,
+                             compare_forms, crossing_bootstrap, depends_on_n, fit_all, fit_batch_size_n,
+                             fit_hparam_law, flags_table, law_flags, law_points, load_curves, n_dependence_flags,
+                             percentile_interval, propose, round_batch, round_sig, slope_by_threshold, write_json,
+                             write_results)
 from pql_jax.workflow.spec import Workflow, read_settings
 
 #: The two hyperparameter laws: (column of the tables, name of the fit files).
@@ -88,7 +89,7 @@ def _fit_batch_size_n(best: pd.DataFrame, per_resample: dict, fits: dict, notes:
         notes.append(f"B*(sigma, N) law not fitted: {exc}")
         return None, {}, False
     flags += law_flags("B*(utd, N) law", lf)
-    if not depends_on_n(lf):
+    if not depends_on_n(lf.flags):
         notes.append("B*(sigma, N) law fitted but not used (B* does not change with N within the noise): batch "
                      "sizes of the UTD sweep from B*(sigma) alone, the same at every critic width")
         return lf, boot, False
@@ -106,7 +107,7 @@ def batch_size_n_law(out: Path) -> LawFit | None:
     if "used" not in d:  # a run written before the N-dependence check: check it now
         best = pd.read_csv(out / "fit_hparams" / "best_hparams.csv")
         lf.flags += n_dependence_flags(lf, law_points(best, "batch_size"), d.get("bootstrap_log_params") or {})
-    return lf if d.get("used", True) and depends_on_n(lf) else None
+    return lf if d.get("used", True) and depends_on_n(lf.flags) else None
 
 
 def _width_sizes(results: Path) -> dict:

@@ -106,7 +106,8 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
         at_n = ""
         if "model_size" in cross and cross["model_size"].nunique() > 1:  # one model size: the verified one
             sizes = cross["model_size"].unique()
-            want = float(ver["model_size"].iloc[0]) if "model_size" in ver and len(ver) else float(np.median(sizes))
+            want = float(ver["model_size"].iloc[0]) if "model_size" in ver and len(ver) else np.nan
+            want = want if np.isfinite(want) else float(np.median(sizes))
             n = sizes[np.argmin(np.abs(np.log(sizes / want)))]
             cross = cross[cross["model_size"] == n]
             pred = pred[pred["model_size"] == n] if "model_size" in pred else pred
