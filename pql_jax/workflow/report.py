@@ -181,7 +181,7 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         L.append(f"- B*(sigma, N) ({env}): {_g(p['a'])} / utd^{_g(p['alpha'])} / (1 + ({_g(p['n_half'])} / N)^"
                  f"{_g(p['beta'])}) (alpha +- {_g(se.get('alpha'))}, beta +- {_g(se.get('beta'))} Hessian{boot}); "
                  + ("it sets the batch size of every (UTD, critic width) of the UTD sweep" if bn.get("used", True)
-                    else "**not used**: the data do not determine it (flags below)"))
+                    else "**not used**: B* does not change with N within the noise (flags below)"))
     for n in fh.get("notes", []):
         L.append(f"- note: {n}")
     L += _flags(out / "fit_hparams" / "flags.csv")
