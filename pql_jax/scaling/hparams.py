@@ -245,9 +245,9 @@ def _flat_in_n(lf, group, sizes: np.ndarray, log_params) -> list[dict]:
         return []
     log_params = np.asarray(log_params, float)
     lo_n, hi_n = float(sizes.min()), float(sizes.max())
-    rows = np.exp(log_params[np.isfinite(log_params).all(1)])
-    ratios = np.array([lf.law.predict(dict(zip(lf.law.params, r)), utd=1.0, model_size=hi_n)
-                       / lf.law.predict(dict(zip(lf.law.params, r)), utd=1.0, model_size=lo_n) for r in rows])
+    refit = dict(zip(lf.law.params, np.exp(log_params[np.isfinite(log_params).all(1)]).T))  # name -> (resamples,)
+    ratios = np.atleast_1d(lf.law.predict(refit, utd=1.0, model_size=hi_n)
+                           / lf.law.predict(refit, utd=1.0, model_size=lo_n))
     ratios = ratios[np.isfinite(ratios)]
     if len(ratios) < 2:
         return []
