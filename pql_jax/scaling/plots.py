@@ -62,7 +62,10 @@ def render(res, fn_name: str) -> bytes | None:
     """The PNG of one figure (``FIGURES``' function name), or None where the results do not
     support it."""
     fn = hparam_fit(fn_name[:-4]) if fn_name.endswith("_fit") else globals()[fn_name]
-    fig = fn(res)
+    # titles at a fixed height: matplotlib's automatic title position measures every axis's
+    # ticks at each draw (a quarter of a multi-panel figure's drawing); no top tick labels here
+    with matplotlib.rc_context({"axes.titley": 1.0}):
+        fig = fn(res)
     if fig is None:
         return None
     for ax in fig.axes:
@@ -187,7 +190,8 @@ def data_efficiency(res):
             col = f"C{lv % 10}"
             _points_with_bars(ax, utd[~held], data[~held], sub["data_std"].to_numpy()[~held], col,
                               f"J={fit.thresholds[lv][env]:.0f}")
-            ax.plot(utd[held], data[held], "x", ms=7, color=col)
+            if held.any():
+                ax.plot(utd[held], data[held], "x", ms=7, color=col)
             ax.plot(u, fit.predict(env, lv, utd=u), "-", lw=1, color=col)
         ax.set(xscale="log", yscale="log", xlabel="utd", title=env)
     axes[0].set_ylabel("env steps to threshold D_J")
@@ -214,8 +218,9 @@ def pareto(res):
             ok, ext = ~dom & ~extra, ~dom & extra
             ax.plot(np.where(ok, comp, np.nan), np.where(ok, data, np.nan), "-", color=col, lw=1.2,
                     label=f"J={o['threshold']:.0f}")
-            ax.plot(np.where(ext, comp, np.nan), np.where(ext, data, np.nan), "--", color=col, lw=1.0)
-            ax.plot(np.where(dom, comp, np.nan), np.where(dom, data, np.nan), "-", color=col, lw=0.6, alpha=0.35)
+            for part, style in ((ext, dict(ls="--", lw=1.0)), (dom, dict(ls="-", lw=0.6, alpha=0.35))):
+                if part.any():  # an empty line is an artist to build and draw all the same
+                    ax.plot(np.where(part, comp, np.nan), np.where(part, data, np.nan), color=col, **style)
             c = np.geomspace(sub["compute"].min(), o["budget"] * 0.999, 50)
             ax.plot(c, (o["budget"] - c) / delta, ":", color=f"C{lv % 10}", lw=0.8)
             ax.plot(o["compute"], o["data"], "o", color=f"C{lv % 10}", ms=4)
