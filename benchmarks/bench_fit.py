@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the command line in a fresh process, reporting its own CPU and its children's (forked workers)
 CLI = ("import json, resource, sys\nfrom pql_jax import cli\nrc = cli.main(sys.argv[1:])\n"
        "s, c = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"
-       "sys.stderr.write(json.dumps([s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime]))\nsys.exit(rc)")
+       "sys.stderr.write(json.dumps([s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime]))\n"
+       "getattr(cli, 'exit_process', lambda rc, argv: sys.exit(rc))(rc, sys.argv[1:])")  # as `pql-jax` ends
 
 
 def run(csv: str, out: str, *extra: str, source: str = ROOT) -> tuple[float, float, float]:

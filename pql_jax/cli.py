@@ -11,6 +11,11 @@ from pql_jax.errors import UserError
 COMPILING = ("train", "plan", "sweep", "workflow")
 """Commands that compile JAX programs: they use the persistent compilation cache (run/compile_cache.py)."""
 
+NO_TEARDOWN = ("fit",)
+"""Commands that leave nothing to clean up when they return (every file written and closed, no
+threads, children or handlers): the `pql-jax` process exits without Python's teardown of
+pandas and scipy, a tenth of `fit all`'s time (see ``exit_process``)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pql-jax", description=__doc__)
@@ -249,5 +254,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_process(rc: int, argv: list[str]) -> None:
+    """End the process with status ``rc`` after ``main(argv)``: for ``NO_TEARDOWN`` commands
+    without the interpreter's teardown (freeing every module's objects took ~0.15 s of a 2.5 s
+    `fit all` on 2 cores), for the others by ``sys.exit``."""
+    import os
+
+    if argv[:1] and argv[0] in NO_TEARDOWN:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+                pass
+        os._exit(rc)
+    sys.exit(rc)
+
+
+def entry() -> None:
+    """The `pql-jax` console script."""
+    argv = sys.argv[1:]
+    exit_process(main(argv), argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -176,3 +176,24 @@ def test_propose_bad_input(tmp_path, capsys, fitted):
     assert "exactly one" in _bad(capsys, ["propose", str(fitted)])
     assert "unknown env" in _bad(capsys, ["propose", str(fitted), "--utd", "1", "--env", "zzz"])
     assert "not a number" in _bad(capsys, ["propose", str(fitted), "--utd", "one"])
+
+
+def test_console_script_exit_keeps_output_and_status(tmp_path):
+    """The `pql-jax` entry point ends `fit` without the interpreter's teardown (``exit_process``):
+    what it printed to a pipe (block-buffered) still arrives, files are complete, and a bad input
+    still exits 2 with its one line."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe buffers stdout
+        return subprocess.run([sys.executable, "-m", "pql_jax.cli", *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300, env=env)
+
+    out = tmp_path / "de"
+    done = run("fit", "data-efficiency", _write(tmp_path, _crossings_df()), "--out", str(out))
+    assert done.returncode == 0 and "push" in done.stdout, done.stderr
+    assert json.loads((out / "fit.json").read_text())["form"] == "data_sigma"
+    bad = run("fit", "data-efficiency", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "not found" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
