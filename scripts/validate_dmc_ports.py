@@ -265,7 +265,14 @@ def speed(task: str, counts: list[int], steps: int) -> list[dict]:
     for n in counts:
         env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n))
         reset, step = jax.jit(env.reset, static_argnums=1), jax.jit(env.step)
-        state = reset(jax.random.PRNGKey(0), n)
+        t0 = time.time()
+        reset_compiled = reset.lower(jax.random.PRNGKey(0), n).compile()
+        reset_compile_s = time.time() - t0
+        t0 = time.time()
+        state = jax.block_until_ready(reset_compiled(jax.random.PRNGKey(0)))
+        reset_s = time.time() - t0
+        print(json.dumps({"envs": n, "reset_compile_s": round(reset_compile_s, 1), "reset_s": round(reset_s, 2)}),
+              flush=True)  # before the step's compile: a part that runs out of time still tells these
         action = jnp.zeros((n, env.action_size))
         t0 = time.time()
         compiled = step.lower(state, action).compile()
@@ -277,7 +284,8 @@ def speed(task: str, counts: list[int], steps: int) -> list[dict]:
             state, out = compiled(state, jnp.sin(jnp.full((n, env.action_size), float(i))))
         jax.block_until_ready(out)
         elapsed = time.time() - t0
-        rows.append({"envs": n, "compile_s": round(compile_s, 1), "vector_steps": steps,
+        rows.append({"envs": n, "reset_compile_s": round(reset_compile_s, 1), "reset_s": round(reset_s, 2),
+                     "compile_s": round(compile_s, 1), "vector_steps": steps,
                      "env_steps_per_s": round(n * steps / elapsed, 1)})
         print(json.dumps(rows[-1]), flush=True)
     return rows

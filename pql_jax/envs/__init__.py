@@ -152,9 +152,30 @@ def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length
     raise UserError(f"unknown env {name!r}")
 
 
+#: jaxlib releases whose CPU LAPACK kernels can deadlock concurrent batched calls (pyproject.toml)
+DEADLOCKING_JAXLIB = ("0.10.", "0.11.0")
+
+
+def warn_deadlocking_jaxlib() -> str | None:
+    """Warn (and return the message) where the installed jaxlib is one that pyproject.toml
+    excludes because batched LAPACK calls on the CPU can hang (installed against the pins)."""
+    import warnings
+    from importlib.metadata import version
+
+    v = version("jaxlib")
+    if not v.startswith(DEADLOCKING_JAXLIB) or jax.default_backend() != "cpu":
+        return None
+    msg = (f"jaxlib {v} can deadlock batched LAPACK calls on the CPU (MJX's constraint solver at 256+ envs "
+           "hung forever); install jaxlib 0.9.2 or >= 0.11.1 (pyproject.toml's pins)")
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return msg
+
+
 def make_env(config: EnvConfig) -> VecEnv:
     """Build the vectorised, auto-resetting env described by `config`."""
     check_env_name(config.name)
+    if not config.name.startswith("brax:") or config.brax_backend == "mjx":
+        warn_deadlocking_jaxlib()
     sim = _load_sim(config.name, config.brax_backend, config.playground_impl, config.episode_length)
     obs_size = sim.observation_size
     if isinstance(obs_size, dict):
