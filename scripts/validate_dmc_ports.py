@@ -30,7 +30,6 @@ Run (needs dm_control: pip install -e ".[dmc]"):
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
 import sys
@@ -87,10 +86,7 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
 
     dtype = jnp.float64 if x64 else jnp.float32
     env = dmc.load(task)
-    from pql_jax.envs import compiler_options
-
-    options = compiler_options(f"dmc:{task}") or None  # as the training programs compile it
-    step, reset_from = jax.jit(env.step, compiler_options=options), jax.jit(env.reset_from, compiler_options=options)
+    step, reset_from = jax.jit(env.step), jax.jit(env.reset_from)
     ref, ada = reference.load(*DM_NAMES[task], seed=0), _adapted(task, seed=0)
     fields = FIELDS[_domain(task)]
     diffs, scale, rdiff, rscale, t0 = [], [], [], [], time.time()
@@ -224,9 +220,7 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     env = dmc.load(task)
     lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
 
-    from pql_jax.envs import compiler_options
-
-    @functools.partial(jax.jit, compiler_options=compiler_options(f"dmc:{task}") or None)
+    @jax.jit
     def episode_returns(key):
         states = jax.vmap(env.reset)(jax.random.split(key, episodes))
 
@@ -270,11 +264,7 @@ def speed(task: str, counts: list[int], steps: int) -> list[dict]:
     rows = []
     for n in counts:
         env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n))
-        from pql_jax.envs import compiler_options
-
-        options = compiler_options(f"dmc:{task}") or None
-        reset = jax.jit(env.reset, static_argnums=1, compiler_options=options)
-        step = jax.jit(env.step, compiler_options=options)
+        reset, step = jax.jit(env.reset, static_argnums=1), jax.jit(env.step)
         t0 = time.time()
         reset_compiled = reset.lower(jax.random.PRNGKey(0), n).compile()
         reset_compile_s = time.time() - t0

@@ -226,24 +226,3 @@ def test_calibrate_measures_and_projects():
                                                     + 6 * speed.eval_seconds)
     lines = calibration_text(sweep, {0: speed}, startup=2.0)
     assert lines[-1].startswith("projected wall time of the sweep:")
-
-
-def test_env_compiler_options_reach_the_programs(monkeypatch):
-    """A program is compiled with its env's XLA options (dmc:Dog* turns off constant folding,
-    which had not finished compiling its reset in 18 minutes); an option XLA does not know,
-    planted for a test env, surfaces as XLA's own error, so the options are passed."""
-    from pql_jax import envs
-    from pql_jax.config import program_config
-    from pql_jax.learner.pql import build_learner
-    from pql_jax.learner.state import hparams_from_config
-    from pql_jax.run import program as program_mod
-
-    assert envs.compiler_options("dmc:DogStand") == {"xla_disable_hlo_passes": "constant_folding"}
-    assert envs.compiler_options("dmc:QuadrupedWalk") == {} and envs.compiler_options("test:pointmass") == {}
-    monkeypatch.setattr(program_mod, "compiler_options", lambda name: {"xla_planted_for_test": "1"})
-    config = small()
-    prog = program_mod.Program(build_learner(program_config(config), 1), 1, "map", jax.devices()[:1])
-    keys = jax.numpy.stack([jax.random.PRNGKey(0)])
-    hp = program_mod.stack([hparams_from_config(config)])
-    with pytest.raises(Exception, match="xla_planted_for_test"):
-        prog.init.lower(keys, hp).compile()

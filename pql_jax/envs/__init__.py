@@ -152,18 +152,6 @@ def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length
     raise UserError(f"unknown env {name!r}")
 
 
-def compiler_options(name: str) -> dict[str, str]:
-    """XLA options that a program stepping env ``name`` needs (empty for most envs).
-
-    dmc:Dog*: XLA's constant folding evaluates on the host, op by op, every part of the reset's
-    forward dynamics that depends only on the model and the constant reset pose (all 73 hinges at
-    qpos0): the reset of 8 envs had not compiled after 18 minutes ("very slow compile"); without
-    the pass it compiles in about 2 minutes on a 2-core CPU (benchmarks/RESULTS.md, the Dog port)."""
-    if name.startswith("dmc:Dog"):
-        return {"xla_disable_hlo_passes": "constant_folding"}
-    return {}
-
-
 #: jaxlib releases whose CPU LAPACK kernels can deadlock concurrent batched calls (pyproject.toml)
 DEADLOCKING_JAXLIB = ("0.10.", "0.11.0")
 
