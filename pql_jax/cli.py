@@ -14,7 +14,7 @@ COMPILING = ("train", "plan", "sweep", "workflow")
 NO_TEARDOWN = ("fit",)
 """Commands that leave nothing to clean up when they return (every file written and closed, no
 threads, children or handlers): the `pql-jax` process exits without Python's teardown of
-pandas and scipy, a tenth of `fit all`'s time (see ``exit_process``)."""
+pandas and scipy (see ``exit_process``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def exit_process(rc: int, argv: list[str]) -> None:
     """End the process with status ``rc`` after ``main(argv)``: for ``NO_TEARDOWN`` commands
-    without the interpreter's teardown (freeing every module's objects took ~0.15 s of a 2.5 s
-    `fit all` on 2 cores), for the others by ``sys.exit``."""
+    without the interpreter's teardown (freeing every module's objects took ~0.17 s of a
+    2.4-2.7 s `fit all` on 2 cores: benchmarks/RESULTS.md), for the others by ``sys.exit``."""
     import os
 
     if argv[:1] and argv[0] in NO_TEARDOWN:
