@@ -7,9 +7,14 @@ envs on 2 cores). pyproject.toml excludes those releases; this runs the reproduc
 jaxlib 0.10.2 on a 2-core machine, finishes in well under a second on 0.9.2 and 0.12.0.1) in a
 subprocess with a time limit, so that a wrong pin fails here instead of hanging a training run."""
 
+import importlib.metadata
 import os
 import subprocess
 import sys
+
+import pytest
+
+from pql_jax import envs
 
 REPRO = """
 import os, jax, jax.numpy as jnp
@@ -38,12 +43,6 @@ def test_concurrent_batched_cholesky_finishes():
 
 def test_warning_names_an_excluded_jaxlib(monkeypatch):
     """Installed against the pins (e.g. --no-deps), an excluded jaxlib is named when an MJX env is built."""
-    import importlib.metadata
-
-    import pytest
-
-    from pql_jax import envs
-
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.10.2" if name == "jaxlib" else real(name))
     with pytest.warns(RuntimeWarning, match="jaxlib 0.10.2 can deadlock"):
