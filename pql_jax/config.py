@@ -66,6 +66,12 @@ class EnvConfig:
     """Envs for deterministic-policy evaluation (see `run.eval_mode`; 0 disables)."""
     val_envs: int = 0
     """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
+    batching: str = "vmap"
+    """How the env copies are stepped and reset: `vmap` (one batched program) or `map` (a sequential
+    loop over the single-env program). `map` is for models whose vectorised program XLA cannot
+    compile in useful time: dmc:DogStand / DogWalk on the CPU, where vmapping MJX's forward pass
+    stalls XLA's constant folding (benchmarks/RESULTS.md, "MJX ports of Quadruped and Dog"); its
+    env steps/s do not grow with num_envs. Same transitions either way up to float rounding."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
@@ -427,6 +433,7 @@ def validate(config: Config) -> None:
         (e.eval_envs >= 0, "env.eval_envs must be >= 0"),
         (e.val_envs >= 0, "env.val_envs must be >= 0"),
         (e.playground_impl in ("jax", "warp"), "env.playground_impl must be jax or warp"),
+        (e.batching in ("vmap", "map"), f"env.batching must be vmap or map (got {e.batching!r})"),
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
         (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
         (a.batch_size >= 1, "agent.batch_size must be >= 1"),

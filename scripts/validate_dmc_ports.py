@@ -20,7 +20,9 @@ Three parts, each printed as it finishes (and written as JSON with --out):
   velocities (the trajectory's own sensitivity, the floor of any comparison), no noslip only,
   floor contacts only, and both (the port's model); MuJoCo on the CPU, no MJX, seconds.
 - `speed`: compile time and env steps/s of the adapter's vector step (pql_jax.envs.make_env) at
-  --envs counts (control steps; one control step = 4 physics steps for Quadruped, 3 for Dog).
+  --envs counts (control steps; one control step = 4 physics steps for Quadruped, 3 for Dog), with
+  the adapter's --batching (`map` for Dog on the CPU: its vmapped programs do not compile in useful
+  time there).
 
 Run (needs dm_control: pip install -e ".[dmc]"):
     python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps random speed \
@@ -254,7 +256,7 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     return out
 
 
-def speed(task: str, counts: list[int], steps: int) -> list[dict]:
+def speed(task: str, counts: list[int], steps: int, batching: str = "vmap") -> list[dict]:
     import jax
     import jax.numpy as jnp
 
@@ -263,7 +265,7 @@ def speed(task: str, counts: list[int], steps: int) -> list[dict]:
 
     rows = []
     for n in counts:
-        env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n))
+        env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n, batching=batching))
         reset, step = jax.jit(env.reset, static_argnums=1), jax.jit(env.step)
         t0 = time.time()
         reset_compiled = reset.lower(jax.random.PRNGKey(0), n).compile()
@@ -284,7 +286,7 @@ def speed(task: str, counts: list[int], steps: int) -> list[dict]:
             state, out = compiled(state, jnp.sin(jnp.full((n, env.action_size), float(i))))
         jax.block_until_ready(out)
         elapsed = time.time() - t0
-        rows.append({"envs": n, "reset_compile_s": round(reset_compile_s, 1), "reset_s": round(reset_s, 2),
+        rows.append({"envs": n, "batching": batching, "reset_compile_s": round(reset_compile_s, 1), "reset_s": round(reset_s, 2),
                      "compile_s": round(compile_s, 1), "vector_steps": steps,
                      "env_steps_per_s": round(n * steps / elapsed, 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dm-episodes", type=int, help="episodes in dm_control (default: --episodes)")
     parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 256])
     parser.add_argument("--speed-steps", type=int, default=20)
+    parser.add_argument("--batching", choices=["vmap", "map"], default="vmap",
+                        help="speed part: env.batching of the adapter (map: a loop of single-env programs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if "adaptations" in args.parts and _domain(args.task) != "Dog":  # before hours of other parts
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         result["random"] = random_returns(args.task, args.episodes, args.dm_episodes)
         print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
-        result["speed"] = speed(args.task, args.envs, args.speed_steps)
+        result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching)
     if "adaptations" in args.parts:
         result["adaptations"] = adaptation_drift(args.task, args.seeds, args.steps)
         print(json.dumps(result["adaptations"]), flush=True)

@@ -120,3 +120,36 @@ def test_planned_buffer_bytes_equal_learner_buffers(dtype):
     shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0), hparams_from_config(config))
     real = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((shapes.buffer, shapes.val_buffer)))
     assert run_costs(config, learner.env.obs_size, learner.env.action_size).buffer_bytes == real
+
+
+def test_sequential_env_batching_steps_as_vmap():
+    """env.batching: map (a loop of single-env programs, for models whose vectorised compile XLA
+    cannot finish) gives vmap's transitions: episode ends, resets and non-finite resets included."""
+    def rollout(batching):
+        env = make_env(small(["env.name=test:pointmass_nan", "env.episode_length=25",
+                              f"env.batching={batching}"]).env)
+        actions = jax.random.uniform(jax.random.PRNGKey(1), (60, 32, env.action_size), minval=-1, maxval=1)
+
+        def body(state, action):
+            state, out = env.step(state, action)
+            return state, (out.next_obs, out.reward, out.truncated, out.nonfinite, state.obs)
+
+        return jax.jit(lambda s: jax.lax.scan(body, s, actions)[1])(env.reset(jax.random.PRNGKey(0), 32))
+
+    def reset_jaxpr(batching):
+        env = make_env(small(["env.name=test:pointmass_nan", f"env.batching={batching}"]).env)
+        return str(jax.make_jaxpr(lambda key: env.reset(key, 4))(jax.random.PRNGKey(0)))
+
+    assert "scan" in reset_jaxpr("map") and "scan" not in reset_jaxpr("vmap")  # map: a loop over copies
+    vmapped, mapped = rollout("vmap"), rollout("map")
+    assert mapped[2].any() and mapped[3].any()  # the check covers time-limit and non-finite resets
+    for a, b in zip(vmapped, mapped):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
+
+
+def test_env_batching_must_be_vmap_or_map():
+    from pql_jax.config import validate
+    from pql_jax.errors import UserError
+
+    with pytest.raises(UserError, match="env.batching must be vmap or map"):
+        validate(small(["env.batching=scan"]))

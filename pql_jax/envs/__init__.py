@@ -171,6 +171,12 @@ def warn_deadlocking_jaxlib() -> str | None:
     return msg
 
 
+def _sequential(fn: Callable) -> Callable:
+    """`fn` over the leading axis of its arguments as a loop of single-env calls (`lax.map`):
+    `jax.vmap`'s contract, for `env.batching: map`."""
+    return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
+
+
 def make_env(config: EnvConfig) -> VecEnv:
     """Build the vectorised, auto-resetting env described by `config`."""
     check_env_name(config.name)
@@ -185,7 +191,8 @@ def make_env(config: EnvConfig) -> VecEnv:
     episode_length = config.episode_length
     action_repeat = config.action_repeat
 
-    sim_reset = jax.vmap(sim.reset)
+    batch = jax.vmap if config.batching == "vmap" else _sequential
+    sim_reset = batch(sim.reset)
 
     def sim_step(states, action):
         def one(state, act):
@@ -197,7 +204,7 @@ def make_env(config: EnvConfig) -> VecEnv:
             (state, total), _ = jax.lax.scan(body, (state, jnp.zeros(())), None, length=action_repeat)
             return state.replace(reward=total)
 
-        return jax.vmap(one)(states, action)
+        return batch(one)(states, action)
 
     def reset(key: jax.Array, num: int) -> EnvState:
         keys = jax.random.split(key, num * 2).reshape(num, 2, -1)
