@@ -14,7 +14,7 @@ Three parts, each printed as it finishes (and written as JSON with --out):
 - `random`: --episodes full episodes (dm_control's 1000-step time limit) of a uniform random policy
   in each simulator, independent seeds; mean return +- standard error and the difference in SE.
   Episodes that blow up (dm_control's PhysicsError, a non-finite port return) are counted and left
-  out of the statistics.
+  out of the statistics. --batching map steps the port's episodes as a loop (Dog on the CPU).
 - `adaptations` (Dog): which adaptation moves the model away from dm_control. dm_control's own
   task, from the same states and actions, on four variants: a 1e-9 nudge of the initial
   velocities (the trajectory's own sensitivity, the floor of any comparison), no noslip only,
@@ -191,11 +191,12 @@ def adaptation_drift(task: str, seeds: int, steps: int) -> dict:
                          for name in variants}}
 
 
-def random_returns(task: str, episodes: int, dm_episodes: int | None = None, episode_length: int = 1000) -> dict:
+def random_returns(task: str, episodes: int, dm_episodes: int | None = None, episode_length: int = 1000,
+                   batching: str = "vmap") -> dict:
     import jax
     import jax.numpy as jnp
 
-    from pql_jax.envs import dmc
+    from pql_jax.envs import dmc, sequential
     from pql_jax.envs.dmc import reference
 
     ref = reference.load(*DM_NAMES[task], seed=1)
@@ -221,15 +222,16 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     adapted = None if ada is None else dm_returns(ada, 5)
     env = dmc.load(task)
     lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
+    batch = jax.vmap if batching == "vmap" else sequential
 
     @jax.jit
     def episode_returns(key):
-        states = jax.vmap(env.reset)(jax.random.split(key, episodes))
+        states = batch(env.reset)(jax.random.split(key, episodes))
 
         def body(carry, k):
             s, total = carry
             a = jax.random.uniform(k, (episodes, lo.shape[0]), minval=lo, maxval=hi)
-            s = jax.vmap(env.step)(s, a)
+            s = batch(env.step)(s, a)
             return (s, total + s.reward), None
 
         (_, total), _ = jax.lax.scan(body, (states, jnp.zeros(episodes)), jax.random.split(key, episode_length))
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 256])
     parser.add_argument("--speed-steps", type=int, default=20)
     parser.add_argument("--batching", choices=["vmap", "map"], default="vmap",
-                        help="speed part: env.batching of the adapter (map: a loop of single-env programs)")
+                        help="random and speed parts: how the port's envs are batched (map: a loop of "
+                             "single-env programs, for Dog on the CPU)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if "adaptations" in args.parts and _domain(args.task) != "Dog":  # before hours of other parts
@@ -329,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False)]
         print(json.dumps(result["steps"][-1]), flush=True)
     if "random" in args.parts:
-        result["random"] = random_returns(args.task, args.episodes, args.dm_episodes)
+        result["random"] = random_returns(args.task, args.episodes, args.dm_episodes, batching=args.batching)
         print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
         result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching)

@@ -171,7 +171,7 @@ def warn_deadlocking_jaxlib() -> str | None:
     return msg
 
 
-def _sequential(fn: Callable) -> Callable:
+def sequential(fn: Callable) -> Callable:
     """`fn` over the leading axis of its arguments as a loop of single-env calls (`lax.map`):
     `jax.vmap`'s contract, for `env.batching: map`."""
     return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
@@ -191,7 +191,7 @@ def make_env(config: EnvConfig) -> VecEnv:
     episode_length = config.episode_length
     action_repeat = config.action_repeat
 
-    batch = jax.vmap if config.batching == "vmap" else _sequential
+    batch = jax.vmap if config.batching == "vmap" else sequential
     sim_reset = batch(sim.reset)
 
     def sim_step(states, action):
