@@ -71,7 +71,9 @@ class EnvConfig:
     loop over the single-env program). `map` is for models whose vectorised program XLA cannot
     compile in useful time: dmc:DogStand / DogWalk on the CPU, where vmapping MJX's forward pass
     stalls XLA's constant folding (benchmarks/RESULTS.md, "MJX ports of Quadruped and Dog"); its
-    env steps/s do not grow with num_envs. Same transitions either way up to float rounding."""
+    env steps/s do not grow with num_envs. Same transitions either way up to float rounding. A
+    sweep's members should then be looped too (`--batching map`, the CPU default): vmapping
+    members batches the loop's body again."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
