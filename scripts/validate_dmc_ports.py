@@ -196,7 +196,7 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     import jax
     import jax.numpy as jnp
 
-    from pql_jax.envs import dmc, sequential
+    from pql_jax.envs import dmc, over_envs
     from pql_jax.envs.dmc import reference
 
     ref = reference.load(*DM_NAMES[task], seed=1)
@@ -222,7 +222,7 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     adapted = None if ada is None else dm_returns(ada, 5)
     env = dmc.load(task)
     lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
-    batch = jax.vmap if batching == "vmap" else sequential
+    batch = over_envs(batching)
 
     @jax.jit
     def episode_returns(key):

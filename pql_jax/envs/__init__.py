@@ -171,10 +171,16 @@ def warn_deadlocking_jaxlib() -> str | None:
     return msg
 
 
-def sequential(fn: Callable) -> Callable:
+def _sequential(fn: Callable) -> Callable:
     """`fn` over the leading axis of its arguments as a loop of single-env calls (`lax.map`):
     `jax.vmap`'s contract, for `env.batching: map`."""
     return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
+
+
+def over_envs(batching: str) -> Callable[[Callable], Callable]:
+    """The transform that maps a single-env function over env copies for `env.batching`:
+    `jax.vmap` for `vmap`, a `lax.map` loop for `map`."""
+    return jax.vmap if batching == "vmap" else _sequential
 
 
 def make_env(config: EnvConfig) -> VecEnv:
@@ -191,7 +197,7 @@ def make_env(config: EnvConfig) -> VecEnv:
     episode_length = config.episode_length
     action_repeat = config.action_repeat
 
-    batch = jax.vmap if config.batching == "vmap" else sequential
+    batch = over_envs(config.batching)
     sim_reset = batch(sim.reset)
 
     def sim_step(states, action):
