@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from pql_jax.errors import UserError
 from pql_jax.scaling import best_hparams, crossing_bootstrap, load_curves
 
 
@@ -51,14 +52,18 @@ def batch_optimum(df, thresholds: list[float], resamples: int = 200) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="a sweep directory (its results.csv) or a results CSV")
+    parser.add_argument("sweep", help="a sweep directory (its results.csv) or a learning-curve CSV")
     parser.add_argument("--max-return", type=float, required=True)
     parser.add_argument("--thresholds", required=True, help="comma-separated normalised returns")
     parser.add_argument("--resamples", type=int, default=200)
     args = parser.parse_args(argv)
-    source = args.sweep if args.sweep.endswith(".csv") else f"{args.sweep}/results.csv"
-    df, _ = load_curves(source, args.max_return)
-    result = batch_optimum(df, [float(t) for t in args.thresholds.split(",")], args.resamples)
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",")]
+        df, _ = load_curves(args.sweep, args.max_return)  # a run directory's table or a CSV
+        result = batch_optimum(df, thresholds, args.resamples)
+    except (UserError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for thr, r in result.items():
         print(f"J = {thr:g}: env steps to J of the seed-mean curve (resample SD, share of resamples reaching J)")
         for c in r["crossings"]:

@@ -34,3 +34,11 @@ def test_cli_prints_the_table(sweep, tmp_path, capsys):
     assert main([str(path), "--max-return", "900", "--thresholds", "300", "--resamples", "20"]) == 0
     out = capsys.readouterr().out
     assert "two-point slope" in out and out.count("best batch size at utd") == 2
+
+
+def test_malformed_curves_are_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("env,seed,step\ne,0,not-a-number\n")
+    assert main([str(path), "--max-return", "900", "--thresholds", "300"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
