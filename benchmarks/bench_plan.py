@@ -45,7 +45,7 @@ def members(workflow: str, limit_gb: float, batching: str) -> list[dict]:
     """Per group of the workflow's hparam_sweep: members per device by the formula and compiled."""
     import tempfile
 
-    from pql_jax.config import format_utd
+    from pql_jax.values import format_utd
     from pql_jax.run.compiled import group_memory
     from pql_jax.run.plan import member_costs
     from pql_jax.run.sweep import load_sweep

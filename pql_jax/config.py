@@ -10,8 +10,8 @@ once what it is to a compiled program:
 - `host(...)`: read only by the host loop (run length, checkpoints, memory limit).
 
 Everything else is derived from these declarations: `HParams`, the sweep's grouping, the results
-table's hyperparameter columns and the compiled-program cache key. This module also holds the
-one UTD parser (`parse_number`, `parse_utd`) and formatter (`format_utd`).
+table's hyperparameter columns and the compiled-program cache key. How written values are parsed
+(numbers, UTDs such as 1/512, YAML files) lives in pql_jax.values.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from pql_jax.errors import UserError
+from pql_jax.values import coerce, read_yaml
 
 MEMBER, SHAPE, HOST = "member", "shape", "host"
 
@@ -243,89 +244,6 @@ def program_config(config: "Config") -> "ProgramConfig":
                             for s, view in _SHAPE_VIEWS.items()})
 
 
-def parse_number(text: Any) -> float:
-    """Parse 3, '5e-4', '1/512' or '1e-3/2' as a float; raise ValueError otherwise."""
-    if isinstance(text, bool):
-        raise ValueError(f"not a number: {text!r}")
-    if isinstance(text, (int, float)):
-        return float(text)
-    text = str(text).strip()
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(Fraction(num.strip())) / float(Fraction(den.strip()))
-        return float(text)
-    except ZeroDivisionError:
-        raise ValueError(f"not a number: {text!r}") from None
-
-
-def parse_utd(value: Any, where: str = "utd") -> float:
-    """A UTD from 1/512, '0.25' or 2: a finite float > 0, else UserError naming `where`."""
-    try:
-        v = parse_number(value)
-    except (ValueError, TypeError, OverflowError):
-        raise UserError(f"{where}: not a UTD: {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise UserError(f"{where}: UTD must be a finite number > 0, got {value!r}")
-    return v
-
-
-def format_utd(value: float) -> str:
-    """A UTD as configs and tables write it: exact fractions stay fractions (1/512, 3/64, 2)."""
-    value = float(value)
-    frac = Fraction(value).limit_denominator(1 << 20)
-    if value > 0 and abs(float(frac) - value) <= 1e-12 * value:
-        return f"{frac.numerator}/{frac.denominator}" if frac.denominator != 1 else str(frac.numerator)
-    return repr(value)
-
-
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Convert a YAML or command-line value to the field's declared type, or raise UserError."""
-    hint = typing.get_origin(annotation) or annotation
-    try:
-        if annotation is bool or annotation == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "1", "yes"):
-                return True
-            if str(value).lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
-        if annotation is int or annotation == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, int):
-                return value
-            text = str(value).strip()
-            if text.lstrip("+-").isdigit():  # exact, also beyond 2**53
-                return int(text)
-            number = parse_number(text) if isinstance(value, str) else float(value)
-            if not math.isfinite(number) or number != int(number):
-                raise ValueError
-            return int(number)
-        if annotation is float or annotation == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(parse_number(value) if isinstance(value, str) else value)
-        if annotation is str or annotation == "str":
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-        if hint is tuple or str(annotation).startswith("tuple"):
-            if isinstance(value, str):
-                value = yaml.safe_load(value) if value.strip() else []
-            if value is None:
-                value = []
-            if not isinstance(value, (list, tuple)):
-                value = [value]
-            return tuple(_coerce(key, v, int) for v in value)
-    except (ValueError, TypeError, ZeroDivisionError, OverflowError):
-        pass
-    else:
-        raise UserError(f"config key {key}: unsupported type {annotation}")
-    raise UserError(f"config key {key}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
-
-
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
@@ -357,7 +275,7 @@ def set_value(config: Config, dotted: str, value: Any) -> Config:
         close = [k for k in types if k.startswith(key[:3])]
         hint = f" (did you mean {', '.join(section + '.' + k for k in close)}?)" if close else ""
         raise UserError(f"unknown config key {dotted!r}{hint}")
-    sub = replace(getattr(config, section), **{key: _coerce(dotted, value, types[key])})
+    sub = replace(getattr(config, section), **{key: coerce(dotted, value, types[key])})
     return replace(config, **{section: sub})
 
 
@@ -369,33 +287,6 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         key, value = item.split("=", 1)
         config = set_value(config, key.strip(), value.strip())
     return config
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """Parsed YAML of `path` ({} when empty); UserError if missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
-
-
-def check_mapping(value: Any, allowed: tuple[str, ...], what: str) -> dict:
-    """`value` ({} when None) as a mapping whose keys are all in `allowed`; UserError otherwise."""
-    value = {} if value is None else value
-    if not isinstance(value, dict):
-        raise UserError(f"{what} must be a mapping with keys {', '.join(allowed)}")
-    unknown = sorted(set(value) - set(allowed), key=str)
-    if unknown:
-        raise UserError(f"unknown key {unknown[0]!r} in {what}; known: {', '.join(allowed)}")
-    return value
-
-
-def read_mapping(path: str | Path, allowed: tuple[str, ...], what: str) -> dict:
-    """A YAML file holding a mapping with known keys only (sweep and workflow files)."""
-    return check_mapping(read_yaml(path, what), allowed, f"{what} {path}")
 
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -178,11 +178,11 @@ def plan_file(path: str | Path, overrides: list[str] = (), batching: str = "auto
     """`pql-jax plan FILE [--calibrate]` for a sweep file or a workflow file (told apart by its keys)."""
     import tempfile  # noqa: PLC0415
 
-    from pql_jax import config as cfg_mod  # noqa: PLC0415
+    from pql_jax import values  # noqa: PLC0415
     from pql_jax.run import launch  # noqa: PLC0415
 
     start = startup_seconds()
-    spec = cfg_mod.read_yaml(path, "sweep or workflow file")
+    spec = values.read_yaml(path, "sweep or workflow file")
     wf = None
     if isinstance(spec, dict) and "hparam_sweep" in spec:
         from pql_jax.workflow.spec import load_workflow  # noqa: PLC0415

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pql_jax import config as cfg_mod
+from pql_jax.values import read_mapping
 from pql_jax.config import MEMBER, Config, field_keys, utd_fraction
 from pql_jax.errors import UserError
 from pql_jax.learner.pql import num_chunks, updates_needed
@@ -130,7 +131,7 @@ def _short(value: Any) -> str:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read a sweep file: members, their validated configs and their groups. UserError on bad input."""
     path = Path(path)
-    spec = cfg_mod.read_mapping(path, SPEC_KEYS, "sweep file")
+    spec = read_mapping(path, SPEC_KEYS, "sweep file")
     base_path = spec.get("base")
     base_file = (path.parent / base_path) if base_path and not Path(base_path).is_absolute() else base_path
     if base_path and not Path(base_file).is_file() and Path(base_path).is_file():

@@ -18,7 +18,8 @@ from typing import Iterable
 
 import numpy as np
 
-from pql_jax.config import field_keys, format_utd, get_value
+from pql_jax.config import field_keys, get_value
+from pql_jax.values import format_utd
 from pql_jax.run.plan import Costs
 from pql_jax.run.sweep import Member
 

@@ -154,7 +154,7 @@ def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, s
     Cells whose best value sits at the edge of the swept grid (``{hp}_edge``) are bounds, not
     optima: they are left out of the law, and without 3 interior UTDs per env no law is fitted.
     Returns (PowerFit or None, notes, flags, the utd values left out)."""
-    from pql_jax.config import format_utd
+    from pql_jax.values import format_utd
     from pql_jax.scaling.diagnostics import power_flags
     from pql_jax.scaling.powerlaw import add_bootstrap, fit_fixed_effects
 

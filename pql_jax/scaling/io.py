@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from pql_jax import config
+from pql_jax import values
 from pql_jax.errors import UserError
 
 #: Hyperparameter columns recognised in learning curves (after aliasing ``critic_lr`` -> ``lr``).
@@ -82,10 +82,10 @@ def require_columns(df: pd.DataFrame, required, what: str) -> None:
 
 
 def parse_number(text) -> float:
-    """Parse '0.5', '1e-3' or a fraction like '1/65536' into a float (``pql_jax.config``'s
+    """Parse '0.5', '1e-3' or a fraction like '1/65536' into a float (``pql_jax.values``
     parser; UserError naming the text otherwise, also for 'nan' / 'inf')."""
     try:
-        v = config.parse_number(text)
+        v = values.parse_number(text)
     except (ValueError, TypeError, OverflowError):
         raise UserError(f"not a number: {text!r}") from None
     if isinstance(text, str) and not math.isfinite(v):
@@ -109,7 +109,7 @@ def _numeric_column(df: pd.DataFrame, col: str, what: str) -> pd.Series:
             out.append(np.nan)
             continue
         try:
-            out.append(config.parse_number(v))
+            out.append(values.parse_number(v))
         except (ValueError, TypeError, OverflowError):
             raise UserError(f"{what}: non-numeric value {v!r} in column '{col}' (row {i + 2})") from None
     return pd.Series(out, index=df.index, dtype=float)

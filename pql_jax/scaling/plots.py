@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pql_jax.config import format_utd  # noqa: E402
+from pql_jax.values import format_utd  # noqa: E402
 from pql_jax.scaling.figure_list import FIGURES  # noqa: E402, F401 - every figure, in drawing order
 from pql_jax.scaling.curves import first_crossings, isotonic_rows  # noqa: E402
 

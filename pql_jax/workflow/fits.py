@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pql_jax.config import format_utd
+from pql_jax.values import format_utd
 from pql_jax.errors import UserError
 from pql_jax.scaling import (LawFit, PipelineConfig, PowerFit, batch_size_b, best_hparams, boot_predict,
                              compare_forms, crossing_bootstrap, depends_on_n, fit_all, fit_batch_size_n,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pql_jax.config import format_utd
+from pql_jax.values import format_utd
 from pql_jax.scaling import flag_lines, fmt, markdown_table
 from pql_jax.workflow.spec import STAGES, Workflow, read_marker
 

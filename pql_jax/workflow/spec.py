@@ -51,6 +51,7 @@ import pandas as pd
 import yaml
 
 from pql_jax import config as cfg_mod
+from pql_jax import values
 from pql_jax.errors import UserError
 from pql_jax.run.launch import open_run_dir
 
@@ -90,11 +91,11 @@ class Workflow:
     @property
     def identity(self) -> dict:
         """The spec with the base config's contents in place of its path (location-independent)."""
-        return {**self.spec, "base": cfg_mod.read_yaml(self.base_path, "base config")}
+        return {**self.spec, "base": values.read_yaml(self.base_path, "base config")}
 
 
 def _mapping(spec: dict, key: str, allowed: tuple, required: tuple = ()) -> dict:
-    part = cfg_mod.check_mapping(spec.get(key), allowed, f"workflow section {key}")
+    part = values.check_mapping(spec.get(key), allowed, f"workflow section {key}")
     for k in required:
         if k not in part or part[k] in (None, []):
             raise UserError(f"workflow: missing key {key}.{k}")
@@ -111,7 +112,7 @@ def _list(part: dict, key: str, where: str) -> list:
 def load_workflow(path: str | Path) -> Workflow:
     """Read and validate a workflow file (UserError on bad input, before anything is written)."""
     path = Path(path)
-    spec = cfg_mod.read_mapping(path, KEYS, "workflow file")
+    spec = values.read_mapping(path, KEYS, "workflow file")
     for k in REQUIRED:
         if spec.get(k) is None:
             raise UserError(f"workflow: missing key {k!r}")
@@ -125,10 +126,10 @@ def load_workflow(path: str | Path) -> Workflow:
     ver = _mapping(spec, "verify", VERIFY_KEYS)
     if ver.get("utd") is None and ver.get("budget") is None:
         raise UserError("workflow: missing key verify.utd (or verify.budget)")
-    hparam = {"utd": [cfg_mod.parse_utd(u, "workflow: hparam_sweep.utd") for u in _list(hp, "utd", "hparam_sweep")],
+    hparam = {"utd": [values.parse_utd(u, "workflow: hparam_sweep.utd") for u in _list(hp, "utd", "hparam_sweep")],
               "batch_size": [int(b) for b in _list(hp, "batch_size", "hparam_sweep")],
               "lr": [float(x) for x in _list(hp, "lr", "hparam_sweep")]}
-    utds = sorted(cfg_mod.parse_utd(u, "workflow: utd_sweep.utd") for u in _list(ut, "utd", "utd_sweep"))
+    utds = sorted(values.parse_utd(u, "workflow: utd_sweep.utd") for u in _list(ut, "utd", "utd_sweep"))
     if len(set(utds)) < 3:
         raise UserError("workflow: utd_sweep.utd needs at least 3 distinct UTDs")
     if utds[-1] / utds[0] < 16 - 1e-9:
@@ -142,7 +143,7 @@ def load_workflow(path: str | Path) -> Workflow:
         raise UserError("workflow: utd_sweep.overrides must be a mapping")
     if not isinstance(spec.get("overrides") or {}, dict):
         raise UserError("workflow: overrides must be a mapping of section.key: value")
-    verify = {"utd": cfg_mod.parse_utd(ver["utd"], "workflow: verify.utd") if ver.get("utd") is not None else None,
+    verify = {"utd": values.parse_utd(ver["utd"], "workflow: verify.utd") if ver.get("utd") is not None else None,
               "budget": _budget(ver["budget"]) if ver.get("budget") is not None else None,
               "seeds": ver.get("seeds", _fresh_seeds(spec.get("seeds")))}
     if verify["utd"] is not None and utds[0] <= verify["utd"] <= utds[-1] and verify["utd"] in utds:
@@ -196,7 +197,7 @@ def prepare_out(wf: Workflow, out: Path) -> None:
     def same(text: str) -> bool:
         try:
             old = yaml.safe_load(text) or {}
-            return {**old, "base": cfg_mod.read_yaml(old["base"], "base config")} == wf.identity
+            return {**old, "base": values.read_yaml(old["base"], "base config")} == wf.identity
         except (UserError, KeyError, TypeError, yaml.YAMLError):
             return False
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from pql_jax.config import format_utd
+from pql_jax.values import format_utd
 from pql_jax.errors import UserError
 from pql_jax.run import parts
 from pql_jax.run.distributed import barrier, is_primary

@@ -1,0 +1,128 @@
+"""The values users write, parsed and formatted in one place: numbers and UTDs (3, 5e-4, 1/512),
+a config field's declared type, and YAML files whose keys are checked.
+
+Shared by the run config (pql_jax.config), sweep and workflow files and the scaling CLI, so that
+a UTD reads and prints the same everywhere; every failure is a one-line UserError.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pql_jax.errors import UserError
+
+
+def parse_number(text: Any) -> float:
+    """Parse 3, '5e-4', '1/512' or '1e-3/2' as a float; raise ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a number: {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
+    text = str(text).strip()
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(Fraction(num.strip())) / float(Fraction(den.strip()))
+        return float(text)
+    except ZeroDivisionError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def parse_utd(value: Any, where: str = "utd") -> float:
+    """A UTD from 1/512, '0.25' or 2: a finite float > 0, else UserError naming `where`."""
+    try:
+        v = parse_number(value)
+    except (ValueError, TypeError, OverflowError):
+        raise UserError(f"{where}: not a UTD: {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"{where}: UTD must be a finite number > 0, got {value!r}")
+    return v
+
+
+def format_utd(value: float) -> str:
+    """A UTD as configs and tables write it: exact fractions stay fractions (1/512, 3/64, 2)."""
+    value = float(value)
+    frac = Fraction(value).limit_denominator(1 << 20)
+    if value > 0 and abs(float(frac) - value) <= 1e-12 * value:
+        return f"{frac.numerator}/{frac.denominator}" if frac.denominator != 1 else str(frac.numerator)
+    return repr(value)
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, or raise UserError."""
+    hint = typing.get_origin(annotation) or annotation
+    try:
+        if annotation is bool or annotation == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if annotation is int or annotation == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int):
+                return value
+            text = str(value).strip()
+            if text.lstrip("+-").isdigit():  # exact, also beyond 2**53
+                return int(text)
+            number = parse_number(text) if isinstance(value, str) else float(value)
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError
+            return int(number)
+        if annotation is float or annotation == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(parse_number(value) if isinstance(value, str) else value)
+        if annotation is str or annotation == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if hint is tuple or str(annotation).startswith("tuple"):
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip() else []
+            if value is None:
+                value = []
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return tuple(coerce(key, v, int) for v in value)
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError):
+        pass
+    else:
+        raise UserError(f"config key {key}: unsupported type {annotation}")
+    raise UserError(f"config key {key}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parsed YAML of `path` ({} when empty); UserError if missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
+
+
+def check_mapping(value: Any, allowed: tuple[str, ...], what: str) -> dict:
+    """`value` ({} when None) as a mapping whose keys are all in `allowed`; UserError otherwise."""
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise UserError(f"{what} must be a mapping with keys {', '.join(allowed)}")
+    unknown = sorted(set(value) - set(allowed), key=str)
+    if unknown:
+        raise UserError(f"unknown key {unknown[0]!r} in {what}; known: {', '.join(allowed)}")
+    return value
+
+
+def read_mapping(path: str | Path, allowed: tuple[str, ...], what: str) -> dict:
+    """A YAML file holding a mapping with known keys only (sweep and workflow files)."""
+    return check_mapping(read_yaml(path, what), allowed, f"{what} {path}")
