@@ -28,6 +28,8 @@ def parse_number(text: Any) -> float:
     try:
         if "/" in text:
             num, den = text.split("/", 1)
+            if "/" in den:  # Fraction would read 1/2/3 as 1/(2/3)
+                raise ValueError(f"not a number: {text!r}")
             return float(Fraction(num.strip())) / float(Fraction(den.strip()))
         return float(text)
     except ZeroDivisionError:
