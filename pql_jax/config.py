@@ -75,6 +75,14 @@ class EnvConfig:
     env steps/s do not grow with num_envs. Same transitions either way up to float rounding. A
     sweep's members should then be looped too (`--batching map`, the CPU default): vmapping
     members batches the loop's body again."""
+    solver_iterations: int = 0
+    """Cap on the constraint solver's iterations per physics step of the `dmc:` ports (0: the
+    model's own, dm_control's 100), as Playground caps its DM Control models (walker 2, humanoid
+    4). MJX's Newton solve stops once converged, but a vmapped batch iterates until its slowest env
+    has; drift from dm_control and the speed gained: benchmarks/RESULTS.md ("Capped solver")."""
+    solver_ls_iterations: int = 0
+    """Cap on the solver's line-search iterations per Newton step of the `dmc:` ports (0: the
+    model's own, dm_control's 50); Playground uses 4-10."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
@@ -327,6 +335,10 @@ def validate(config: Config) -> None:
         (e.val_envs >= 0, "env.val_envs must be >= 0"),
         (e.playground_impl in ("jax", "warp"), "env.playground_impl must be jax or warp"),
         (e.batching in ("vmap", "map"), f"env.batching must be vmap or map (got {e.batching!r})"),
+        (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
+         "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
+        (e.name.startswith("dmc:") or not (e.solver_iterations or e.solver_ls_iterations),
+         f"env.solver_iterations / solver_ls_iterations apply to dmc: tasks only ({e.name} sets its own solver)"),
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
         (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
         (a.batch_size >= 1, "agent.batch_size must be >= 1"),

@@ -256,3 +256,54 @@ def test_adaptation_variants_split_the_dog_model():
     drift = script.adaptation_drift("DogStand", seeds=1, steps=20)["variants"]
     angles = {name: v["fields"]["joint_angles"]["max_100"] for name, v in drift.items()}
     assert angles["nudge_1e-9"] < 1e-3 < min(angles["no_noslip"], angles["floor_contacts"], angles["both"]), angles
+
+
+def test_solver_caps_reach_the_mjx_model():
+    """`env.solver_iterations` / `solver_ls_iterations` cap the ports' solver (never raise it); 0
+    keeps the model's own, which for Quadruped is MuJoCo's parse of dm_control's file."""
+    import mujoco
+    from mujoco_playground._src.dm_control_suite import common
+
+    from pql_jax.envs import _load_sim, dmc
+    from pql_jax.envs.dmc import quadruped
+
+    own = mujoco.MjModel.from_xml_string(quadruped.model_xml(10.0), common.get_assets()).opt
+    cases = {(0, 0): (own.iterations, own.ls_iterations), (4, 8): (4, 8), (4, 0): (4, own.ls_iterations),
+             (10**6, 10**6): (own.iterations, own.ls_iterations)}
+    for caps, expected in cases.items():
+        env = dmc.load("QuadrupedWalk", solver_caps=caps)
+        assert (env.mj_model.opt.iterations, env.mj_model.opt.ls_iterations) == expected, caps
+        assert (int(env.mjx_model.opt.iterations), int(env.mjx_model.opt.ls_iterations)) == expected, caps
+    sim = _load_sim("dmc:QuadrupedRun", "positional", "jax", 1000, (2, 5))
+    assert (int(sim.mjx_model.opt.iterations), int(sim.mjx_model.opt.ls_iterations)) == (2, 5)
+
+
+def test_solver_caps_are_validated():
+    from pql_jax.config import Config, EnvConfig, validate
+
+    with pytest.raises(UserError, match="apply to dmc: tasks only"):
+        validate(Config(env=EnvConfig(name="playground:CartpoleBalance", solver_iterations=4)))
+    with pytest.raises(UserError, match="must be >= 0"):
+        validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", solver_ls_iterations=-1)))
+    validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", solver_iterations=4, solver_ls_iterations=8)))
+
+
+@needs_dm_control
+def test_solver_part_measures_caps_against_the_uncapped_model():
+    """scripts/validate_dmc_ports.py --parts solver: a cap the solve never reaches (100: dm_control's
+    own) leaves the trajectory bit-identical; a 1-iteration Newton solve moves it far beyond the
+    1e-9 nudge floor, and a blow-up is recorded, not raised."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import validate_dmc_ports as script
+
+    assert script._parse_caps(["4/8", "1/4"]) == [(4, 8), (1, 4)]
+    assert script._parse_caps(["4"]) is None and script._parse_caps(["0/8"]) is None
+    drift = script.solver_drift("QuadrupedWalk", seeds=2, steps=30, caps=[(100, 50), (1, 4)])["variants"]
+    angles = {name: v["fields"]["hinge_qpos"]["max_100"] for name, v in drift.items()}
+    assert angles["solver_100/50"] == 0.0 and drift["solver_100/50"]["reward_max_100"] == 0.0
+    assert angles["nudge_1e-9"] < 1e-4 < angles["solver_1/4"], angles
+    assert all(len(v["blowups"]) == 2 for v in drift.values())

@@ -13,13 +13,15 @@ from __future__ import annotations
 from pql_jax.envs import DMC_ENVS as ENVS
 
 
-def load(task: str, impl: str = "jax"):
-    """The raw MJX env for one of `ENVS`."""
+def load(task: str, impl: str = "jax", solver_caps: tuple[int, int] = (0, 0)):
+    """The raw MJX env for one of `ENVS`; `solver_caps`: (iterations, line-search iterations) of
+    the constraint solver, 0 keeping the model's own (see `quadruped.cap_solver`)."""
     from pql_jax.envs.dmc import dog, quadruped
 
+    overrides = {"impl": impl, "solver_iterations": int(solver_caps[0]), "solver_ls_iterations": int(solver_caps[1])}
     if task in ("DogStand", "DogWalk"):
-        return dog.Dog(None if task == "DogStand" else dog.WALK_SPEED, config_overrides={"impl": impl})
+        return dog.Dog(None if task == "DogStand" else dog.WALK_SPEED, config_overrides=overrides)
     speeds = {"QuadrupedWalk": quadruped.WALK_SPEED, "QuadrupedRun": quadruped.RUN_SPEED}
     if task not in speeds:
         raise ValueError(f"unknown dmc task {task!r}; known: {', '.join(ENVS)}")
-    return quadruped.QuadrupedMove(speeds[task], config_overrides={"impl": impl})
+    return quadruped.QuadrupedMove(speeds[task], config_overrides=overrides)

@@ -56,7 +56,7 @@ from mujoco import mjx
 from mujoco_playground._src import mjx_env, reward
 from mujoco_playground._src.dm_control_suite import common
 
-from pql_jax.envs.dmc.quadruped import QuadrupedMove
+from pql_jax.envs.dmc.quadruped import QuadrupedMove, cap_solver
 
 XML_PATH = Path(__file__).parent / "xmls" / "dog.xml"
 INERTIALS_PATH = Path(__file__).parent / "xmls" / "dog_inertials.json"
@@ -130,7 +130,8 @@ def restrict_contacts(model: mujoco.MjModel, contacts: str) -> None:
 
 
 def default_config() -> config_dict.ConfigDict:
-    return config_dict.create(ctrl_dt=0.015, sim_dt=0.005, episode_length=1000, action_repeat=1, impl="jax")
+    return config_dict.create(ctrl_dt=0.015, sim_dt=0.005, episode_length=1000, action_repeat=1, impl="jax",
+                              solver_iterations=0, solver_ls_iterations=0)
 
 
 class Dog(mjx_env.MjxEnv):
@@ -150,6 +151,7 @@ class Dog(mjx_env.MjxEnv):
         self._mj_model = mujoco.MjModel.from_xml_string(model_xml(contacts), common.get_assets())
         restrict_contacts(self._mj_model, contacts)
         self._mj_model.opt.timestep = self.sim_dt
+        cap_solver(self._mj_model, self._config)
         self._mjx_model = mjx.put_model(self._mj_model, impl="jax")
         m = self._mjx_model
         self._reset_model = m.replace(opt=m.opt.replace(
