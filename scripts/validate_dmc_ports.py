@@ -19,10 +19,14 @@ Three parts, each printed as it finishes (and written as JSON with --out):
   task, from the same states and actions, on four variants: a 1e-9 nudge of the initial
   velocities (the trajectory's own sensitivity, the floor of any comparison), no noslip only,
   floor contacts only, and both (the port's model); MuJoCo on the CPU, no MJX, seconds.
+- `solver`: how far capping the constraint solver (--solver-caps, iterations/line-search
+  iterations, as Playground caps its DM Control models) moves the port's model: MuJoCo on the CPU
+  with the cap against the same model uncapped (dm_control's own for Quadruped, the adapted one for
+  Dog), from the same states and actions, beside the 1e-9 nudge floor; seconds.
 - `speed`: compile time and env steps/s of the adapter's vector step (pql_jax.envs.make_env) at
   --envs counts (control steps; one control step = 4 physics steps for Quadruped, 3 for Dog), with
   the adapter's --batching (`map` for Dog on the CPU: its vmapped programs do not compile in useful
-  time there).
+  time there), for the model's own solver and each of --solver-caps.
 
 Run (needs dm_control: pip install -e ".[dmc]"):
     python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps random speed \
@@ -74,7 +78,7 @@ def _set_state(env, qpos, qvel, act) -> None:
 
 
 def _field_table(diffs: np.ndarray, scale: np.ndarray, fields: dict) -> dict:
-    return {name: {"max_100": float(diffs[:, 1:101, lo:hi].max()), "max_all": float(diffs[:, 1:, lo:hi].max()),
+    return {name: {"max_100": float(np.nanmax(diffs[:, 1:101, lo:hi])), "max_all": float(np.nanmax(diffs[:, 1:, lo:hi])),
                    "rms": float(np.sqrt(np.mean(np.square(scale[:, :, lo:hi]))))} for name, (lo, hi) in fields.items()}
 
 
@@ -158,11 +162,42 @@ def adaptation_drift(task: str, seeds: int, steps: int) -> dict:
     variant of `_dm_variants` (MuJoCo on the CPU for all; no MJX)."""
     from pql_jax.envs.dmc import reference
 
-    ref = reference.load(*DM_NAMES[task], seed=0)
-    variants = _dm_variants(task, seed=0)
+    return _drift(task, reference.load(*DM_NAMES[task], seed=0), _dm_variants(task, seed=0), seeds, steps)
+
+
+def _port_model(task: str, caps: tuple[int, int] = (0, 0)):
+    """dm_control's task on the port's model (the adapted one for Dog), its solver capped at
+    `caps` (iterations, line-search iterations; 0 keeps the model's own), on MuJoCo."""
+    from pql_jax.envs.dmc import reference
+
+    env = _adapted(task, seed=0) or reference.load(*DM_NAMES[task], seed=0)
+    opt = env.physics.model.opt
+    opt.iterations = min(opt.iterations, caps[0]) if caps[0] > 0 else opt.iterations
+    opt.ls_iterations = min(opt.ls_iterations, caps[1]) if caps[1] > 0 else opt.ls_iterations
+    return env
+
+
+def solver_drift(task: str, seeds: int, steps: int, caps: list[tuple[int, int]]) -> dict:
+    """How far capping the solver moves the port's model: each cap against the uncapped model
+    (MuJoCo on the CPU), beside the 1e-9 nudge of the initial velocities (the floor)."""
+    variants = {"nudge_1e-9": _port_model(task)} | {f"solver_{i}/{ls}": _port_model(task, (i, ls)) for i, ls in caps}
+    return _drift(task, _port_model(task), variants, seeds, steps)
+
+
+def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
+    """From `seeds` resets of `ref` and the same uniform random actions, the largest
+    |variant - ref| per observation field (and of the reward) over steps 1..100 for each dm_control
+    env in `variants`; the variant named `nudge_1e-9` starts with every velocity moved by +-1e-9.
+    A variant whose physics blows up (dm_control's PhysicsError) is left out of that seed's later
+    steps; `blowups` lists the control step at which it did, per seed (None: it did not)."""
+    from dm_control.rl.control import PhysicsError
+
+    from pql_jax.envs.dmc import reference
+
     spec, fields, t0 = ref.action_spec(), FIELDS[_domain(task)], time.time()
     diffs = {name: [] for name in variants}
     rdiffs, scale = {name: [] for name in variants}, []
+    blowups = {name: [] for name in variants}
     for seed in range(seeds):
         ts = ref.reset()
         qpos, qvel, act = reference.state(ref)
@@ -172,22 +207,28 @@ def adaptation_drift(task: str, seeds: int, steps: int) -> dict:
         rng = np.random.default_rng(1000 + seed)
         per = {name: [np.zeros_like(reference.flat_obs(ts.observation))] for name in variants}
         rew, sc = {name: [] for name in variants}, []
-        for _ in range(steps):
+        blown = dict.fromkeys(variants)
+        for t in range(1, steps + 1):
             action = rng.uniform(spec.minimum, spec.maximum)
             ts = ref.step(action)
             dm_obs = reference.flat_obs(ts.observation)
             sc.append(dm_obs)
             for name, env in variants.items():
-                tv = env.step(action)
-                per[name].append(np.abs(reference.flat_obs(tv.observation) - dm_obs))
-                rew[name].append(abs(tv.reward - ts.reward))
+                try:
+                    tv = None if blown[name] else env.step(action)
+                except PhysicsError:
+                    blown[name], tv = t, None
+                per[name].append(np.full_like(dm_obs, np.nan) if tv is None
+                                 else np.abs(reference.flat_obs(tv.observation) - dm_obs))
+                rew[name].append(np.nan if tv is None else abs(tv.reward - ts.reward))
         scale.append(sc)
         for name in variants:
-            diffs[name].append(per[name]), rdiffs[name].append(rew[name])
+            diffs[name].append(per[name]), rdiffs[name].append(rew[name]), blowups[name].append(blown[name])
     scale = np.asarray(scale)
     return {"task": task, "seeds": seeds, "steps": steps, "seconds": round(time.time() - t0, 1),
-            "variants": {name: {"reward_max_100": float(np.asarray(rdiffs[name])[:, :100].max()),
-                                "fields": _field_table(np.asarray(diffs[name]), scale, fields)}
+            "variants": {name: {"reward_max_100": float(np.nanmax(np.asarray(rdiffs[name])[:, :100])),
+                                "fields": _field_table(np.asarray(diffs[name]), scale, fields),
+                                "blowups": blowups[name]}
                          for name in variants}}
 
 
@@ -258,47 +299,64 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     return out
 
 
-def speed(task: str, counts: list[int], steps: int, batching: str = "vmap") -> list[dict]:
+def speed(task: str, counts: list[int], steps: int, batching: str = "vmap",
+          caps: list[tuple[int, int]] = ((0, 0),)) -> list[dict]:
+    """Compile time and env steps/s of the adapter's vector step for each env count and solver cap."""
+    return [_speed(task, n, steps, batching, cap) for n in counts for cap in caps]
+
+
+def _speed(task: str, n: int, steps: int, batching: str, cap: tuple[int, int]) -> dict:
     import jax
     import jax.numpy as jnp
 
     from pql_jax.config import EnvConfig
     from pql_jax.envs import make_env
 
-    rows = []
-    for n in counts:
-        env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n, batching=batching))
-        reset, step = jax.jit(env.reset, static_argnums=1), jax.jit(env.step)
-        t0 = time.time()
-        reset_compiled = reset.lower(jax.random.PRNGKey(0), n).compile()
-        reset_compile_s = time.time() - t0
-        t0 = time.time()
-        state = jax.block_until_ready(reset_compiled(jax.random.PRNGKey(0)))
-        reset_s = time.time() - t0
-        print(json.dumps({"envs": n, "reset_compile_s": round(reset_compile_s, 1), "reset_s": round(reset_s, 2)}),
-              flush=True)  # before the step's compile: a part that runs out of time still tells these
-        action = jnp.zeros((n, env.action_size))
-        t0 = time.time()
-        compiled = step.lower(state, action).compile()
-        compile_s = time.time() - t0
-        state, _ = compiled(state, action)  # warm-up
-        jax.block_until_ready(state)
-        t0 = time.time()
-        for i in range(steps):
-            state, out = compiled(state, jnp.sin(jnp.full((n, env.action_size), float(i))))
-        jax.block_until_ready(out)
-        elapsed = time.time() - t0
-        rows.append({"envs": n, "batching": batching, "reset_compile_s": round(reset_compile_s, 1), "reset_s": round(reset_s, 2),
-                     "compile_s": round(compile_s, 1), "vector_steps": steps,
-                     "env_steps_per_s": round(n * steps / elapsed, 1)})
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+    solver = "model's own" if cap == (0, 0) else f"{cap[0]}/{cap[1]}"
+    env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n, batching=batching, solver_iterations=cap[0],
+                             solver_ls_iterations=cap[1]))
+    reset, step = jax.jit(env.reset, static_argnums=1), jax.jit(env.step)
+    t0 = time.time()
+    reset_compiled = reset.lower(jax.random.PRNGKey(0), n).compile()
+    reset_compile_s = time.time() - t0
+    t0 = time.time()
+    state = jax.block_until_ready(reset_compiled(jax.random.PRNGKey(0)))
+    reset_s = time.time() - t0
+    print(json.dumps({"envs": n, "solver": solver, "reset_compile_s": round(reset_compile_s, 1),
+                      "reset_s": round(reset_s, 2)}), flush=True)  # a part that runs out of time still tells these
+    action = jnp.zeros((n, env.action_size))
+    t0 = time.time()
+    compiled = step.lower(state, action).compile()
+    compile_s = time.time() - t0
+    state, _ = compiled(state, action)  # warm-up
+    jax.block_until_ready(state)
+    t0 = time.time()
+    for i in range(steps):
+        state, out = compiled(state, jnp.sin(jnp.full((n, env.action_size), float(i))))
+    jax.block_until_ready(out)
+    elapsed = time.time() - t0
+    row = {"envs": n, "batching": batching, "solver": solver, "reset_compile_s": round(reset_compile_s, 1),
+           "reset_s": round(reset_s, 2), "compile_s": round(compile_s, 1), "vector_steps": steps,
+           "env_steps_per_s": round(n * steps / elapsed, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _parse_caps(texts: list[str]) -> list[tuple[int, int]] | None:
+    """`I/L` strings as (iterations, line-search iterations) pairs, both >= 1; None if malformed."""
+    caps = []
+    for text in texts:
+        parts = text.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            return None
+        caps.append((int(parts[0]), int(parts[1])))
+    return caps
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="QuadrupedWalk", choices=sorted(DM_NAMES))
-    parser.add_argument("--parts", nargs="+", default=["steps", "random", "speed"], choices=["steps", "random", "speed", "adaptations"])
+    parser.add_argument("--parts", nargs="+", default=["steps", "random", "speed"], choices=["steps", "random", "speed", "adaptations", "solver"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--x64", action="store_true", help="also compare a float64 run of the port")
@@ -309,10 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batching", choices=["vmap", "map"], default="vmap",
                         help="random and speed parts: how the port's envs are batched (map: a loop of "
                              "single-env programs, for Dog on the CPU)")
+    parser.add_argument("--solver-caps", nargs="+", default=[], metavar="I/L",
+                        help="solver caps (iterations/line-search iterations) for the solver and speed parts")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if "adaptations" in args.parts and _domain(args.task) != "Dog":  # before hours of other parts
         print(f"error: --parts adaptations: {args.task} has no adapted model (Dog tasks only)", file=sys.stderr)
+        return 2
+    caps = _parse_caps(args.solver_caps)
+    if caps is None or ("solver" in args.parts and not caps):
+        print(f"error: --solver-caps must be one or more I/L pairs of integers >= 1 (got {args.solver_caps})",
+              file=sys.stderr)
         return 2
     from pql_jax.run import compile_cache
 
@@ -335,10 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         result["random"] = random_returns(args.task, args.episodes, args.dm_episodes, batching=args.batching)
         print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
-        result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching)
+        result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching, [(0, 0), *caps])
     if "adaptations" in args.parts:
         result["adaptations"] = adaptation_drift(args.task, args.seeds, args.steps)
         print(json.dumps(result["adaptations"]), flush=True)
+    if "solver" in args.parts:
+        result["solver"] = solver_drift(args.task, args.seeds, args.steps, caps)
+        print(json.dumps(result["solver"]), flush=True)
     if "steps" in args.parts and args.x64:  # last: x64 cannot be switched off again in-process
         result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True))
         print(json.dumps(result["steps"][-1]), flush=True)
