@@ -82,7 +82,7 @@ def _field_table(diffs: np.ndarray, scale: np.ndarray, fields: dict) -> dict:
                    "rms": float(np.sqrt(np.mean(np.square(scale[:, :, lo:hi]))))} for name, (lo, hi) in fields.items()}
 
 
-def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
+def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int, int] = (0, 0)) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -91,7 +91,7 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool) -> dict:
     from pql_jax.envs.dmc import reference
 
     dtype = jnp.float64 if x64 else jnp.float32
-    env = dmc.load(task)
+    env = dmc.load(task, solver_caps=caps)
     step, reset_from = jax.jit(env.step), jax.jit(env.reset_from)
     ref, ada = reference.load(*DM_NAMES[task], seed=0), _adapted(task, seed=0)
     fields = FIELDS[_domain(task)]
@@ -168,12 +168,10 @@ def adaptation_drift(task: str, seeds: int, steps: int) -> dict:
 def _port_model(task: str, caps: tuple[int, int] = (0, 0)):
     """dm_control's task on the port's model (the adapted one for Dog), its solver capped at
     `caps` (iterations, line-search iterations; 0 keeps the model's own), on MuJoCo."""
-    from pql_jax.envs.dmc import reference
+    from pql_jax.envs.dmc import quadruped, reference
 
     env = _adapted(task, seed=0) or reference.load(*DM_NAMES[task], seed=0)
-    opt = env.physics.model.opt
-    opt.iterations = min(opt.iterations, caps[0]) if caps[0] > 0 else opt.iterations
-    opt.ls_iterations = min(opt.ls_iterations, caps[1]) if caps[1] > 0 else opt.ls_iterations
+    quadruped.cap_solver(env.physics.model._model, *caps)
     return env
 
 
@@ -233,7 +231,7 @@ def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
 
 
 def random_returns(task: str, episodes: int, dm_episodes: int | None = None, episode_length: int = 1000,
-                   batching: str = "vmap") -> dict:
+                   batching: str = "vmap", caps: tuple[int, int] = (0, 0)) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -261,7 +259,7 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     dm_seconds = time.time() - t0
     ada = _adapted(task, seed=4)
     adapted = None if ada is None else dm_returns(ada, 5)
-    env = dmc.load(task)
+    env = dmc.load(task, solver_caps=caps)
     lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
     batch = over_envs(batching)
 
@@ -369,16 +367,22 @@ def main(argv: list[str] | None = None) -> int:
                              "single-env programs, for Dog on the CPU)")
     parser.add_argument("--solver-caps", nargs="+", default=[], metavar="I/L",
                         help="solver caps (iterations/line-search iterations) for the solver and speed parts")
+    parser.add_argument("--port-solver", default=None, metavar="I/L",
+                        help="steps and random parts: run the port with its solver capped at I/L (default: "
+                             "the model's own)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if "adaptations" in args.parts and _domain(args.task) != "Dog":  # before hours of other parts
         print(f"error: --parts adaptations: {args.task} has no adapted model (Dog tasks only)", file=sys.stderr)
         return 2
     caps = _parse_caps(args.solver_caps)
-    if caps is None or ("solver" in args.parts and not caps):
-        print(f"error: --solver-caps must be one or more I/L pairs of integers >= 1 (got {args.solver_caps})",
-              file=sys.stderr)
+    port_caps = _parse_caps([args.port_solver] if args.port_solver else [])
+    if caps is None or ("solver" in args.parts and not caps) or port_caps is None:
+        print(f"error: --solver-caps / --port-solver must be I/L pairs of integers >= 1 (got "
+              f"{args.solver_caps} / {args.port_solver})", file=sys.stderr)
         return 2
+    port_caps = port_caps[0] if port_caps else (0, 0)
+    result_solver = {"port_solver": f"{port_caps[0]}/{port_caps[1]}" if port_caps != (0, 0) else "model's own"}
     from pql_jax.run import compile_cache
 
     compile_cache.enable()  # a second run (or part) reuses the compiled step
@@ -392,12 +396,13 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "jax": jax.__version__,
               "devices": [str(d) for d in jax.devices()], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "command": " ".join(sys.argv)}
+              "command": " ".join(sys.argv), **result_solver}
     if "steps" in args.parts:
-        result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False)]
+        result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False, caps=port_caps)]
         print(json.dumps(result["steps"][-1]), flush=True)
     if "random" in args.parts:
-        result["random"] = random_returns(args.task, args.episodes, args.dm_episodes, batching=args.batching)
+        result["random"] = random_returns(args.task, args.episodes, args.dm_episodes, batching=args.batching,
+                                          caps=port_caps)
         print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
         result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching, [(0, 0), *caps])
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         result["solver"] = solver_drift(args.task, args.seeds, args.steps, caps)
         print(json.dumps(result["solver"]), flush=True)
     if "steps" in args.parts and args.x64:  # last: x64 cannot be switched off again in-process
-        result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True))
+        result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True, caps=port_caps))
         print(json.dumps(result["steps"][-1]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,7 @@ class Dog(mjx_env.MjxEnv):
         self._mj_model = mujoco.MjModel.from_xml_string(model_xml(contacts), common.get_assets())
         restrict_contacts(self._mj_model, contacts)
         self._mj_model.opt.timestep = self.sim_dt
-        cap_solver(self._mj_model, self._config)
+        cap_solver(self._mj_model, self._config.solver_iterations, self._config.solver_ls_iterations)
         self._mjx_model = mjx.put_model(self._mj_model, impl="jax")
         m = self._mjx_model
         self._reset_model = m.replace(opt=m.opt.replace(

@@ -72,14 +72,14 @@ def default_config() -> config_dict.ConfigDict:
                               solver_iterations=0, solver_ls_iterations=0)
 
 
-def cap_solver(model: mujoco.MjModel, config: config_dict.ConfigDict) -> None:
-    """Cap the constraint solver's iterations and line-search iterations (in place) at the
-    config's `solver_iterations` / `solver_ls_iterations` where they are > 0, as Playground caps
-    its DM Control models; 0 keeps the model's own (dm_control's 100 and 50)."""
-    if config.solver_iterations > 0:
-        model.opt.iterations = min(model.opt.iterations, config.solver_iterations)
-    if config.solver_ls_iterations > 0:
-        model.opt.ls_iterations = min(model.opt.ls_iterations, config.solver_ls_iterations)
+def cap_solver(model: mujoco.MjModel, iterations: int, ls_iterations: int) -> None:
+    """Cap the constraint solver's iterations and line-search iterations (in place) where the
+    caps are > 0, as Playground caps its DM Control models; 0 keeps the model's own (dm_control's
+    100 and 50)."""
+    if iterations > 0:
+        model.opt.iterations = min(model.opt.iterations, iterations)
+    if ls_iterations > 0:
+        model.opt.ls_iterations = min(model.opt.ls_iterations, ls_iterations)
 
 
 class _Geoms:
@@ -134,7 +134,7 @@ class QuadrupedMove(mjx_env.MjxEnv):
         self._speed = float(desired_speed)
         self._mj_model = mujoco.MjModel.from_xml_string(model_xml(TIME_LIMIT * self._speed), common.get_assets())
         self._mj_model.opt.timestep = self.sim_dt
-        cap_solver(self._mj_model, self._config)
+        cap_solver(self._mj_model, self._config.solver_iterations, self._config.solver_ls_iterations)
         self._mjx_model = mjx.put_model(self._mj_model, impl="jax")
         m = self._mj_model
         hinges = np.flatnonzero(m.jnt_type == mujoco.mjtJoint.mjJNT_HINGE)
