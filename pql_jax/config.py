@@ -338,7 +338,7 @@ def validate(config: Config) -> None:
         (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
          "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
         (e.name.startswith("dmc:") or not (e.solver_iterations or e.solver_ls_iterations),
-         f"env.solver_iterations / solver_ls_iterations apply to dmc: tasks only ({e.name} sets its own solver)"),
+         f"env.solver_iterations / solver_ls_iterations apply to dmc: tasks only, not {e.name}"),
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
         (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
         (a.batch_size >= 1, "agent.batch_size must be >= 1"),
