@@ -2,7 +2,8 @@
 and time them through the env adapter. Reproduces the "MJX ports of Quadruped and Dog" section
 of benchmarks/RESULTS.md (issue "Real physics evidence", section 1).
 
-Three parts, each printed as it finishes (and written as JSON with --out):
+Five parts, each printed as it finishes (and written as JSON with --out); `steps` and `random`
+run the port with the model's own solver, or capped at --port-solver I/L:
 - `steps`: for --seeds dm_control resets, copy the initial qpos/qvel/act into the port, apply the
   same uniform-random action sequence for --steps control steps in both, and report per field
   the largest |port - dm_control| over steps 1..100 and over all steps, next to the field's RMS
