@@ -83,6 +83,10 @@ class EnvConfig:
     solver_ls_iterations: int = 0
     """Cap on the solver's line-search iterations per Newton step of the `dmc:` ports (0: the
     model's own, dm_control's 50); Playground uses 4-10."""
+    dog_contacts: str = "floor"
+    """Which contacts the `dmc:Dog*` ports collide: `floor` (geom-floor pairs only) or `self` (also
+    dm_control's self pairs, culled as Playground culls its DM Control models); see
+    pql_jax/envs/dmc/dog.py and benchmarks/RESULTS.md ("MJX ports of Quadruped and Dog")."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
@@ -337,6 +341,9 @@ def validate(config: Config) -> None:
         (e.batching in ("vmap", "map"), f"env.batching must be vmap or map (got {e.batching!r})"),
         (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
          "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
+        (e.dog_contacts in ("floor", "self"), f"env.dog_contacts must be floor or self (got {e.dog_contacts!r})"),
+        (e.name.startswith("dmc:Dog") or e.dog_contacts == "floor",
+         f"env.dog_contacts applies to the dmc:Dog tasks only, not {e.name}"),
         (e.name.startswith("dmc:") or not (e.solver_iterations or e.solver_ls_iterations),
          f"env.solver_iterations / solver_ls_iterations apply to dmc: tasks only, not {e.name}"),
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),

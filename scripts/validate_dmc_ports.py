@@ -62,13 +62,13 @@ def _domain(task: str) -> str:
     return task.removesuffix("Walk").removesuffix("Run").removesuffix("Stand")
 
 
-def _adapted(task: str, seed: int):
-    """dm_control's task on the port's adapted model (Dog), else None."""
+def _adapted(task: str, seed: int, contacts: str = "floor"):
+    """dm_control's task on the port's adapted model (Dog, with its `contacts` set), else None."""
     if _domain(task) != "Dog":
         return None
     from pql_jax.envs.dmc import dog
 
-    return dog.dm_control_adapted(task, seed=seed)
+    return dog.dm_control_adapted(task, seed=seed, contacts=contacts)
 
 
 def _set_state(env, qpos, qvel, act) -> None:
@@ -83,7 +83,8 @@ def _field_table(diffs: np.ndarray, scale: np.ndarray, fields: dict) -> dict:
                    "rms": float(np.sqrt(np.mean(np.square(scale[:, :, lo:hi]))))} for name, (lo, hi) in fields.items()}
 
 
-def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int, int] = (0, 0)) -> dict:
+def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int, int] = (0, 0),
+                  contacts: str = "floor") -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -92,9 +93,9 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int,
     from pql_jax.envs.dmc import reference
 
     dtype = jnp.float64 if x64 else jnp.float32
-    env = dmc.load(task, solver_caps=caps)
+    env = dmc.load(task, solver_caps=caps, contacts=contacts)
     step, reset_from = jax.jit(env.step), jax.jit(env.reset_from)
-    ref, ada = reference.load(*DM_NAMES[task], seed=0), _adapted(task, seed=0)
+    ref, ada = reference.load(*DM_NAMES[task], seed=0), _adapted(task, seed=0, contacts=contacts)
     fields = FIELDS[_domain(task)]
     diffs, scale, rdiff, rscale, t0 = [], [], [], [], time.time()
     adiffs, a_dm, ardiff, a_dm_r, first = [], [], [], [], []
@@ -232,7 +233,7 @@ def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
 
 
 def random_returns(task: str, episodes: int, dm_episodes: int | None = None, episode_length: int = 1000,
-                   batching: str = "vmap", caps: tuple[int, int] = (0, 0)) -> dict:
+                   batching: str = "vmap", caps: tuple[int, int] = (0, 0), contacts: str = "floor") -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -258,9 +259,9 @@ def random_returns(task: str, episodes: int, dm_episodes: int | None = None, epi
     t0 = time.time()
     dm = dm_returns(ref, 2)
     dm_seconds = time.time() - t0
-    ada = _adapted(task, seed=4)
+    ada = _adapted(task, seed=4, contacts=contacts)
     adapted = None if ada is None else dm_returns(ada, 5)
-    env = dmc.load(task, solver_caps=caps)
+    env = dmc.load(task, solver_caps=caps, contacts=contacts)
     lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
     batch = over_envs(batching)
 
@@ -371,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-solver", default=None, metavar="I/L",
                         help="steps and random parts: run the port with its solver capped at I/L (default: "
                              "the model's own)")
+    parser.add_argument("--dog-contacts", choices=["floor", "self"], default="floor",
+                        help="Dog tasks, steps and random parts: the port's contact set (env.dog_contacts)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if "adaptations" in args.parts and _domain(args.task) != "Dog":  # before hours of other parts
@@ -383,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.solver_caps} / {args.port_solver})", file=sys.stderr)
         return 2
     port_caps = port_caps[0] if port_caps else (0, 0)
-    result_solver = {"port_solver": f"{port_caps[0]}/{port_caps[1]}" if port_caps != (0, 0) else "model's own"}
+    result_solver = {"port_solver": f"{port_caps[0]}/{port_caps[1]}" if port_caps != (0, 0) else "model's own",
+                     "dog_contacts": args.dog_contacts}
+    if args.dog_contacts != "floor" and _domain(args.task) != "Dog":
+        print(f"error: --dog-contacts applies to the Dog tasks only, not {args.task}", file=sys.stderr)
+        return 2
     from pql_jax.run import compile_cache
 
     compile_cache.enable()  # a second run (or part) reuses the compiled step
@@ -399,11 +406,12 @@ def main(argv: list[str] | None = None) -> int:
               "devices": [str(d) for d in jax.devices()], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join(sys.argv), **result_solver}
     if "steps" in args.parts:
-        result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False, caps=port_caps)]
+        result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False, caps=port_caps,
+                                           contacts=args.dog_contacts)]
         print(json.dumps(result["steps"][-1]), flush=True)
     if "random" in args.parts:
         result["random"] = random_returns(args.task, args.episodes, args.dm_episodes, batching=args.batching,
-                                          caps=port_caps)
+                                          caps=port_caps, contacts=args.dog_contacts)
         print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
         result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching, [(0, 0), *caps])
@@ -414,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         result["solver"] = solver_drift(args.task, args.seeds, args.steps, caps)
         print(json.dumps(result["solver"]), flush=True)
     if "steps" in args.parts and args.x64:  # last: x64 cannot be switched off again in-process
-        result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True, caps=port_caps))
+        result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True, caps=port_caps,
+                                            contacts=args.dog_contacts))
         print(json.dumps(result["steps"][-1]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

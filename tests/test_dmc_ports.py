@@ -288,6 +288,27 @@ def test_solver_caps_are_validated():
     validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", solver_iterations=4, solver_ls_iterations=8)))
 
 
+def test_dog_contacts_reach_the_model_and_are_validated():
+    """`env.dog_contacts: self` builds the Dog with its self pairs (body geoms accept contacts; in the
+    floor-only model only the floor does); other values and other tasks are one-line errors."""
+    from pql_jax.config import Config, EnvConfig, validate
+    from pql_jax.envs import _load_sim
+    from pql_jax.envs.dmc import dog
+
+    for contacts in ("floor", "self"):
+        sim = _load_sim("dmc:DogStand", "positional", "jax", 1000, (0, 0), contacts)
+        expected = dog.Dog(None, contacts=contacts).mj_model
+        np.testing.assert_array_equal(sim.mj_model.geom_contype, expected.geom_contype)
+        np.testing.assert_array_equal(sim.mj_model.geom_conaffinity, expected.geom_conaffinity)
+    floor, self_ = (dog.Dog(None, contacts=c).mj_model for c in ("floor", "self"))
+    assert np.count_nonzero(floor.geom_conaffinity) == 1 < np.count_nonzero(self_.geom_conaffinity)  # floor only
+    validate(Config(env=EnvConfig(name="dmc:DogWalk", dog_contacts="self")))
+    with pytest.raises(UserError, match="must be floor or self"):
+        validate(Config(env=EnvConfig(name="dmc:DogStand", dog_contacts="all")))
+    with pytest.raises(UserError, match="dmc:Dog tasks only"):
+        validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", dog_contacts="self")))
+
+
 @needs_dm_control
 def test_solver_part_measures_caps_against_the_uncapped_model():
     """scripts/validate_dmc_ports.py --parts solver: a cap the solve never reaches (100: dm_control's

@@ -127,9 +127,11 @@ def _flat_obs(obs: Any) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length: int, solver_caps=(0, 0)):
+def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length: int, solver_caps=(0, 0),
+              dog_contacts: str = "floor"):
     """Instantiate the raw simulator env (cached: building an env parses its model); `solver_caps`:
-    (iterations, line-search iterations) of the `dmc:` ports' solver, 0 for the model's own."""
+    (iterations, line-search iterations) of the `dmc:` ports' solver, 0 for the model's own;
+    `dog_contacts`: the Dog ports' contact set (`env.dog_contacts`)."""
     kind, _, task = name.partition(":")
     if name in TEST_ENVS:
         from pql_jax.envs.pointmass import PointMass, PointMassNaN
@@ -149,7 +151,7 @@ def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length
             raise UserError(f"{name} runs on MJX's jax implementation only: set env.playground_impl: jax")
         from pql_jax.envs import dmc
 
-        return dmc.load(task, solver_caps=solver_caps)
+        return dmc.load(task, solver_caps=solver_caps, contacts=dog_contacts)
     raise UserError(f"unknown env {name!r}")
 
 
@@ -190,7 +192,7 @@ def make_env(config: EnvConfig) -> VecEnv:
     if not config.name.startswith("brax:") or config.brax_backend == "mjx":
         warn_deadlocking_jaxlib()
     sim = _load_sim(config.name, config.brax_backend, config.playground_impl, config.episode_length,
-                    (config.solver_iterations, config.solver_ls_iterations))
+                    (config.solver_iterations, config.solver_ls_iterations), config.dog_contacts)
     obs_size = sim.observation_size
     if isinstance(obs_size, dict):
         obs_size = obs_size["state"]
