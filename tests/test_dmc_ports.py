@@ -31,6 +31,19 @@ def test_warp_impl_is_a_user_error():
 
 
 @pytest.fixture(scope="module")
+def script():
+    """scripts/validate_dmc_ports.py, imported as a module."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import validate_dmc_ports
+
+    return validate_dmc_ports
+
+
+@pytest.fixture(scope="module")
 def walk():
     from pql_jax.envs import dmc
 
@@ -233,17 +246,10 @@ def test_dog_first_steps_match_dm_control_on_the_adapted_model():
 
 
 @needs_dm_control
-def test_adaptation_variants_split_the_dog_model():
+def test_adaptation_variants_split_the_dog_model(script):
     """scripts/validate_dmc_ports.py --parts adaptations: each variant of dm_control's Dog changes
     exactly its own adaptation (noslip iterations, the geoms that can collide), and from one state
     and action sequence a 1e-9 velocity nudge stays far below either adaptation's drift."""
-    import sys
-
-    from conftest import ROOT
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import validate_dmc_ports as script
-
     variants = script._dm_variants("DogStand", seed=0)
     dm = reference.load("dog", "stand").physics.model
     assert dm.opt.noslip_iterations > 0
@@ -310,17 +316,10 @@ def test_dog_contacts_reach_the_model_and_are_validated():
 
 
 @needs_dm_control
-def test_solver_part_measures_caps_against_the_uncapped_model():
+def test_solver_part_measures_caps_against_the_uncapped_model(script):
     """scripts/validate_dmc_ports.py --parts solver: a cap the solve never reaches (100: dm_control's
     own) leaves the trajectory bit-identical; a 1-iteration Newton solve moves it far beyond the
     1e-9 nudge floor, and a blow-up is recorded, not raised."""
-    import sys
-
-    from conftest import ROOT
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import validate_dmc_ports as script
-
     assert script._parse_caps(["4/8", "1/4"]) == [(4, 8), (1, 4)]
     assert script._parse_caps(["4"]) is None and script._parse_caps(["0/8"]) is None
     drift = script.solver_drift("QuadrupedWalk", seeds=2, steps=30, caps=[(100, 50), (1, 4)])["variants"]
