@@ -76,13 +76,15 @@ class EnvConfig:
     sweep's members should then be looped too (`--batching map`, the CPU default): vmapping
     members batches the loop's body again."""
     solver_iterations: int = 0
-    """Cap on the constraint solver's iterations per physics step of the `dmc:` ports (0: the
-    model's own, dm_control's 100), as Playground caps its DM Control models (walker 2, humanoid
-    4). MJX's Newton solve stops once converged, but a vmapped batch iterates until its slowest env
-    has; drift from dm_control and the speed gained: benchmarks/RESULTS.md ("Capped solver")."""
+    """Cap on the constraint solver's Newton iterations per physics step of the `dmc:` ports (0:
+    the model's own, dm_control's 100), as Playground caps its DM Control models (walker 2,
+    humanoid 4). The solve stops once converged (a few iterations), so a cap only changes results,
+    and at 4 or fewer it moves both ports far from dm_control: benchmarks/RESULTS.md ("Capped
+    solver")."""
     solver_ls_iterations: int = 0
-    """Cap on the solver's line-search iterations per Newton step of the `dmc:` ports (0: the
-    model's own, dm_control's 50); Playground uses 4-10."""
+    """Cap on the solver's line-search steps per Newton iteration of the `dmc:` ports (0: the
+    model's own, dm_control's 50). Vmapped, MJX evaluates every one of them, so this is the cap
+    that buys speed; 8 (the ports' configs) leaves their trajectories unchanged (same section)."""
     dog_contacts: str = "floor"
     """Which contacts the `dmc:Dog*` ports collide: `floor` (geom-floor pairs only) or `self` (also
     dm_control's self pairs, culled as Playground culls its DM Control models); see
