@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from pql_jax import config as cfg_mod
-from pql_jax.values import read_mapping
 from pql_jax.config import MEMBER, Config, field_keys, utd_fraction
 from pql_jax.errors import UserError
 from pql_jax.learner.pql import num_chunks, updates_needed
+from pql_jax.values import read_mapping
 
 SPEC_KEYS = ("base", "overrides", "seeds", "grid", "zip", "name")
 
