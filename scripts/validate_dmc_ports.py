@@ -2,8 +2,9 @@
 and time them through the env adapter. Reproduces the "MJX ports of Quadruped and Dog" section
 of benchmarks/RESULTS.md (issue "Real physics evidence", section 1).
 
-Five parts, each printed as it finishes (and written as JSON with --out); `steps` and `random`
-run the port with the model's own solver, or capped at --port-solver I/L:
+Four parts, each printed as it finishes (and written as JSON with --out); `steps` runs the port
+with the model's own solver, or capped at --port-solver I/L. (The random-policy return statistics
+are scripts/dmc_random_returns.py: resumable, as a Dog episode takes minutes.)
 - `steps`: for --seeds dm_control resets, copy the initial qpos/qvel/act into the port, apply the
   same uniform-random action sequence for --steps control steps in both, and report per field
   the largest |port - dm_control| over steps 1..100 and over all steps, next to the field's RMS
@@ -12,10 +13,6 @@ run the port with the model's own solver, or capped at --port-solver I/L:
   Dog tasks are also compared with dm_control's task on the port's adapted model (no noslip,
   floor contacts: `dog.dm_control_adapted`), which splits the drift into the adaptations'
   (adapted vs dm_control) and MJX's (port vs adapted).
-- `random`: --episodes full episodes (dm_control's 1000-step time limit) of a uniform random policy
-  in each simulator, independent seeds; mean return +- standard error and the difference in SE.
-  Episodes that blow up (dm_control's PhysicsError, a non-finite port return) are counted and left
-  out of the statistics. --batching map steps the port's episodes as a loop (Dog on the CPU).
 - `adaptations` (Dog): which adaptation moves the model away from dm_control. dm_control's own
   task, from the same states and actions, on four variants: a 1e-9 nudge of the initial
   velocities (the trajectory's own sensitivity, the floor of any comparison), no noslip only,
@@ -30,7 +27,7 @@ run the port with the model's own solver, or capped at --port-solver I/L:
   time there), for the model's own solver and each of --solver-caps.
 
 Run (needs dm_control: pip install -e ".[dmc]"):
-    python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps random speed \
+    python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps speed \
         --x64 --out runs/dmc_quadruped_walk.json
 """
 
@@ -45,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pql_jax.envs.dmc import reference
+
 FIELDS = {  # dm_control's flattened Quadruped observation, by field
     "Quadruped": {"hinge_qpos": (0, 16), "hinge_qvel": (16, 32), "act": (32, 44), "torso_velocity": (44, 47),
                   "torso_upright": (47, 48), "accelerometer": (48, 51), "gyro": (51, 54),
@@ -54,8 +53,6 @@ FIELDS = {  # dm_control's flattened Quadruped observation, by field
             "velocimeter": (163, 166), "gyro": (166, 169), "foot_forces": (169, 181), "touch_sensors": (181, 185),
             "actuator_state": (185, 223)},
 }
-DM_NAMES = {"QuadrupedWalk": ("quadruped", "walk"), "QuadrupedRun": ("quadruped", "run"),
-            "DogStand": ("dog", "stand"), "DogWalk": ("dog", "walk")}
 
 
 def _domain(task: str) -> str:
@@ -90,12 +87,10 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int,
 
     jax.config.update("jax_enable_x64", x64)
     from pql_jax.envs import dmc
-    from pql_jax.envs.dmc import reference
-
     dtype = jnp.float64 if x64 else jnp.float32
     env = dmc.load(task, solver_caps=caps, contacts=contacts)
     step, reset_from = jax.jit(env.step), jax.jit(env.reset_from)
-    ref, ada = reference.load(*DM_NAMES[task], seed=0), _adapted(task, seed=0, contacts=contacts)
+    ref, ada = reference.load(*reference.DM_NAMES[task], seed=0), _adapted(task, seed=0, contacts=contacts)
     fields = FIELDS[_domain(task)]
     diffs, scale, rdiff, rscale, t0 = [], [], [], [], time.time()
     adiffs, a_dm, ardiff, a_dm_r, first = [], [], [], [], []
@@ -148,9 +143,9 @@ def _dm_variants(task: str, seed: int) -> dict:
     """dm_control's Dog task (`seed`) on the model variants that split the port's adaptations: a
     1e-9 nudge of the initial velocities (the trajectory's own sensitivity, the floor of any
     comparison), each adaptation alone, and both (the port's model)."""
-    from pql_jax.envs.dmc import dog, reference
+    from pql_jax.envs.dmc import dog
 
-    nudged, no_noslip = (reference.load(*DM_NAMES[task], seed=seed) for _ in range(2))
+    nudged, no_noslip = (reference.load(*reference.DM_NAMES[task], seed=seed) for _ in range(2))
     no_noslip.physics.model.opt.noslip_iterations = 0
     floor_only = dog.dm_control_adapted(task, seed=seed)
     floor_only.physics.model.opt.noslip_iterations = nudged.physics.model.opt.noslip_iterations
@@ -162,17 +157,15 @@ def adaptation_drift(task: str, seeds: int, steps: int) -> dict:
     """Which adaptation moves the Dog away from dm_control: from the same state and actions as
     dm_control's own task, the largest |variant - dm_control| per field over steps 1..100 for each
     variant of `_dm_variants` (MuJoCo on the CPU for all; no MJX)."""
-    from pql_jax.envs.dmc import reference
-
-    return _drift(task, reference.load(*DM_NAMES[task], seed=0), _dm_variants(task, seed=0), seeds, steps)
+    return _drift(task, reference.load(*reference.DM_NAMES[task], seed=0), _dm_variants(task, seed=0), seeds, steps)
 
 
 def _port_model(task: str, caps: tuple[int, int] = (0, 0)):
     """dm_control's task on the port's model (the adapted one for Dog), its solver capped at
     `caps` (iterations, line-search iterations; 0 keeps the model's own), on MuJoCo."""
-    from pql_jax.envs.dmc import quadruped, reference
+    from pql_jax.envs.dmc import quadruped
 
-    env = _adapted(task, seed=0) or reference.load(*DM_NAMES[task], seed=0)
+    env = _adapted(task, seed=0) or reference.load(*reference.DM_NAMES[task], seed=0)
     quadruped.cap_solver(env.physics.model._model, *caps)
     return env
 
@@ -191,8 +184,6 @@ def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
     A variant whose physics blows up (dm_control's PhysicsError) is left out of that seed's later
     steps; `blowups` lists the control step at which it did, per seed (None: it did not)."""
     from dm_control.rl.control import PhysicsError
-
-    from pql_jax.envs.dmc import reference
 
     spec, fields, t0 = ref.action_spec(), FIELDS[_domain(task)], time.time()
     diffs = {name: [] for name in variants}
@@ -230,73 +221,6 @@ def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
                                 "fields": _field_table(np.asarray(diffs[name]), scale, fields),
                                 "blowups": blowups[name]}
                          for name in variants}}
-
-
-def random_returns(task: str, episodes: int, dm_episodes: int | None = None, episode_length: int = 1000,
-                   batching: str = "vmap", caps: tuple[int, int] = (0, 0), contacts: str = "floor") -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from pql_jax.envs import dmc, over_envs
-    from pql_jax.envs.dmc import reference
-
-    ref = reference.load(*DM_NAMES[task], seed=1)
-    spec = ref.action_spec()
-
-    def dm_returns(env, seed):
-        rng, returns = np.random.default_rng(seed), []
-        for _ in range(dm_episodes or episodes):
-            env.reset()
-            total = 0.0
-            try:
-                for _ in range(episode_length):
-                    total += env.step(rng.uniform(spec.minimum, spec.maximum)).reward
-            except Exception:  # noqa: BLE001 - dm_control's PhysicsError: a blow-up
-                total = float("nan")
-            returns.append(total)
-        return returns
-
-    t0 = time.time()
-    dm = dm_returns(ref, 2)
-    dm_seconds = time.time() - t0
-    ada = _adapted(task, seed=4, contacts=contacts)
-    adapted = None if ada is None else dm_returns(ada, 5)
-    env = dmc.load(task, solver_caps=caps, contacts=contacts)
-    lo, hi = (jnp.asarray(x, jnp.float32) for x in (spec.minimum, spec.maximum))
-    batch = over_envs(batching)
-
-    @jax.jit
-    def episode_returns(key):
-        states = batch(env.reset)(jax.random.split(key, episodes))
-
-        def body(carry, k):
-            s, total = carry
-            a = jax.random.uniform(k, (episodes, lo.shape[0]), minval=lo, maxval=hi)
-            s = batch(env.step)(s, a)
-            return (s, total + s.reward), None
-
-        (_, total), _ = jax.lax.scan(body, (states, jnp.zeros(episodes)), jax.random.split(key, episode_length))
-        return total
-
-    t0 = time.time()
-    port = np.asarray(episode_returns(jax.random.PRNGKey(3)))
-    port_seconds = time.time() - t0
-
-    def stats(x):
-        x = np.asarray(x, np.float64)
-        ok = x[np.isfinite(x)]
-        return {"mean": float(np.mean(ok)), "se": float(np.std(ok, ddof=1) / np.sqrt(len(ok))), "n": len(ok),
-                "std": float(np.std(ok, ddof=1)), "blowups": int(len(x) - len(ok))}
-
-    a, b = stats(dm), stats(port)
-    out = {"task": task, "episodes": episodes, "dm_control": a, "port": b,
-           "diff_in_se": (b["mean"] - a["mean"]) / float(np.hypot(a["se"], b["se"])),
-           "seconds": {"dm_control": round(dm_seconds, 1), "port_incl_compile": round(port_seconds, 1)}}
-    if adapted is not None:
-        c = out["dm_control_adapted"] = stats(adapted)
-        out["adapted_diff_in_se"] = (c["mean"] - a["mean"]) / float(np.hypot(a["se"], c["se"]))
-        out["port_vs_adapted_diff_in_se"] = (b["mean"] - c["mean"]) / float(np.hypot(b["se"], c["se"]))
-    return out
 
 
 def speed(task: str, counts: list[int], steps: int, batching: str = "vmap",
@@ -355,25 +279,23 @@ def _parse_caps(texts: list[str]) -> list[tuple[int, int]] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="QuadrupedWalk", choices=sorted(DM_NAMES))
-    parser.add_argument("--parts", nargs="+", default=["steps", "random", "speed"], choices=["steps", "random", "speed", "adaptations", "solver"])
+    parser.add_argument("--task", default="QuadrupedWalk", choices=sorted(reference.DM_NAMES))
+    parser.add_argument("--parts", nargs="+", default=["steps", "speed"], choices=["steps", "speed", "adaptations", "solver"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--x64", action="store_true", help="also compare a float64 run of the port")
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--dm-episodes", type=int, help="episodes in dm_control (default: --episodes)")
     parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 256])
     parser.add_argument("--speed-steps", type=int, default=20)
     parser.add_argument("--batching", choices=["vmap", "map"], default="vmap",
-                        help="random and speed parts: how the port's envs are batched (map: a loop of "
+                        help="speed part: how the port's envs are batched (map: a loop of "
                              "single-env programs, for Dog on the CPU)")
     parser.add_argument("--solver-caps", nargs="+", default=[], metavar="I/L",
                         help="solver caps (iterations/line-search iterations) for the solver and speed parts")
     parser.add_argument("--port-solver", default=None, metavar="I/L",
-                        help="steps and random parts: run the port with its solver capped at I/L (default: "
+                        help="steps part: run the port with its solver capped at I/L (default: "
                              "the model's own)")
     parser.add_argument("--dog-contacts", choices=["floor", "self"], default="floor",
-                        help="Dog tasks, steps and random parts: the port's contact set (env.dog_contacts)")
+                        help="Dog tasks, steps part: the port's contact set (env.dog_contacts)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if "adaptations" in args.parts and _domain(args.task) != "Dog":  # before hours of other parts
@@ -394,8 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     from pql_jax.run import compile_cache
 
     compile_cache.enable()  # a second run (or part) reuses the compiled step
-    from pql_jax.envs.dmc import reference
-
     why = reference.available()
     if why:
         print(f"error: {why}", file=sys.stderr)
@@ -409,10 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False, caps=port_caps,
                                            contacts=args.dog_contacts)]
         print(json.dumps(result["steps"][-1]), flush=True)
-    if "random" in args.parts:
-        result["random"] = random_returns(args.task, args.episodes, args.dm_episodes, batching=args.batching,
-                                          caps=port_caps, contacts=args.dog_contacts)
-        print(json.dumps(result["random"]), flush=True)
     if "speed" in args.parts:
         result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching, [(0, 0), *caps])
     if "adaptations" in args.parts:

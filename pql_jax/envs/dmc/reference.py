@@ -10,6 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 
+DM_NAMES = {"QuadrupedWalk": ("quadruped", "walk"), "QuadrupedRun": ("quadruped", "run"),
+            "DogStand": ("dog", "stand"), "DogWalk": ("dog", "walk")}
+"""dm_control's (domain, task) that each port reproduces."""
+
+
 def available() -> str | None:
     """None when dm_control can be imported, else why not."""
     try:
