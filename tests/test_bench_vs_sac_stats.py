@@ -17,6 +17,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_sac.py"
 sys.path.insert(0, str(SCRIPT.parent))
+import vs_sac_options as O  # noqa: E402
 import vs_sac_report as R  # noqa: E402
 import vs_sac_store as S  # noqa: E402
 
@@ -134,22 +135,22 @@ def test_curve_mean_se_and_interpolation(B):
 
 
 def test_parse_seeds(B):
-    tasks = [B.normalize_task(t) for t in ("CartpoleSwingup", "CheetahRun", "WalkerWalk")]
-    assert B.parse_seeds(None, tasks) == dict(zip(tasks, (5, 3, 3)))
-    assert B.parse_seeds("2", tasks) == dict(zip(tasks, (2, 2, 2)))
-    assert B.parse_seeds("CartpoleSwingup=7,playground:CheetahRun=4", tasks) == dict(zip(tasks, (7, 4, 3)))
-    assert B.parse_seeds("1,WalkerWalk=6", tasks) == dict(zip(tasks, (1, 1, 6)))
+    tasks = [O.normalize_task(t) for t in ("CartpoleSwingup", "CheetahRun", "WalkerWalk")]
+    assert O.parse_seeds(None, tasks) == dict(zip(tasks, (5, 3, 3)))
+    assert O.parse_seeds("2", tasks) == dict(zip(tasks, (2, 2, 2)))
+    assert O.parse_seeds("CartpoleSwingup=7,playground:CheetahRun=4", tasks) == dict(zip(tasks, (7, 4, 3)))
+    assert O.parse_seeds("1,WalkerWalk=6", tasks) == dict(zip(tasks, (1, 1, 6)))
     for bad in ("CheetahRun=x", "0", "HopperHop=2", "CheetahRun=2,CheetahRun=3", "x"):
         with pytest.raises(B.BadInput):
-            B.parse_seeds(bad, tasks)
+            O.parse_seeds(bad, tasks)
 
 
 def _settings(B, **change):
-    args = B.parse_args(["--quick"])
+    args = O.parse_args(["--quick"])
     for k, v in change.items():
         setattr(args, k, v)
     versions = {"jax": "0.9.2", "brax": "0.14.2"}
-    settings = B.comparable_settings(args, versions)
+    settings = O.comparable_settings(args, versions)
     return settings, S.fingerprint(settings)
 
 
@@ -158,12 +159,12 @@ def test_fingerprint_ignores_tasks_and_seeds_only(B):
     assert _settings(B, seed_counts={"x": 9}, tasks=["playground:CheetahRun"], thresholds={})[1] == fp0
     assert _settings(B, env_steps=s0["env_steps"] + 1)[1] != fp0
     assert _settings(B, pql_override=["agent.n_step=1"])[1] != fp0
-    args = B.parse_args(["--quick"])
-    assert S.fingerprint(B.comparable_settings(args, {"jax": "0.10.2", "brax": "0.14.2"})) != fp0
+    args = O.parse_args(["--quick"])
+    assert S.fingerprint(O.comparable_settings(args, {"jax": "0.10.2", "brax": "0.14.2"})) != fp0
     # an option given with --quick wins over the quick default, and changes the fingerprint
-    args = B.parse_args(["--quick", "--env-steps", "30000"])
+    args = O.parse_args(["--quick", "--env-steps", "30000"])
     assert args.env_steps == 30000
-    assert S.fingerprint(B.comparable_settings(args, {"jax": "0.9.2", "brax": "0.14.2"})) != fp0
+    assert S.fingerprint(O.comparable_settings(args, {"jax": "0.9.2", "brax": "0.14.2"})) != fp0
 
 
 def test_resume_skips_done_and_ignores_truncated_last_line(B, tmp_path):
@@ -221,8 +222,8 @@ def test_main_bad_input_exit_2(B, capsys):
 
 def test_report_only_reads_matching_lines(B, tmp_path, capsys, monkeypatch):
     # versions as this interpreter sees them, so --report-only's fingerprint matches
-    args = B.parse_args(["--quick"])
-    settings = B.comparable_settings(args, B.package_versions())
+    args = O.parse_args(["--quick"])
+    settings = O.comparable_settings(args, O.package_versions())
     fp = S.fingerprint(settings)
     out = tmp_path / "runs.jsonl"
     task = "playground:CartpoleSwingup"
