@@ -20,6 +20,7 @@ Run (needs dm_control: pip install -e ".[dmc]"):
         --store runs/random_quadruped_walk.jsonl
     python scripts/dmc_random_returns.py --task DogStand --episodes 100 --batching map --chunk 1 \
         --store runs/random_dog_stand.jsonl          # hours; stop and rerun at will
+    # the same with --shard 0/2 and --shard 1/2 in two processes: one per core, one store
     python scripts/dmc_random_returns.py --store runs/random_dog_stand.jsonl --report-only
 """
 
@@ -84,16 +85,17 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 
 def fill(path: Path, settings: dict, sides: dict[str, tuple[int, Callable]], chunk: int,
-         log: Callable[[str], None] = print) -> dict[str, dict[int, float]]:
+         log: Callable[[str], None] = print, shard: tuple[int, int] = (0, 1)) -> dict[str, dict[int, float]]:
     """Run each side's missing episodes, `chunk` at a time, appending each chunk to the store.
-    `sides`: name -> (episodes wanted, run(list of episode indices) -> list of returns)."""
+    `sides`: name -> (episodes wanted, run(list of episode indices) -> list of returns);
+    `shard` (k, n): only the episodes i with i % n == k (n processes can share one store)."""
     _, records = read_store(path, settings)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         _append(path, [{"settings": settings}])
     for side, (wanted, run) in sides.items():
         done = records.setdefault(side, {})
-        todo = [i for i in range(wanted) if i not in done]
+        todo = [i for i in range(wanted) if i not in done and i % shard[1] == shard[0]]
         for start in range(0, len(todo), chunk):
             batch = todo[start:start + chunk]
             t0 = time.time()
@@ -209,6 +211,13 @@ def _caps(text: str | None) -> list[int] | None:
     return [int(p) for p in parts]
 
 
+def _shard(text: str) -> tuple[int, int] | None:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit()) or not 0 <= int(k) < int(n):
+        return None
+    return int(k), int(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="QuadrupedWalk", choices=sorted(reference.DM_NAMES))
@@ -221,13 +230,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="how a chunk's port episodes are batched (map: a loop, for Dog on the CPU)")
     parser.add_argument("--port-solver", metavar="I/L", help="cap the port's solver (default: the model's own)")
     parser.add_argument("--dog-contacts", choices=["floor", "self"], default="floor")
+    parser.add_argument("--shard", metavar="K/N", default="0/1",
+                        help="run only episodes i with i %% N == K: N processes (e.g. one per core) fill one store")
     parser.add_argument("--report-only", action="store_true", help="print the store's statistics; run nothing")
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     caps = _caps(args.port_solver)
+    shard = _shard(args.shard)
     problems = [f"--{name} must be >= 1 (got {value})" for name, value in
                 (("episodes", args.episodes), ("dm-episodes", args.dm_episodes), ("episode-length", args.episode_length),
                  ("chunk", args.chunk)) if value is not None and value < 1]
+    if shard is None:
+        problems.append(f"--shard must be K/N with 0 <= K < N (got {args.shard!r})")
     if caps is None:
         problems.append(f"--port-solver must be I/L, two integers >= 1 (got {args.port_solver!r})")
     if args.dog_contacts != "floor" and not args.task.startswith("Dog"):
@@ -249,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             compile_cache.enable()
             sides = build_sides(settings, args.episodes, args.dm_episodes or args.episodes, args.batching, args.chunk)
-            records = fill(args.store, settings, sides, args.chunk, log=lambda m: print(m, flush=True))
+            records = fill(args.store, settings, sides, args.chunk, log=lambda m: print(m, flush=True), shard=shard)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -63,6 +63,16 @@ def test_resumed_store_equals_an_uninterrupted_one(tmp_path):
             assert stored[side][i] == pytest.approx(reference_records[side][i], nan_ok=True)
 
 
+def test_shards_fill_the_same_store_as_one_process(tmp_path):
+    values = {i: 0.5 * i for i in range(9)}
+    store, calls = tmp_path / "s.jsonl", []
+    for k in (1, 0, 2):
+        drr.fill(store, SETTINGS, {"port": (9, _side(values, calls))}, chunk=2, log=lambda m: None, shard=(k, 3))
+    assert calls == [[1, 4], [7], [0, 3], [6], [2, 5], [8]]
+    _, stored = drr.read_store(store, SETTINGS)
+    assert stored["port"] == values
+
+
 def test_statistics_against_numpy():
     returns = {0: 10.0, 1: 12.5, 2: math.nan, 3: 7.0, 4: 30.0}
     ok = np.array([10.0, 12.5, 7.0, 30.0])
@@ -95,7 +105,7 @@ def test_unusable_store_is_refused_in_one_line_and_left_alone(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("args", [["--chunk", "0"], ["--port-solver", "4"], ["--port-solver", "0/8"],
-                                  ["--dog-contacts", "self"], ["--report-only", "--store", "/nonexistent/s.jsonl"]])
+                                  ["--dog-contacts", "self"], ["--shard", "2/2"], ["--shard", "1"], ["--report-only", "--store", "/nonexistent/s.jsonl"]])
 def test_bad_arguments_exit_2(tmp_path, capsys, args):
     store = ["--store", str(tmp_path / "s.jsonl")] if "--store" not in args else []
     assert drr.main(["--task", "QuadrupedWalk", *store, *args]) == 2
