@@ -89,6 +89,12 @@ class EnvConfig:
     """Which contacts the `dmc:Dog*` ports collide: `floor` (geom-floor pairs only) or `self` (also
     dm_control's self pairs, culled as Playground culls its DM Control models); see
     pql_jax/envs/dmc/dog.py and benchmarks/RESULTS.md ("MJX ports of Quadruped and Dog")."""
+    cpu_fusion: str = "auto"
+    """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (off for
+    dmc:DogStand / DogWalk, on otherwise); no effect on other backends. On the Dog, XLA's CPU
+    fusion recomputes MJX's kinematic chain inside fused loops (single fusions of 3 outputs took
+    45 ms per physics step): unfused, its single-env step runs ~12x faster, same trajectory to
+    float32 rounding (benchmarks/RESULTS.md, "The Dog without XLA's CPU fusion")."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
@@ -343,6 +349,7 @@ def validate(config: Config) -> None:
         (e.batching in ("vmap", "map"), f"env.batching must be vmap or map (got {e.batching!r})"),
         (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
          "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
+        (e.cpu_fusion in ("auto", "on", "off"), f"env.cpu_fusion must be auto, on or off (got {e.cpu_fusion!r})"),
         (e.dog_contacts in ("floor", "self"), f"env.dog_contacts must be floor or self (got {e.dog_contacts!r})"),
         (e.name.startswith("dmc:Dog") or e.dog_contacts == "floor",
          f"env.dog_contacts applies to the dmc:Dog tasks only, not {e.name}"),

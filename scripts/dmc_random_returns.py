@@ -87,7 +87,8 @@ def _append(path: Path, rows: list[dict]) -> None:
 def fill(path: Path, settings: dict, sides: dict[str, tuple[int, Callable]], chunk: int,
          log: Callable[[str], None] = print, shard: tuple[int, int] = (0, 1)) -> dict[str, dict[int, float]]:
     """Run each side's missing episodes, `chunk` at a time, appending each chunk to the store.
-    `sides`: name -> (episodes wanted, run(list of episode indices) -> list of returns);
+    `sides`: name -> (episodes wanted, run(list of episode indices) -> list of returns; a `run.tags`
+    dict is stored with each of its episodes);
     `shard` (k, n): only the episodes i with i % n == k (n processes can share one store)."""
     _, records = read_store(path, settings)
     if not path.exists():
@@ -102,7 +103,8 @@ def fill(path: Path, settings: dict, sides: dict[str, tuple[int, Callable]], chu
             returns = run(batch)
             seconds = time.time() - t0
             rows = [{"side": side, "episode": i, "return": float(r) if math.isfinite(r) else None,
-                     "seconds": round(seconds / len(batch), 2)} for i, r in zip(batch, returns)]
+                     "seconds": round(seconds / len(batch), 2), **getattr(run, "tags", {})}
+                    for i, r in zip(batch, returns)]
             _append(path, rows)
             done.update({i: float(r) for i, r in zip(batch, returns)})
             log(f"{side}: {len(done)}/{wanted} episodes ({seconds / len(batch):.1f} s per episode)")
@@ -152,10 +154,11 @@ def dm_control_side(env, base: int, episode_length: int) -> Callable[[list[int]]
 
 
 def port_side(env, low, high, base: int, episode_length: int, batching: str,
-              chunk: int) -> Callable[[list[int]], list[float]]:
+              chunk: int, options: dict | None = None) -> Callable[[list[int]], list[float]]:
     """Episodes of an MJX env (`reset(key)`, `step(state, action)`) under a uniform random policy,
-    `chunk` per compiled call (a short batch is padded, so one program serves every call);
-    episode i's draws come from fold_in(key(base), i) alone."""
+    `chunk` per compiled call (a short batch is padded, so one program serves every call; XLA
+    `options` as `pql_jax.envs.compiler_options`); episode i's draws come from fold_in(key(base), i)
+    alone."""
     import jax
     import jax.numpy as jnp
 
@@ -175,19 +178,23 @@ def port_side(env, low, high, base: int, episode_length: int, batching: str,
         (_, total), _ = jax.lax.scan(body, start, jax.random.split(action_key, episode_length))
         return total
 
-    returns = jax.jit(over_envs(batching)(episode))
+    returns = jax.jit(over_envs(batching)(episode), compiler_options=options)
 
     def run(episodes: list[int]) -> list[float]:
         padded = episodes + [episodes[-1]] * (chunk - len(episodes))
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(base), i))(jnp.asarray(padded))
         return [float(x) for x in np.asarray(returns(keys))[:len(episodes)]]
 
+    run.tags = {"xla_options": options or {}}  # rounding only: stored per episode, not a setting
     return run
 
 
-def build_sides(settings: dict, episodes: int, dm_episodes: int, batching: str, chunk: int) -> dict:
-    """The three sides of a comparison (two without an adapted model), lazily built."""
-    from pql_jax.envs import dmc
+def build_sides(settings: dict, episodes: int, dm_episodes: int, batching: str, chunk: int,
+                cpu_fusion: str = "auto") -> dict:
+    """The three sides of a comparison (two without an adapted model), lazily built; the port's
+    programs compiled as training compiles them, `env.cpu_fusion` = `cpu_fusion`."""
+    from pql_jax.config import EnvConfig
+    from pql_jax.envs import compiler_options, dmc
     from pql_jax.envs.dmc import dog
 
     length, task = settings["episode_length"], settings["task"]
@@ -198,7 +205,9 @@ def build_sides(settings: dict, episodes: int, dm_episodes: int, batching: str, 
         sides["dm_control_adapted"] = (dm_episodes, dm_control_side(ada, SIDE_SEEDS["dm_control_adapted"], length))
     env = dmc.load(task, solver_caps=tuple(settings["solver_caps"]), contacts=settings["contacts"])
     spec = ref.action_spec()
-    sides["port"] = (episodes, port_side(env, spec.minimum, spec.maximum, SIDE_SEEDS["port"], length, batching, chunk))
+    options = compiler_options(EnvConfig(name=f"dmc:{task}", cpu_fusion=cpu_fusion))
+    sides["port"] = (episodes, port_side(env, spec.minimum, spec.maximum, SIDE_SEEDS["port"], length, batching, chunk,
+                                         options))
     return sides
 
 
@@ -230,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="how a chunk's port episodes are batched (map: a loop, for Dog on the CPU)")
     parser.add_argument("--port-solver", metavar="I/L", help="cap the port's solver (default: the model's own)")
     parser.add_argument("--dog-contacts", choices=["floor", "self"], default="floor")
+    parser.add_argument("--cpu-fusion", choices=["auto", "on", "off"], default="auto",
+                        help="XLA's CPU fusion in the port's program (env.cpu_fusion; changes rounding only)")
     parser.add_argument("--shard", metavar="K/N", default="0/1",
                         help="run only episodes i with i %% N == K: N processes (e.g. one per core) fill one store")
     parser.add_argument("--report-only", action="store_true", help="print the store's statistics; run nothing")
@@ -262,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {why}", file=sys.stderr)
                 return 2
             compile_cache.enable()
-            sides = build_sides(settings, args.episodes, args.dm_episodes or args.episodes, args.batching, args.chunk)
+            sides = build_sides(settings, args.episodes, args.dm_episodes or args.episodes, args.batching, args.chunk,
+                                args.cpu_fusion)
             records = fill(args.store, settings, sides, args.chunk, log=lambda m: print(m, flush=True), shard=shard)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -24,7 +24,8 @@ are scripts/dmc_random_returns.py: resumable, as a Dog episode takes minutes.)
 - `speed`: compile time and env steps/s of the adapter's vector step (pql_jax.envs.make_env) at
   --envs counts (control steps; one control step = 4 physics steps for Quadruped, 3 for Dog), with
   the adapter's --batching (`map` for Dog on the CPU: its vmapped programs do not compile in useful
-  time there), for the model's own solver and each of --solver-caps.
+  time there), for the model's own solver and each of --solver-caps, with each --cpu-fusion
+  setting (env.cpu_fusion: XLA's CPU fusion; off by default for Dog, measured ~12x faster there).
 
 Run (needs dm_control: pip install -e ".[dmc]"):
     python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps speed \
@@ -81,15 +82,17 @@ def _field_table(diffs: np.ndarray, scale: np.ndarray, fields: dict) -> dict:
 
 
 def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int, int] = (0, 0),
-                  contacts: str = "floor") -> dict:
+                  contacts: str = "floor", fusion: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", x64)
-    from pql_jax.envs import dmc
+    from pql_jax.config import EnvConfig
+    from pql_jax.envs import compiler_options, dmc
     dtype = jnp.float64 if x64 else jnp.float32
     env = dmc.load(task, solver_caps=caps, contacts=contacts)
-    step, reset_from = jax.jit(env.step), jax.jit(env.reset_from)
+    options = compiler_options(EnvConfig(name=f"dmc:{task}", cpu_fusion=fusion))  # as training compiles it
+    step, reset_from = jax.jit(env.step, compiler_options=options), jax.jit(env.reset_from, compiler_options=options)
     ref, ada = reference.load(*reference.DM_NAMES[task], seed=0), _adapted(task, seed=0, contacts=contacts)
     fields = FIELDS[_domain(task)]
     diffs, scale, rdiff, rscale, t0 = [], [], [], [], time.time()
@@ -224,29 +227,32 @@ def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
 
 
 def speed(task: str, counts: list[int], steps: int, batching: str = "vmap",
-          caps: list[tuple[int, int]] = ((0, 0),)) -> list[dict]:
-    """Compile time and env steps/s of the adapter's vector step for each env count and solver cap."""
-    return [_speed(task, n, steps, batching, cap) for n in counts for cap in caps]
+          caps: list[tuple[int, int]] = ((0, 0),), fusions: list[str] = ("auto",)) -> list[dict]:
+    """Compile time and env steps/s of the adapter's vector step for each env count, solver cap
+    and `env.cpu_fusion` setting."""
+    return [_speed(task, n, steps, batching, cap, fusion) for n in counts for cap in caps for fusion in fusions]
 
 
-def _speed(task: str, n: int, steps: int, batching: str, cap: tuple[int, int]) -> dict:
+def _speed(task: str, n: int, steps: int, batching: str, cap: tuple[int, int], fusion: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
 
     from pql_jax.config import EnvConfig
-    from pql_jax.envs import make_env
+    from pql_jax.envs import compiler_options, make_env
 
     solver = "model's own" if cap == (0, 0) else f"{cap[0]}/{cap[1]}"
-    env = make_env(EnvConfig(name=f"dmc:{task}", num_envs=n, batching=batching, solver_iterations=cap[0],
-                             solver_ls_iterations=cap[1]))
-    reset, step = jax.jit(env.reset, static_argnums=1), jax.jit(env.step)
+    config = EnvConfig(name=f"dmc:{task}", num_envs=n, batching=batching, solver_iterations=cap[0],
+                       solver_ls_iterations=cap[1], cpu_fusion=fusion)
+    env, options = make_env(config), compiler_options(config)
+    reset = jax.jit(env.reset, static_argnums=1, compiler_options=options)
+    step = jax.jit(env.step, compiler_options=options)
     t0 = time.time()
     reset_compiled = reset.lower(jax.random.PRNGKey(0), n).compile()
     reset_compile_s = time.time() - t0
     t0 = time.time()
     state = jax.block_until_ready(reset_compiled(jax.random.PRNGKey(0)))
     reset_s = time.time() - t0
-    print(json.dumps({"envs": n, "solver": solver, "reset_compile_s": round(reset_compile_s, 1),
+    print(json.dumps({"envs": n, "solver": solver, "cpu_fusion": fusion, "reset_compile_s": round(reset_compile_s, 1),
                       "reset_s": round(reset_s, 2)}), flush=True)  # a part that runs out of time still tells these
     action = jnp.zeros((n, env.action_size))
     t0 = time.time()
@@ -259,7 +265,8 @@ def _speed(task: str, n: int, steps: int, batching: str, cap: tuple[int, int]) -
         state, out = compiled(state, jnp.sin(jnp.full((n, env.action_size), float(i))))
     jax.block_until_ready(out)
     elapsed = time.time() - t0
-    row = {"envs": n, "batching": batching, "solver": solver, "reset_compile_s": round(reset_compile_s, 1),
+    row = {"envs": n, "batching": batching, "solver": solver, "cpu_fusion": fusion,
+           "xla_options": options or {}, "reset_compile_s": round(reset_compile_s, 1),
            "reset_s": round(reset_s, 2), "compile_s": round(compile_s, 1), "vector_steps": steps,
            "env_steps_per_s": round(n * steps / elapsed, 1)}
     print(json.dumps(row), flush=True)
@@ -296,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the model's own)")
     parser.add_argument("--dog-contacts", choices=["floor", "self"], default="floor",
                         help="Dog tasks, steps part: the port's contact set (env.dog_contacts)")
+    parser.add_argument("--cpu-fusion", nargs="+", choices=["auto", "on", "off"], default=["auto"],
+                        help="env.cpu_fusion for the port's programs: speed times each; steps uses the first")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if "adaptations" in args.parts and _domain(args.task) != "Dog":  # before hours of other parts
@@ -327,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
               "command": " ".join(sys.argv), **result_solver}
     if "steps" in args.parts:
         result["steps"] = [compare_steps(args.task, args.seeds, args.steps, x64=False, caps=port_caps,
-                                           contacts=args.dog_contacts)]
+                                           contacts=args.dog_contacts, fusion=args.cpu_fusion[0])]
         print(json.dumps(result["steps"][-1]), flush=True)
     if "speed" in args.parts:
-        result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching, [(0, 0), *caps])
+        result["speed"] = speed(args.task, args.envs, args.speed_steps, args.batching, [(0, 0), *caps],
+                                args.cpu_fusion)
     if "adaptations" in args.parts:
         result["adaptations"] = adaptation_drift(args.task, args.seeds, args.steps)
         print(json.dumps(result["adaptations"]), flush=True)
@@ -339,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["solver"]), flush=True)
     if "steps" in args.parts and args.x64:  # last: x64 cannot be switched off again in-process
         result["steps"].append(compare_steps(args.task, args.seeds, args.steps, x64=True, caps=port_caps,
-                                            contacts=args.dog_contacts))
+                                            contacts=args.dog_contacts, fusion=args.cpu_fusion[0]))
         print(json.dumps(result["steps"][-1]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

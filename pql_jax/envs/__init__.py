@@ -186,6 +186,17 @@ def over_envs(batching: str) -> Callable[[Callable], Callable]:
     return jax.vmap if batching == "vmap" else _sequential
 
 
+def compiler_options(config: EnvConfig) -> dict[str, str] | None:
+    """Per-program XLA options for programs that step this env on the default backend (None:
+    XLA's defaults): fusion off on the CPU where `env.cpu_fusion` resolves to off."""
+    fusion = config.cpu_fusion
+    if fusion == "auto":
+        fusion = "off" if config.name.startswith("dmc:Dog") else "on"
+    if fusion == "off" and jax.default_backend() == "cpu":
+        return {"xla_disable_hlo_passes": "fusion"}
+    return None
+
+
 def make_env(config: EnvConfig) -> VecEnv:
     """Build the vectorised, auto-resetting env described by `config`."""
     check_env_name(config.name)

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pql_jax.config import ProgramConfig, program_config, run_vector_steps
+from pql_jax.envs import compiler_options
 from pql_jax.errors import UserError
 from pql_jax.learner.evaluate import eval_phase
 from pql_jax.learner.pql import Learner, build_learner
@@ -105,9 +106,11 @@ class Program:
         pop = PartitionSpec("pop")
         init = over_members(learner.init, batching, (0, 0))
         chunk = chunk_over_members(learner.chunk, batching)
-        self.init = jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(pop, pop), out_specs=pop, check_vma=False))
+        options = compiler_options(learner.config.env)
+        self.init = jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(pop, pop), out_specs=pop, check_vma=False),
+                            compiler_options=options)
         self.chunk = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=(pop, schedule_specs()), out_specs=(pop, pop),
-                                           check_vma=False), donate_argnums=0)
+                                           check_vma=False), donate_argnums=0, compiler_options=options)
         self._compiled = None
         self.compile_seconds = 0.0
 
