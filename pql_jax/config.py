@@ -93,8 +93,9 @@ class EnvConfig:
     """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (off for
     dmc:DogStand / DogWalk, on otherwise); no effect on other backends. On the Dog, XLA's CPU
     fusion recomputes MJX's kinematic chain inside fused loops (single fusions of 3 outputs took
-    45 ms per physics step): unfused, its single-env step runs ~12x faster, same trajectory to
-    float32 rounding (benchmarks/RESULTS.md, "The Dog without XLA's CPU fusion")."""
+    45 ms per physics step): unfused, its steps run 8-13x faster, same trajectory to float32
+    rounding. Vmapped programs need fusion (the Quadruped's ran 7x slower without it), hence Dog
+    only (benchmarks/RESULTS.md, "The Dog without XLA's CPU fusion")."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
