@@ -63,9 +63,9 @@ def overrides(args) -> list[str]:
     return [*matched, f"run.chunk_steps={args.chunk_steps}", f"run.total_env_steps={total}", *args.override]
 
 
-def op_scopes(hlo_text: str) -> tuple[dict[str, str], dict[str, str]]:
-    """({HLO instruction name: innermost learner scope, or its opcode class}, {name: opcode and
-    op_name}) from compiled HLO text. An instruction without an op_name of its own (XLA's
+def op_scopes(hlo_text: str, named: tuple[str, ...] = SCOPES) -> tuple[dict[str, str], dict[str, str]]:
+    """({HLO instruction name: innermost scope among `named`, or its opcode class}, {name: opcode
+    and op_name}) from compiled HLO text. An instruction without an op_name of its own (XLA's
     wrapped fusions) takes the most common scope of the computation it calls."""
     pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\b([a-z\-]+)\(")
     header = re.compile(r"^\s*(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
@@ -81,7 +81,7 @@ def op_scopes(hlo_text: str) -> tuple[dict[str, str], dict[str, str]]:
         meta = re.search(r'op_name="([^"]*)"', line)
         calls = re.search(r"calls=%?([\w.\-]+)", line)
         op_name = meta.group(1) if meta else ""
-        found = [s for s in re.split(r"[/()]", op_name) if s in SCOPES]
+        found = [s for s in re.split(r"[/()]", op_name) if s in named]
         rows.append((m.group(1), m.group(2), op_name, found[-1] if found else None, calls.group(1) if calls else None))
         if found:
             inner[computation].append(found[-1])
