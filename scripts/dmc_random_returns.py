@@ -126,7 +126,8 @@ def report(settings: dict, records: dict[str, dict[int, float]]) -> dict:
     pairs = [("port", "dm_control"), ("dm_control_adapted", "dm_control"), ("port", "dm_control_adapted")]
     for a, b in pairs:
         if a in out and b in out:
-            out[f"{a}_vs_{b}_in_se"] = (out[a]["mean"] - out[b]["mean"]) / math.hypot(out[a]["se"], out[b]["se"])
+            se = math.hypot(out[a]["se"], out[b]["se"])  # 0 only for constant returns: no difference in SE
+            out[f"{a}_vs_{b}_in_se"] = (out[a]["mean"] - out[b]["mean"]) / se if se > 0 else math.nan
     return out
 
 

@@ -86,6 +86,13 @@ def test_statistics_against_numpy():
     assert out["port_vs_dm_control_in_se"] == pytest.approx((4.0 - 2.0) / math.hypot(se_dm, se_port))
 
 
+def test_report_of_constant_or_single_returns_is_nan_not_an_error():
+    out = drr.report(SETTINGS, {"dm_control": {0: 5.0, 1: 5.0}, "port": {0: 5.0, 1: 5.0}})
+    assert out["port"]["se"] == 0 and math.isnan(out["port_vs_dm_control_in_se"])
+    out = drr.report(SETTINGS, {"dm_control": {0: 5.0}, "port": {0: 4.0}})
+    assert out["port"]["n"] == 1 and math.isnan(out["port"]["se"]) and math.isnan(out["port_vs_dm_control_in_se"])
+
+
 @pytest.mark.parametrize("damage", ["other settings", "malformed line", "incomplete last line"])
 def test_unusable_store_is_refused_in_one_line_and_left_alone(tmp_path, capsys, damage):
     store = tmp_path / "s.jsonl"
