@@ -213,12 +213,11 @@ def build_sides(settings: dict, episodes: int, dm_episodes: int, batching: str, 
 
 
 def _caps(text: str | None) -> list[int] | None:
-    if text is None:
-        return [0, 0]
-    parts = text.split("/")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
-        return None
-    return [int(p) for p in parts]
+    """--port-solver I/L as [I, L] ([0, 0]: the model's own), None if malformed."""
+    from validate_dmc_ports import _parse_caps  # the sibling script's parser (scripts/ is on sys.path)
+
+    caps = _parse_caps([text] if text is not None else [])
+    return None if caps is None else list(caps[0]) if caps else [0, 0]
 
 
 def _shard(text: str) -> tuple[int, int] | None:
