@@ -27,6 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profile_chunk import exclusive_by_op, op_scopes  # noqa: E402
 
+from pql_jax.envs.dmc.reference import DM_NAMES  # noqa: E402
+
 
 def profile(task: str, fusion: str, steps: int, top: int) -> dict:
     """Compile, time and trace `steps` control steps of one env; the final qpos for comparison."""
@@ -89,7 +91,7 @@ def _computation_sizes(hlo: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="DogStand", choices=["QuadrupedWalk", "QuadrupedRun", "DogStand", "DogWalk"])
+    parser.add_argument("--task", default="DogStand", choices=sorted(DM_NAMES))
     parser.add_argument("--cpu-fusion", nargs="+", choices=["on", "off"], default=["on", "off"])
     parser.add_argument("--steps", type=int, default=10, help="control steps timed, then as many traced")
     parser.add_argument("--top", type=int, default=8)
