@@ -217,7 +217,7 @@ def run_pql(args, task, seed):
         if i > 0:
             inside += t1 - t0
         metrics = metrics_to_host(metrics)
-        evals.append({"env_steps": int(metrics["env_steps"]), "eval_return": float(metrics["eval_return"]),
+        evals.append({"env_steps": int(metrics["env_steps"]), "eval_return": float(metrics["eval_return"][-1]),
                       "online_return": float(metrics["online_return"]), "wall_s": time.time() - t_start,
                       "critic_updates": int(metrics["critic_updates"]), "diverged": bool(metrics["diverged"])})
         print(f"[pql] {task.split(':')[-1]} seed {seed} step {evals[-1]['env_steps']} "

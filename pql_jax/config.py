@@ -67,14 +67,20 @@ class EnvConfig:
     """Envs for deterministic-policy evaluation (see `run.eval_mode`; 0 disables)."""
     val_envs: int = 0
     """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
-    batching: str = "vmap"
-    """How the env copies are stepped and reset: `vmap` (one batched program) or `map` (a sequential
-    loop over the single-env program). `map` is for models whose vectorised program XLA cannot
-    compile in useful time: dmc:DogStand / DogWalk on the CPU, where vmapping MJX's forward pass
-    stalls XLA's constant folding (benchmarks/RESULTS.md, "MJX ports of Quadruped and Dog"); its
-    env steps/s do not grow with num_envs. Same transitions either way up to float rounding. A
-    sweep's members should then be looped too (`--batching map`, the CPU default): vmapping
-    members batches the loop's body again."""
+    batching: str = "auto"
+    """How the env copies are stepped and reset: `vmap` (one batched program), `map` (a sequential
+    loop over the single-env program) or `auto` (`map` for dmc:DogStand / DogWalk on the CPU,
+    `vmap` otherwise). `map` is for models whose vectorised program XLA cannot compile in useful
+    time: the Dog on the CPU, where vmapping MJX's forward pass stalls XLA's constant folding
+    (benchmarks/RESULTS.md, "MJX ports of Quadruped and Dog"); its env steps/s do not grow with
+    num_envs. Same transitions either way up to float rounding. A sweep's members should then be
+    looped too (`--batching map`, the CPU default): vmapping members batches the loop's body again."""
+    blowup_bound: float = 1e4
+    """A step whose observation entry or reward exceeds this in magnitude is treated as a physics
+    blow-up, like a non-finite one: not stored for learning, kept out of the observation
+    statistics, its env reset, counted in `nonfinite_transitions` (pql_jax.envs). A diverging
+    simulation passes through huge finite values before NaN; one such observation would otherwise
+    dominate the normaliser's variance for the rest of the run. 0 turns the check off."""
     solver_iterations: int = 0
     """Cap on the constraint solver's Newton iterations per physics step of the `dmc:` ports (0:
     the model's own, dm_control's 100), as Playground caps its DM Control models (walker 2,
@@ -347,7 +353,9 @@ def validate(config: Config) -> None:
         (e.eval_envs >= 0, "env.eval_envs must be >= 0"),
         (e.val_envs >= 0, "env.val_envs must be >= 0"),
         (e.playground_impl in ("jax", "warp"), "env.playground_impl must be jax or warp"),
-        (e.batching in ("vmap", "map"), f"env.batching must be vmap or map (got {e.batching!r})"),
+        (e.batching in ("auto", "vmap", "map"), f"env.batching must be auto, vmap or map (got {e.batching!r})"),
+        (math.isfinite(e.blowup_bound) and e.blowup_bound >= 0,
+         f"env.blowup_bound must be a finite number >= 0 (got {e.blowup_bound!r})"),
         (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
          "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
         (e.cpu_fusion in ("auto", "on", "off"), f"env.cpu_fusion must be auto, on or off (got {e.cpu_fusion!r})"),

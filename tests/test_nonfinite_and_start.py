@@ -147,9 +147,67 @@ def test_sequential_env_batching_steps_as_vmap():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
 
 
-def test_env_batching_must_be_vmap_or_map():
+def test_env_batching_must_be_auto_vmap_or_map():
     from pql_jax.config import validate
     from pql_jax.errors import UserError
 
-    with pytest.raises(UserError, match="env.batching must be vmap or map"):
+    with pytest.raises(UserError, match="env.batching must be auto, vmap or map"):
         validate(small(["env.batching=scan"]))
+
+
+@pytest.mark.parametrize("name, want", [("dmc:DogStand", "map"), ("dmc:DogWalk", "map"), ("dmc:QuadrupedWalk", "vmap"),
+                                        ("test:pointmass", "vmap")])
+def test_env_batching_auto_asks_the_env(name, want):
+    """On the CPU `auto` loops the Dog's env copies (its vmapped program does not compile in useful
+    time) and vmaps everything else; an explicit value is kept."""
+    from pql_jax.config import EnvConfig
+    from pql_jax.envs import env_batching
+
+    assert env_batching(EnvConfig(name=name)) == want
+    assert env_batching(EnvConfig(name=name, batching="vmap")) == "vmap"
+
+
+@pytest.mark.slow
+def test_huge_finite_steps_are_treated_as_non_finite_ones():
+    """test:pointmass_spike emits one observation and reward of 1e6 (finite) where
+    test:pointmass_nan emits NaN (same reset keys, same steps): guarded by env.blowup_bound, the two
+    runs are the same run, bit for bit (normaliser, critic, buffer). Unguarded (bound 0), the one
+    huge observation leaves its dimensions' std orders of magnitude above the guarded run's."""
+    base = ["env.val_envs=4"]
+
+    def run(name, *extra):
+        config = small([f"env.name={name}", *base, *extra])
+        learner = make_train(config)
+        key, hp = jax.random.PRNGKey(config.run.seed), hparams_from_config(config)
+        state, metrics = jax.jit(learner.train)(key, hp)
+        return jax.device_get(state), jax.device_get(metrics)
+
+    nan_state, nan_metrics = run("test:pointmass_nan")
+    spike_state, spike_metrics = run("test:pointmass_spike")
+    assert int(spike_metrics["nonfinite_transitions"].sum()) == int(nan_metrics["nonfinite_transitions"].sum()) > 0
+    for field in ("obs_stats", "critic_params", "actor_params", "buffer"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(spike_state, field), getattr(nan_state, field))
+    guarded_std = np.sqrt(spike_state.obs_stats.var)
+    assert (guarded_std < 3).all()  # the point's coordinates lie in [-2, 2]
+    loose_state, loose_metrics = run("test:pointmass_spike", "env.blowup_bound=0")
+    assert int(loose_metrics["nonfinite_transitions"].sum()) == 0
+    assert (np.sqrt(loose_state.obs_stats.var) > 100 * guarded_std).all()
+
+
+def test_updates_wait_for_a_full_window_after_the_buffer_is_lost():
+    """A run resumed without its checkpointed buffer starts from an empty one: its first n-1 vector
+    steps have no n-step window to sample, so they do no update. By hand, at one update per vector
+    step (utd 1/32 at 32 envs) and n = 3: 25 - 2 updates in each 25-step chunk that starts empty."""
+    from pql_jax.learner.state import PopulationSchedule
+
+    config = small(["agent.n_step=3", "agent.utd=1/32", "agent.warmup_steps=0"])
+    learner = make_train(config)
+    key, hp = jax.random.PRNGKey(0), hparams_from_config(config)
+    init, chunk = jax.jit(learner.init), jax.jit(learner.chunk)
+    state, metrics = chunk(init(key, hp), PopulationSchedule.of(hp, 0))
+    assert int(metrics["critic_updates"]) == 23
+    state, metrics = chunk(state, PopulationSchedule.of(hp, 25))
+    assert int(metrics["critic_updates"]) == 23 + 25
+    state = state.replace(buffer=init(key, hp).buffer)  # what a resume without the buffer restores
+    state, metrics = chunk(state, PopulationSchedule.of(hp, 50))
+    assert int(metrics["critic_updates"]) == 23 + 25 + 23

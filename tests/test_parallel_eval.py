@@ -5,17 +5,23 @@ last rows of `state.env`, fresh there) are stepped alone for one episode with th
 its mean return is what the chunk that finishes the cohort must report, at that state's step.
 """
 
+import csv
 import functools
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import small
+from conftest import POINTMASS, SHORT, small
+from pql_jax.cli import main
 from pql_jax.errors import UserError
+from pql_jax.learner.evaluate import eval_phase
 from pql_jax.learner.pql import num_chunks
+from pql_jax.run.compiled import eval_share
+from pql_jax.run.loop import eval_results
 from pql_jax.run.program import GroupProgram
 from pql_jax.run.sweep import single
+from test_tensorboard import scalars
 
 PARALLEL = ["run.eval_mode=parallel", "env.val_envs=4", "env.eval_envs=6"]
 
@@ -60,13 +66,14 @@ def test_parallel_eval_reports_the_snapshot_policy_return_at_its_step():
     learner, starts, rows = _states_and_metrics(config)
     n = config.env.num_envs
     assert learner.env_rows == (n, 4, 6) and starts[0].env.obs.shape[0] == n + 10
-    assert [i for i, r in enumerate(rows) if np.isfinite(r["eval_return"])] == [1, 3, 5]
-    for i in (1, 3, 5):
+    results = _results(rows)
+    assert [i for i, _, _ in results] == [1, 3, 5]
+    for i, step, ret in results:
         snapshot = starts[i - 1]
-        assert rows[i]["eval_env_steps"] == int(snapshot.step) * n  # the snapshot's step, not the chunk's end
-        assert rows[i]["env_steps"] == rows[i]["eval_env_steps"] + 50 * n
-        np.testing.assert_allclose(rows[i]["eval_return"], _rollout_return(learner, snapshot, 50), rtol=1e-5)
-    assert len({round(float(rows[i]["eval_return"]), 6) for i in (1, 3, 5)}) == 3  # the policy changed
+        assert step == int(snapshot.step) * n  # the snapshot's step, not the chunk's end
+        assert rows[i]["env_steps"] == step + 50 * n
+        np.testing.assert_allclose(ret, _rollout_return(learner, snapshot, 50), rtol=1e-5)
+    assert len({round(r, 6) for _, _, r in results}) == 3  # the policy changed
 
 
 def test_parallel_eval_phase_ends_the_last_episode_with_the_run():
@@ -74,9 +81,9 @@ def test_parallel_eval_phase_ends_the_last_episode_with_the_run():
     # one ends with the run
     config = small([*PARALLEL, "run.total_env_steps=5600"])
     _, _, rows = _states_and_metrics(config)
-    finished = [i for i, r in enumerate(rows) if np.isfinite(r["eval_return"])]
-    assert finished == [2, 4, 6]
-    assert [int(rows[i]["eval_env_steps"]) // config.env.num_envs for i in finished] == [25, 75, 125]
+    results = _results(rows)
+    assert [i for i, _, _ in results] == [2, 4, 6]
+    assert [s // config.env.num_envs for _, s, _ in results] == [25, 75, 125]
 
 
 def test_parallel_eval_needs_one_episode():
@@ -91,17 +98,82 @@ def test_cohorts_spread_results_over_the_episode():
     config = small([*PARALLEL, "run.eval_cohorts=2"])
     learner, starts, rows = _states_and_metrics(config)
     n, v, q = learner.env_rows
-    assert [i for i, r in enumerate(rows) if np.isfinite(r["eval_return"])] == [1, 2, 3, 4, 5]
-    for i in range(1, 6):
+    results = _results(rows)
+    assert [i for i, _, _ in results] == [1, 2, 3, 4, 5]
+    for i, step, ret in results:
         snapshot = (i + 1) * 25 - 50
-        assert rows[i]["eval_env_steps"] == snapshot * n
+        assert step == snapshot * n
         first = n + v + (0 if snapshot % 50 == 0 else q // 2)
         state = starts[snapshot // 25]
-        np.testing.assert_allclose(rows[i]["eval_return"], _rollout_return(learner, state, 50, first, q // 2),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(ret, _rollout_return(learner, state, 50, first, q // 2), rtol=1e-5)
 
 
 @pytest.mark.parametrize("overrides", [["run.eval_cohorts=4"], ["run.eval_cohorts=0"], ["run.eval_cohorts=60"]])
 def test_cohorts_must_divide_the_eval_envs(overrides):
     with pytest.raises(UserError, match="run.eval_cohorts"):
         small([*PARALLEL, *overrides])
+
+
+def _results(rows):
+    """(chunk index, env step of the evaluated policy, return) of every result of every chunk."""
+    return [(i, s, r) for i, row in enumerate(rows) for s, r in eval_results(row["eval_return"], row["eval_env_steps"])]
+
+
+def _hand_count(total: int, horizon: int, cohorts: int, phase: int) -> list[int]:
+    """Vector steps of the snapshots of every whole cohort episode of a run, counted by brute force:
+    cohort g's episodes start at phase - floor(g * horizon / cohorts) mod horizon, back to back."""
+    starts = []
+    for g in range(cohorts):
+        first = (phase - g * horizon // cohorts) % horizon
+        starts += [s for s in range(first, total) if (s - first) % horizon == 0 and s + horizon <= total]
+    return sorted(starts)
+
+
+UNIT = ["env.name=test:unit_reward", "env.episode_length=10", "env.eval_envs=8", "run.eval_mode=parallel"]
+
+
+@pytest.mark.parametrize("cohorts", [1, 4, 8])
+def test_every_cohort_episode_of_a_chunk_is_reported(cohorts):
+    # episodes of 10 vector steps, chunks of 25: up to 3 results per cohort per chunk. Reward 1 per
+    # step, so a whole episode returns 10 (a partial one less); every snapshot step is counted by hand
+    config = small([*UNIT, f"run.eval_cohorts={cohorts}"])
+    _, _, rows = _states_and_metrics(config)
+    n, total = config.env.num_envs, 150
+    got = _results(rows)
+    assert [s // n for _, s, _ in got] == _hand_count(total, 10, cohorts, eval_phase(total, config.env))
+    assert all(r == 10.0 for _, _, r in got)
+    assert len(got) == eval_share(config).evaluations  # what `plan` announces
+    for chunk, step, _ in got:  # each reported by the chunk in which its episode ended
+        assert chunk == (step // n + 10 - 1) // 25
+
+
+def test_the_table_and_tensorboard_get_every_result(tmp_path):
+    config = small([*UNIT, "run.eval_cohorts=8"])
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(POINTMASS), "--out", str(out), "--no-progress",
+                 *SHORT, *UNIT, "run.eval_cohorts=8"]) == 0
+    with (out / "metrics.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    results = [(int(r["step"]), float(r["return"])) for r in table if r["return"] != "nan"]
+    n = config.env.num_envs
+    assert [s // n for s, _ in results] == _hand_count(150, 10, 8, eval_phase(150, config.env))
+    assert all(r == 10.0 for _, r in results)
+    assert len(table) - len(results) == num_chunks(config) - len({int(r["vector_steps"]) for r in table
+                                                                  if r["return"] != "nan"})
+    assert scalars(out / "tb")["return/eval"] == results
+
+
+def test_extending_a_run_on_resume_keeps_whole_episodes(tmp_path):
+    # The issue's reproduction: horizon 10, 2 cohorts, reward 1 per step; a run of 150 vector steps
+    # resumed from its end as one of 175 (whose own phase would be 175 % 10 = 5, not 0)
+    args = ["--no-progress", *SHORT, *UNIT, "run.eval_cohorts=2"]
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(POINTMASS), "--out", str(out), *args]) == 0
+    assert main(["train", "--resume", str(out), "--no-progress", "run.total_env_steps=5600"]) == 0
+    with (out / "metrics.csv").open() as handle:
+        table = [r for r in csv.DictReader(handle) if r["return"] != "nan"]
+    steps = [int(r["step"]) // 32 for r in table]
+    assert all(float(r["return"]) == 10.0 for r in table)  # whole episodes only
+    assert len(steps) == len(set(steps))  # each reported once
+    # the first run's phase (150 % 10 = 0) holds on: every whole episode of the 175 steps
+    assert steps == _hand_count(175, 10, 2, 0)

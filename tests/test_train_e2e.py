@@ -54,7 +54,7 @@ def reference_run(tmp_path_factory):
 def test_learns_pointmass():
     """Return clearly improves over training (random policy scores far lower)."""
     config = cfg_mod.load(POINTMASS, ["run.total_env_steps=24000"])
-    returns = [float(m["eval_return"]) for m in run_alone(config)]
+    returns = [float(m["eval_return"][-1]) for m in run_alone(config)]  # sequential: one result slot
     assert np.mean(returns[-3:]) > 18.0, returns
     assert np.mean(returns[-3:]) > returns[0] + 10.0, returns
 

@@ -1,12 +1,21 @@
 """Brax, MuJoCo Playground and our MJX ports of dm_control tasks (`dmc:`, pql_jax.envs.dmc) behind
 one functional, vectorised, auto-resetting API.
 
+Actions: the learner acts in [-1, 1]; where an env hands its action to the actuators' controls
+(Brax, Playground's DM Control suite, the `dmc:` ports) and an actuator's control range is another
+finite interval, the adapter maps [-1, 1] affinely onto it, as dm_control's and gym's RL wrappers
+do (`to_control`). Playground's locomotion and manipulation tasks scale their actions themselves.
+
 Time-limit truncation and true termination are kept apart: `terminal` means the MDP ended
 (no bootstrap), `truncated` means the time limit cut the episode (bootstrap from `next_obs`).
-A step whose observation or reward is not finite (a physics blow-up: Playground signals `done`
-on NaN qpos/qvel) is neither: it is `nonfinite`, its env is reset, and its reward and next
-observation are replaced by 0 and the step's own observation, so nothing non-finite leaves the
-adapter (the learner never samples such a transition, see pql_jax.learner.replay).
+A step whose observation, reward or physics state (qpos/qvel) is not finite, or whose observation
+or reward exceeds `env.blowup_bound` in magnitude (a diverging simulation passes through huge
+finite values before it reaches NaN), is neither: it is `nonfinite`, its env is reset, and its
+reward and next observation are replaced by 0 and the step's own observation, so nothing
+non-finite or blown up leaves the adapter (the learner never samples such a transition, see
+pql_jax.learner.replay, and its observation never enters the normaliser's statistics).
+With `action_repeat` > 1 the sub-steps stop at the first one that ends the episode (terminal or
+non-finite): its rewards up to there are summed, and the step ends as that sub-step did.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from pql_jax.config import EnvConfig
@@ -28,13 +38,14 @@ BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
 DMC_ENVS = ("QuadrupedWalk", "QuadrupedRun", "DogStand", "DogWalk")
 """dm_control tasks ported to MJX here (pql_jax.envs.dmc), named `dmc:<task>`."""
 
-TEST_ENVS = ("test:pointmass", "test:pointmass_nan")
-"""Pure-JAX test tasks (pql_jax.envs.pointmass); `_nan` injects non-finite steps."""
+TEST_ENVS = ("test:pointmass", "test:pointmass_nan", "test:pointmass_spike", "test:unit_reward")
+"""Pure-JAX test tasks (pql_jax.envs.pointmass): `_nan` injects non-finite steps, `_spike` huge
+finite ones, `unit_reward` pays 1 per step."""
 
 
 def known_envs(include_playground: bool = True) -> list[str]:
     """Every env name this build accepts (importing Playground's registry takes seconds)."""
-    names = ["test:pointmass"] + [f"brax:{n}" for n in BRAX_ENVS] + ["test:pointmass_nan"]
+    names = ["test:pointmass"] + [f"brax:{n}" for n in BRAX_ENVS] + list(TEST_ENVS[1:])
     names += [f"dmc:{n}" for n in DMC_ENVS]
     if not include_playground:
         return names
@@ -54,6 +65,8 @@ def reward_range(name: str) -> tuple[float, float] | None:
     Playground's DM Control suite and the `dmc:` ports give rewards in [0, 1] (dm_control builds
     them from `rewards.tolerance` values in [0, 1])."""
     kind, _, task = name.partition(":")
+    if name == "test:pointmass_spike":
+        return None
     if name in TEST_ENVS or (kind == "dmc" and task in DMC_ENVS):
         return 0.0, 1.0
     if kind == "playground":
@@ -134,9 +147,10 @@ def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length
     `dog_contacts`: the Dog ports' contact set (`env.dog_contacts`)."""
     kind, _, task = name.partition(":")
     if name in TEST_ENVS:
-        from pql_jax.envs.pointmass import PointMass, PointMassNaN
+        from pql_jax.envs import pointmass
 
-        return PointMassNaN() if name == "test:pointmass_nan" else PointMass()
+        return {"test:pointmass": pointmass.PointMass, "test:pointmass_nan": pointmass.PointMassNaN,
+                "test:pointmass_spike": pointmass.PointMassSpike, "test:unit_reward": pointmass.UnitReward}[name]()
     if kind == "brax":
         from brax import envs as brax_envs
 
@@ -186,15 +200,95 @@ def over_envs(batching: str) -> Callable[[Callable], Callable]:
     return jax.vmap if batching == "vmap" else _sequential
 
 
+def _cpu_loops(name: str) -> bool:
+    """Whether an env's programs need the CPU workarounds of its `auto` settings: the Dog ports,
+    whose vmapped program XLA's CPU compiler cannot build in useful time and whose fused step
+    recomputes MJX's kinematic chain (`env.batching`, `env.cpu_fusion`)."""
+    return name.startswith("dmc:Dog")
+
+
+def env_batching(config: EnvConfig) -> str:
+    """`env.batching` resolved: `auto` is `map` for the Dog ports on the CPU, else `vmap`."""
+    if config.batching != "auto":
+        return config.batching
+    return "map" if _cpu_loops(config.name) and jax.default_backend() == "cpu" else "vmap"
+
+
 def compiler_options(config: EnvConfig) -> dict[str, str] | None:
     """Per-program XLA options for programs that step this env on the default backend (None:
     XLA's defaults): fusion off on the CPU where `env.cpu_fusion` resolves to off."""
     fusion = config.cpu_fusion
     if fusion == "auto":
-        fusion = "off" if config.name.startswith("dmc:Dog") else "on"
+        fusion = "off" if _cpu_loops(config.name) else "on"
     if fusion == "off" and jax.default_backend() == "cpu":
         return {"xla_disable_hlo_passes": "fusion"}
     return None
+
+
+def check_trainable(config: EnvConfig) -> None:
+    """UserError where this backend cannot build the env's training program: the Dog ports on the
+    CPU without XLA's fusion (`env.cpu_fusion` auto/off), whose learner-plus-env program crashed
+    XLA's CPU compiler (a stack overflow in a compiler thread) after 13-20 minutes, twice. Their
+    env step alone compiles and runs unfused (the port scripts use it)."""
+    if _cpu_loops(config.name) and compiler_options(config) is not None:
+        raise UserError(
+            f"{config.name} does not train on the CPU with env.cpu_fusion={config.cpu_fusion}: XLA's CPU compiler "
+            "crashes (stack overflow) on its unfused training program; env.cpu_fusion=on compiles (~10 min) but "
+            "trains at under 0.33 env steps/s (benchmarks/RESULTS.md, \"The Dog through pql-jax train\"): train it "
+            "on a GPU")
+
+
+def control_range(name: str, sim) -> tuple | None:
+    """(low, high) per action entry where the env passes its action to actuators with a finite
+    control range other than [-1, 1] (None: nothing to map). Read from the MuJoCo model the
+    simulator was built from; Playground's locomotion and manipulation tasks define their own
+    action scaling, so they get none."""
+    kind, _, task = name.partition(":")
+    if kind == "test":
+        return None
+    if kind == "playground":
+        from mujoco_playground import registry
+
+        if task not in registry.dm_control_suite.ALL_ENVS:
+            return None
+    model = getattr(sim, "mj_model", None) or getattr(sim, "_mj_model", None)
+    if model is None and hasattr(sim, "sys"):
+        model = getattr(sim.sys, "mj_model", None)
+    if model is None:
+        return None
+    low, high = np.asarray(model.actuator_ctrlrange, np.float64).T
+    limited = np.asarray(model.actuator_ctrllimited, bool) & np.isfinite(low) & np.isfinite(high) & (high > low)
+    low, high = np.where(limited, low, -1.0), np.where(limited, high, 1.0)
+    if (low == -1.0).all() and (high == 1.0).all():
+        return None
+    return low, high
+
+
+def to_control(action, low, high):
+    """Canonical actions in [-1, 1] mapped affinely onto [low, high] per entry (numpy or JAX);
+    entries whose range is [-1, 1] pass unchanged, bit for bit."""
+    xp = jnp if isinstance(action, jax.Array) else np
+    identity = (low == -1.0) & (high == 1.0)
+    mapped = (low + (action + 1.0) * ((high - low) / 2.0)).astype(action.dtype)
+    return xp.where(identity, action, mapped)
+
+
+def _physics_finite(sim_state) -> jax.Array:
+    """Whether the simulator's positions and velocities are finite ([] per env: call per env):
+    Playground signals `done` on NaN qpos/qvel while the observation may still be finite."""
+    data = getattr(sim_state, "data", None)
+    data = getattr(sim_state, "pipeline_state", None) if data is None else data
+    arrays = [getattr(data, n) for n in ("qpos", "qvel", "q", "qd") if getattr(data, n, None) is not None]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])) if arrays else jnp.bool_(True)
+
+
+def _bad_step(sim_state, bound: float) -> jax.Array:
+    """Whether one env's step is non-finite or blown up (see the module docstring)."""
+    obs, reward = _flat_obs(sim_state.obs), sim_state.reward
+    bad = ~jnp.isfinite(reward) | ~jnp.all(jnp.isfinite(obs)) | ~_physics_finite(sim_state)
+    if bound > 0:
+        bad = bad | (jnp.abs(reward) > bound) | jnp.any(jnp.abs(obs) > bound)
+    return bad
 
 
 def make_env(config: EnvConfig) -> VecEnv:
@@ -204,6 +298,12 @@ def make_env(config: EnvConfig) -> VecEnv:
         warn_deadlocking_jaxlib()
     sim = _load_sim(config.name, config.brax_backend, config.playground_impl, config.episode_length,
                     (config.solver_iterations, config.solver_ls_iterations), config.dog_contacts)
+    return adapt(sim, config)
+
+
+def adapt(sim, config: EnvConfig) -> VecEnv:
+    """The vectorised, auto-resetting env of a simulator with Brax's / Playground's single-env
+    `reset(key)` / `step(state, action)` interface."""
     obs_size = sim.observation_size
     if isinstance(obs_size, dict):
         obs_size = obs_size["state"]
@@ -212,20 +312,35 @@ def make_env(config: EnvConfig) -> VecEnv:
     episode_length = config.episode_length
     action_repeat = config.action_repeat
 
-    batch = over_envs(config.batching)
+    batch = over_envs(env_batching(config))
     sim_reset = batch(sim.reset)
+    ranges = control_range(config.name, sim)
+    bound = config.blowup_bound
+
+    def one_step(state, act):
+        """One env's step: `action_repeat` sub-steps, stopping at the first that ends the episode;
+        returns the state with the summed reward and whether the step is bad (non-finite/blown up)."""
+        if action_repeat == 1:
+            state = sim.step(state, act)
+            return state, _bad_step(state, bound)
+
+        def body(carry, _):
+            s, total, ended, bad = carry
+            nxt = sim.step(s, act)
+            nxt_bad = _bad_step(nxt, bound)
+            s = jax.tree.map(lambda old, new: jnp.where(ended, old, new), s, nxt)
+            total = total + jnp.where(ended, 0.0, nxt.reward)
+            bad = bad | (~ended & nxt_bad)
+            return (s, total, ended | nxt_bad | (nxt.done > 0.5), bad), None
+
+        init = (state, jnp.zeros(()), jnp.bool_(False), jnp.bool_(False))
+        (state, total, ended, bad), _ = jax.lax.scan(body, init, None, length=action_repeat)
+        return state.replace(reward=total, done=ended.astype(state.done.dtype)), bad
 
     def sim_step(states, action):
-        def one(state, act):
-            def body(carry, _):
-                s, total = carry
-                s = sim.step(s, act)
-                return (s, total + s.reward), None
-
-            (state, total), _ = jax.lax.scan(body, (state, jnp.zeros(())), None, length=action_repeat)
-            return state.replace(reward=total)
-
-        return batch(one)(states, action)
+        if ranges is not None:
+            action = to_control(action, *(jnp.asarray(x, action.dtype) for x in ranges))
+        return batch(one_step)(states, action)
 
     def reset(key: jax.Array, num: int) -> EnvState:
         keys = jax.random.split(key, num * 2).reshape(num, 2, -1)
@@ -234,10 +349,9 @@ def make_env(config: EnvConfig) -> VecEnv:
                         episode_return=jnp.zeros(num), key=keys[:, 1])
 
     def step(state: EnvState, action: jax.Array, reset: jax.Array | None = None) -> tuple[EnvState, StepOut]:
-        sim_state = sim_step(state.sim, action)
+        sim_state, nonfinite = sim_step(state.sim, action)
         next_obs = _flat_obs(sim_state.obs)
         reward = sim_state.reward.astype(jnp.float32)
-        nonfinite = ~jnp.isfinite(reward) | ~jnp.all(jnp.isfinite(next_obs), axis=-1)
         next_obs = jnp.where(nonfinite[:, None], state.obs, next_obs)
         episode_step = state.episode_step + action_repeat
         terminal = (sim_state.done > 0.5) & ~nonfinite

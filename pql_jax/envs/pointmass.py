@@ -90,3 +90,31 @@ class PointMassNaN(PointMass):
         s = s.replace(pos=pos, step=step)
         reward = jnp.exp(-2.0 * jnp.linalg.norm(s.target - pos))
         return State(s, self._obs(s), reward, jnp.isnan(reward).astype(jnp.float32))
+
+
+class UnitReward(PointMass):
+    """`test:unit_reward`: PointMass with reward 1 at every step and no terminal (the point is
+    clipped to the arena), so the return of any whole episode is its length, by hand: evaluation
+    and `action_repeat` bookkeeping are checked against that count."""
+
+    def step(self, state: State, action) -> State:
+        s = state.pipeline_state
+        s = s.replace(pos=jnp.clip(s.pos + 0.1 * jnp.clip(action, -1, 1), -2.0, 2.0))
+        return State(s, self._obs(s), jnp.ones(()), jnp.zeros(()))
+
+
+class PointMassSpike(PointMassNaN):
+    """`test:pointmass_spike`: PointMassNaN's schedule, but at the drawn step the observation and
+    reward are huge and finite (`SPIKE`) for that one step, as a diverging simulator passes through
+    before it reaches NaN; the physics itself stays clean and the episode goes on."""
+
+    SPIKE = 1e6
+
+    def step(self, state: State, action) -> State:
+        s = state.pipeline_state
+        step = s.step + 1
+        pos = jnp.clip(s.pos + 0.1 * jnp.clip(action, -1, 1), -2.0, 2.0)
+        s = s.replace(pos=pos, step=step)
+        spike = step == s.blow_up
+        reward = jnp.where(spike, self.SPIKE, jnp.exp(-2.0 * jnp.linalg.norm(s.target - pos)))
+        return State(s, jnp.where(spike, self.SPIKE, self._obs(s)), reward, jnp.zeros(()))

@@ -10,7 +10,8 @@
   length. No sequential step is added; each result belongs to the policy at its snapshot's step.
 
 Both report the mean undiscounted return over the eval envs of one episode each; an env's return
-stops at its first terminal, truncation or non-finite step.
+stops at its first terminal, truncation or non-finite step. A chunk returns every result it
+finished (`result_slots` of them at most, NaN-padded), each with its policy's vector step.
 """
 
 from __future__ import annotations
@@ -41,18 +42,34 @@ class Cohort(struct.PyTreeNode):
     """Whether each eval env's episode is still running [k, eval_envs / k]."""
     start: jax.Array
     """Vector step at which each cohort's current episode (and its snapshot) started [k]."""
-    last_return: jax.Array
-    """Mean return of the last finished episode of any cohort (NaN before the first)."""
-    last_start: jax.Array
-    """Vector step of the last finished episode's snapshot."""
+    results: jax.Array
+    """Mean returns of the episodes finished in the current chunk, in finishing order, NaN-padded
+    [result_slots]."""
+    result_starts: jax.Array
+    """Vector step of each result's snapshot (-1 in unused slots) [result_slots]."""
+    count: jax.Array
+    """Results finished in the current chunk."""
 
 
-def init_cohort(actor_params, obs_stats: RunningStats, eval_envs: int, cohorts: int) -> Cohort:
+def result_slots(chunk_steps: int, horizon: int, cohorts: int) -> int:
+    """The most cohort episodes a chunk can finish: each cohort ends one episode every `horizon`
+    steps, so at most ceil(chunk_steps / horizon) in any window of `chunk_steps` steps."""
+    return cohorts * -(-chunk_steps // horizon)
+
+
+def init_cohort(actor_params, obs_stats: RunningStats, eval_envs: int, cohorts: int, slots: int) -> Cohort:
     """Cohorts holding the initial policy; their results count only from their first boundary on."""
     tile = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (cohorts,) + x.shape), tree)
     shape = (cohorts, eval_envs // cohorts)
-    return Cohort(tile(actor_params), tile(obs_stats), jnp.zeros(shape), jnp.zeros(shape, jnp.bool_),
-                  jnp.zeros(cohorts, jnp.int32), F32(jnp.nan), jnp.zeros((), jnp.int32))
+    return clear_results(Cohort(tile(actor_params), tile(obs_stats), jnp.zeros(shape), jnp.zeros(shape, jnp.bool_),
+                                jnp.zeros(cohorts, jnp.int32), jnp.zeros(slots), jnp.zeros(slots, jnp.int32),
+                                jnp.zeros((), jnp.int32)))
+
+
+def clear_results(cohort: Cohort) -> Cohort:
+    """The cohorts with no result finished yet (at a chunk's start)."""
+    return cohort.replace(results=jnp.full_like(cohort.results, jnp.nan),
+                          result_starts=jnp.full_like(cohort.result_starts, -1), count=jnp.zeros_like(cohort.count))
 
 
 def cohort_phases(phase, horizon: int, cohorts: int):
@@ -103,15 +120,16 @@ def cohort_begin(cohort: Cohort, starts, actor_params, obs_stats: RunningStats, 
 
 def cohort_record(cohort: Cohort, reward, ended, finishes) -> Cohort:
     """Add a step's rewards ([q]); cohorts whose episode `finishes` ([k]; the step before their
-    next boundary) store its mean return and snapshot step (the latest snapshot if several)."""
+    next boundary) append its mean return and snapshot step to the chunk's results."""
     k = finishes.shape[0]
     total = cohort.total + jnp.where(cohort.alive, reward.reshape(k, -1), 0.0)
     alive = cohort.alive & ~ended.reshape(k, -1) & ~finishes[:, None]
-    latest = jnp.argmax(jnp.where(finishes, cohort.start, -1))
-    done = jnp.any(finishes)
+    # finishing cohorts take the next free slots in cohort order; the others write out of range
+    slot = jnp.where(finishes, cohort.count + jnp.cumsum(finishes) - 1, cohort.results.shape[0])
     return cohort.replace(total=total, alive=alive,
-                          last_return=jnp.where(done, jnp.mean(total[latest]), cohort.last_return),
-                          last_start=jnp.where(done, cohort.start[latest], cohort.last_start))
+                          results=cohort.results.at[slot].set(jnp.mean(total, axis=1), mode="drop"),
+                          result_starts=cohort.result_starts.at[slot].set(cohort.start, mode="drop"),
+                          count=cohort.count + jnp.sum(finishes, dtype=cohort.count.dtype))
 
 
 def sequential_return(env, policy, env_config, key):
@@ -128,16 +146,16 @@ def sequential_return(env, policy, env_config, key):
     return jnp.mean(total)
 
 
-def chunk_metrics(state, finished, sequential_due, sequential, parallel: bool) -> dict:
-    """A chunk's `eval_return` (NaN without a result) and `eval_vector_step`, the evaluated
-    policy's vector step: the finished cohort's snapshot (parallel) or the chunk's end
-    (sequential, whose episode `sequential()` runs only when `sequential_due`)."""
+def chunk_metrics(state, sequential_due, sequential, parallel: bool) -> dict:
+    """A chunk's evaluation results: `eval_return` [slots] (NaN where none) and `eval_vector_step`
+    [slots], the evaluated policy's vector step (-1 where none): every finished cohort episode's
+    (parallel), or the chunk's end (sequential: one slot, whose episode `sequential()` runs only
+    when `sequential_due`)."""
     if parallel:
-        cohort = state.cohort
-        return {"eval_return": jnp.where(finished, cohort.last_return, jnp.nan), "eval_vector_step": cohort.last_start}
+        return {"eval_return": state.cohort.results, "eval_vector_step": state.cohort.result_starts}
     # a real branch (the flag is the same for every member), so a chunk without eval skips it
     value = jax.lax.cond(sequential_due, sequential, lambda: F32(jnp.nan))
-    return {"eval_return": value, "eval_vector_step": state.step}
+    return {"eval_return": value[None], "eval_vector_step": jnp.where(sequential_due, state.step, -1)[None]}
 
 
 def eval_due(index, total: int, every: int):

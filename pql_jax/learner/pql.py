@@ -42,7 +42,7 @@ def strong_types(tree):
 
 # Per-chunk accumulators: sums over updates / episodes, turned into means at the chunk's end.
 _SUMS = ("critic_loss", "q_mean", "critic_grad_norm", "critic_count", "actor_loss", "actor_grad_norm",
-         "actor_count", "return_sum", "episodes", "nonfinite_transitions", "eval_finished")
+         "actor_count", "return_sum", "episodes", "nonfinite_transitions")
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ class Learner:
             critic_params=critic_params, critic_target=critic_params, critic_opt=critic_tx.init(critic_params),
             passive_params=passive_params, passive_opt=tuple(critic_tx.init(p) for p in passive_params),
             obs_stats=init_stats(obs), env=self.start_envs(keys[2], keys[5]),
-            cohort=(evaluate.init_cohort(actor_params, init_stats(obs), e.eval_envs, self.config.run.eval_cohorts)
-                    if self.parallel_eval else None),
+            cohort=(evaluate.init_cohort(actor_params, init_stats(obs), e.eval_envs, self.config.run.eval_cohorts,
+                                         self.eval_slots) if self.parallel_eval else None),
             buffer=replay.init_buffer(self.buffer_rows, e.num_envs, obs, act, *self.buffer_layout),
             val_buffer=replay.init_buffer(self.val_rows, max(e.val_envs, 1), obs, act, *self.buffer_layout),
             key=keys[4], step=jnp.zeros((), jnp.int32), critic_updates=jnp.zeros((), jnp.int32),
@@ -113,6 +113,14 @@ class Learner:
     def parallel_eval(self) -> bool:
         """Whether eval envs ride in the training env call (`run.eval_mode: parallel`)."""
         return self.config.run.eval_mode == "parallel" and self.config.env.eval_envs > 0
+
+    @property
+    def eval_slots(self) -> int:
+        """Evaluation results one chunk can return (parallel: every cohort episode it finishes)."""
+        if not self.parallel_eval:
+            return 1
+        r = self.config.run
+        return evaluate.result_slots(r.chunk_steps, episode_vector_steps(self.config.env), r.eval_cohorts)
 
     @property
     def env_rows(self) -> tuple[int, int, int]:
@@ -243,6 +251,9 @@ class Learner:
         """
         hp = state.hp
         own_count, own_before = self.updates_due(hp, state.step)
+        # A run resumed without its checkpointed buffer refills it: no update until one full n-step
+        # window is written (a fresh run's schedule already waits for that, so it is unchanged).
+        own_count = jnp.where(replay.sampleable_rows(state.buffer, self.config.agent.n_step) > 0, own_count, 0)
         group_count, group_before = self.updates_due(group, group.step)
         group_ratio = group.critic_actor_ratio
 
@@ -283,14 +294,13 @@ class Learner:
 
     def step_envs(self, state: TrainState, group: PopulationSchedule, key):
         """Every env (training, validation, parallel eval) in one env call; returns the new env
-        state, the step's output, the training and validation actions, the cohort after this step
-        and whether its episode finished."""
+        state, the step's output, the training and validation actions and the cohort after this step."""
         n, v, q = self.env_rows
         obs = state.env.obs
         action = self.act(state, obs[: n + v], key)
         if not q:
             with jax.named_scope("env_step"):
-                return (*self.env.step(state.env, action), action, state.cohort, jnp.bool_(False))
+                return (*self.env.step(state.env, action), action, state.cohort)
         horizon, cohorts = episode_vector_steps(self.config.env), self.config.run.eval_cohorts
         phases = evaluate.cohort_phases(group.eval_phase, horizon, cohorts)
         starts = evaluate.boundary(group.step, phases, horizon)
@@ -302,14 +312,14 @@ class Learner:
             env, out = self.env.step(state.env, jnp.concatenate([action, eval_action]), reset)
         finishes = ends & (group.step + 1 >= phases + horizon)
         eval_ended = (out.terminal | out.truncated | out.nonfinite)[n + v:]
-        return env, out, action, evaluate.cohort_record(cohort, out.reward[n + v:], eval_ended, finishes), jnp.any(finishes)
+        return env, out, action, evaluate.cohort_record(cohort, out.reward[n + v:], eval_ended, finishes)
 
     def vector_step(self, state: TrainState, sums, group: PopulationSchedule):
         """Act in every env, store, update the normaliser, then do the updates this step is due."""
         key, act_key, update_key = jax.random.split(state.key, 3)
         n, v, _ = self.env_rows
         obs = state.env.obs
-        env, out, action, cohort, finished = self.step_envs(state, group, act_key)
+        env, out, action, cohort = self.step_envs(state, group, act_key)
 
         @jax.named_scope("replay_insert")
         def store(buffer, lo, hi):
@@ -323,8 +333,7 @@ class Learner:
         ended = (out.terminal | out.truncated)[:n]
         sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(jnp.where(ended, out.episode_return[:n], 0.0)),
                 "episodes": sums["episodes"] + jnp.sum(ended),
-                "nonfinite_transitions": sums["nonfinite_transitions"] + jnp.sum(out.nonfinite[: n + v]),
-                "eval_finished": sums["eval_finished"] + finished}
+                "nonfinite_transitions": sums["nonfinite_transitions"] + jnp.sum(out.nonfinite[: n + v])}
         state, sums = self.update_phase(state, sums, group, update_key)
         return state.replace(step=state.step + 1), sums
 
@@ -363,7 +372,8 @@ class Learner:
             return self.vector_step(*carry, group.replace(step=group.step + offset)), None
 
         steps = jnp.arange(self.config.run.chunk_steps, dtype=jnp.int32)
-        new, sums = jax.lax.scan(body, (state, sums0), steps)[0]
+        start = state.replace(cohort=evaluate.clear_results(state.cohort)) if self.parallel_eval else state
+        new, sums = jax.lax.scan(body, (start, sums0), steps)[0]
         eval_key, td_key, val_key, next_key = jax.random.split(new.key, 4)
         new = new.replace(key=next_key)
         mean = lambda k, c: sums[k] / jnp.maximum(sums[c], 1.0)
@@ -377,8 +387,7 @@ class Learner:
             # transitions of this chunk (training and validation envs) whose observation or reward
             # was not finite: not stored for learning, their envs reset (pql_jax.envs)
             "nonfinite_transitions": sums["nonfinite_transitions"],
-            **evaluate.chunk_metrics(new, sums["eval_finished"] > 0, group.evaluate,
-                                     lambda: self.evaluate(new, eval_key), self.parallel_eval),
+            **evaluate.chunk_metrics(new, group.evaluate, lambda: self.evaluate(new, eval_key), self.parallel_eval),
             "critic_param_norm": optax.tree.norm(new.critic_params),
             "actor_param_norm": optax.tree.norm(new.actor_params), "td_train": train_td[0],
             **{f"passive{i}_td_train": v for i, v in enumerate(train_td[1:])},
@@ -398,6 +407,8 @@ class Learner:
         out = new.replace(**frozen)
         # env steps = vector_steps * envs_per_step, formed in int64 on the host (`metrics_to_host`):
         # an int32 product here would overflow past 2^31 env steps
+        # a member diverged before this chunk reports no evaluation (its frozen policy is not trained)
+        metrics["eval_vector_step"] = jnp.where(state.diverged, -1, metrics["eval_vector_step"])
         metrics.update({"envs_per_step": jnp.int32(self.config.env.num_envs), "vector_steps": out.step,
                         "critic_updates": out.critic_updates, "actor_updates": out.actor_updates,
                         "diverged": diverged, "nonfinite": ~finite})

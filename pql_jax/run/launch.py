@@ -14,6 +14,7 @@ from pql_jax import config as cfg_mod
 from pql_jax.config import Config
 from pql_jax.errors import UserError
 from pql_jax.run import loop, parts
+from pql_jax.envs import check_trainable
 from pql_jax.run.compiled import sweep_memory
 from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.run.plan import check_memory, memory_limit, plan_text, sweep_costs
@@ -29,6 +30,8 @@ def plan(sweep: Sweep, batching: str = "auto") -> tuple[dict, list[str]]:
 
     Every group's chunk is compiled ahead of time for its abstract state (nothing is allocated)
     and checked by its compiled peak; training then reuses the compiled chunk."""
+    for group in sweep.groups:  # before building any env: refusals cost nothing
+        check_trainable(group.config.env)
     costs = sweep_costs(sweep)
     memory = sweep_memory(sweep.groups, batching, limit=memory_limit(sweep.base))
     return costs, plan_text(sweep, costs, check_memory(sweep, costs, memory), memory, batching)

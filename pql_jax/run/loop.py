@@ -92,6 +92,7 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
     if resume and ckpt.latest_step() is not None:
         states, meta = ckpt.restore(states)
         start = meta["chunk"]
+        program.eval_phase = meta.get("eval_phase", program.eval_phase)
         log(f"group {group.index}: resumed from chunk {start} (env step {start * chunk_steps * num_envs:,})")
     bar.update(start * chunk_steps * num_envs * len(group.members))
     writes = is_primary()
@@ -120,13 +121,14 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
             states, metrics = program.step(states, index * chunk_steps,
                                            evaluate=eval_due(index, total, config.run.eval_every))
             elapsed = time.perf_counter() - tick
-            rows = _rows(group, metrics, columns, costs, num_envs, time.perf_counter() - started,
-                         elapsed, prev)
+            rows, earlier = _rows(group, metrics, columns, costs, num_envs, time.perf_counter() - started,
+                                  elapsed, prev)
             if layout.on_diverge == STOP:
                 _stop_if_diverged(group, rows, ckpt, out, num_envs)
-            table.append(rows)
-            for member, row in zip(group.members, rows):
-                boards[member.index].scalars(row, row["env_steps"], eval_step=row["eval_env_steps"])
+            table.append([r for member_rows, row in zip(earlier, rows) for r in (*member_rows, row)])
+            for member, member_rows, row in zip(group.members, earlier, rows):
+                for r in (*member_rows, row):
+                    boards[member.index].scalars(r, r["env_steps"], eval_step=r["eval_env_steps"])
                 prev[member.index] = row
             bar.update(chunk_steps * num_envs * len(group.members))
             bar.set_postfix(_postfix(rows, group))
@@ -135,7 +137,8 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
             if done or (every and (index + 1) % every == 0):
                 ckpt.save((index + 1) * chunk_steps, states, {"chunk": index + 1, "vector_steps": (index + 1) * chunk_steps,
                                                               "env_steps": (index + 1) * chunk_steps * num_envs,
-                                                              "wall_time": rows[-1]["wall_time"]})
+                                                              "wall_time": rows[-1]["wall_time"],
+                                                              "eval_phase": program.eval_phase})
     finally:
         for board in boards.values():
             board.close()
@@ -155,14 +158,29 @@ class Discard:
 
 
 def _rows(group: Group, metrics: dict, columns: dict, costs: dict, num_envs: int, wall: float, elapsed,
-          prev: dict) -> list[dict]:
-    """One results row per member: hyperparameter columns, step and return, then metrics."""
-    rows = []
+          prev: dict) -> tuple[list[dict], list[list[dict]]]:
+    """The chunk's rows: one per member (hyperparameter columns, `step` and `return` of its latest
+    evaluation result, then the chunk's metrics), and per member the rows of its earlier results
+    of this chunk (parallel evaluation finishes several), in step order, metrics NaN."""
+    rows, earlier = [], []
     for i, member in enumerate(group.members):
         mine = {k: v[i] for k, v in metrics.items()}
+        results = eval_results(mine.pop("eval_return"), mine.pop("eval_env_steps"))
         row = host_row(mine, costs[member.index], num_envs, wall, elapsed, prev.get(member.index))
-        rows.append({**columns[member.index], "step": row["eval_env_steps"], "return": row["eval_return"], **row})
-    return rows
+        step, ret = results[-1] if results else (row["env_steps"], float("nan"))
+        rows.append({**columns[member.index], "step": step, "return": ret, **row, "eval_return": ret,
+                     "eval_env_steps": step})
+        keep = {*columns[member.index], "env_steps", "vector_steps", "wall_time", "diverged"}
+        blank = {k: (v if k in keep else float("nan")) for k, v in rows[-1].items()}
+        earlier.append([{**blank, "step": s, "return": r, "eval_return": r, "eval_env_steps": s}
+                        for s, r in results[:-1]])
+    return rows, earlier
+
+
+def eval_results(returns, env_steps) -> list[tuple[int, float]]:
+    """A chunk's evaluation results of one member as (env step of the policy, return), in step
+    order (slots with env step -1 hold none)."""
+    return sorted((int(s), float(r)) for s, r in zip(np.ravel(env_steps), np.ravel(returns)) if s >= 0)
 
 
 def _stop_if_diverged(group: Group, rows: list[dict], ckpt: Checkpointer, out: Path, num_envs: int) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pql_jax.config import ProgramConfig, program_config, run_vector_steps
-from pql_jax.envs import compiler_options
+from pql_jax.envs import check_trainable, compiler_options
 from pql_jax.errors import UserError
 from pql_jax.learner.evaluate import eval_phase
 from pql_jax.learner.pql import Learner, build_learner
@@ -181,7 +181,8 @@ def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
         envs = out.pop("envs_per_step").astype(np.int64)
         out["env_steps"] = out["vector_steps"].astype(np.int64) * envs
         if "eval_vector_step" in out:
-            out["eval_env_steps"] = out.pop("eval_vector_step").astype(np.int64) * envs
+            starts = out.pop("eval_vector_step").astype(np.int64)  # [members, slots]; -1: no result
+            out["eval_env_steps"] = np.where(starts >= 0, starts * envs.reshape(envs.shape + (1,) * (starts.ndim - envs.ndim)), -1)
     return dict(sorted(out.items()))  # a pytree dict's order, as before
 
 
@@ -210,15 +211,21 @@ class GroupProgram:
     keys: jax.Array
     host_hp: object
     """The same hyperparameters on this host (schedules are built from them)."""
+    eval_phase: int = 0
+    """Vector step of cohort 0's first parallel-eval episode start: set from the run length for a
+    fresh run (`evaluate.eval_phase`), restored from the checkpoint on resume, so a run extended
+    on resume keeps its cohorts' episodes whole."""
 
     @classmethod
     def build(cls, group: Group, batching: str = "auto", devices=None) -> "GroupProgram":
+        check_trainable(group.config.env)
         program = program_for(program_config(group.config), group.max_updates, len(group.members), batching, devices)
         padded = list(group.members) + [group.members[0]] * (program.size - len(group.members))
         hp = stack([hparams_from_config(m.config) for m in padded])
         keys = jnp.stack([jax.random.PRNGKey(m.config.run.seed) for m in padded])
         members = NamedSharding(program.mesh, PartitionSpec("pop"))
-        return cls(group, program, place(hp, members), place(keys, members), hp)
+        phase = eval_phase(run_vector_steps(group.config), group.config.env)
+        return cls(group, program, place(hp, members), place(keys, members), hp, phase)
 
     @property
     def learner(self) -> Learner:
@@ -229,9 +236,7 @@ class GroupProgram:
         return self.program.init(self.keys, self.hp)
 
     def schedule(self, vector_steps: int, evaluate: bool = True) -> PopulationSchedule:
-        config = self.group.config
-        phase = eval_phase(run_vector_steps(config), config.env)
-        schedule = PopulationSchedule.of(self.host_hp, vector_steps, evaluate, phase)
+        schedule = PopulationSchedule.of(self.host_hp, vector_steps, evaluate, self.eval_phase)
         specs = schedule_specs()
         return schedule.replace(**{f: place(getattr(schedule, f), NamedSharding(self.program.mesh, getattr(specs, f)))
                                    for f in PopulationSchedule.__dataclass_fields__})
