@@ -114,25 +114,59 @@ def test_terminal_fifo_overflow_keeps_truncations_exact():
     assert fallbacks > 0  # the case is exercised
 
 
+def _bf16(x):
+    return np.asarray(x, np.float32).astype(jnp.bfloat16).astype(np.float32)
+
+
+def _bf16_stored(data, buf):
+    """(obs, next obs) per time that bfloat16 storage must give back, from numpy: x as
+    bfloat16(x - offset) + offset with the float32 offset of its ring slot, the mean over envs of the
+    next observations written into it (slot 0: of the reset observations). The offsets of the slots
+    still held are read from the buffer (XLA and numpy may sum in different orders) and checked
+    against numpy's means."""
+    obs, next_obs, _, term, trunc = data
+    T, S = len(obs), buf.rows + 1
+    offset = np.asarray(buf.obs_offset)
+    held = range(max(T - buf.rows, 0), T + 1)  # times whose slot is held: the kept rows and the successor
+    for t in held:
+        np.testing.assert_allclose(offset[t % S], (obs[0] if t == 0 else next_obs[t - 1]).mean(0), rtol=1e-6, atol=1e-7)
+    enc = lambda x, t: offset[t % S] + _bf16(x - offset[t % S])
+    want_next = {t: enc(next_obs[t], t + 1) for t in held if t < T}
+    starts = lambda t: np.ones(obs.shape[1], bool) if t == 0 else term[t - 1] | trunc[t - 1]
+    want_obs = {t: np.where(starts(t)[:, None] | (t - 1 not in want_next), enc(obs[t], t), want_next.get(t - 1, 0))
+                for t in held if t < T}
+    return want_obs, want_next
+
+
 def test_bfloat16_storage_rounds_observations_and_actions_once():
+    """bfloat16 observations relative to their slot's offset (bit-exact against numpy, also the final
+    observations of the FIFOs across wrap-around and in n-step windows); actions rounded once."""
     rows, E, L, n, T = 8, 4, 3, 2, 13
     data = _episodes(T, E, L, p_term=0.1, seed=3)
     buf = _fill(rows, data, episode_steps=L, dtype="bfloat16")
     assert buf.obs_ring.dtype == jnp.uint16 and buf.trunc_obs.dtype == jnp.uint16
-    bf16 = lambda x: np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
-    pairs, _, boot, _ = _all_windows(buf, T, rows, E, n, 0.5)
+    assert buf.obs_offset.shape == (rows + 1, 3) and buf.obs_offset.dtype == jnp.float32
+    want_obs, want_next = _bf16_stored(data, buf)
+    pairs, ret, boot, disc = _all_windows(buf, T, rows, E, n, 0.5)
     for i, (s, e) in enumerate(pairs):
-        np.testing.assert_array_equal(boot[i], bf16(_reference(data, s, e, n, 0.5)[1]))
+        want_ret, _, want_disc, _ = _reference(data, s, e, n, 0.5)
+        last = next((s + k for k in range(n - 1) if data[3][s + k, e] or data[4][s + k, e]), s + n - 1)
+        np.testing.assert_array_equal(boot[i], want_next[last][e], err_msg=str((s, e)))
+        assert ret[i] == pytest.approx(want_ret, rel=1e-5, abs=1e-6) and disc[i] == pytest.approx(want_disc, rel=1e-6)
+    size = min(T, rows)
+    for t in range(T - size, T):
+        np.testing.assert_array_equal(np.asarray(buf.obs[t % rows]), want_obs[t])
+        np.testing.assert_array_equal(np.asarray(buf.next_obs[t % rows]), want_next[t])
+    assert any(not np.array_equal(want_next[t], _bf16(data[1][t])) for t in want_next)  # not the raw rounding
     batch = _sample(buf, jax.random.PRNGKey(0), 64, n, 0.5, 1.0)
     assert batch.obs.dtype == jnp.float32 and batch.next_obs.dtype == jnp.float32
-    size = min(T, rows)
-    kept = bf16(data[0][T - size:T - n + 1].reshape(-1, 3))
+    kept = np.concatenate([want_obs[t] for t in range(T - size, T - n + 1)])
     assert all((kept == row).all(1).any() for row in np.asarray(batch.obs))
     assert buf.action.dtype == jnp.uint16 and batch.action.dtype == jnp.float32
     stored = np.asarray(jax.lax.bitcast_convert_type(buf.action, jnp.bfloat16).astype(jnp.float32))
     assert stored.shape[:2] == (rows, E)
     for t in range(T - size, T):  # every kept action, rounded to bfloat16 once, at its ring row
-        np.testing.assert_array_equal(stored[t % rows], bf16(_action(data[0][t])))
+        np.testing.assert_array_equal(stored[t % rows], _bf16(_action(data[0][t])))
     assert not np.array_equal(stored[(T - 1) % rows], _action(data[0][T - 1]))  # really rounded
 
 

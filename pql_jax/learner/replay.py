@@ -25,6 +25,20 @@ reset observation): its discount is 0, so a scalar target is bit-identical (R + 
 finite Q); a categorical target differs by rounding only (the projected mass sums to 1 up to
 float error). Without `episode_steps` both FIFOs hold `rows` entries and every lookup is exact.
 
+bfloat16 observations are stored relative to a float32 offset per ring slot: slot s holds
+bfloat16(obs - obs_offset[s]), where the offset is the mean over envs of the observations written
+into the slot when it is filled (the step's next_obs; at time 0 the reset observations). The
+rounding error of bfloat16 is relative (at most 2^-8 of the stored value, about 2^-9.3 RMS), so
+stored raw a dimension with |mean| >> std loses its spread (N(1, 0.001) keeps 2 distinct values);
+stored relative to the mean of its row it is about 2^-9 of its distance to that mean, i.e. a few
+thousandths of a std in normalised units (at most 0.0018 std RMS in any dimension of the shipped
+tasks' random-policy observations: benchmarks/bench_bf16_obs.py, RESULTS.md). A per-dimension scale
+would not help: the relative error of a float format does not depend on the scale. The offsets
+take (rows + 1) x obs x 4 bytes, 2 / num_envs of the bfloat16 observations. A final observation
+pushed to a FIFO at time t uses the offset of slot (t + 1) % (rows + 1), written at the same time
+and not rewritten while row t is in the buffer. float32 storage has no offsets (an empty array)
+and is unchanged.
+
 A transition marked `invalid` (a non-finite observation or reward, see pql_jax.envs) is never
 sampled: windows stop before it and bootstrap from the observation it started from, exactly
 as if the episode had been truncated there; the stored values are finite, never NaN.
@@ -58,6 +72,9 @@ class ReplayBuffer(struct.PyTreeNode):
 
     obs_ring: jax.Array
     """[rows + 1, E, obs] (see OBS_DTYPES): the observation of time t at slot t % (rows + 1)."""
+    obs_offset: jax.Array
+    """[rows + 1, obs] float32 with bfloat16 storage ([0, obs] with float32): slot s of obs_ring
+    (and the FIFO entries of time s - 1) hold bfloat16(obs - obs_offset[s]), see the module doc."""
     trunc_obs: jax.Array
     """[slots, E, obs]: final observations of truncated episodes, a FIFO per env."""
     trunc_time: jax.Array
@@ -98,7 +115,9 @@ class ReplayBuffer(struct.PyTreeNode):
     @property
     def obs(self):
         """[rows, E, obs] float32: each row's observation (rows not yet written hold garbage)."""
-        return _decode(self.obs_ring[row_time(self, jnp.arange(self.rows)) % (self.rows + 1)])
+        slots = row_time(self, jnp.arange(self.rows)) % (self.rows + 1)
+        offset = _slot_offset(self, slots)
+        return _decode(self.obs_ring[slots], None if offset is None else offset[:, None])
 
     @property
     def next_obs(self):
@@ -137,6 +156,7 @@ def init_buffer(rows: int, num_envs: int, obs_size: int, action_size: int, obs_d
     scalar = jnp.zeros((), jnp.int32)
     return ReplayBuffer(
         obs_ring=jnp.zeros((rows + 1, num_envs, obs_size), dtype),
+        obs_offset=jnp.zeros((rows + 1 if dtype == jnp.uint16 else 0, obs_size), jnp.float32),
         trunc_obs=jnp.zeros((slots, num_envs, obs_size), dtype), trunc_time=no_time, trunc_next=first,
         term_obs=jnp.zeros((slots, num_envs, obs_size), dtype), term_time=no_time, term_next=first,
         action=jnp.zeros((rows, num_envs, action_size), dtype), reward=zeros(rows, num_envs),
@@ -151,29 +171,39 @@ def buffer_bytes(rows: int, num_envs: int, obs_size: int, action_size: int, obs_
     slots = end_slots(rows, episode_steps)
     per_env = ((rows + 1) * obs_size * item + 2 * slots * (obs_size * item + 4) + 2 * 4
                + rows * (item * action_size + 4 + 1) + 1)
-    return num_envs * per_env + 3 * 4
+    offsets = (rows + 1) * obs_size * 4 if item == 2 else 0
+    return num_envs * per_env + 3 * 4 + offsets
 
 
-def _encode(x, dtype):
-    """float32 observations or actions -> the storage dtype (bfloat16 bit patterns for uint16)."""
+def _encode(x, dtype, offset=None):
+    """float32 observations or actions -> the storage dtype: for uint16, the bfloat16 bit pattern
+    of x - offset (offset None: of x)."""
     if dtype == jnp.uint16:
+        if offset is not None:
+            x = x - offset
         return jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16)
     return x.astype(dtype)
 
 
-def _decode(x):
-    """Stored observations or actions -> float32."""
+def _decode(x, offset=None):
+    """Stored observations or actions -> float32 (plus `offset` for bfloat16 bit patterns)."""
     if x.dtype == jnp.uint16:
-        x = jax.lax.bitcast_convert_type(x, jnp.bfloat16)
+        x = jax.lax.bitcast_convert_type(x, jnp.bfloat16).astype(jnp.float32)
+        return x if offset is None else x + offset
     return x.astype(jnp.float32)
 
 
+def _slot_offset(buf: ReplayBuffer, slots):
+    """Offsets of obs_ring `slots` ([..., obs]); None with float32 storage."""
+    return buf.obs_offset[slots] if buf.obs_offset.shape[0] else None
+
+
 def _push(store, times, nxt, mask, value, t):
-    """Append `value[e]` at time `t` to env e's FIFO where `mask[e]`."""
+    """Append `value[e]` (already encoded) at time `t` to env e's FIFO where `mask[e]`."""
     slots, envs = times.shape
     slot = jnp.where(mask, nxt, slots)  # out of range: dropped
     env = jnp.arange(envs)
-    store = store.at[slot, env].set(_encode(value, store.dtype), mode="drop")
+    store = store.at[slot, env].set(value, mode="drop")
     times = times.at[slot, env].set(t, mode="drop")
     return store, times, jnp.where(mask, (nxt + 1) % slots, nxt)
 
@@ -193,16 +223,25 @@ def insert(buf: ReplayBuffer, obs, action, reward, terminal, truncated, next_obs
     next_obs = jnp.where(invalid[:, None], obs, next_obs)
     # This step's observation is already in its slot (the previous step's next_obs) unless the
     # previous step ended an episode; then the slot gets the reset observation.
+    offset, here_offset, next_offset = buf.obs_offset, None, None
+    if offset.shape[0]:  # bfloat16: the successor slot's offset is the mean of what it receives now;
+        # slot 0 (time 0, every env starting) takes the mean of the reset observations
+        here_offset = jnp.where(t == 0, obs.mean(0), offset[t % slots])
+        next_offset = next_obs.mean(0)
+        offset = jax.lax.dynamic_update_index_in_dim(offset, here_offset, t % slots, 0)
+        offset = jax.lax.dynamic_update_index_in_dim(offset, next_offset, (t + 1) % slots, 0)
+    stored_next = _encode(next_obs, dtype, next_offset)
     here = jax.lax.dynamic_index_in_dim(buf.obs_ring, t % slots, 0, keepdims=False)
-    here = jnp.where(buf.starts[:, None], _encode(obs, dtype), here)
+    here = jnp.where(buf.starts[:, None], _encode(obs, dtype, here_offset), here)
     ring = jax.lax.dynamic_update_index_in_dim(buf.obs_ring, here, t % slots, 0)
-    ring = jax.lax.dynamic_update_index_in_dim(ring, _encode(next_obs, dtype), (t + 1) % slots, 0)
+    ring = jax.lax.dynamic_update_index_in_dim(ring, stored_next, (t + 1) % slots, 0)
     trunc_obs, trunc_time, trunc_next = _push(buf.trunc_obs, buf.trunc_time, buf.trunc_next,
-                                              ended & ~terminal, next_obs, t)
-    term_obs, term_time, term_next = _push(buf.term_obs, buf.term_time, buf.term_next, ended & terminal, next_obs, t)
+                                              ended & ~terminal, stored_next, t)
+    term_obs, term_time, term_next = _push(buf.term_obs, buf.term_time, buf.term_next, ended & terminal, stored_next, t)
     flags = jnp.where(invalid, INVALID, terminal.astype(jnp.uint8) * TERMINAL + truncated.astype(jnp.uint8) * TRUNCATED)
     put = lambda store, value: jax.lax.dynamic_update_index_in_dim(store, value.astype(store.dtype), row, 0)
-    return buf.replace(obs_ring=ring, trunc_obs=trunc_obs, trunc_time=trunc_time, trunc_next=trunc_next,
+    return buf.replace(obs_ring=ring, obs_offset=offset,
+                       trunc_obs=trunc_obs, trunc_time=trunc_time, trunc_next=trunc_next,
                        term_obs=term_obs, term_time=term_time, term_next=term_next,
                        action=put(buf.action, _encode(action, buf.action.dtype)), reward=put(buf.reward, jnp.where(invalid, 0.0, reward)),
                        flags=put(buf.flags, flags), starts=ended | invalid, head=(row + 1) % rows,
@@ -228,9 +267,11 @@ def successor_obs(buf: ReplayBuffer, rows, envs, ended, used):
     """float32 observation after the step in (rows, envs): the final one where `ended`, the
     row's own observation where not `used` (a zero-length window)."""
     times = row_time(buf, rows)
-    found, final = _final_obs(buf, times, envs)
-    after = buf.obs_ring[(times + used.astype(times.dtype)) % (buf.rows + 1), envs]
-    return _decode(jnp.where((ended & found)[:, None], final, after))
+    found, final_obs = _final_obs(buf, times, envs)
+    final = ended & found
+    slot = (times + (used | final).astype(times.dtype)) % (buf.rows + 1)  # a final obs: offset of slot t + 1
+    after = buf.obs_ring[slot, envs]
+    return _decode(jnp.where(final[:, None], final_obs, after), _slot_offset(buf, slot))
 
 
 def sampleable_rows(buf: ReplayBuffer, n_step: int):
@@ -283,5 +324,6 @@ def sample(buf: ReplayBuffer, key, batch_size: int, n_step: int, gamma, reward_s
         again = (buf.flags[start, envs] & INVALID) != 0
         start, envs = jnp.where(again, spare_start[i], start), jnp.where(again, spare_envs[i], envs)
     nstep_return, next_obs, discount = nstep_window(buf, start, envs, n_step, gamma, reward_scale)
-    obs = _decode(buf.obs_ring[row_time(buf, start) % (rows + 1), envs])
+    slot = row_time(buf, start) % (rows + 1)
+    obs = _decode(buf.obs_ring[slot, envs], _slot_offset(buf, slot))
     return Batch(obs, _decode(buf.action[start, envs]), nstep_return, next_obs, discount)
