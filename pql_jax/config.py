@@ -80,7 +80,10 @@ class EnvConfig:
     blow-up, like a non-finite one: not stored for learning, kept out of the observation
     statistics, its env reset, counted in `nonfinite_transitions` (pql_jax.envs). A diverging
     simulation passes through huge finite values before NaN; one such observation would otherwise
-    dominate the normaliser's variance for the rest of the run. 0 turns the check off."""
+    dominate the normaliser's variance for the rest of the run. The shipped tasks stay under 400
+    (the Quadruped's force-torque sensors; every other task under 80) under a random policy
+    (benchmarks/RESULTS.md, "Blow-up guard"); raise it for a task with larger legitimate values.
+    0 turns the check off."""
     solver_iterations: int = 0
     """Cap on the constraint solver's Newton iterations per physics step of the `dmc:` ports (0:
     the model's own, dm_control's 100), as Playground caps its DM Control models (walker 2,
