@@ -13,7 +13,15 @@ store holds: a Dog episode of the port takes ~8 min on a 2-core CPU (~2 env step
 n >= 100 episodes per side accumulate over several runs (or machines: copy the store). Episode i
 is the same whatever run or chunk computes it: its initial state and actions are drawn from
 seeds derived from (side, i) alone. The store's first line records the settings that shape the
-numbers (task, solver caps, contact set, episode length); a rerun with other settings is refused.
+numbers (task, solver caps, contact set, episode length, the action draw); a rerun with other
+settings is refused.
+
+The random policy draws as training acts (`ACTIONS`): canonical u uniform in [-1, 1] per entry,
+mapped with `pql_jax.envs.to_control` onto dm_control's action spec [minimum, maximum] (the
+model's ctrlrange), the same mapping on every side. Stores written before 2026-12-07 drew uniform
+in [minimum, maximum] directly: the same distribution (an affine image of a uniform), so their
+statistics stay valid, but not the same numbers per episode, so such a store (its settings lack
+`actions`) is refused rather than mixed with new episodes.
 
 Run (needs dm_control: pip install -e ".[dmc]"):
     python scripts/dmc_random_returns.py --task QuadrupedWalk --episodes 100 \
@@ -39,6 +47,7 @@ import numpy as np
 
 from pql_jax.envs.dmc import reference
 
+ACTIONS = "canonical U[-1,1] -> to_control(spec)"  # the draw scheme, recorded in the store's settings
 SIDE_SEEDS = {"dm_control": 2, "dm_control_adapted": 5, "port": 3}  # base seed of each side's episodes
 
 
@@ -132,9 +141,12 @@ def report(settings: dict, records: dict[str, dict[int, float]]) -> dict:
 
 
 def dm_control_side(env, base: int, episode_length: int) -> Callable[[list[int]], list[float]]:
-    """Episodes of a dm_control env under a uniform random policy; episode i's initial state and
-    actions come from seeds (base, i), whatever ran before it."""
+    """Episodes of a dm_control env under the random policy (`ACTIONS`); episode i's initial state
+    and actions come from seeds (base, i), whatever ran before it."""
+    from pql_jax.envs import to_control
+
     spec = env.action_spec()
+    low, high = np.asarray(spec.minimum, np.float64), np.asarray(spec.maximum, np.float64)
 
     def run(episodes: list[int]) -> list[float]:
         returns = []
@@ -145,7 +157,7 @@ def dm_control_side(env, base: int, episode_length: int) -> Callable[[list[int]]
             total = 0.0
             try:
                 for _ in range(episode_length):
-                    total += env.step(rng.uniform(spec.minimum, spec.maximum)).reward
+                    total += env.step(to_control(rng.uniform(-1.0, 1.0, spec.shape), low, high)).reward
             except Exception:  # noqa: BLE001 - dm_control's PhysicsError: a blow-up
                 total = math.nan
             returns.append(total)
@@ -156,14 +168,15 @@ def dm_control_side(env, base: int, episode_length: int) -> Callable[[list[int]]
 
 def port_side(env, low, high, base: int, episode_length: int, batching: str,
               chunk: int, options: dict | None = None) -> Callable[[list[int]], list[float]]:
-    """Episodes of an MJX env (`reset(key)`, `step(state, action)`) under a uniform random policy,
+    """Episodes of an MJX env (`reset(key)`, `step(state, action)`) under the random policy
+    (`ACTIONS`: canonical draws mapped onto [low, high] by `to_control`, in float32 as training maps),
     `chunk` per compiled call (a short batch is padded, so one program serves every call; XLA
     `options` as `pql_jax.envs.compiler_options`); episode i's draws come from fold_in(key(base), i)
     alone."""
     import jax
     import jax.numpy as jnp
 
-    from pql_jax.envs import over_envs
+    from pql_jax.envs import over_envs, to_control
 
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
 
@@ -172,7 +185,7 @@ def port_side(env, low, high, base: int, episode_length: int, batching: str,
 
         def body(carry, k):
             state, total = carry
-            state = env.step(state, jax.random.uniform(k, low.shape, minval=low, maxval=high))
+            state = env.step(state, to_control(jax.random.uniform(k, low.shape, minval=-1.0, maxval=1.0), low, high))
             return (state, total + state.reward), None
 
         start = (env.reset(reset_key), jnp.zeros(()))
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problems[0]}", file=sys.stderr)
         return 2
     settings = {"task": args.task, "episode_length": args.episode_length, "solver_caps": caps,
-                "contacts": args.dog_contacts}
+                "contacts": args.dog_contacts, "actions": ACTIONS}
     try:
         if args.report_only:
             settings, records = read_store(args.store, None)

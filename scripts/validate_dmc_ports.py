@@ -6,8 +6,8 @@ Four parts, each printed as it finishes (and written as JSON with --out); `steps
 with the model's own solver, or capped at --port-solver I/L. (The random-policy return statistics
 are scripts/dmc_random_returns.py: resumable, as a Dog episode takes minutes.)
 - `steps`: for --seeds dm_control resets, copy the initial qpos/qvel/act into the port, apply the
-  same uniform-random action sequence for --steps control steps in both, and report per field
-  the largest |port - dm_control| over steps 1..100 and over all steps, next to the field's RMS
+  same random action sequence (`random_action`, below) for --steps control steps in both, and report per field
+  the largest |port - dm_control| over steps 1..5, 1..100 and over all steps, next to the field's RMS
   over dm_control's trajectory. --x64 runs the port in float64 too: differences that shrink to
   ~1e-9 there are float32 rounding amplified by the contact solve, not a modelling difference.
   Dog tasks are also compared with dm_control's task on the port's adapted model (no noslip,
@@ -26,6 +26,14 @@ are scripts/dmc_random_returns.py: resumable, as a Dog episode takes minutes.)
   the adapter's --batching (`map` for Dog on the CPU: its vmapped programs do not compile in useful
   time there), for the model's own solver and each of --solver-caps, with each --cpu-fusion
   setting (env.cpu_fusion: XLA's CPU fusion; off by default for Dog, measured ~12x faster there).
+
+Random actions are drawn as training produces them (`random_action`): canonical u uniform in
+[-1, 1] per entry, mapped with `pql_jax.envs.to_control` onto dm_control's action spec
+[minimum, maximum] (the model's ctrlrange), and the same mapped action goes to every side
+(dm_control, the adapted model, the port: the port gets it cast to its dtype). Until 2026-12-07
+the scripts drew uniform in [minimum, maximum] directly: the same affine image of a uniform, so
+the distribution, and every statistic measured with it, is unchanged; with the same generator
+state the two draws are even the same numbers up to float64 rounding (a few 1e-16).
 
 Run (needs dm_control: pip install -e ".[dmc]"):
     python scripts/validate_dmc_ports.py --task QuadrupedWalk --parts steps speed \
@@ -76,8 +84,18 @@ def _set_state(env, qpos, qvel, act) -> None:
         env.physics.data.qpos[:], env.physics.data.qvel[:], env.physics.data.act[:] = qpos, qvel, act
 
 
+def random_action(rng: np.random.Generator, spec) -> np.ndarray:
+    """One random action as training produces one: canonical u ~ U[-1, 1] per entry, mapped by
+    `pql_jax.envs.to_control` onto [spec.minimum, spec.maximum] (float64)."""
+    from pql_jax.envs import to_control
+
+    u = rng.uniform(-1.0, 1.0, spec.shape)
+    return to_control(u, np.asarray(spec.minimum, np.float64), np.asarray(spec.maximum, np.float64))
+
+
 def _field_table(diffs: np.ndarray, scale: np.ndarray, fields: dict) -> dict:
-    return {name: {"max_100": float(np.nanmax(diffs[:, 1:101, lo:hi])), "max_all": float(np.nanmax(diffs[:, 1:, lo:hi])),
+    return {name: {"max_5": float(np.nanmax(diffs[:, 1:6, lo:hi])),  # the span of tests/test_dmc_ports.py
+                   "max_100": float(np.nanmax(diffs[:, 1:101, lo:hi])), "max_all": float(np.nanmax(diffs[:, 1:, lo:hi])),
                    "rms": float(np.sqrt(np.mean(np.square(scale[:, :, lo:hi]))))} for name, (lo, hi) in fields.items()}
 
 
@@ -108,7 +126,7 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int,
         d_ep, s_ep, r_ep, rr_ep = [np.abs(np.asarray(state.obs) - reference.flat_obs(ts.observation))], [], [], []
         ad_ep, adm_ep, ar_ep, adm_r_ep, over = [d_ep[0]], [d_ep[0] * 0], [], [], None
         for i in range(steps):
-            action = rng.uniform(spec.minimum, spec.maximum)
+            action = random_action(rng, spec)
             ts = ref.step(action)
             state = step(state, jnp.asarray(action, dtype))
             dm_obs, port_obs = reference.flat_obs(ts.observation), np.asarray(state.obs, np.float64)
@@ -129,7 +147,8 @@ def compare_steps(task: str, seeds: int, steps: int, x64: bool, caps: tuple[int,
     out = {"task": task, "dtype": "float64" if x64 else "float32", "seeds": seeds, "steps": steps,
            "seconds": round(time.time() - t0, 1), "initial_obs_max": float(diffs[:, 0].max()),
            "first_step_obs_over_1e-3": first,
-           "reward": {"max_100": float(rdiff[:, :100].max()), "max_all": float(rdiff.max()),
+           "reward": {"max_5": float(rdiff[:, :5].max()), "max_100": float(rdiff[:, :100].max()),
+                      "max_all": float(rdiff.max()),
                       "rms": float(np.sqrt(np.mean(np.square(rscale))))},
            "fields": _field_table(diffs, scale, fields)}
     if ada is not None:  # first_step_obs_over_1e-3 is then port vs adapted
@@ -181,7 +200,7 @@ def solver_drift(task: str, seeds: int, steps: int, caps: list[tuple[int, int]])
 
 
 def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
-    """From `seeds` resets of `ref` and the same uniform random actions, the largest
+    """From `seeds` resets of `ref` and the same random actions (`random_action`), the largest
     |variant - ref| per observation field (and of the reward) over steps 1..100 for each dm_control
     env in `variants`; the variant named `nudge_1e-9` starts with every velocity moved by +-1e-9.
     A variant whose physics blows up (dm_control's PhysicsError) is left out of that seed's later
@@ -203,7 +222,7 @@ def _drift(task: str, ref, variants: dict, seeds: int, steps: int) -> dict:
         rew, sc = {name: [] for name in variants}, []
         blown = dict.fromkeys(variants)
         for t in range(1, steps + 1):
-            action = rng.uniform(spec.minimum, spec.maximum)
+            action = random_action(rng, spec)
             ts = ref.step(action)
             dm_obs = reference.flat_obs(ts.observation)
             sc.append(dm_obs)

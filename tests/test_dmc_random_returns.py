@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from pql_jax.envs import to_control
 from pql_jax.envs.dmc import reference
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import dmc_random_returns as drr  # noqa: E402
 
-SETTINGS = {"task": "QuadrupedWalk", "episode_length": 7, "solver_caps": [0, 0], "contacts": "floor"}
+SETTINGS = {"task": "QuadrupedWalk", "episode_length": 7, "solver_caps": [0, 0], "contacts": "floor",
+            "actions": drr.ACTIONS}
 
 
 def _side(values: dict[int, float], calls: list):
@@ -93,10 +95,11 @@ def test_report_of_constant_or_single_returns_is_nan_not_an_error():
     assert out["port"]["n"] == 1 and math.isnan(out["port"]["se"]) and math.isnan(out["port_vs_dm_control_in_se"])
 
 
-@pytest.mark.parametrize("damage", ["other settings", "malformed line", "incomplete last line"])
+@pytest.mark.parametrize("damage", ["other settings", "old action draw", "malformed line", "incomplete last line"])
 def test_unusable_store_is_refused_in_one_line_and_left_alone(tmp_path, capsys, damage):
     store = tmp_path / "s.jsonl"
-    drr.fill(store, SETTINGS, {"dm_control": (2, _side({0: 1.0, 1: 2.0}, []))}, chunk=1, log=lambda m: None)
+    written = {k: v for k, v in SETTINGS.items() if k != "actions"} if damage == "old action draw" else SETTINGS
+    drr.fill(store, written, {"dm_control": (2, _side({0: 1.0, 1: 2.0}, []))}, chunk=1, log=lambda m: None)
     text = store.read_text()
     if damage == "malformed line":
         text += '{"side": "port", "episode": "x"}\n'
@@ -108,6 +111,8 @@ def test_unusable_store_is_refused_in_one_line_and_left_alone(tmp_path, capsys, 
     assert drr.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and str(store) in err
+    if damage == "old action draw":  # a store drawn uniform in [min, max] directly (before 2026-12-07)
+        assert "actions" in err and drr.ACTIONS in err
     assert store.read_text() == text
 
 
@@ -141,7 +146,7 @@ class _Drift:
 def test_port_episode_is_a_function_of_its_index_alone():
     """Same returns for an episode whatever chunk (padding included) or batching computes it,
     and each return is the numpy sum of the rewards along the episode's own draws."""
-    low, high = -np.ones(3), np.ones(3)
+    low, high = np.array([-1.0, -1.0, -0.8]), np.array([1.0, 1.1, 0.8])  # the Quadruped's kinds of range
     by = {(chunk, batching): drr.port_side(_Drift, low, high, 3, 6, batching, chunk)
           for chunk in (1, 2, 4) for batching in ("vmap", "map")}
     expect = [by[(1, "map")]([i])[0] for i in range(4)]
@@ -154,7 +159,8 @@ def test_port_episode_is_a_function_of_its_index_alone():
     reset_key, action_key = jax.random.split(key)
     position, total = np.asarray(jax.random.normal(reset_key, (3,)), np.float64), 0.0
     for k in jax.random.split(action_key, 6):
-        position = position + np.asarray(jax.random.uniform(k, (3,), minval=-1.0, maxval=1.0))
+        u = jax.random.uniform(k, (3,), minval=-1.0, maxval=1.0)
+        position = position + np.asarray(to_control(u, jnp.float32(low), jnp.float32(high)), np.float64)
         total -= float(np.sum(position ** 2))
     assert expect[2] == pytest.approx(total, rel=1e-5)
 
@@ -178,3 +184,73 @@ def test_report_only_reads_the_store(tmp_path, capsys):
     assert drr.main(["--store", str(store), "--report-only", "--out", str(tmp_path / "r.json")]) == 0
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["settings"] == SETTINGS and out["dm_control"]["n"] == 3 and out["dm_control"]["mean"] == pytest.approx(3.0)
+
+
+class _Recorder:
+    """A pure-JAX env that records every action its step receives (reward 0)."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    @staticmethod
+    def reset(key):
+        return _State(jnp.zeros(3), jnp.zeros(()))
+
+    def step(self, state, action):
+        jax.debug.callback(lambda a: self.log.append(np.asarray(a)), action)
+        return state
+
+
+class _Ends:
+    """A stand-in numpy generator: every canonical draw is `value`."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def uniform(self, low, high, size):
+        assert (low, high) == (-1.0, 1.0)
+        return np.full(size, self.value)
+
+
+def _recording_env(env, log: list):
+    step = env.step
+    env.step = lambda action: (log.append(np.array(action, np.float64)), step(action))[1]
+    return env
+
+
+def test_port_side_receives_to_control_of_its_canonical_draws(monkeypatch):
+    """The port's actions are to_control(u, min, max) of its canonical draws u ~ U[-1, 1], in
+    float32 as training maps them, and u = -1 / u = 1 give exactly min / max."""
+    low, high = np.array([-1.0, -1.0, -0.8]), np.array([1.0, 1.1, 0.8])
+    log = []
+    drr.port_side(_Recorder(log), low, high, 3, 4, "map", 1)([2])
+    key = jax.random.fold_in(jax.random.PRNGKey(3), 2)
+    _, action_key = jax.random.split(key)
+    u = [jax.random.uniform(k, (3,), minval=-1.0, maxval=1.0) for k in jax.random.split(action_key, 4)]
+    expect = [np.asarray(to_control(x, jnp.float32(low), jnp.float32(high))) for x in u]
+    assert len(log) == 4 and all(a.dtype == np.float32 for a in log)
+    np.testing.assert_allclose(log, expect, rtol=1e-6, atol=1e-7)
+    for end, bound in ((-1.0, low), (1.0, high)):
+        monkeypatch.setattr(jax.random, "uniform", lambda k, shape, minval, maxval, end=end: jnp.full(shape, end))
+        log.clear()
+        drr.port_side(_Recorder(log), low, high, 3, 2, "map", 1)([0])
+        np.testing.assert_array_equal(log, [np.float32(bound)] * 2)
+
+
+@pytest.mark.skipif(reference.available() is not None, reason="needs dm_control")
+def test_dm_control_side_receives_to_control_of_its_canonical_draws(monkeypatch):
+    """dm_control's actions are to_control(u, spec.minimum, spec.maximum) of the episode's
+    canonical draws; u = -1 / u = 1 reach the Quadruped's [-1, 1.1] and [-0.8, 0.8] ends exactly."""
+    log = []
+    env = _recording_env(reference.load("quadruped", "walk", seed=0), log)
+    spec = env.action_spec()
+    drr.dm_control_side(env, 2, 3)([1])
+    rng = np.random.default_rng([2, 1])
+    expect = [to_control(rng.uniform(-1.0, 1.0, spec.shape), spec.minimum, spec.maximum) for _ in range(3)]
+    np.testing.assert_array_equal(log, expect)
+    for end, bound in ((-1.0, spec.minimum), (1.0, spec.maximum)):
+        monkeypatch.setattr(np.random, "default_rng", lambda seed, end=end: _Ends(end))
+        log.clear()
+        drr.dm_control_side(env, 2, 2)([0])
+        np.testing.assert_array_equal(log, [bound] * 2)
+    assert (spec.maximum == 1.1).any() and (spec.minimum == -0.8).any()

@@ -19,12 +19,13 @@ def test_to_control_maps_the_unit_interval_onto_each_range():
     u = np.array([[-1.0, -1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1e-9, 0.5, -0.5, 0.25]])
     got = to_control(u, low, high)
     np.testing.assert_array_equal(got[0], low)
-    np.testing.assert_allclose(got[1], high, rtol=1e-15)
+    np.testing.assert_array_equal(got[1], high)  # the ends exactly, in float64 and (below) float32
     np.testing.assert_allclose(got[2], (low + high) / 2, atol=1e-15)
     np.testing.assert_allclose(got[3, 1:], [0.575, -0.4, 1.875], rtol=1e-12)  # by hand
     assert got[3, 0] == 1e-9  # a [-1, 1] entry passes bit for bit ((1e-9 + 1) - 1 would not)
     jax_got = to_control(jnp.asarray(u, jnp.float32), jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32))
     np.testing.assert_allclose(np.asarray(jax_got), got, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(jax_got[:2]), np.asarray([low, high], np.float32))
 
 
 def test_quadruped_control_range_is_dm_control_action_spec():

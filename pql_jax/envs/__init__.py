@@ -266,10 +266,12 @@ def control_range(name: str, sim) -> tuple | None:
 
 def to_control(action, low, high):
     """Canonical actions in [-1, 1] mapped affinely onto [low, high] per entry (numpy or JAX);
-    entries whose range is [-1, 1] pass unchanged, bit for bit."""
+    entries whose range is [-1, 1] pass unchanged, bit for bit. Written as an interpolation
+    between the ends so that -1 and 1 give exactly `low` and `high` in any precision
+    (`low + (action + 1) * (high - low) / 2` gave 1.0999999 for 1.1 in float32)."""
     xp = jnp if isinstance(action, jax.Array) else np
     identity = (low == -1.0) & (high == 1.0)
-    mapped = (low + (action + 1.0) * ((high - low) / 2.0)).astype(action.dtype)
+    mapped = (low * ((1.0 - action) / 2.0) + high * ((1.0 + action) / 2.0)).astype(action.dtype)
     return xp.where(identity, action, mapped)
 
 
