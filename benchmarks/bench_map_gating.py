@@ -16,7 +16,7 @@ import jax
 
 import yaml
 
-from pql_jax.learner.pql import num_chunks
+from pql_jax.counts import num_chunks
 from pql_jax.run import sweep
 from pql_jax.run.program import GroupProgram
 

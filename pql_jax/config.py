@@ -20,12 +20,12 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field, fields, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pql_jax.counts import episode_vector_steps, run_vector_steps, utd_fraction
 from pql_jax.errors import UserError
 from pql_jax.values import coerce, read_yaml
 
@@ -347,10 +347,6 @@ def dump(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def utd_fraction(utd: float, num_envs: int) -> Fraction:
-    """Critic updates per vector step, utd * num_envs, as an exact fraction."""
-    return (Fraction(utd).limit_denominator(1 << 24) * num_envs).limit_denominator(1 << 20)
-
 
 def validate(config: Config) -> None:
     """Raise UserError naming the first impossible value."""
@@ -433,12 +429,3 @@ def validate(config: Config) -> None:
                         f"steps; this run has {run_vector_steps(config)}): lengthen it or use run.eval_mode=sequential")
 
 
-def episode_vector_steps(env: EnvConfig) -> int:
-    """Vector steps of one episode without termination: ceil(episode_length / action_repeat)."""
-    return -(-env.episode_length // env.action_repeat)
-
-
-def run_vector_steps(config: Config) -> int:
-    """Vector steps of a whole run: `run.total_env_steps` rounded up to whole chunks."""
-    chunk = config.run.chunk_steps
-    return -(-config.run.total_env_steps // (chunk * config.env.num_envs)) * chunk

@@ -24,7 +24,8 @@ import yaml  # noqa: E402
 
 from pql_jax import config as cfg_mod
 from pql_jax.config import program_config
-from pql_jax.learner.pql import make_train, num_chunks
+from pql_jax.counts import num_chunks
+from pql_jax.learner.pql import make_train
 from pql_jax.run.program import metrics_to_host
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.run.program import GroupProgram

@@ -15,8 +15,7 @@ import pytest
 from conftest import POINTMASS, SHORT, small
 from pql_jax.cli import main
 from pql_jax.errors import UserError
-from pql_jax.learner.evaluate import eval_phase
-from pql_jax.learner.pql import num_chunks
+from pql_jax.counts import eval_phase, num_chunks
 from pql_jax.run.compiled import eval_share
 from pql_jax.run.loop import eval_results
 from pql_jax.run.program import GroupProgram

@@ -15,7 +15,7 @@ from conftest import POINTMASS, ROOT, small
 
 from pql_jax import config as cfg_mod
 from pql_jax.cli import main
-from pql_jax.learner.evaluate import eval_chunks, eval_due
+from pql_jax.counts import eval_chunks, eval_due
 from pql_jax.run.program import metrics_to_host
 from pql_jax.run.calibrate import calibrate_group, calibration_text, eval_schedule
 from pql_jax.run.compiled import GroupMemory, eval_share, group_memory

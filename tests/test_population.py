@@ -14,7 +14,8 @@ import pytest
 from conftest import ROOT, SHORT, env_with_xla_flags, run_alone, run_group, small, write_sweep
 
 from pql_jax.cli import main
-from pql_jax.learner.pql import make_train, num_chunks
+from pql_jax.counts import num_chunks, update_counts
+from pql_jax.learner.pql import make_train
 from pql_jax.run.program import metrics_to_host
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.run import launch, sweep
@@ -62,7 +63,7 @@ def test_masked_fractional_utd_counts_are_exact(utd_sweep):
     group = spec.groups[0]
     for position, member in enumerate(group.members):
         steps = int(population_metrics[-1]["vector_steps"][position])
-        expected = sweep.update_counts(member.config, steps).sum()
+        expected = update_counts(member.config, steps).sum()
         assert int(population_metrics[-1]["critic_updates"][position]) == expected
         assert int(population_metrics[-1]["actor_updates"][position]) == expected // 2
     waste, useful, executed = sweep.masking_waste(group)

@@ -1,4 +1,4 @@
-"""Exact fractional update schedule and mixed-exploration stds, against Fraction / numpy references."""
+"""Exact fractional update schedule (pql_jax.counts, in its JAX form) and mixed-exploration stds, against Fraction / numpy references."""
 
 import math
 from fractions import Fraction
@@ -7,8 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pql_jax.config import utd_fraction
-from pql_jax.learner.schedule import exploration_stds, max_updates_per_step, updates_at_step
+from pql_jax.counts import max_updates_per_step, update_schedule, utd_fraction
+from pql_jax.learner.schedule import exploration_stds
+
+
+def updates_at_step(step, rate_num, rate_den):
+    """The learner's form of the schedule (jax.numpy) from step 0: updates due at `step`."""
+    return update_schedule(jnp.asarray(step, jnp.int32), 0, rate_num, rate_den, xp=jnp)[0]
 
 RATES = [Fraction(1, 512), Fraction(1, 8), Fraction(1, 3), Fraction(7, 3), Fraction(8), Fraction(5, 2)]
 

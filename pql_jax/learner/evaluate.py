@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pql_jax.config import episode_vector_steps
+from pql_jax.counts import episode_vector_steps
 from pql_jax.learner.normalize import RunningStats, normalize
 
 F32 = jnp.float32
@@ -51,11 +51,6 @@ class Cohort(struct.PyTreeNode):
     """Results finished in the current chunk."""
 
 
-def result_slots(chunk_steps: int, horizon: int, cohorts: int) -> int:
-    """The most cohort episodes a chunk can finish: each cohort ends one episode every `horizon`
-    steps, so at most ceil(chunk_steps / horizon) in any window of `chunk_steps` steps."""
-    return cohorts * -(-chunk_steps // horizon)
-
 
 def init_cohort(actor_params, obs_stats: RunningStats, eval_envs: int, cohorts: int, slots: int) -> Cohort:
     """Cohorts holding the initial policy; their results count only from their first boundary on."""
@@ -72,12 +67,6 @@ def clear_results(cohort: Cohort) -> Cohort:
                           result_starts=jnp.full_like(cohort.result_starts, -1), count=jnp.zeros_like(cohort.count))
 
 
-def cohort_phases(phase, horizon: int, cohorts: int):
-    """Each cohort's first episode start [k]: cohort g runs `g * horizon / k` steps ahead of cohort
-    0, whose last episode ends with the run (`phase` = run length mod horizon)."""
-    offsets = (jnp.arange(cohorts, dtype=jnp.int32) * horizon) // cohorts
-    return (phase - offsets) % horizon
-
 
 def boundary(step, phase, horizon: int):
     """Whether an episode starts at vector step `step` (elementwise over `phase`): episodes of
@@ -85,14 +74,6 @@ def boundary(step, phase, horizon: int):
     return (step >= phase) & ((step - phase) % horizon == 0)
 
 
-def eval_phase(total_vector_steps: int, env_config) -> int:
-    """Cohort 0's first episode start in a run of `total_vector_steps`: its last one ends the run."""
-    return total_vector_steps % episode_vector_steps(env_config)
-
-
-def evaluations(total_vector_steps: int, horizon: int, cohorts: int) -> int:
-    """Finished cohort episodes of a whole run (cohort g's last one ends g * horizon / k steps early)."""
-    return sum((total_vector_steps - (g * horizon) // cohorts) // horizon for g in range(cohorts))
 
 
 def cohort_actions(cohort: Cohort, actor, obs, agent_config):
@@ -158,13 +139,3 @@ def chunk_metrics(state, sequential_due, sequential, parallel: bool) -> dict:
     return {"eval_return": value[None], "eval_vector_step": jnp.where(sequential_due, state.step, -1)[None]}
 
 
-def eval_due(index, total: int, every: int):
-    """Whether chunk `index` (0-based) of `total` evaluates: every `every`-th chunk and the last.
-
-    Works on Python ints and on traced int32 arrays alike."""
-    return ((index + 1) % every == 0) | (index == total - 1)
-
-
-def eval_chunks(total: int, every: int) -> int:
-    """How many of `total` chunks evaluate (see `eval_due`)."""
-    return total // every + (1 if total % every else 0)

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import optax
 
 from pql_jax.learner import evaluate, losses, replay, schedule
-from pql_jax.config import Config, ProgramConfig, episode_vector_steps, program_config, utd_fraction
+from pql_jax import counts
+from pql_jax.config import Config, ProgramConfig, episode_vector_steps, program_config
 from pql_jax.envs import VecEnv, make_env
 from pql_jax.learner.networks import Actor, DoubleCritic, trunk
 from pql_jax.learner.normalize import init_stats, normalize, update_stats
@@ -120,7 +121,7 @@ class Learner:
         if not self.parallel_eval:
             return 1
         r = self.config.run
-        return evaluate.result_slots(r.chunk_steps, episode_vector_steps(self.config.env), r.eval_cohorts)
+        return counts.result_slots(r.chunk_steps, episode_vector_steps(self.config.env), r.eval_cohorts)
 
     @property
     def env_rows(self) -> tuple[int, int, int]:
@@ -213,12 +214,8 @@ class Learner:
         `sched` is an HParams or a PopulationSchedule; with [K] arrays the answers are [K].
         Updates start once warm-up is over and the buffer holds a full n-step window.
         """
-        start = jnp.maximum(sched.warmup_steps, self.config.agent.n_step - 1)
-        after = jnp.maximum(step - start, 0)
-        ready = step >= start
-        due = jnp.where(ready, schedule.updates_at_step(after, sched.rate_num, sched.rate_den), 0)
-        before = (after // sched.rate_den) * sched.rate_num + (after % sched.rate_den) * sched.rate_num // sched.rate_den
-        return due, before
+        start = counts.first_update_step(sched.warmup_steps, self.config.agent.n_step, xp=jnp)
+        return counts.update_schedule(step, start, sched.rate_num, sched.rate_den, xp=jnp)
 
     def gated(self, group_pred, own_pred, fn, state: TrainState, key):
         """Run `fn(state, key) -> (state, metrics)` when any member needs it, keep it where this one does.
@@ -302,7 +299,7 @@ class Learner:
             with jax.named_scope("env_step"):
                 return (*self.env.step(state.env, action), action, state.cohort)
         horizon, cohorts = episode_vector_steps(self.config.env), self.config.run.eval_cohorts
-        phases = evaluate.cohort_phases(group.eval_phase, horizon, cohorts)
+        phases = counts.cohort_phases(group.eval_phase, horizon, cohorts, xp=jnp)
         starts = evaluate.boundary(group.step, phases, horizon)
         ends = evaluate.boundary(group.step + 1, phases, horizon)  # the next step starts a new episode
         cohort = evaluate.cohort_begin(state.cohort, starts, state.actor_params, state.obs_stats, state.step)
@@ -422,23 +419,15 @@ class Learner:
         state = self.init(key, hp)
         steps = self.config.run.chunk_steps
 
-        phase = evaluate.eval_phase(self.num_chunks * steps, self.config.env)
+        phase = counts.eval_phase(self.num_chunks * steps, self.config.env)
 
         def body(state, index):
-            due = evaluate.eval_due(index, self.num_chunks, self.eval_every)
+            due = counts.eval_due(index, self.num_chunks, self.eval_every)
             return self.chunk(state, PopulationSchedule.of(hp, index * steps, due, phase))
 
         return jax.lax.scan(body, state, jnp.arange(self.num_chunks, dtype=jnp.int32))
 
 
-def num_chunks(config: Config) -> int:
-    """Chunks of `run.chunk_steps` vector steps that cover `run.total_env_steps`."""
-    return -(-config.run.total_env_steps // (config.run.chunk_steps * config.env.num_envs))
-
-
-def updates_needed(config: Config) -> int:
-    """Update slots per vector step one member's UTD needs: ceil(utd * num_envs)."""
-    return schedule.max_updates_per_step(utd_fraction(config.agent.utd, config.env.num_envs))
 
 
 def make_train(config: Config, max_updates: int | None = None) -> Learner:
@@ -446,8 +435,8 @@ def make_train(config: Config, max_updates: int | None = None) -> Learner:
 
     `max_updates` (>= this run's need) lets a population of different UTDs share one program.
     """
-    return build_learner(program_config(config), max(updates_needed(config), max_updates or 0),
-                         num_chunks(config), config.run.eval_every)
+    return build_learner(program_config(config), max(counts.updates_needed(config), max_updates or 0),
+                         counts.num_chunks(config), config.run.eval_every)
 
 
 def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1, eval_every: int = 1) -> Learner:
@@ -460,6 +449,5 @@ def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1, eval_
     actor = Actor(trunk(a.actor_arch, a.actor_width, a.actor_depth, a.taper, env.action_size, a.activation,
                         a.layer_norm))
     passive = tuple(DoubleCritic(critic_net(w)) for w in a.passive_critic_widths)
-    rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
-    val_rows = max(min(rows, a.batch_size), a.n_step + 1) if e.val_envs else a.n_step + 1
-    return Learner(shape, env, actor, critic, passive, rows, val_rows, max_updates, chunks, eval_every)
+    return Learner(shape, env, actor, critic, passive, counts.buffer_rows(a, e), counts.val_buffer_rows(a, e),
+                   max_updates, chunks, eval_every)

@@ -10,7 +10,8 @@ import optax
 from flax import struct
 
 from pql_jax.learner import replay
-from pql_jax.config import MEMBER, Config, field_keys, get_value, utd_fraction
+from pql_jax.config import MEMBER, Config, field_keys, get_value
+from pql_jax.counts import utd_fraction
 from pql_jax.envs import EnvState
 from pql_jax.learner.normalize import RunningStats
 
@@ -100,9 +101,9 @@ class PopulationSchedule(struct.PyTreeNode):
     warmup_steps: jax.Array
     critic_actor_ratio: jax.Array
     evaluate: jax.Array
-    """Whether this chunk runs its sequential evaluation episode (bool scalar; see `evaluate.eval_due`)."""
+    """Whether this chunk runs its sequential evaluation episode (bool scalar; see `counts.eval_due`)."""
     eval_phase: jax.Array
-    """Vector step of the first parallel-eval episode start (`evaluate.eval_phase`; int32 scalar)."""
+    """Vector step of the first parallel-eval episode start (`counts.eval_phase`; int32 scalar)."""
 
     @classmethod
     def of(cls, hp: HParams, step, evaluate=True, eval_phase=0) -> "PopulationSchedule":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pql_jax.learner.evaluate import eval_due
+from pql_jax.counts import eval_due
 from pql_jax.run.compiled import eval_share
 from pql_jax.run.sweep import Group, Sweep
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pql_jax.config import Config, episode_vector_steps
-from pql_jax.learner.evaluate import eval_chunks, evaluations
-from pql_jax.learner.pql import num_chunks
+from pql_jax.config import Config
+from pql_jax.counts import episode_vector_steps, eval_chunks, evaluations, num_chunks
 from pql_jax.run.sweep import Group
 
 

@@ -15,8 +15,7 @@ import numpy as np
 
 from pql_jax import config as cfg_mod
 from pql_jax.errors import UserError
-from pql_jax.learner.evaluate import eval_due
-from pql_jax.learner.pql import num_chunks
+from pql_jax.counts import eval_due, num_chunks
 from pql_jax.run.checkpoint import Checkpointer
 from pql_jax.run.distributed import is_primary
 from pql_jax.run.plan import Costs

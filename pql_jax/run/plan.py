@@ -9,7 +9,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from pql_jax.config import Config, episode_vector_steps
+from pql_jax.config import Config
+from pql_jax.counts import buffer_rows, episode_vector_steps, val_buffer_rows
 from pql_jax.errors import UserError
 from pql_jax.learner.networks import trunk_param_count
 from pql_jax.learner.replay import buffer_bytes
@@ -53,11 +54,10 @@ def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
     critic = q_net(a.critic_width)
     actor = trunk_param_count(a.actor_arch, obs_size, a.actor_width, a.actor_depth, a.taper, action_size, a.layer_norm)
     passive = sum(q_net(w) for w in a.passive_critic_widths)
-    rows = max(a.buffer_capacity // e.num_envs, a.n_step + 1)
     layout = (a.buffer_dtype, episode_vector_steps(e))  # as Learner.buffer_layout
-    buf = buffer_bytes(rows, e.num_envs, obs_size, action_size, *layout)
+    buf = buffer_bytes(buffer_rows(a, e), e.num_envs, obs_size, action_size, *layout)
     if e.val_envs:
-        buf += buffer_bytes(max(min(rows, a.batch_size), a.n_step + 1), e.val_envs, obs_size, action_size, *layout)
+        buf += buffer_bytes(val_buffer_rows(a, e), e.val_envs, obs_size, action_size, *layout)
     nets = 4 * (critic * 4 + actor * 3 + passive * 3)
     widest = max(a.critic_width, a.actor_width, *a.passive_critic_widths, out, 1)
     depth = lambda arch, d: 2 * d + 1 if arch == "bro" else d  # hidden layers: 2 per residual block

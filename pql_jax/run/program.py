@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pql_jax.config import ProgramConfig, program_config, run_vector_steps
+from pql_jax.config import ProgramConfig, program_config
+from pql_jax.counts import eval_phase, run_vector_steps
 from pql_jax.envs import check_trainable, compiler_options
 from pql_jax.errors import UserError
-from pql_jax.learner.evaluate import eval_phase
 from pql_jax.learner.pql import Learner, build_learner
 from pql_jax.learner.state import PopulationSchedule, hparams_from_config
 from pql_jax.run.distributed import place, to_host
@@ -213,7 +213,7 @@ class GroupProgram:
     """The same hyperparameters on this host (schedules are built from them)."""
     eval_phase: int = 0
     """Vector step of cohort 0's first parallel-eval episode start: set from the run length for a
-    fresh run (`evaluate.eval_phase`), restored from the checkpoint on resume, so a run extended
+    fresh run (`counts.eval_phase`), restored from the checkpoint on resume, so a run extended
     on resume keeps its cohorts' episodes whole."""
 
     @classmethod

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from pql_jax import config as cfg_mod
-from pql_jax.config import MEMBER, Config, field_keys, utd_fraction
+from pql_jax.config import MEMBER, Config, field_keys
+from pql_jax.counts import num_chunks, update_counts, updates_needed
 from pql_jax.errors import UserError
-from pql_jax.learner.pql import num_chunks, updates_needed
 from pql_jax.values import read_mapping
 
 SPEC_KEYS = ("base", "overrides", "seeds", "grid", "zip", "name")
@@ -174,15 +174,6 @@ def group_members(members: list[Member]) -> list[Group]:
         groups.setdefault(group_key(member.config), []).append(member)
     return [Group(i, tuple(ms)) for i, ms in enumerate(groups.values())]
 
-
-def update_counts(config: Config, steps: int) -> np.ndarray:
-    """Critic updates at each of the first `steps` vector steps (exact, as the learner does)."""
-    rate = utd_fraction(config.agent.utd, config.env.num_envs)
-    start = max(config.agent.warmup_steps, config.agent.n_step - 1)
-    t = np.arange(steps, dtype=np.int64)
-    after = np.maximum(t - start, 0)
-    due = (after + 1) * rate.numerator // rate.denominator - after * rate.numerator // rate.denominator
-    return np.where(t >= start, due, 0)
 
 
 def masking_waste(group: Group, lockstep: bool = True) -> tuple[float, int, int]:
