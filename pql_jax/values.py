@@ -36,6 +36,23 @@ def parse_number(text: Any) -> float:
         raise ValueError(f"not a number: {text!r}") from None
 
 
+def read_number(text: Any) -> float:
+    """A number users wrote ('0.5', '1e-3', '1/65536', 3): `parse_number`, but a UserError naming
+    the text for anything else, also for the words 'nan' and 'inf'."""
+    try:
+        v = parse_number(text)
+    except (ValueError, TypeError, OverflowError):
+        raise UserError(f"not a number: {text!r}") from None
+    if isinstance(text, str) and not math.isfinite(v):
+        raise UserError(f"not a number: {text!r}")
+    return v
+
+
+def read_numbers(text: str) -> list[float]:
+    """A comma-separated list of `read_number`s ('500,950', '1/4,1/2')."""
+    return [read_number(t) for t in str(text).split(",") if t.strip()]
+
+
 def parse_utd(value: Any, where: str = "utd") -> float:
     """A UTD from 1/512, '0.25' or 2: a finite float > 0, else UserError naming `where`."""
     try:

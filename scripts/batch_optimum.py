@@ -18,7 +18,7 @@ import numpy as np
 
 from pql_jax.errors import UserError
 from pql_jax.scaling import best_hparams, crossing_bootstrap, load_curves
-from pql_jax.scaling.io import parse_numbers
+from pql_jax.values import read_numbers
 
 
 def batch_optimum(df, thresholds: list[float], resamples: int = 200) -> dict:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=200)
     args = parser.parse_args(argv)
     try:
-        thresholds = parse_numbers(args.thresholds)  # the scaling CLI's --thresholds parser
+        thresholds = read_numbers(args.thresholds)  # the scaling CLI's --thresholds parser
         df, _ = load_curves(args.sweep, args.max_return)  # a run directory's table or a CSV
         result = batch_optimum(df, thresholds, args.resamples)
     except (UserError, ValueError) as err:

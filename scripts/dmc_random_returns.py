@@ -176,7 +176,7 @@ def port_side(env, low, high, base: int, episode_length: int, batching: str,
     import jax
     import jax.numpy as jnp
 
-    from pql_jax.envs import over_envs, to_control
+    from pql_jax.envs import over_copies, to_control
 
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
 
@@ -192,7 +192,7 @@ def port_side(env, low, high, base: int, episode_length: int, batching: str,
         (_, total), _ = jax.lax.scan(body, start, jax.random.split(action_key, episode_length))
         return total
 
-    returns = jax.jit(over_envs(batching)(episode), compiler_options=options)
+    returns = jax.jit(over_copies(episode, batching), compiler_options=options)
 
     def run(episodes: list[int]) -> list[float]:
         padded = episodes + [episodes[-1]] * (chunk - len(episodes))

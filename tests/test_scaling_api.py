@@ -9,7 +9,7 @@ import pytest
 
 from pql_jax.errors import UserError
 from pql_jax.scaling import (PipelineConfig, PowerFit, bootstrap_crossings, crossing_bootstrap, fit_all,
-                             fit_fixed_effects, fmt, load_curves, markdown_table, parse_number, run_groups,
+                             fit_fixed_effects, fmt, load_curves, markdown_table, read_number, run_groups,
                              write_json)
 from pql_jax.scaling.synthetic import make_sweep
 
@@ -98,8 +98,8 @@ def test_markdown_table_and_fmt():
     assert (fmt(0.123456), fmt(None), fmt(float("inf")), fmt("x")) == ("0.1235", "n/a", "inf", "x")
 
 
-def test_parse_number_is_the_config_parser_with_user_errors():
-    assert parse_number("1/64") == 1 / 64 and parse_number("1e-3/2") == 5e-4 and parse_number(3) == 3.0
+def test_read_number_is_the_config_parser_with_user_errors():
+    assert read_number("1/64") == 1 / 64 and read_number("1e-3/2") == 5e-4 and read_number(3) == 3.0
     for bad in ("abc", "1/0", "nan"):
         with pytest.raises(UserError, match="not a number"):
-            parse_number(bad)
+            read_number(bad)

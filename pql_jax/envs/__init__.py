@@ -188,16 +188,29 @@ def warn_deadlocking_jaxlib() -> str | None:
     return msg
 
 
-def _sequential(fn: Callable) -> Callable:
-    """`fn` over the leading axis of its arguments as a loop of single-env calls (`lax.map`):
-    `jax.vmap`'s contract, for `env.batching: map`."""
-    return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
+def over_copies(fn: Callable, batching: str, in_axes=0) -> Callable:
+    """`fn` mapped over the leading axis of its arguments, with `jax.vmap`'s contract: batched
+    (`vmap`) or a `lax.map` loop of single calls (`map`). An `in_axes` entry of None shares that
+    argument across the copies. One helper for env copies (`env.batching`) and population
+    members (`--batching`).
 
+    XLA vectorises some reductions differently once a batch axis exists, so vmapped copies agree
+    with single calls only to float rounding (~1e-7 relative), which chaotic training amplifies;
+    `map` runs the very same single-copy program, bit-identical to a single call."""
+    if batching == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
 
-def over_envs(batching: str) -> Callable[[Callable], Callable]:
-    """The transform that maps a single-env function over env copies for `env.batching`:
-    `jax.vmap` for `vmap`, a `lax.map` loop for `map`."""
-    return jax.vmap if batching == "vmap" else _sequential
+    def mapped(*args):
+        shared = [i for i in range(len(args)) if isinstance(in_axes, (tuple, list)) and in_axes[i] is None]
+        per_copy = tuple(a for i, a in enumerate(args) if i not in shared)
+
+        def one(xs):
+            it = iter(xs)
+            return fn(*[args[i] if i in shared else next(it) for i in range(len(args))])
+
+        return jax.lax.map(one, per_copy)
+
+    return mapped
 
 
 def _cpu_loops(name: str) -> bool:
@@ -314,7 +327,7 @@ def adapt(sim, config: EnvConfig) -> VecEnv:
     episode_length = config.episode_length
     action_repeat = config.action_repeat
 
-    batch = over_envs(env_batching(config))
+    batch = functools.partial(over_copies, batching=env_batching(config))
     sim_reset = batch(sim.reset)
     ranges = control_range(config.name, sim)
     bound = config.blowup_bound

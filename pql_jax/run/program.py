@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pql_jax.config import ProgramConfig, program_config
 from pql_jax.counts import eval_phase, run_vector_steps
-from pql_jax.envs import check_trainable, compiler_options
+from pql_jax.envs import check_trainable, compiler_options, over_copies
 from pql_jax.errors import UserError
 from pql_jax.learner.pql import Learner, build_learner
 from pql_jax.learner.state import PopulationSchedule, hparams_from_config
@@ -39,29 +39,6 @@ def resolve_batching(batching: str) -> str:
     if batching == "auto":
         return "map" if jax.devices()[0].platform == "cpu" else "vmap"
     return batching
-
-
-def over_members(fn, batching: str, in_axes):
-    """Apply `fn` to every member of a local block: batched (vmap) or one after another (lax.map).
-
-    XLA vectorises some reductions differently once a batch axis exists, so vmapped members
-    agree with single runs only to float rounding (~1e-7 relative), which chaotic training then
-    amplifies; lax.map runs the very same per-member program, bit-identical to a single run.
-    """
-    if batching == "vmap":
-        return jax.vmap(fn, in_axes=in_axes)
-    shared = [i for i, axis in enumerate(in_axes) if axis is None]
-
-    def mapped(*args):
-        per_member = [a for i, a in enumerate(args) if i not in shared]
-
-        def one(xs):
-            it = iter(xs)
-            return fn(*[args[i] if i in shared else next(it) for i in range(len(args))])
-
-        return jax.lax.map(one, tuple(per_member))
-
-    return mapped
 
 
 #: The schedule fields that hold one entry per member (the rest are shared by the group).
@@ -104,7 +81,7 @@ class Program:
         self.learner, self.size, self.batching = learner, size, batching
         self.mesh = mesh = Mesh(np.array(devices), ("pop",))
         pop = PartitionSpec("pop")
-        init = over_members(learner.init, batching, (0, 0))
+        init = over_copies(learner.init, batching, (0, 0))
         chunk = chunk_over_members(learner.chunk, batching)
         options = compiler_options(learner.config.env)
         self.init = jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(pop, pop), out_specs=pop, check_vma=False),

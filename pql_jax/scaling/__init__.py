@@ -33,7 +33,8 @@ from pql_jax.scaling.diagnostics import flag_lines, flags_table, law_flags
 from pql_jax.scaling.forms import compare_forms
 from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, depends_on_n, fit_batch_size_n,
                                      fit_hparam_law, law_points, n_dependence_flags, slope_by_threshold)
-from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, parse_number, write_json
+from pql_jax.scaling.io import load_crossings, load_curves, normalise_returns, write_json
+from pql_jax.values import read_number
 from pql_jax.scaling.laws import (BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS, Law, batch_size_b, compute,
                                   power_law)
 from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
@@ -46,7 +47,7 @@ __all__ = [
     "fit_data_efficiency", "fit_data_efficiency_file", "DataEfficiencyFit", "bootstrap_refit",
     "fit_fixed_effects", "fit_hparam_file", "fit_law", "holdout_split", "LawFit", "PowerFit",
     "Law", "LAWS", "DATA_SIGMA", "DATA_SIGMA_N", "BATCH_SIGMA_N", "compute", "power_law",
-    "load_curves", "load_crossings", "normalise_returns", "parse_number", "write_json",
+    "load_curves", "load_crossings", "normalise_returns", "read_number", "write_json",
     "RunGroup", "run_groups", "auto_thresholds", "crossing_bootstrap", "CrossingBootstrap",
     "bootstrap_crossings", "crossings_table",
     "first_crossings", "isotonic_rows", "best_hparams", "cell_crossings",

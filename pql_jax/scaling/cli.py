@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from pql_jax.errors import UserError
-from pql_jax.scaling.io import parse_number, parse_numbers
+from pql_jax.values import read_number, read_numbers
 
 
 def _max_return(text):
@@ -16,11 +16,11 @@ def _max_return(text):
     if text is None:
         return None
     if "=" not in text:
-        return parse_number(text)
+        return read_number(text)
     out = {}
     for part in text.split(","):
         env, _, val = part.partition("=")
-        out[env.strip()] = parse_number(val)
+        out[env.strip()] = read_number(val)
     return out
 
 
@@ -70,7 +70,7 @@ def cmd_all(args) -> int:
     from pql_jax.scaling.api import fit_all_file
 
     cfg = PipelineConfig(
-        max_return=_max_return(args.max_return), thresholds=parse_numbers(args.thresholds) if args.thresholds else None,
+        max_return=_max_return(args.max_return), thresholds=read_numbers(args.thresholds) if args.thresholds else None,
         n_thresholds=args.n_thresholds, base=args.base, select_level=args.select_level,
         resamples=args.resamples, seed=args.seed, k=args.k, delta=_delta(args),
         model_size=args.model_size, shared=args.shared_exponents, per_env_slopes=args.per_env,
@@ -108,8 +108,8 @@ def cmd_propose(args) -> int:
 
     if (args.utd is None) == (args.budget is None):
         raise UserError("propose: give exactly one of --utd or --budget")
-    table = propose(args.dir, utds=parse_numbers(args.utd) if args.utd else None,
-                    budget=parse_number(args.budget) if args.budget else None, env=args.env)
+    table = propose(args.dir, utds=read_numbers(args.utd) if args.utd else None,
+                    budget=read_number(args.budget) if args.budget else None, env=args.env)
     path = write_proposals(table, args.out or os.path.join(args.dir, "proposals.csv"))
     print(table.to_string(index=False))
     if "extrapolated" in table and table["extrapolated"].any():
@@ -120,7 +120,7 @@ def cmd_propose(args) -> int:
 
 
 def _positive(text):
-    v = parse_number(text)
+    v = read_number(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return v

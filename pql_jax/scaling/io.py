@@ -7,7 +7,6 @@ so the command line can print it and exit with status 2 before anything is writt
 from __future__ import annotations
 
 import difflib
-import math
 import os
 
 import numpy as np
@@ -79,23 +78,6 @@ def require_columns(df: pd.DataFrame, required, what: str) -> None:
     hint = f"; did you mean {' '.join(hints)}" if hints else ""
     raise UserError(f"{what}: missing column(s) {', '.join(missing)} "
                     f"(found: {', '.join(map(str, df.columns))}){hint}")
-
-
-def parse_number(text) -> float:
-    """Parse '0.5', '1e-3' or a fraction like '1/65536' into a float (``pql_jax.values``
-    parser; UserError naming the text otherwise, also for 'nan' / 'inf')."""
-    try:
-        v = values.parse_number(text)
-    except (ValueError, TypeError, OverflowError):
-        raise UserError(f"not a number: {text!r}") from None
-    if isinstance(text, str) and not math.isfinite(v):
-        raise UserError(f"not a number: {text!r}")
-    return v
-
-
-def parse_numbers(text: str) -> list[float]:
-    """Parse a comma-separated list of numbers or fractions."""
-    return [parse_number(t) for t in str(text).split(",") if t.strip()]
 
 
 def _numeric_column(df: pd.DataFrame, col: str, what: str) -> pd.Series:
