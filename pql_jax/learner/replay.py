@@ -72,8 +72,9 @@ class ReplayBuffer(struct.PyTreeNode):
 
     obs_ring: jax.Array
     """[rows + 1, E, obs] (see OBS_DTYPES): the observation of time t at slot t % (rows + 1)."""
-    obs_offset: jax.Array
-    """[rows + 1, obs] float32 with bfloat16 storage ([0, obs] with float32): slot s of obs_ring
+    obs_offset: jax.Array | None
+    """[rows + 1, obs] float32 with bfloat16 storage (None with float32: no leaf, so nothing to
+    shard or checkpoint, which a zero-size array is not for several processes): slot s of obs_ring
     (and the FIFO entries of time s - 1) hold bfloat16(obs - obs_offset[s]), see the module doc."""
     trunc_obs: jax.Array
     """[slots, E, obs]: final observations of truncated episodes, a FIFO per env."""
@@ -156,7 +157,7 @@ def init_buffer(rows: int, num_envs: int, obs_size: int, action_size: int, obs_d
     scalar = jnp.zeros((), jnp.int32)
     return ReplayBuffer(
         obs_ring=jnp.zeros((rows + 1, num_envs, obs_size), dtype),
-        obs_offset=jnp.zeros((rows + 1 if dtype == jnp.uint16 else 0, obs_size), jnp.float32),
+        obs_offset=jnp.zeros((rows + 1, obs_size), jnp.float32) if dtype == jnp.uint16 else None,
         trunc_obs=jnp.zeros((slots, num_envs, obs_size), dtype), trunc_time=no_time, trunc_next=first,
         term_obs=jnp.zeros((slots, num_envs, obs_size), dtype), term_time=no_time, term_next=first,
         action=jnp.zeros((rows, num_envs, action_size), dtype), reward=zeros(rows, num_envs),
@@ -195,7 +196,7 @@ def _decode(x, offset=None):
 
 def _slot_offset(buf: ReplayBuffer, slots):
     """Offsets of obs_ring `slots` ([..., obs]); None with float32 storage."""
-    return buf.obs_offset[slots] if buf.obs_offset.shape[0] else None
+    return None if buf.obs_offset is None else buf.obs_offset[slots]
 
 
 def _push(store, times, nxt, mask, value, t):
@@ -224,7 +225,7 @@ def insert(buf: ReplayBuffer, obs, action, reward, terminal, truncated, next_obs
     # This step's observation is already in its slot (the previous step's next_obs) unless the
     # previous step ended an episode; then the slot gets the reset observation.
     offset, here_offset, next_offset = buf.obs_offset, None, None
-    if offset.shape[0]:  # bfloat16: the successor slot's offset is the mean of what it receives now;
+    if offset is not None:  # bfloat16: the successor slot's offset is the mean of what it receives now;
         # slot 0 (time 0, every env starting) takes the mean of the reset observations
         here_offset = jnp.where(t == 0, obs.mean(0), offset[t % slots])
         next_offset = next_obs.mean(0)
