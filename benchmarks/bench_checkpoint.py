@@ -41,7 +41,7 @@ def main() -> None:
     from pql_jax.learner.state import hparams_from_config
     from pql_jax.run.checkpoint import Checkpointer
     from pql_jax.run.program import GroupProgram
-    from pql_jax.run.sweep import single
+    from pql_jax.plan.sweep import single
 
     probe = cfg_mod.load(ROOT / "configs" / "pointmass.yaml", ["agent.buffer_capacity=1000000"])
     learner = make_train(probe)

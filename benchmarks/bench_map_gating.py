@@ -17,7 +17,7 @@ import jax
 import yaml
 
 from pql_jax.counts import num_chunks
-from pql_jax.run import sweep
+from pql_jax.plan import sweep
 from pql_jax.run.program import GroupProgram
 
 POINTMASS = Path(__file__).resolve().parents[1] / "configs" / "pointmass.yaml"

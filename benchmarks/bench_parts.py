@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pql_jax.run import launch, parts
+from pql_jax.plan import parts
+from pql_jax.run import launch
 from pql_jax.run.program import _PROGRAMS
 from pql_jax.run.tables import read_rows
 

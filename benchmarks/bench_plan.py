@@ -1,5 +1,5 @@
 """Planning figures from compiled programs (no allocation): chunk temporaries with the old whole-state
-divergence select vs now, and members per 80 GB device of a workflow's sweep (formula vs compiled).
+divergence select vs now, and members per 80 GB device of a workflow's sweep.
 
     python benchmarks/bench_plan.py temp --buffer 2000000
     python benchmarks/bench_plan.py members configs/workflows/cheetah_run.yaml --limit-gb 80
@@ -24,7 +24,7 @@ def temp_bytes(buffer: int, whole_state: bool) -> dict:
     from pql_jax.learner import pql
     from pql_jax.run import program as program_mod
     from pql_jax.run.program import GroupProgram
-    from pql_jax.run.sweep import single
+    from pql_jax.plan.sweep import single
 
     saved = pql._FROZEN
     if whole_state:
@@ -42,13 +42,13 @@ def temp_bytes(buffer: int, whole_state: bool) -> dict:
 
 
 def members(workflow: str, limit_gb: float, batching: str) -> list[dict]:
-    """Per group of the workflow's hparam_sweep: members per device by the formula and compiled."""
+    """Per group of the workflow's hparam_sweep: members per device from the compiled chunk."""
     import tempfile
 
     from pql_jax.values import format_utd
-    from pql_jax.run.compiled import group_memory
-    from pql_jax.run.plan import member_costs
-    from pql_jax.run.sweep import load_sweep
+    from pql_jax.plan.memory import group_memory
+    from pql_jax.plan.costs import member_costs
+    from pql_jax.plan.sweep import load_sweep
     from pql_jax.workflow.spec import load_workflow
     from pql_jax.workflow.sweeps import write_sweep
 
@@ -66,8 +66,7 @@ def members(workflow: str, limit_gb: float, batching: str) -> list[dict]:
         tick = time.perf_counter()
         mem = group_memory(group, batching)
         out.append({"group": group.index, "members": len(group.members), "batch_size": group.config.agent.batch_size,
-                    "formula_bytes_per_member": costs.total_bytes,
-                    "formula_members_per_device": int(limit // costs.total_bytes),
+                    "buffer_bytes_per_member": costs.buffer_bytes,
                     "compiled_peak_bytes": mem.peak_bytes, "compiled_argument_bytes": mem.argument_bytes,
                     "compiled_temp_bytes": mem.temp_bytes, "compiled_bytes_per_member": mem.peak_bytes / mem.local,
                     "compiled_members_per_device": mem.members_fit(limit), "batching": mem.batching,

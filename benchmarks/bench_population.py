@@ -62,7 +62,7 @@ def main() -> None:
             spec = sweep_file(tmp, Path(args.config), k, UTDS, f"pop{k}")
             sweep_s = timed(exe[:3] + ["sweep", str(spec), "--out", str(tmp / f"sweep{k}"), "--batching",
                                        args.batching, *common])
-            from pql_jax.run.sweep import load_sweep
+            from pql_jax.plan.sweep import load_sweep
 
             members = load_sweep(spec, common[1:]).members
             single_s = 0.0

@@ -2,7 +2,7 @@
 
 For a workflow file (default `configs/workflows/cheetah_run.yaml`) this loads the hparam sweep
 it writes (its own grid, widths included) and, for each layout, prints what each machine runs and
-how well the work balances, from the planned FLOPs of every member (`pql_jax.run.parts.member_cost`:
+how well the work balances, from the planned FLOPs of every member (`pql_jax.plan.parts.member_cost`:
 its exact critic updates and actor updates; compiles counted as in `parts.group_cost`):
 
 - one program over D devices (`jax.distributed` over hosts, or one host's GPUs): every group's
@@ -31,9 +31,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pql_jax.run import parts
-from pql_jax.run.plan import sweep_costs
-from pql_jax.run.sweep import load_sweep
+from pql_jax.plan import parts
+from pql_jax.plan.costs import sweep_costs
+from pql_jax.plan.sweep import load_sweep
 
 
 def hparam_sweep(workflow: str):

@@ -178,9 +178,9 @@ def child_main(args) -> int:
     jax.monitoring.register_event_duration_secs_listener(listen_duration)
 
     from pql_jax import config as cfg_mod
-    from pql_jax.run.compiled import group_memory
+    from pql_jax.plan.memory import group_memory
     from pql_jax.run.program import GroupProgram
-    from pql_jax.run.sweep import Member, group_members
+    from pql_jax.plan.sweep import Member, group_members
 
     members, extra = phase_setup(args, args.child_phase)
     config = cfg_mod.load(args.config, [*base_overrides(args), *extra])

@@ -151,7 +151,7 @@ def _cmd_plan(args) -> int:
     memory and members per device, evaluation share, FLOPs and masking waste. SWEEP.yaml may also be
     a workflow file (its hparam_sweep is planned, later stages projected). Nothing is allocated
     unless --calibrate, which runs a few chunks per group and projects the wall time."""
-    from pql_jax.run.calibrate import plan_file
+    from pql_jax.workflow.plan import plan_file
 
     if args.chunks < 1:
         raise UserError("--chunks must be >= 1")
@@ -163,7 +163,7 @@ def _cmd_merge(args) -> int:
     """Merge the run directories of a sweep's parts (`pql-jax sweep ... --part I/N`): checks that
     they come from the same sweep file and overrides, that every member is in exactly one part and
     finished, then writes one results.csv and tb/ tree into --out (nothing written otherwise)."""
-    from pql_jax.run.parts import merge
+    from pql_jax.plan.parts import merge
 
     print(f"merged {len(args.parts)} part(s): {merge(args.parts, args.out)}")
     return 0
@@ -175,7 +175,7 @@ def _cmd_sweep(args) -> int:
 
     from pql_jax.run import distributed, launch
 
-    from pql_jax.run.parts import parse_part
+    from pql_jax.plan.parts import parse_part
 
     part = parse_part(args.part) if args.part else None
     launched = _launch_options(args)
@@ -201,7 +201,7 @@ def _cmd_sweep(args) -> int:
 def _cmd_workflow(args) -> int:
     """Run the scaling workflow; finished stages are skipped, an interrupted sweep resumes."""
     from pql_jax.run import distributed
-    from pql_jax.run.parts import parse_part
+    from pql_jax.plan.parts import parse_part
     from pql_jax.workflow import run_workflow
 
     part = parse_part(args.part) if args.part else None

@@ -253,6 +253,6 @@ def test_every_shipped_workflow_loads(path):
 
 @pytest.mark.parametrize("path", _shipped("sweeps"), ids=lambda p: p.name)
 def test_every_shipped_sweep_loads(path):
-    from pql_jax.run.sweep import load_sweep
+    from pql_jax.plan.sweep import load_sweep
 
     assert load_sweep(path).members

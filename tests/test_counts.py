@@ -55,12 +55,12 @@ def test_run_length_and_buffer_rows():
 
 
 def test_reading_a_sweep_file_imports_neither_jax_nor_the_learner():
-    """`pql_jax.run.sweep` parses sweep files and groups members: the run arithmetic it needs
+    """`pql_jax.plan.sweep` parses sweep files and groups members: the run arithmetic it needs
     lives in counts, so reading a sweep (plan, job-array parts) starts no JAX and builds no network."""
     import subprocess
     import sys
 
-    code = ("import sys, pql_jax.run.sweep; mods = sorted(sys.modules); "
+    code = ("import sys, pql_jax.plan.sweep; mods = sorted(sys.modules); "
             "print([m for m in mods if m.startswith(('jax', 'flax', 'pql_jax.learner', 'pql_jax.envs'))])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

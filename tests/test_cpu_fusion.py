@@ -17,7 +17,7 @@ from pql_jax.config import EnvConfig
 from pql_jax.envs import compiler_options
 from pql_jax.errors import UserError
 from pql_jax.run.program import GroupProgram
-from pql_jax.run.sweep import single
+from pql_jax.plan.sweep import single
 
 UNFUSED = {"xla_disable_hlo_passes": "fusion"}
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import INTERRUPT_AFTER
 from conftest import ROOT, SHORT, env_with_xla_flags
 from pql_jax.cli import main
 from pql_jax.errors import UserError
@@ -77,12 +78,12 @@ def sweep_cli(sweep, out, *extra):
 
 
 def stopped_early(sweep, out, chunks: int):
-    """`args_of` for a two-process sweep that stops after `chunks` chunks (the loop's test hook)."""
+    """`args_of` for a two-process sweep that stops after `chunks` chunks (interrupted from outside)."""
     def args_of(i, port):
-        code = (f"from pql_jax.run import distributed, launch\n"
+        code = (INTERRUPT_AFTER.format(chunks=chunks)
+                + f"from pql_jax.run import distributed, launch\n"
                 f"distributed.initialize('localhost:{port}', 2, {i}, timeout=60)\n"
-                f"launch.train_sweep_file({str(sweep)!r}, {str(out)!r}, {RUN!r}, progress=False, "
-                f"stop_after_chunks={chunks})\n")
+                f"launch.train_sweep_file({str(sweep)!r}, {str(out)!r}, {RUN!r}, progress=False)\n")
         return ["-c", code]
     return args_of
 

@@ -8,8 +8,9 @@ from conftest import SHORT, small, write_sweep
 from pql_jax.cli import main
 from pql_jax.errors import UserError
 from pql_jax.run import launch
-from pql_jax.run.plan import check_memory, plan_text, sweep_costs
-from pql_jax.run.sweep import load_sweep, single
+from pql_jax.plan.costs import check_memory, plan_text, sweep_costs
+from pql_jax.plan.memory import sweep_memory
+from pql_jax.plan.sweep import load_sweep, single
 
 
 def _files(path):
@@ -55,8 +56,9 @@ def test_sweep_resume_bad_input_is_one_line_exit_2(tmp_path, capsys):
 def test_single_run_plan_and_memory_check_are_the_sweeps():
     spec = single(small())
     costs = sweep_costs(spec)
-    lines = plan_text(spec, costs, check_memory(spec, costs))
+    memory = sweep_memory(spec.groups)
+    lines = plan_text(spec, costs, check_memory(spec, memory), memory)
     per_head = (4 + 2) * 64 + 64 + 64 * 64 + 64 + 64 + 1  # obs 4 + action 2 -> 64 -> 64 -> 1
     assert lines[0].startswith(f"critic parameters N = {2 * per_head:,}")
     with pytest.raises(UserError, match="run needs ~"):
-        check_memory(single(small(["run.memory_limit_gb=0.000001"])), costs)
+        check_memory(single(small(["run.memory_limit_gb=0.000001"])), memory)

@@ -174,7 +174,7 @@ def test_planned_parameter_counts_equal_the_learner_networks(overrides):
     from conftest import small
     from pql_jax.learner.pql import make_train
     from pql_jax.learner.state import hparams_from_config
-    from pql_jax.run.plan import run_costs
+    from pql_jax.plan.costs import run_costs
 
     config = small(overrides)
     learner = make_train(config)

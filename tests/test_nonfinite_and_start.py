@@ -12,8 +12,9 @@ from conftest import small
 from pql_jax.envs import make_env
 from pql_jax.learner.pql import make_train
 from pql_jax.learner.state import hparams_from_config
-from pql_jax.run.plan import plan_text, run_costs, support_warning
-from pql_jax.run.sweep import single
+from pql_jax.plan.costs import plan_text, run_costs, support_warning
+from pql_jax.plan.memory import sweep_memory
+from pql_jax.plan.sweep import single
 
 
 def _rollout_nonfinite(env, env_state, steps: int) -> int:
@@ -110,7 +111,7 @@ def test_c51_support_check_one_line():
     # the plan prints it
     sweep = single(small(base))
     costs = {0: run_costs(sweep.base, 4, 2)}
-    assert lines[0] in plan_text(sweep, costs, 2**40)
+    assert lines[0] in plan_text(sweep, costs, 2**40, sweep_memory(sweep.groups))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

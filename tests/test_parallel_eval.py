@@ -16,10 +16,10 @@ from conftest import POINTMASS, SHORT, small
 from pql_jax.cli import main
 from pql_jax.errors import UserError
 from pql_jax.counts import eval_phase, num_chunks
-from pql_jax.run.compiled import eval_share
+from pql_jax.plan.memory import eval_share
 from pql_jax.run.loop import eval_results
 from pql_jax.run.program import GroupProgram
-from pql_jax.run.sweep import single
+from pql_jax.plan.sweep import single
 from test_tensorboard import scalars
 
 PARALLEL = ["run.eval_mode=parallel", "env.val_envs=4", "env.eval_envs=6"]

@@ -11,9 +11,10 @@ import yaml
 from conftest import ROOT, SHORT, write_sweep
 from pql_jax.cli import main
 from pql_jax.errors import UserError
-from pql_jax.run import launch, parts
-from pql_jax.run.plan import sweep_costs
-from pql_jax.run.sweep import load_sweep
+from pql_jax.plan import parts
+from pql_jax.run import launch
+from pql_jax.plan.costs import sweep_costs
+from pql_jax.plan.sweep import load_sweep
 from pql_jax.run.tables import read_rows, write_rows_atomic
 
 SWEEP = ROOT / "configs" / "sweeps" / "pointmass_utd.yaml"  # 3 UTDs x 2 batch sizes x 2 seeds: 2 groups of 6

@@ -17,10 +17,10 @@ from pql_jax import config as cfg_mod
 from pql_jax.cli import main
 from pql_jax.counts import eval_chunks, eval_due
 from pql_jax.run.program import metrics_to_host
-from pql_jax.run.calibrate import calibrate_group, calibration_text, eval_schedule
-from pql_jax.run.compiled import GroupMemory, eval_share, group_memory
+from pql_jax.plan.calibrate import calibrate_group, calibration_text, eval_schedule
+from pql_jax.plan.memory import GroupMemory, eval_share, group_memory
 from pql_jax.run.program import GroupProgram
-from pql_jax.run.sweep import single
+from pql_jax.plan.sweep import single
 from pql_jax.workflow.spec import load_workflow
 
 
@@ -117,7 +117,7 @@ sys.path.insert(0, {tests!r})
 from conftest import POINTMASS
 from pql_jax import config as cfg_mod
 from pql_jax.run.program import GroupProgram
-from pql_jax.run.sweep import single
+from pql_jax.plan.sweep import single
 
 def status(key):
     line = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":")][0]

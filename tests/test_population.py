@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import interrupt_after
 from conftest import ROOT, SHORT, env_with_xla_flags, run_alone, run_group, small, write_sweep
 
 from pql_jax.cli import main
@@ -18,7 +19,8 @@ from pql_jax.counts import num_chunks, update_counts
 from pql_jax.learner.pql import make_train
 from pql_jax.run.program import metrics_to_host
 from pql_jax.learner.state import hparams_from_config
-from pql_jax.run import launch, sweep
+from pql_jax.plan import sweep
+from pql_jax.run import launch
 from pql_jax.run.program import _PROGRAMS, GroupProgram, program_for, stack
 
 pytestmark = pytest.mark.slow  # every test here compiles and trains populations
@@ -121,7 +123,7 @@ import json, sys, jax
 sys.path.insert(0, {str(ROOT / 'tests')!r})
 from conftest import run_group, write_sweep, SHORT
 from pathlib import Path
-from pql_jax.run import sweep
+from pql_jax.plan import sweep
 assert len(jax.devices()) == 2
 spec = sweep.load_sweep(write_sweep(Path({str(tmp_path)!r}), {UTD_SWEEP!r}), SHORT)
 two = run_group(spec.groups[0], "map", jax.devices())
@@ -153,7 +155,8 @@ def test_sweep_cli_table_tensorboard_and_resume(tmp_path, capsys):
     assert {r["utd_label"] for r in rows} == {"1/32", "1/16"}
     assert len(list((ref / "tb").iterdir())) == len(spec.members)
     # Interrupt after 3 chunks (mid group 0), then resume: the same table.
-    launch.train_sweep_file(path, out, SHORT, progress=False, stop_after_chunks=3, log=lambda *a: None)
+    with interrupt_after(3), pytest.raises(KeyboardInterrupt):
+        launch.train_sweep_file(path, out, SHORT, progress=False, log=lambda *a: None)
     assert main(["sweep", str(path), "--out", str(out), "--resume", "--no-progress", *SHORT]) == 0
     resumed = list(csv.DictReader(open(out / "results.csv")))
     key = lambda r: (r["member"], int(r["vector_steps"]))

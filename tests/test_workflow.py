@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import interrupt_after
 from pql_jax import workflow
 from pql_jax.cli import main
 from pql_jax.scaling import DATA_SIGMA
@@ -76,8 +77,8 @@ def _run(tmp: Path):
 
     def interrupted(*args, **kw):
         calls.append(kw["resume"])
-        real(*args, **{**kw, "stop_after_chunks": 4})
-        raise KeyboardInterrupt
+        with interrupt_after(4):
+            real(*args, **kw)
 
     sweeps.train_sweep_file = interrupted
     try:

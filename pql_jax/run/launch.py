@@ -13,13 +13,14 @@ import yaml
 from pql_jax import config as cfg_mod
 from pql_jax.config import Config
 from pql_jax.errors import UserError
-from pql_jax.run import loop, parts
+from pql_jax.plan import parts
+from pql_jax.run import loop
 from pql_jax.envs import check_trainable
-from pql_jax.run.compiled import sweep_memory
+from pql_jax.plan.memory import sweep_memory
 from pql_jax.run.distributed import barrier, is_primary
-from pql_jax.run.plan import check_memory, memory_limit, plan_text, sweep_costs
+from pql_jax.plan.costs import check_memory, memory_limit, plan_text, sweep_costs
 from pql_jax.run.program import resolve_batching
-from pql_jax.run.sweep import Sweep, load_sweep, single
+from pql_jax.plan.sweep import Sweep, load_sweep, single
 
 CONFIG_FILE = "config.yaml"
 SWEEP_FILE, MEMBERS_FILE = "sweep.yaml", "members.yaml"
@@ -34,7 +35,7 @@ def plan(sweep: Sweep, batching: str = "auto") -> tuple[dict, list[str]]:
         check_trainable(group.config.env)
     costs = sweep_costs(sweep)
     memory = sweep_memory(sweep.groups, batching, limit=memory_limit(sweep.base))
-    return costs, plan_text(sweep, costs, check_memory(sweep, costs, memory), memory, batching)
+    return costs, plan_text(sweep, costs, check_memory(sweep, memory), memory, batching)
 
 
 def plan_sweep(sweep_file: str | Path, overrides: list[str] = (), batching: str = "auto"
@@ -79,12 +80,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[str] = (), resume: bool = False,
                      progress: bool = True, batching: str = "auto", log=print,
-                     stop_after_chunks: int | None = None, part: tuple[int, int] | None = None) -> list[dict]:
+                     part: tuple[int, int] | None = None) -> list[dict]:
     """Train every member of a sweep file into `out` (resuming when asked); the last row per member.
 
-    `part` (I, N): only the I-th of N job-array shares (`pql_jax.run.parts`), merged later by
+    `part` (I, N): only the I-th of N job-array shares (`pql_jax.plan.parts`), merged later by
     `pql-jax merge`. Bad input (sweep file, overrides, memory, an `out` holding something else)
-    raises UserError before anything is written. `stop_after_chunks` ends the work early (tests of resume).
+    raises UserError before anything is written.
     """
     spec = load_sweep(sweep_file, overrides)
     out = Path(out)
@@ -107,8 +108,7 @@ def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[st
     log("\n".join(lines))
     open_run_dir(out, files, resume, same=lambda saved: saved == record, what="sweep")
     barrier("pql_jax: run directory written")
-    return loop.train(spec, out, costs, loop.SWEEP, resume=resume, progress=progress, batching=batching,
-                      stop_after_chunks=stop_after_chunks, log=log)
+    return loop.train(spec, out, costs, loop.SWEEP, resume=resume, progress=progress, batching=batching, log=log)
 
 
 def resume_config(out: Path, overrides: list[str]) -> Config:
@@ -121,8 +121,7 @@ def resume_config(out: Path, overrides: list[str]) -> Config:
     return cfg_mod.load(out / CONFIG_FILE, overrides)
 
 
-def train_config(config: Config, out: str | Path, resume: bool = False, progress: bool = True, log=print,
-                 stop_after_chunks: int | None = None) -> dict:
+def train_config(config: Config, out: str | Path, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train (or resume) one run into `out`; returns its last row (empty if nothing was left to do).
 
     A NaN/Inf stops it with DivergedError; the last good checkpoint stays the latest.
@@ -135,6 +134,5 @@ def train_config(config: Config, out: str | Path, resume: bool = False, progress
     open_run_dir(out, {CONFIG_FILE: cfg_mod.dump(config)}, resume)
     if resume:
         write_atomic(out / CONFIG_FILE, cfg_mod.dump(config))  # keep an extended run.total_env_steps
-    rows = loop.train(spec, out, costs, loop.SINGLE, resume=resume, progress=progress,
-                      stop_after_chunks=stop_after_chunks, log=log)
+    rows = loop.train(spec, out, costs, loop.SINGLE, resume=resume, progress=progress, log=log)
     return rows[0] if rows else {}

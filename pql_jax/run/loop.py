@@ -18,9 +18,9 @@ from pql_jax.errors import UserError
 from pql_jax.counts import eval_due, num_chunks
 from pql_jax.run.checkpoint import Checkpointer
 from pql_jax.run.distributed import is_primary
-from pql_jax.run.plan import Costs
+from pql_jax.plan.costs import Costs
 from pql_jax.run.program import GroupProgram
-from pql_jax.run.sweep import Group, Member, Sweep
+from pql_jax.plan.sweep import Group, Member, Sweep
 from pql_jax.run.tables import MetricsTable, host_row, member_columns
 from pql_jax.run.tensorboard import TensorBoard, attached_hparams
 
@@ -57,30 +57,26 @@ SWEEP = Layout("results.csv", per_member_tb=True, per_group_checkpoints=True, on
 
 
 def train(sweep: Sweep, out: Path, costs: dict[int, Costs], layout: Layout = SWEEP, resume: bool = False,
-          progress: bool = True, batching: str = "auto", stop_after_chunks: int | None = None,
-          log=print) -> list[dict]:
+          progress: bool = True, batching: str = "auto", log=print) -> list[dict]:
     """Train (or resume) every group of `sweep` into `out`; returns the last row of each member.
-
-    `stop_after_chunks` ends this process's work early (used to test resume).
-    """
+    An interruption (Ctrl-C, a kill) between chunks leaves the rows and checkpoints written so far."""
     from tqdm.auto import tqdm  # noqa: PLC0415 - progress bars only where a loop runs
 
     total = sum(num_chunks(g.config) * g.config.run.chunk_steps * g.config.env.num_envs * len(g.members)
                 for g in sweep.groups)
     bar = tqdm(total=total, unit="step", unit_scale=True, disable=not (progress and is_primary()), dynamic_ncols=True,
                desc=sweep.name if len(sweep.members) > 1 else "train")
-    budget = [stop_after_chunks]
     last: list[dict] = []
     try:
         for group in sweep.groups:
-            last += _train_group(sweep, group, out, costs, layout, resume, bar, budget, batching, log)
+            last += _train_group(sweep, group, out, costs, layout, resume, bar, batching, log)
     finally:
         bar.close()
     return last
 
 
 def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs], layout: Layout, resume: bool,
-                 bar, budget: list, batching: str, log) -> list[dict]:
+                 bar, batching: str, log) -> list[dict]:
     config = group.config
     chunk_steps, num_envs = config.run.chunk_steps, config.env.num_envs
     total = num_chunks(config)
@@ -112,10 +108,6 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
     try:
         program.program.compiled_chunk(states, program.schedule(start * chunk_steps))
         for index in range(start, total):
-            if budget[0] is not None:
-                if budget[0] <= 0:
-                    return []
-                budget[0] -= 1
             tick = time.perf_counter()
             states, metrics = program.step(states, index * chunk_steps,
                                            evaluate=eval_due(index, total, config.run.eval_every))

@@ -22,7 +22,7 @@ from pql_jax.errors import UserError
 from pql_jax.learner.pql import Learner, build_learner
 from pql_jax.learner.state import PopulationSchedule, hparams_from_config
 from pql_jax.run.distributed import place, to_host
-from pql_jax.run.sweep import Group
+from pql_jax.plan.sweep import Group
 
 BATCHING = ("auto", "map", "vmap")
 

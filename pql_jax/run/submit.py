@@ -1,7 +1,7 @@
 """A sweep's job-array parts launched through submitit, waited for, and merged.
 
 `pql-jax sweep SWEEP.yaml --out OUT --parts N --launch submitit` submits the N parts of
-`pql_jax.run.parts` as one job array (SLURM where `sbatch` exists, submitit's local executor
+`pql_jax.plan.parts` as one job array (SLURM where `sbatch` exists, submitit's local executor
 elsewhere, or as `--cluster` says), waits, and merges them: the parts' run directories are
 `OUT/parts/part-I-of-N/`, the merged results table and TensorBoard tree `OUT/results.csv` and
 `OUT/tb/`. Rerun with `--resume` after a failure: finished parts are not submitted again,
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from pql_jax.errors import UserError
-from pql_jax.run import parts
+from pql_jax.plan import parts
 
 #: `--slurm KEY=VALUE,...` keys -> submitit's AutoExecutor parameters (and the value's type).
 #: Generic ones apply to every cluster; `slurm_*` ones only on SLURM (ignored by the local executor).
@@ -98,7 +98,7 @@ def launch_parts(sweep_file, out, overrides=(), count: int = 2, cluster: str = "
 
     UserError (one line, nothing merged) for bad options, a run directory already used without
     `resume`, or a part that failed (its log named; rerun with --resume)."""
-    from pql_jax.run.sweep import load_sweep
+    from pql_jax.plan.sweep import load_sweep
 
     if count < 1:
         raise UserError(f"--parts must be >= 1 (got {count})")

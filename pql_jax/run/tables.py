@@ -20,8 +20,8 @@ import numpy as np
 
 from pql_jax.config import field_keys, get_value
 from pql_jax.values import format_utd
-from pql_jax.run.plan import Costs
-from pql_jax.run.sweep import Member
+from pql_jax.plan.costs import Costs
+from pql_jax.plan.sweep import Member
 
 def member_columns(member: Member, group: int, costs: Costs) -> dict:
     """The hyperparameter columns of a member's rows (derived from the config's declarations)."""

@@ -183,7 +183,7 @@ def _budget(value: Any):
 
 
 def _overrides(d: dict | None) -> list[str]:
-    from pql_jax.run.sweep import resolve_key
+    from pql_jax.plan.sweep import resolve_key
 
     return [f"{resolve_key(k)}={v}" for k, v in (d or {}).items()]
 

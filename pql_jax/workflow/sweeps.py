@@ -15,7 +15,7 @@ import yaml
 
 from pql_jax.values import format_utd
 from pql_jax.errors import UserError
-from pql_jax.run import parts
+from pql_jax.plan import parts
 from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.run.launch import train_sweep_file
 from pql_jax.run.tables import read_rows

@@ -1,7 +1,6 @@
-"""What a run or a sweep will cost before it starts: parameters and FLOPs per member (from the config
-and the env's sizes), device memory per group (from its compiled chunk, `pql_jax.run.compiled`), the
-one memory check, and the plan `pql-jax plan` prints. `run_costs`' memory figures are a formula kept
-for the parameter count and FLOPs; the check uses the compiled program when it is given."""
+"""What a run or a sweep will cost before it starts: parameters, buffer bytes and FLOPs per member
+(from the config and the env's sizes), the memory check against each group's compiled chunk
+(`pql_jax.plan.memory`, nothing allocated), and the plan `pql-jax plan` prints."""
 
 from __future__ import annotations
 
@@ -14,8 +13,8 @@ from pql_jax.counts import buffer_rows, episode_vector_steps, val_buffer_rows
 from pql_jax.errors import UserError
 from pql_jax.learner.networks import trunk_param_count
 from pql_jax.learner.replay import buffer_bytes
-from pql_jax.run.compiled import GroupMemory, eval_share
-from pql_jax.run.sweep import Member, Sweep, masking_waste
+from pql_jax.plan.memory import GroupMemory, eval_share
+from pql_jax.plan.sweep import Member, Sweep, masking_waste
 
 
 @dataclass(frozen=True)
@@ -27,20 +26,13 @@ class Costs:
     actor_params: int
     passive_params: int
     buffer_bytes: int
-    network_bytes: int
-    """Params, target, AdamW moments (and passive critics)."""
-    activation_bytes: int
-    """Rough peak activations of one update (forward + backward at batch_size)."""
+    """Replay and validation buffers, as the learner allocates them."""
     flops_per_critic_update: float
     flops_per_actor_update: float
 
-    @property
-    def total_bytes(self) -> int:
-        return self.buffer_bytes + self.network_bytes + self.activation_bytes
-
 
 def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
-    """Memory and FLOPs of `config` for an env with the given observation and action sizes.
+    """Parameters, buffer bytes and FLOPs of `config` for an env with these observation and action sizes.
 
     FLOPs count 2 per multiply-add over the dense layers: a critic update is a forward and
     backward (3x forward) pass of the critic, a target critic forward and an actor forward on the
@@ -58,15 +50,10 @@ def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
     buf = buffer_bytes(buffer_rows(a, e), e.num_envs, obs_size, action_size, *layout)
     if e.val_envs:
         buf += buffer_bytes(val_buffer_rows(a, e), e.val_envs, obs_size, action_size, *layout)
-    nets = 4 * (critic * 4 + actor * 3 + passive * 3)
-    widest = max(a.critic_width, a.actor_width, *a.passive_critic_widths, out, 1)
-    depth = lambda arch, d: 2 * d + 1 if arch == "bro" else d  # hidden layers: 2 per residual block
-    layers = max(depth(a.critic_arch, a.critic_depth), depth(a.actor_arch, a.actor_depth)) + 1
-    activations = 4 * a.batch_size * widest * layers * 2 * 6
     batch = a.batch_size
     critic_flops = 2.0 * batch * (3 * critic + critic + actor) + 2.0 * batch * 3 * passive
     actor_flops = 2.0 * batch * (3 * actor + 3 * critic)
-    return Costs(critic, actor, passive, buf, nets, activations, critic_flops, actor_flops)
+    return Costs(critic, actor, passive, buf, critic_flops, actor_flops)
 
 
 def device_memory_bytes() -> int:
@@ -118,27 +105,17 @@ def memory_limit(config: Config) -> float:
     return config.run.memory_limit_gb * 2**30 or device_memory_bytes()
 
 
-def group_need(group, costs: dict[int, Costs], memory: dict[int, GroupMemory] | None) -> int:
-    """Device bytes a group needs: its compiled chunk's peak, else (no memory given) the formula."""
-    if memory is not None:
-        return memory[group.index].peak_bytes
-    return sum(costs[m.index].total_bytes for m in group.members)
-
-
-def check_memory(sweep: Sweep, costs: dict[int, Costs], memory: dict[int, GroupMemory] | None = None) -> float:
-    """UserError (before anything is allocated or written) if a group cannot fit; returns the limit.
-
-    `memory`: each group's compiled chunk (`compiled.sweep_memory`, nothing allocated); without
-    it the formula of `run_costs` is used."""
+def check_memory(sweep: Sweep, memory: dict[int, GroupMemory]) -> float:
+    """UserError (before anything is allocated or written) if a group's compiled chunk
+    (`memory.sweep_memory`, nothing allocated) cannot fit the device; returns the limit."""
     limit = memory_limit(sweep.base)
     for group in sweep.groups:
-        if memory is not None and group.index not in memory:
+        if group.index not in memory:
             continue  # not compiled: an earlier group is refused below
-        need = group_need(group, costs, memory)
+        need = memory[group.index].peak_bytes
         if need > limit:
             who = f"group {group.index} ({len(group.members)} members)" if len(sweep.members) > 1 else "run"
-            fit = (f"; {memory[group.index].members_fit(limit)} of its members fit a device"
-                   if memory is not None and len(group.members) > 1 else "")
+            fit = f"; {memory[group.index].members_fit(limit)} of its members fit a device" if len(group.members) > 1 else ""
             raise UserError(f"{who} needs ~{format_bytes(need)} but the device has {format_bytes(limit)}{fit}; "
                             "lower agent.buffer_capacity, env.num_envs or agent.batch_size, or sweep fewer members")
     return limit
@@ -163,24 +140,18 @@ def _eval_line(config) -> str:
             f"share {100 * e.share:.1f}%")
 
 
-def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float,
-              memory: dict[int, GroupMemory] | None = None, batching: str = "auto") -> list[str]:
-    """The plan `pql-jax plan` and `train` print: members, groups, memory, FLOPs, masking waste
-    (under `batching`), evaluation share; with `memory`, each group's compiled peak and members
-    per device."""
+def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float, memory: dict[int, GroupMemory],
+              batching: str = "auto") -> list[str]:
+    """The plan `pql-jax plan` and `train` print: members, groups, each group's compiled peak memory
+    and members per device, FLOPs, masking waste (under `batching`), evaluation share."""
     import jax  # noqa: PLC0415 - only for the device line
 
     from pql_jax.run.program import resolve_batching  # noqa: PLC0415 - program imports JAX
 
     if len(sweep.members) == 1:
         c = costs[sweep.members[0].index]
-        lines = [f"critic parameters N = {c.critic_params:,}; actor {c.actor_params:,}"]
-        if memory is not None:
-            lines.append(_memory_line(memory[sweep.groups[0].index], limit))
-        else:
-            lines.append(f"memory (formula): buffer {format_bytes(c.buffer_bytes)}, networks "
-                         f"{format_bytes(c.network_bytes)}, activations ~{format_bytes(c.activation_bytes)}; total "
-                         f"~{format_bytes(c.total_bytes)} of {format_bytes(limit)} available")
+        lines = [f"critic parameters N = {c.critic_params:,}; actor {c.actor_params:,}",
+                 _memory_line(memory[sweep.groups[0].index], limit)]
         return lines + [_eval_line(sweep.base)] + support_warning(sweep)
     lines = [f"sweep {sweep.name}: {len(sweep.members)} members in {len(sweep.groups)} compiled program(s) "
              f"on {len(jax.devices())} {jax.devices()[0].platform} device(s)", ""]
@@ -191,17 +162,15 @@ def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float,
             lines.append(f"{m.name:<48} {group.index:>5} {c.critic_params:>10,} "
                          f"{c.flops_per_critic_update / 1e9:>17.3f}")
     lines.append("")
-    group_bytes = {g.index: group_need(g, costs, memory) for g in sweep.groups}
+    group_bytes = {g.index: memory[g.index].peak_bytes for g in sweep.groups}
     lockstep = resolve_batching(batching) == "vmap"
     for group in sweep.groups:
         waste, useful, executed = masking_waste(group, lockstep)
         what = (f"masked-UTD waste {100 * waste:.1f}% ({useful:,} useful of {executed:,} executed critic updates)"
                 if lockstep else f"{useful:,} critic updates (map: each member runs only its own)")
         lines.append(f"group {group.index}: {len(group.members)} members, up to {group.max_updates} updates/step, "
-                     f"memory {format_bytes(group_bytes[group.index])}"
-                     f"{'' if memory is not None else ' (formula)'}, {what}")
-        if memory is not None:
-            lines.append("  " + _memory_line(memory[group.index], limit))
+                     f"memory {format_bytes(group_bytes[group.index])}, {what}")
+        lines.append("  " + _memory_line(memory[group.index], limit))
         lines.append("  " + _eval_line(group.config))
     lines.append(f"total memory ~{format_bytes(sum(group_bytes.values()))} (groups run one after another: peak "
                  f"{format_bytes(max(group_bytes.values()))}) of {format_bytes(limit)}")

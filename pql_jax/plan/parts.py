@@ -26,8 +26,8 @@ import yaml
 
 from pql_jax.counts import run_vector_steps, update_counts
 from pql_jax.errors import UserError
-from pql_jax.run.plan import Costs
-from pql_jax.run.sweep import Group, Member, Sweep
+from pql_jax.plan.costs import Costs
+from pql_jax.plan.sweep import Group, Member, Sweep
 from pql_jax.run.tables import read_rows, write_rows_atomic
 
 COMPILE_UPDATES = 2000

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pql_jax.config import Config
 from pql_jax.counts import episode_vector_steps, eval_chunks, evaluations, num_chunks
-from pql_jax.run.sweep import Group
+from pql_jax.plan.sweep import Group
 
 
 @dataclass(frozen=True)
