@@ -21,7 +21,7 @@ import math
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -55,19 +55,19 @@ class EnvConfig:
     """`brax:<env>` (e.g. brax:ant) or `playground:<env>` (e.g. playground:CheetahRun)."""
     num_envs: int = shape(4096, column=True)
     """Parallel training envs stepped together (one vector step collects num_envs transitions)."""
-    episode_length: int = 1000
+    episode_length: int = shape(1000)
     """Time limit in env steps; reaching it is a truncation (bootstrapped), not a terminal."""
-    brax_backend: str = "positional"
+    brax_backend: Literal["generalized", "positional", "spring", "mjx"] = shape("positional")
     """Brax physics backend for brax:* envs: generalized, positional, spring or mjx."""
-    playground_impl: str = "jax"
+    playground_impl: Literal["jax", "warp"] = shape("jax")
     """MJX implementation for playground:* envs: jax (CPU and GPU) or warp (GPU only)."""
-    action_repeat: int = 1
+    action_repeat: int = shape(1)
     """Repeat each action this many env steps (rewards summed)."""
-    eval_envs: int = 16
+    eval_envs: int = shape(16)
     """Envs for deterministic-policy evaluation (see `run.eval_mode`; 0 disables)."""
-    val_envs: int = 0
+    val_envs: int = shape(0)
     """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
-    batching: str = "auto"
+    batching: Literal["auto", "vmap", "map"] = shape("auto")
     """How the env copies are stepped and reset: `vmap` (one batched program), `map` (a sequential
     loop over the single-env program) or `auto` (`map` for dmc:DogStand / DogWalk on the CPU,
     `vmap` otherwise). `map` is for models whose vectorised program XLA cannot compile in useful
@@ -75,7 +75,7 @@ class EnvConfig:
     (benchmarks/RESULTS.md, "MJX ports of Quadruped and Dog"); its env steps/s do not grow with
     num_envs. Same transitions either way up to float rounding. A sweep's members should then be
     looped too (`--batching map`, the CPU default): vmapping members batches the loop's body again."""
-    blowup_bound: float = 1e4
+    blowup_bound: float = shape(1e4)
     """A step whose observation entry or reward exceeds this in magnitude is treated as a physics
     blow-up, like a non-finite one: not stored for learning, kept out of the observation
     statistics, its env reset, counted in `nonfinite_transitions` (pql_jax.envs). A diverging
@@ -84,21 +84,21 @@ class EnvConfig:
     (the Quadruped's force-torque sensors; every other task under 80) under a random policy
     (benchmarks/RESULTS.md, "Blow-up guard"); raise it for a task with larger legitimate values.
     0 turns the check off."""
-    solver_iterations: int = 0
+    solver_iterations: int = shape(0)
     """Cap on the constraint solver's Newton iterations per physics step of the `dmc:` ports (0:
     the model's own, dm_control's 100), as Playground caps its DM Control models (walker 2,
     humanoid 4). The solve stops once converged (a few iterations), so a cap only changes results,
     and at 4 or fewer it moves both ports far from dm_control: benchmarks/RESULTS.md ("Capped
     solver")."""
-    solver_ls_iterations: int = 0
+    solver_ls_iterations: int = shape(0)
     """Cap on the solver's line-search steps per Newton iteration of the `dmc:` ports (0: the
     model's own, dm_control's 50). Vmapped, MJX evaluates every one of them, so this is the cap
     that buys speed; 8 (the ports' configs) leaves their trajectories unchanged (same section)."""
-    dog_contacts: str = "floor"
+    dog_contacts: Literal["floor", "self"] = shape("floor")
     """Which contacts the `dmc:Dog*` ports collide: `floor` (geom-floor pairs only) or `self` (also
     dm_control's self pairs, culled as Playground culls its DM Control models); see
     pql_jax/envs/dmc/dog.py and benchmarks/RESULTS.md ("MJX ports of Quadruped and Dog")."""
-    cpu_fusion: str = "auto"
+    cpu_fusion: Literal["auto", "on", "off"] = shape("auto")
     """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (off for
     dmc:DogStand / DogWalk, on otherwise); no effect on other backends. On the Dog, XLA's CPU
     fusion recomputes MJX's kinematic chain inside fused loops (single fusions of 3 outputs took
@@ -121,9 +121,9 @@ class AgentConfig:
     """One actor update every this many critic updates (PQL's beta_p:v = 1:2)."""
     batch_size: int = shape(8192, column=True)
     """Transitions per critic and actor update."""
-    buffer_capacity: int = 5_000_000
+    buffer_capacity: int = shape(5_000_000)
     """Replay capacity in transitions (FIFO ring; rounded down to a multiple of num_envs)."""
-    buffer_dtype: str = shape("float32")
+    buffer_dtype: Literal["float32", "bfloat16"] = shape("float32")
     """Storage dtype of replayed observations and actions: float32 or bfloat16 (half the bytes;
     cast back to float32 when sampled; actions in [-1, 1] keep 8 significant bits, i.e. within
     0.4%). Rewards stay float32 (n-step sums). Observations are stored as bfloat16(obs - offset)
@@ -151,28 +151,28 @@ class AgentConfig:
     """Width of the critic's first hidden layer."""
     critic_depth: int = shape(3, column=True)
     """Hidden layers in each Q network (`mlp`), or residual blocks (`bro`)."""
-    critic_arch: str = shape("mlp", column=True)
+    critic_arch: Literal["mlp", "bro"] = shape("mlp", column=True)
     """Critic trunk: `mlp` (PQL's, tapered by `taper`, LayerNorm by `layer_norm`) or `bro` (BRO's
     residual network of constant `critic_width`, LayerNorm always; Nauman et al., 2024)."""
     actor_width: int = shape(512, column=True)
     """Width of the actor's first hidden layer."""
-    actor_depth: int = 3
+    actor_depth: int = shape(3)
     """Hidden layers in the actor (`mlp`), or residual blocks (`bro`)."""
-    actor_arch: str = "mlp"
+    actor_arch: Literal["mlp", "bro"] = shape("mlp")
     """Actor trunk: `mlp` or `bro` (as `critic_arch`)."""
-    taper: bool = True
+    taper: bool = shape(True)
     """Halve the width at each deeper layer (512, 256, 128 as in PQL); False keeps it constant."""
-    layer_norm: bool = False
+    layer_norm: bool = shape(False)
     """LayerNorm after each hidden linear layer (actor and critic)."""
-    activation: str = "elu"
+    activation: Literal["elu", "relu", "gelu", "silu", "tanh"] = shape("elu")
     """Hidden activation: elu, relu, gelu, silu or tanh."""
     distributional: bool = shape(False, column=True)
     """Categorical (C51) critic, PQL-D."""
-    num_atoms: int = 51
+    num_atoms: int = shape(51)
     """Atoms of the categorical critic."""
-    v_min: float = -10.0
+    v_min: float = shape(-10.0)
     """Lowest atom value of the categorical critic."""
-    v_max: float = 10.0
+    v_max: float = shape(10.0)
     """Highest atom value of the categorical critic."""
     std_min: float = member(0.05)
     """Smallest per-env exploration noise std (mixed exploration: linspace(std_min, std_max))."""
@@ -184,13 +184,13 @@ class AgentConfig:
     """Clip of target-policy smoothing noise."""
     reward_scale: float = member(1.0)
     """Multiplies rewards in the critic target."""
-    obs_clip: float = 5.0
+    obs_clip: float = shape(5.0)
     """Normalised observations are clipped to [-obs_clip, obs_clip]."""
-    normalize_obs: bool = True
+    normalize_obs: bool = shape(True)
     """Running mean/variance observation normalisation."""
     warmup_steps: int = member(32)
     """Vector steps of uniform random actions before the policy acts and updates start."""
-    passive_critic_widths: tuple[int, ...] = ()
+    passive_critic_widths: tuple[int, ...] = shape(())
     """Widths of passive critics: trained on the same batches onto the main critic's TD targets,
     never used to act or to form targets (TD-overfitting diagnostics)."""
 
@@ -203,9 +203,9 @@ class RunConfig:
     """PRNG seed: the same config and seed give the same numbers on the same machine."""
     total_env_steps: int = host(10_000_000)
     """Training env steps (transitions collected); rounded up to whole chunks."""
-    chunk_steps: int = 64
+    chunk_steps: int = shape(64)
     """Vector steps per jitted chunk; metrics are logged once per chunk."""
-    eval_mode: str = "sequential"
+    eval_mode: Literal["sequential", "parallel"] = shape("sequential")
     """How the deterministic policy is evaluated. `sequential`: after a chunk (every `eval_every`
     chunks and the last), one episode of `env.eval_envs` envs that training waits for:
     ceil(episode_length / action_repeat) sequential env steps each time. `parallel`: the eval envs
@@ -214,7 +214,7 @@ class RunConfig:
     and add no sequential steps (the GPU regime: a step of 64 more envs costs about nothing there).
     A parallel result belongs to the policy of its snapshot: the row's `step` is the snapshot's env
     step, one episode before the row's `env_steps`. Needs a run of at least one episode."""
-    eval_cohorts: int = 1
+    eval_cohorts: int = shape(1)
     """With `eval_mode: parallel`, split the eval envs into this many cohorts, each a fraction
     1/eval_cohorts of an episode ahead of the next, with its own policy snapshot: this many results
     per episode length instead of one (each over eval_envs / eval_cohorts envs)."""
@@ -252,7 +252,7 @@ SECTIONS = {"env": EnvConfig, "agent": AgentConfig, "run": RunConfig}
 def field_keys(kind: str | None = None, column: bool | None = None) -> tuple[str, ...]:
     """Dotted keys (agent.utd, ...) of the fields of a kind (member / shape / host), in order."""
     return tuple(f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in fields(cls)
-                 if (kind is None or f.metadata.get("kind", SHAPE) == kind)
+                 if (kind is None or f.metadata["kind"] == kind)
                  and (column is None or f.metadata.get("column", False) == column))
 
 
@@ -263,7 +263,7 @@ def get_value(config: "Config", dotted: str) -> Any:
 
 
 def _view_class(cls, kinds: tuple[str, ...]):
-    keep = [(f.name, f.type) for f in fields(cls) if f.metadata.get("kind", SHAPE) in kinds]
+    keep = [(f.name, f.type) for f in fields(cls) if f.metadata["kind"] in kinds]
     return dataclasses.make_dataclass(f"{cls.__name__}Shape", keep, frozen=True)
 
 
@@ -357,14 +357,10 @@ def validate(config: Config) -> None:
         (e.action_repeat >= 1, "env.action_repeat must be >= 1"),
         (e.eval_envs >= 0, "env.eval_envs must be >= 0"),
         (e.val_envs >= 0, "env.val_envs must be >= 0"),
-        (e.playground_impl in ("jax", "warp"), "env.playground_impl must be jax or warp"),
-        (e.batching in ("auto", "vmap", "map"), f"env.batching must be auto, vmap or map (got {e.batching!r})"),
         (math.isfinite(e.blowup_bound) and e.blowup_bound >= 0,
          f"env.blowup_bound must be a finite number >= 0 (got {e.blowup_bound!r})"),
         (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
          "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
-        (e.cpu_fusion in ("auto", "on", "off"), f"env.cpu_fusion must be auto, on or off (got {e.cpu_fusion!r})"),
-        (e.dog_contacts in ("floor", "self"), f"env.dog_contacts must be floor or self (got {e.dog_contacts!r})"),
         (e.name.startswith("dmc:Dog") or e.dog_contacts == "floor",
          f"env.dog_contacts applies to the dmc:Dog tasks only, not {e.name}"),
         (e.name.startswith("dmc:") or not (e.solver_iterations or e.solver_ls_iterations),
@@ -372,8 +368,6 @@ def validate(config: Config) -> None:
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
         (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
         (a.batch_size >= 1, "agent.batch_size must be >= 1"),
-        (a.buffer_dtype in ("float32", "bfloat16"),
-         f"agent.buffer_dtype must be float32 or bfloat16 (got {a.buffer_dtype!r})"),
         (a.buffer_capacity >= e.num_envs * (a.n_step + 1),
          f"agent.buffer_capacity must hold at least num_envs * (n_step + 1) = {e.num_envs * (a.n_step + 1)} transitions"),
         (a.batch_size <= a.buffer_capacity,
@@ -386,10 +380,6 @@ def validate(config: Config) -> None:
         (a.max_grad_norm > 0, "agent.max_grad_norm must be > 0"),
         (min(a.critic_width, a.actor_width) >= 1, "agent.critic_width and agent.actor_width must be >= 1"),
         (min(a.critic_depth, a.actor_depth) >= 1, "agent.critic_depth and agent.actor_depth must be >= 1"),
-        (a.critic_arch in ("mlp", "bro") and a.actor_arch in ("mlp", "bro"),
-         f"agent.critic_arch and agent.actor_arch must be mlp or bro (got {a.critic_arch!r}, {a.actor_arch!r})"),
-        (a.activation in ("elu", "relu", "gelu", "silu", "tanh"),
-         f"agent.activation {a.activation!r} is not one of elu, relu, gelu, silu, tanh"),
         (a.num_atoms >= 2, "agent.num_atoms must be >= 2"),
         (a.v_min < a.v_max, f"agent.v_min ({a.v_min}) must be < agent.v_max ({a.v_max})"),
         (0 <= a.std_min <= a.std_max,
@@ -403,7 +393,6 @@ def validate(config: Config) -> None:
         (r.total_env_steps >= 1, "run.total_env_steps must be >= 1"),
         (r.chunk_steps >= 1, "run.chunk_steps must be >= 1"),
         (r.eval_every >= 1, "run.eval_every must be >= 1"),
-        (r.eval_mode in ("sequential", "parallel"), f"run.eval_mode must be sequential or parallel (got {r.eval_mode!r})"),
         (r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
         (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (r.memory_limit_gb >= 0, "run.memory_limit_gb must be >= 0"),

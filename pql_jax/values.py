@@ -76,6 +76,12 @@ def format_utd(value: float) -> str:
 def coerce(key: str, value: Any, annotation: Any) -> Any:
     """Convert a YAML or command-line value to the field's declared type, or raise UserError."""
     hint = typing.get_origin(annotation) or annotation
+    if hint is typing.Literal:  # the field's allowed values, declared once in its annotation
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            listed = ", ".join(map(str, choices[:-1])) + " or " + str(choices[-1])
+            raise UserError(f"{key} must be {listed} (got {value!r})")
+        return value
     try:
         if annotation is bool or annotation == "bool":
             if isinstance(value, bool):

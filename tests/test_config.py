@@ -1,12 +1,16 @@
 """Config: YAML + dotted overrides, dump/load round trip, and one-line UserErrors naming the bad key."""
 
 import dataclasses
+from dataclasses import fields
+from pathlib import Path
 from fractions import Fraction
 
 import pytest
 
 from pql_jax import config as C
 from pql_jax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path, text, name="c.yaml"):
@@ -256,3 +260,37 @@ def test_every_shipped_sweep_loads(path):
     from pql_jax.plan.sweep import load_sweep
 
     assert load_sweep(path).members
+
+
+def test_every_field_is_tagged_explicitly_and_documented():
+    """Each field declares its kind with member(...), shape(...) or host(...) in the source (no
+    silent default) and carries a docstring (the reference page is built from them)."""
+    import ast
+    import inspect
+
+    from pql_jax.config_doc import field_docs
+
+    for section, cls in C.SECTIONS.items():
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        untagged = [n.target.id for n in body if isinstance(n, ast.AnnAssign)
+                    and not (isinstance(n.value, ast.Call) and getattr(n.value.func, "id", "") in ("member", "shape", "host"))]
+        assert untagged == [], f"{section}: {untagged}"
+        docs = field_docs(cls)
+        assert [f.name for f in fields(cls) if not docs.get(f.name)] == [], section
+
+
+@pytest.mark.parametrize("key, bad, choices", [("env.batching", "scan", "auto, vmap or map"),
+                                               ("agent.activation", "swish", "elu, relu, gelu, silu or tanh"),
+                                               ("run.eval_mode", "async", "sequential or parallel")])
+def test_allowed_values_come_from_the_field_type(key, bad, choices):
+    with pytest.raises(UserError, match=f"^{key} must be {choices} \\(got '{bad}'\\)$"):
+        C.load(None, [f"{key}={bad}"])
+
+
+def test_the_config_reference_page_is_generated_from_the_dataclasses():
+    from pql_jax.config_doc import reference_markdown
+
+    page = (ROOT / "docs" / "config.md").read_text()
+    assert page == reference_markdown() + "\n", "docs/config.md is stale: python -m pql_jax.config_doc > docs/config.md"
+    for key in C.field_keys():
+        assert f"| `{key}` |" in page
