@@ -27,7 +27,7 @@ import yaml
 
 from pql_jax.counts import episode_vector_steps, run_vector_steps, utd_fraction
 from pql_jax.errors import UserError
-from pql_jax.values import coerce, read_yaml
+from pql_jax.values import check_choice, coerce, read_yaml
 
 MEMBER, SHAPE, HOST = "member", "shape", "host"
 
@@ -350,6 +350,9 @@ def dump(config: Config) -> str:
 
 def validate(config: Config) -> None:
     """Raise UserError naming the first impossible value."""
+    for section, cls in SECTIONS.items():  # allowed values: from each field's Literal type
+        for name, annotation in _field_types(cls).items():
+            check_choice(f"{section}.{name}", getattr(getattr(config, section), name), annotation)
     e, a, r = config.env, config.agent, config.run
     checks = [
         (e.num_envs >= 1, "env.num_envs must be >= 1"),

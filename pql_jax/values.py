@@ -73,14 +73,21 @@ def format_utd(value: float) -> str:
     return repr(value)
 
 
+def check_choice(key: str, value: Any, annotation: Any) -> None:
+    """UserError unless `value` is one of a Literal[...] annotation's values (no-op for other types)."""
+    if typing.get_origin(annotation) is not typing.Literal:
+        return
+    choices = typing.get_args(annotation)
+    if value not in choices:
+        listed = ", ".join(map(str, choices[:-1])) + " or " + str(choices[-1])
+        raise UserError(f"{key} must be {listed} (got {value!r})")
+
+
 def coerce(key: str, value: Any, annotation: Any) -> Any:
     """Convert a YAML or command-line value to the field's declared type, or raise UserError."""
     hint = typing.get_origin(annotation) or annotation
     if hint is typing.Literal:  # the field's allowed values, declared once in its annotation
-        choices = typing.get_args(annotation)
-        if value not in choices:
-            listed = ", ".join(map(str, choices[:-1])) + " or " + str(choices[-1])
-            raise UserError(f"{key} must be {listed} (got {value!r})")
+        check_choice(key, value, annotation)
         return value
     try:
         if annotation is bool or annotation == "bool":
