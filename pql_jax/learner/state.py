@@ -113,9 +113,8 @@ class PopulationSchedule(struct.PyTreeNode):
                    vec(hp.critic_actor_ratio), jnp.asarray(evaluate, jnp.bool_), jnp.asarray(eval_phase, jnp.int32))
 
 
-def _optimizer(learning_rate, weight_decay, max_norm):
+def make_optimizer(learning_rate, weight_decay, max_norm):
+    """Clip by global norm, then AdamW. The arguments may be per-member arrays (`HParams`): the
+    transformation is rebuilt from them at each update, so they live in `TrainState.hp` only and
+    the optimiser state holds the moments alone."""
     return optax.chain(optax.clip_by_global_norm(max_norm), optax.adamw(learning_rate, weight_decay=weight_decay))
-
-
-# Learning rate, weight decay and clip norm live in the optimiser state, so they can be vmapped.
-make_optimizer = optax.inject_hyperparams(_optimizer)
