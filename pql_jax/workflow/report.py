@@ -27,7 +27,7 @@ def _csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def _g(x) -> str:
+def _num(x) -> str:
     """A number in the report's text: 3 significant figures."""
     return fmt(x, 3)
 
@@ -43,13 +43,13 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
     for env, p in fit["params"].items():
         se = fit.get("se", {}).get(env, {})
         bse = (fit.get("bootstrap_se", {}).get("slope") or {}).get(env)
-        lines.append(f"- {name} ({env}): {_g(p['coef'])} (+- {_g(se.get('coef'))}) x utd^({_g(-p['slope'])}) "
-                     f"(slope, the negated exponent: {_g(p['slope'])} +- {_g(se.get('slope'))} Hessian" + (f", +- {_g(bse)} bootstrap" if bse else "")
-                     + ")" + (f", i.e. ({_g(p['beta'])} / utd)^{_g(p['slope'])}" if p['slope'] > 0 else "")
-                     + f"; log-loss {_g(fit['loss'])}, {fit['n']} points")
+        lines.append(f"- {name} ({env}): {_num(p['coef'])} (+- {_num(se.get('coef'))}) x utd^({_num(-p['slope'])}) "
+                     f"(slope, the negated exponent: {_num(p['slope'])} +- {_num(se.get('slope'))} Hessian" + (f", +- {_num(bse)} bootstrap" if bse else "")
+                     + ")" + (f", i.e. ({_num(p['beta'])} / utd)^{_num(p['slope'])}" if p['slope'] > 0 else "")
+                     + f"; log-loss {_num(fit['loss'])}, {fit['n']} points")
         iv = (fit.get("interval") or {}).get("slope", {}).get(env)
         if iv:
-            lines.append(f"  - slope 90% bootstrap interval [{_g(iv[0])}, {_g(iv[1])}]")
+            lines.append(f"  - slope 90% bootstrap interval [{_num(iv[0])}, {_num(iv[1])}]")
         if (fit.get("flat") or {}).get(env):
             lines.append("  - no dependence on the UTD within the noise: the best value is a constant here, not a law")
         if fit.get("excluded_at_edge"):
@@ -58,16 +58,16 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
         cmp = fit.get("compare_forms") or {}
         if cmp.get("offset") and env in cmp["offset"]["params"]:
             o, f = cmp["offset"]["params"][env], cmp["forms"]
-            lines.append(f"  - offset form (eqs. D.2 / D.3): {_g(o['c'])} (1 + (utd / {_g(o['b'])})^-{_g(o['a'])}); "
-                         f"AICc power {_g(f['power']['aicc'])} vs offset {_g(f['offset']['aicc'])}, leave-one-out "
-                         f"|log error| {_g(f['power']['loo_mean_abs_log_error'])} vs "
-                         f"{_g(f['offset']['loo_mean_abs_log_error'])}: preferred {cmp.get('preferred') or 'undecided'}")
+            lines.append(f"  - offset form (eqs. D.2 / D.3): {_num(o['c'])} (1 + (utd / {_num(o['b'])})^-{_num(o['a'])}); "
+                         f"AICc power {_num(f['power']['aicc'])} vs offset {_num(f['offset']['aicc'])}, leave-one-out "
+                         f"|log error| {_num(f['power']['loo_mean_abs_log_error'])} vs "
+                         f"{_num(f['offset']['loo_mean_abs_log_error'])}: preferred {cmp.get('preferred') or 'undecided'}")
         elif cmp.get("reason"):
             lines.append(f"  - offset form not fitted: {cmp['reason']}")
         sens = fit.get("slope_by_threshold") or {}
         if sens:
             lines.append("  - slope at each threshold used to pick the best values: "
-                         + ", ".join(f"J={_g(float(j))}: {_g(v)}" for j, v in sens.items()))
+                         + ", ".join(f"J={_num(float(j))}: {_num(v)}" for j, v in sens.items()))
 
 
 def _flags(path: Path) -> list[str]:
@@ -149,174 +149,202 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
     return made
 
 
-def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Write OUT/report.md and OUT/report/figures/."""
-    figdir = out / "report" / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
-    made = _figures(out, figdir)
-    L = [f"# Scaling workflow `{wf.name}`", "",
+def _stages_section(wf: Workflow, out: Path) -> list[str]:
+    """The title and the stage timings."""
+    lines = [f"# Scaling workflow `{wf.name}`", "",
          f"Workflow file: `{wf.path}` (copy: `workflow.yaml`); base config `{wf.base_path}`; returns normalised "
          f"to 0..1000 by max return {wf.spec['max_return']}.", "", "## Stages", ""]
-    L += _table(pd.DataFrame([{"stage": s, "seconds": read_marker(out, s).get("seconds", "running"),
+    lines += _table(pd.DataFrame([{"stage": s, "seconds": read_marker(out, s).get("seconds", "running"),
                                 "finished": read_marker(out, s).get("finished", "")} for s in STAGES[:-1]]),
                 ["stage", "seconds", "finished"])
 
-    # step 1-4
-    fh = _json(out / "fit_hparams" / "summary.json")
-    L += ["", "## Best batch size and learning rate (hparam sweep)", "",
+    return lines
+
+
+def _hparam_section(wf: Workflow, out: Path) -> list[str]:
+    """Steps 1-4: the best batch size and learning rate per UTD, their laws, the UTD sweep's settings."""
+    lines = []
+    hparam_summary = _json(out / "fit_hparams" / "summary.json")
+    lines += ["", "## Best batch size and learning rate (hparam sweep)", "",
           f"Sweep: UTD {', '.join(format_utd(u) for u in wf.hparam['utd'])} x batch size "
           f"{wf.hparam['batch_size']} x learning rate {wf.hparam['lr']}, seeds {wf.spec.get('seeds', 1)}; "
-          f"best values picked at threshold J = {_g(fh.get('threshold'))} (seed bootstrap, eqs. D.1/D.4).", ""]
-    L += _table(_csv(out / "fit_hparams" / "best_hparams.csv"),
+          f"best values picked at threshold J = {_num(hparam_summary.get('threshold'))} (seed bootstrap, eqs. D.1/D.4).", ""]
+    lines += _table(_csv(out / "fit_hparams" / "best_hparams.csv"),
                 ["utd", "batch_size", "batch_size_std", "n_batch_size", "lr", "lr_std", "n_lr"])
-    L.append("")
-    _power_law(L, "B*(sigma)", _json(out / "fit_hparams" / "fit_batch_size.json"))
-    _power_law(L, "eta*(sigma)", _json(out / "fit_hparams" / "fit_learning_rate.json"))
-    bn = _json(out / "fit_hparams" / "fit_batch_size_n.json")
-    for env, p in (bn.get("params") or {}).items():
-        se = (bn.get("se") or {}).get(env, {})
-        bse, iv = (bn.get("bootstrap_se") or {}).get(env, {}), (bn.get("interval") or {}).get(env, {})
-        boot = "".join(f"; {k} +- {_g(bse[k])} bootstrap, 90% [{_g(iv[k][0])}, {_g(iv[k][1])}]"
+    lines.append("")
+    _power_law(lines, "B*(sigma)", _json(out / "fit_hparams" / "fit_batch_size.json"))
+    _power_law(lines, "eta*(sigma)", _json(out / "fit_hparams" / "fit_learning_rate.json"))
+    batch_law_n = _json(out / "fit_hparams" / "fit_batch_size_n.json")
+    for env, p in (batch_law_n.get("params") or {}).items():
+        se = (batch_law_n.get("se") or {}).get(env, {})
+        bse, iv = (batch_law_n.get("bootstrap_se") or {}).get(env, {}), (batch_law_n.get("interval") or {}).get(env, {})
+        boot = "".join(f"; {k} +- {_num(bse[k])} bootstrap, 90% [{_num(iv[k][0])}, {_num(iv[k][1])}]"
                        for k in ("alpha", "beta") if k in bse and k in iv)
-        L.append(f"- B*(sigma, N) ({env}): {_g(p['a'])} / utd^{_g(p['alpha'])} / (1 + ({_g(p['n_half'])} / N)^"
-                 f"{_g(p['beta'])}) (alpha +- {_g(se.get('alpha'))}, beta +- {_g(se.get('beta'))} Hessian{boot}); "
-                 + ("it sets the batch size of every (UTD, critic width) of the UTD sweep" if bn.get("used", True)
+        lines.append(f"- B*(sigma, N) ({env}): {_num(p['a'])} / utd^{_num(p['alpha'])} / (1 + ({_num(p['n_half'])} / N)^"
+                 f"{_num(p['beta'])}) (alpha +- {_num(se.get('alpha'))}, beta +- {_num(se.get('beta'))} Hessian{boot}); "
+                 + ("it sets the batch size of every (UTD, critic width) of the UTD sweep" if batch_law_n.get("used", True)
                     else "**not used**: B* does not change with N within the noise (flags below)"))
-    for n in fh.get("notes", []):
-        L.append(f"- note: {n}")
-    L += _flags(out / "fit_hparams" / "flags.csv")
-    L += ["", "Settings of the UTD sweep (batch size rounded to a multiple of 16, lr to 3 s.f.):", ""]
-    L += _table(_csv(out / "fit_hparams" / "settings.csv"),
+    for n in hparam_summary.get("notes", []):
+        lines.append(f"- note: {n}")
+    lines += _flags(out / "fit_hparams" / "flags.csv")
+    lines += ["", "Settings of the UTD sweep (batch size rounded to a multiple of 16, lr to 3 s.f.):", ""]
+    lines += _table(_csv(out / "fit_hparams" / "settings.csv"),
                 ["utd", "critic_width", "model_size", "batch_size_raw", "batch_size_source", "batch_size", "lr_raw",
                  "lr_source", "lr"])
 
-    # step 5-8
-    fl = _json(out / "fit_laws" / "summary.json")
-    L += ["", "## Data efficiency, compute and budget (UTD sweep)", ""]
-    if not fl.get("fitted"):
-        L.append(f"**No laws fitted**: {fl.get('reason', 'fit_laws did not run')}. The sweep's crossings "
+    return lines
+
+
+def _laws_section(wf: Workflow, out: Path) -> list[str]:
+    """Steps 5-8: the D_J laws, crossings, held-out points, compute and budget laws."""
+    lines = []
+    laws_summary = _json(out / "fit_laws" / "summary.json")
+    lines += ["", "## Data efficiency, compute and budget (UTD sweep)", ""]
+    if not laws_summary.get("fitted"):
+        lines.append(f"**No laws fitted**: {laws_summary.get('reason', 'fit_laws did not run')}. The sweep's crossings "
                  "are below; no line is drawn through them.")
         cr = _csv(out / "utd_sweep" / "results.csv")
         if not cr.empty:
             last = cr.sort_values("step").groupby("member").tail(1)
-            L += ["", "Final eval return per UTD (raw, mean over seeds):", ""]
-            L += _table(last.groupby("utd_label")["return"].agg(["mean", "std"]).reset_index(),
+            lines += ["", "Final eval return per UTD (raw, mean over seeds):", ""]
+            lines += _table(last.groupby("utd_label")["return"].agg(["mean", "std"]).reset_index(),
                         ["utd_label", "mean", "std"])
     else:
         cross = _csv(out / "fit_laws" / "crossings.csv")
         fit = _json(out / "fit_laws" / "fit.json")
-        L += [f"D_J law: `{fit.get('formula', fit.get('form', ''))}`", ""]
+        lines += [f"D_J law: `{fit.get('formula', fit.get('form', ''))}`", ""]
         for lv, f in sorted((fit.get("levels") or {}).items(), key=lambda kv: int(kv[0])):
             sub = cross[cross["level"] == int(lv)] if not cross.empty else cross
             reached = int(sub["reached"].sum()) if len(sub) else 0
-            L.append(f"- J = {_g(sub['threshold'].iloc[0]) if len(sub) else '?'}: "
+            lines.append(f"- J = {_num(sub['threshold'].iloc[0]) if len(sub) else '?'}: "
                      f"{reached} of {len(sub)} (UTD, N) cells reach it")
             for env, p in (f.get("params") or {}).items():
                 se = (f.get("se") or {}).get(env) or {}
                 bse = (f.get("bootstrap_se") or {}).get(env) or {}
-                L.append(f"  - {env}: " + ", ".join(
-                    f"{k} = {_g(v)} (+- {_g(se.get(k))} Hessian" + (f", +- {_g(bse.get(k))} bootstrap)" if bse else ")")
-                    for k, v in p.items()) + f"; log-loss {_g(f.get('loss'))}, {f.get('n')} points")
+                lines.append(f"  - {env}: " + ", ".join(
+                    f"{k} = {_num(v)} (+- {_num(se.get(k))} Hessian" + (f", +- {_num(bse.get(k))} bootstrap)" if bse else ")")
+                    for k, v in p.items()) + f"; log-loss {_num(f.get('loss'))}, {f.get('n')} points")
                 loose = [k for k, v in p.items() if bse.get(k, 0) > abs(v) or se.get(k, 0) > abs(v)]
                 if loose:
-                    L.append(f"    - not determined by this data (SE > value): {', '.join(loose)}")
+                    lines.append(f"    - not determined by this data (SE > value): {', '.join(loose)}")
         if not cross.empty:
             miss = cross.groupby("level")["reached"].sum()
             for lv, n in miss.items():
                 if n < 3:
-                    L.append(f"- J = {_g(cross.loc[cross['level'] == lv, 'threshold'].iloc[0])}: only {int(n)} UTD(s) "
+                    lines.append(f"- J = {_num(cross.loc[cross['level'] == lv, 'threshold'].iloc[0])}: only {int(n)} UTD(s) "
                              "reach it, too few for a law (needs 3): not fitted")
-        L += ["", "Crossings (env steps to threshold, best-tuned cell, bootstrap std):", ""]
-        L += _table(cross, ["utd", "model_size", "threshold", "data", "data_std", "reached_frac"])
+        lines += ["", "Crossings (env steps to threshold, best-tuned cell, bootstrap std):", ""]
+        lines += _table(cross, ["utd", "model_size", "threshold", "data", "data_std", "reached_frac"])
         pred = _csv(out / "fit_laws" / "predictions.csv")
         if "held_out" in pred.columns and pred["held_out"].any():
             h = pred[pred["held_out"] & np.isfinite(pred["data"])]
             h = h.assign(rel_error=(h["data_fit"] - h["data"]) / h["data"])
-            L += ["", "Held-out points of the D_J fit (extrapolation error):", ""]
-            L += _table(h, ["utd", "threshold", "data", "data_fit", "rel_error"])
+            lines += ["", "Held-out points of the D_J fit (extrapolation error):", ""]
+            lines += _table(h, ["utd", "threshold", "data", "data_fit", "rel_error"])
         fb = _json(out / "fit_laws" / "fit_budget.json")
         if fb:
-            L += ["", f"Compute C_J = k N B*(sigma) sigma D_J with k = {_g(fb.get('k'))}; budget F = C + delta D "
-                  f"with delta = {_g(fb.get('delta'))} FLOPs per env step.", ""]
-            L += _table(_csv(out / "fit_laws" / "budget.csv"),
+            lines += ["", f"Compute C_J = k N B*(sigma) sigma D_J with k = {_num(fb.get('k'))}; budget F = C + delta D "
+                  f"with delta = {_num(fb.get('delta'))} FLOPs per env step.", ""]
+            lines += _table(_csv(out / "fit_laws" / "budget.csv"),
                         ["threshold", "utd", "utd_se", "model_size", "data", "compute", "budget", "budget_se"])
             laws = fb.get("laws") or {}
             for y, law in laws.items():
                 for env, c in (law.get("coef") or {}).items():
-                    L.append(f"- {y}*(F) ({env}) = {_g(c)} F^{_g(law['exponent'])}"
-                             + (f" (exponent +- {_g(law['exponent_se'])})" if "exponent_se" in law else ""))
+                    lines.append(f"- {y}*(F) ({env}) = {_num(c)} F^{_num(law['exponent'])}"
+                             + (f" (exponent +- {_num(law['exponent_se'])})" if "exponent_se" in law else ""))
             if not laws:
-                L.append("- sigma*(F) law not fitted (needs >= 3 thresholds with a budget optimum)")
-        for n in fl.get("notes", []):
-            L.append(f"- note: {n}")
-        L += _flags(out / "fit_laws" / "flags.csv")
-        L += ["", "Figures of the fit: " + ", ".join(
+                lines.append("- sigma*(F) law not fitted (needs >= 3 thresholds with a budget optimum)")
+        for n in laws_summary.get("notes", []):
+            lines.append(f"- note: {n}")
+        lines += _flags(out / "fit_laws" / "flags.csv")
+        lines += ["", "Figures of the fit: " + ", ".join(
             f"[{f}](fit_laws/figures/{f})" for f in sorted(os.listdir(out / "fit_laws" / "figures")))
               if (out / "fit_laws" / "figures").is_dir() else ""]
 
-    # proposal + verification
-    L += ["", "## Proposal and verification", ""]
-    L += _table(_csv(out / "fit_laws" / "proposal.csv"),
+    return lines
+
+
+def _proposal_section(wf: Workflow, out: Path) -> list[str]:
+    """The proposal and its verification on fresh seeds."""
+    lines = []
+    lines += ["", "## Proposal and verification", ""]
+    lines += _table(_csv(out / "fit_laws" / "proposal.csv"),
                 ["target", "utd_proposed", "utd", "batch_size", "lr", "model_size", "budget", "data_pred",
                  "compute_pred"])
-    L.append("")
-    L.append("(`utd_proposed`: sigma*(F) of the budget law; `utd`: rounded to a binary fraction the learner runs "
+    lines.append("")
+    lines.append("(`utd_proposed`: sigma*(F) of the budget law; `utd`: rounded to a binary fraction the learner runs "
              "exactly; `data_pred` / `compute_pred` of a budget row: D*(F), C*(F) of the budget power laws, i.e. at "
              "the threshold that budget implies. The table below compares D_J at the fitted thresholds, at the "
              "proposed settings, on fresh seeds.)")
     vs = _json(out / "verify" / "summary.json")
     ver = _csv(out / "verify" / "verification.csv")
     if not vs.get("verified"):
-        L += ["", f"Not verified: {vs.get('reason', 'verify did not run')}."]
+        lines += ["", f"Not verified: {vs.get('reason', 'verify did not run')}."]
     else:
-        L += ["", "Measured vs predicted data-to-threshold at the proposed settings (held out from every fit):", ""]
-        L += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_pred_lo", "data_pred_hi",
+        lines += ["", "Measured vs predicted data-to-threshold at the proposed settings (held out from every fit):", ""]
+        lines += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_pred_lo", "data_pred_hi",
                           "data_measured", "data_measured_std", "rel_error", "verified", "extrapolated"])
-        L += ["", "(`data_pred_lo` / `data_pred_hi`: 90% interval of the bootstrap refits' predictions; `verified`: the "
+        lines += ["", "(`data_pred_lo` / `data_pred_hi`: 90% interval of the bootstrap refits' predictions; `verified`: the "
               "measurement agrees with it, its own bootstrap spread (90%) added in quadrature in log space; a "
               "threshold already reached at the first logging point is an upper bound and does not verify)", ""]
         if "verified" in ver:
-            L.append(f"- **{int(vs.get('n_verified', ver['verified'].sum()))} of {len(ver)} predictions verified** "
+            lines.append(f"- **{int(vs.get('n_verified', ver['verified'].sum()))} of {len(ver)} predictions verified** "
                      f"({int(ver['reached'].sum()) if 'reached' in ver else len(ver)} measured)")
         bc = _csv(out / "verify" / "budget_check.csv")
         if not bc.empty:
-            L += ["", "Problem 3.2 at the proposed budget: measured budget F = C + delta D to reach each threshold at "
+            lines += ["", "Problem 3.2 at the proposed budget: measured budget F = C + delta D to reach each threshold at "
                   "sigma*(F), sigma*/2 and 2 sigma* (fresh seeds):", ""]
-            L += _table(bc, ["env", "threshold", "utd_sigma_star", "budget_sigma_star", "utd_half", "budget_half",
+            lines += _table(bc, ["env", "threshold", "utd_sigma_star", "budget_sigma_star", "utd_half", "budget_half",
                              "utd_double", "budget_double", "sigma_star_cheapest"])
-            L.append("")
-            L.append(f"- sigma*(F) was the cheapest of the three for {int(bc['sigma_star_cheapest'].sum())} of "
+            lines.append("")
+            lines.append(f"- sigma*(F) was the cheapest of the three for {int(bc['sigma_star_cheapest'].sum())} of "
                      f"{len(bc)} threshold(s)")
         if "first_log" in ver:
             early = ver[ver["data_measured"] <= ver["first_log"] * (1 + 1e-9)]
             if len(early):
-                L.append(f"- {len(early)} threshold(s) were already reached at the first logging point "
-                         f"({_g(early['first_log'].iloc[0])} env steps): the measured D_J there is an upper bound, "
+                lines.append(f"- {len(early)} threshold(s) were already reached at the first logging point "
+                         f"({_num(early['first_log'].iloc[0])} env steps): the measured D_J there is an upper bound, "
                          "not a measurement; log more often (`run.chunk_steps`) to resolve it.")
         bad = ver[~ver["reached"].astype(bool)] if "reached" in ver else ver.iloc[:0]
         if len(bad):
-            L.append(f"- {len(bad)} threshold(s) not reached by the verification runs: no measured D_J there.")
+            lines.append(f"- {len(bad)} threshold(s) not reached by the verification runs: no measured D_J there.")
         ok = ver[np.isfinite(ver["rel_error"])] if "rel_error" in ver else ver.iloc[:0]
         if len(ok):
-            L.append(f"- median |relative error| {_g(np.median(np.abs(ok['rel_error'])))} over {len(ok)} threshold(s)")
+            lines.append(f"- median |relative error| {_num(np.median(np.abs(ok['rel_error'])))} over {len(ok)} threshold(s)")
 
-    # TD overfitting
-    L += ["", "## TD-overfitting diagnostics", "",
+    return lines
+
+
+def _td_section(wf: Workflow, out: Path) -> list[str]:
+    """TD-overfitting diagnostics: training vs validation TD error."""
+    lines = []
+    lines += ["", "## TD-overfitting diagnostics", "",
           "Final-point mean TD error on training batches (`td_train`) and on a held-out validation stream "
           "(`td_val`, needs `env.val_envs > 0`); `passive*` columns are passive critics (trained on the same "
           "batches onto the main critic's targets, never acting).", ""]
     for name, d, by in (("hparam sweep, by batch size", _csv(out / "hparam_sweep" / "results.csv"), "batch_size"),
                         ("UTD sweep, by critic width", _csv(out / "utd_sweep" / "results.csv"), "critic_width")):
         t = _td_table(d, by)
-        L += [f"{name}:", ""]
+        lines += [f"{name}:", ""]
         if t.empty or ("td_val" in t and not t["td_val"].notna().any()):
-            L.append("(no validation TD error logged: set env.val_envs > 0)" if not t.empty else "(none)")
+            lines.append("(no validation TD error logged: set env.val_envs > 0)" if not t.empty else "(none)")
             if not t.empty:
-                L += [""] + _table(t, list(t.columns))
+                lines += [""] + _table(t, list(t.columns))
         else:
-            L += _table(t, list(t.columns))
-        L.append("")
+            lines += _table(t, list(t.columns))
+        lines.append("")
+    return lines
+
+
+def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
+    """Write OUT/report.md and OUT/report/figures/."""
+    figdir = out / "report" / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    made = _figures(out, figdir)
+    lines = _stages_section(wf, out)
+    for section in (_hparam_section, _laws_section, _proposal_section, _td_section):
+        lines += section(wf, out)
     if made:
-        L += ["## Figures", ""] + [f"- [{f}](report/figures/{f}): {desc}" for f, desc in made]
-    (out / "report.md").write_text("\n".join(L) + "\n")
+        lines += ["## Figures", ""] + [f"- [{f}](report/figures/{f}): {desc}" for f, desc in made]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
     return {"report": str(out / "report.md"), "figures": [str(figdir / f) for f, _ in made]}
