@@ -29,13 +29,14 @@ import numpy as np
 from flax import struct
 
 from pql_jax.config import EnvConfig
+from pql_jax.envs.dmc import TASKS as DMC_TASKS
 from pql_jax.errors import UserError
 
 BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 
 
-DMC_ENVS = ("QuadrupedWalk", "QuadrupedRun", "DogStand", "DogWalk")
+DMC_ENVS = tuple(DMC_TASKS)
 """dm_control tasks ported to MJX here (pql_jax.envs.dmc), named `dmc:<task>`."""
 
 TEST_ENVS = ("test:pointmass", "test:pointmass_nan", "test:pointmass_spike", "test:unit_reward")

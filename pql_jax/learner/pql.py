@@ -36,8 +36,7 @@ _FROZEN = tuple(f for f in TrainState.__dataclass_fields__ if f not in ("buffer"
 def strong_types(tree):
     """`tree` with every weakly typed array made strong (same dtype). A weak leaf in the fresh
     state (MJX's `data.time`, built from a Python float) comes back strong from the first chunk,
-    so `jax.jit(chunk)` would trace and compile the whole chunk a second time on its second call
-    (measured: 134 s more on CheetahRun on a 2-core CPU)."""
+    so `jax.jit(chunk)` would trace and compile the whole chunk a second time on its second call."""
     return jax.tree.map(lambda x: jnp.asarray(x, x.dtype) if getattr(x, "weak_type", False) else x, tree)
 
 
@@ -238,10 +237,10 @@ class Learner:
         fields, metrics = jax.lax.cond(group_pred, run, lambda fields: (fields, zero), learned)
         return state.replace(**fields), metrics
 
-    def update_phase(self, state: TrainState, sums, group: PopulationSchedule, key):
+    def update_phase(self, state: TrainState, sums, peers: PopulationSchedule, key):
         """All critic (and actor) updates of one vector step, following the exact schedule.
 
-        `group` holds the schedules of the members run together at this vector step (a single
+        `peers` holds the schedules of the members run together at this vector step (a single
         run or lax.map: its own), so the update slots run only when one of them needs them. The
         loop carries only the network fields; buffer, statistics and hyperparameters are loop
         constants.
@@ -251,8 +250,8 @@ class Learner:
         # A run resumed without its checkpointed buffer refills it: no update until one full n-step
         # window is written (a fresh run's schedule already waits for that, so it is unchanged).
         own_count = jnp.where(replay.sampleable_rows(state.buffer, self.config.agent.n_step) > 0, own_count, 0)
-        group_count, group_before = self.updates_due(group, group.step)
-        group_ratio = group.critic_actor_ratio
+        group_count, group_before = self.updates_due(peers, peers.step)
+        group_ratio = peers.critic_actor_ratio
 
         def one(i, carry):
             fields, acc = carry
@@ -289,7 +288,7 @@ class Learner:
         uniform = jax.random.uniform(uniform_key, shape, minval=-1.0, maxval=1.0)
         return jnp.where(state.step < hp.warmup_steps, uniform, noisy)
 
-    def step_envs(self, state: TrainState, group: PopulationSchedule, key):
+    def step_envs(self, state: TrainState, peers: PopulationSchedule, key):
         """Every env (training, validation, parallel eval) in one env call; returns the new env
         state, the step's output, the training and validation actions and the cohort after this step."""
         n, v, q = self.env_rows
@@ -299,24 +298,24 @@ class Learner:
             with jax.named_scope("env_step"):
                 return (*self.env.step(state.env, action), action, state.cohort)
         horizon, cohorts = episode_vector_steps(self.config.env), self.config.run.eval_cohorts
-        phases = counts.cohort_phases(group.eval_phase, horizon, cohorts, xp=jnp)
-        starts = evaluate.boundary(group.step, phases, horizon)
-        ends = evaluate.boundary(group.step + 1, phases, horizon)  # the next step starts a new episode
+        phases = counts.cohort_phases(peers.eval_phase, horizon, cohorts, xp=jnp)
+        starts = evaluate.boundary(peers.step, phases, horizon)
+        ends = evaluate.boundary(peers.step + 1, phases, horizon)  # the next step starts a new episode
         cohort = evaluate.cohort_begin(state.cohort, starts, state.actor_params, state.obs_stats, state.step)
         eval_action = evaluate.cohort_actions(cohort, self.actor, obs[n + v:], self.config.agent)
         reset = jnp.concatenate([jnp.zeros(n + v, jnp.bool_), jnp.repeat(ends, q // cohorts)])
         with jax.named_scope("env_step"):
             env, out = self.env.step(state.env, jnp.concatenate([action, eval_action]), reset)
-        finishes = ends & (group.step + 1 >= phases + horizon)
+        finishes = ends & (peers.step + 1 >= phases + horizon)
         eval_ended = (out.terminal | out.truncated | out.nonfinite)[n + v:]
         return env, out, action, evaluate.cohort_record(cohort, out.reward[n + v:], eval_ended, finishes)
 
-    def vector_step(self, state: TrainState, sums, group: PopulationSchedule):
+    def vector_step(self, state: TrainState, sums, peers: PopulationSchedule):
         """Act in every env, store, update the normaliser, then do the updates this step is due."""
         key, act_key, update_key = jax.random.split(state.key, 3)
         n, v, _ = self.env_rows
         obs = state.env.obs
-        env, out, action, cohort = self.step_envs(state, group, act_key)
+        env, out, action, cohort = self.step_envs(state, peers, act_key)
 
         @jax.named_scope("replay_insert")
         def store(buffer, lo, hi):
@@ -331,7 +330,7 @@ class Learner:
         sums = {**sums, "return_sum": sums["return_sum"] + jnp.sum(jnp.where(ended, out.episode_return[:n], 0.0)),
                 "episodes": sums["episodes"] + jnp.sum(ended),
                 "nonfinite_transitions": sums["nonfinite_transitions"] + jnp.sum(out.nonfinite[: n + v])}
-        state, sums = self.update_phase(state, sums, group, update_key)
+        state, sums = self.update_phase(state, sums, peers, update_key)
         return state.replace(step=state.step + 1), sums
 
     # ---- evaluation and diagnostics -------------------------------------------------------
@@ -353,20 +352,20 @@ class Learner:
             return F32(jnp.nan)
         return evaluate.sequential_return(self.env, lambda obs: self.policy(state, obs), self.config.env, key)
 
-    def chunk(self, state: TrainState, group: PopulationSchedule):
+    def chunk(self, state: TrainState, peers: PopulationSchedule):
         """`chunk_steps` vector steps, then eval and diagnostics; returns (state, metrics).
 
-        `group` (unbatched in a population) holds the schedules of the members this one runs
+        `peers` (unbatched in a population) holds the schedules of the members this one runs
         with (see `PopulationSchedule`) at the chunk's first vector step, so update work is
         skipped on steps where none of them updates. A diverged state
         (NaN/Inf in a loss or parameter) is returned unchanged, except its replay buffers. The
-        evaluation episode runs only when `group.evaluate` (else `eval_return` is NaN); it reads
+        evaluation episode runs only when `peers.evaluate` (else `eval_return` is NaN); it reads
         the state without changing it, so skipping it leaves training bit-identical.
         """
         sums0 = {k: F32(0) for k in _SUMS}
 
         def body(carry, offset):
-            return self.vector_step(*carry, group.replace(step=group.step + offset)), None
+            return self.vector_step(*carry, peers.replace(step=peers.step + offset)), None
 
         steps = jnp.arange(self.config.run.chunk_steps, dtype=jnp.int32)
         start = state.replace(cohort=evaluate.clear_results(state.cohort)) if self.parallel_eval else state
@@ -384,7 +383,7 @@ class Learner:
             # transitions of this chunk (training and validation envs) whose observation or reward
             # was not finite: not stored for learning, their envs reset (pql_jax.envs)
             "nonfinite_transitions": sums["nonfinite_transitions"],
-            **evaluate.chunk_metrics(new, group.evaluate, lambda: self.evaluate(new, eval_key), self.parallel_eval),
+            **evaluate.chunk_metrics(new, peers.evaluate, lambda: self.evaluate(new, eval_key), self.parallel_eval),
             "critic_param_norm": optax.tree.norm(new.critic_params),
             "actor_param_norm": optax.tree.norm(new.actor_params), "td_train": train_td[0],
             **{f"passive{i}_td_train": v for i, v in enumerate(train_td[1:])},

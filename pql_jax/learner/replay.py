@@ -58,8 +58,9 @@ ENDED = TERMINAL | TRUNCATED
 OBS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.uint16}
 """Array dtype holding observations and actions per `agent.buffer_dtype`; samples are always float32.
 bfloat16 observations are kept as their 16-bit patterns: XLA's CPU backend computes a bfloat16
-dynamic-update-slice in float32 and rewrites the whole ring at every insert (measured: +17 MB of
-temporaries for a 16 MB ring), while integer rows are updated in place on every backend."""
+dynamic-update-slice in float32 and rewrites the whole ring at every insert (a temporary copy of
+the ring; benchmarks/RESULTS.md, "Replay memory"), while integer rows are updated in place on
+every backend."""
 MAX_REDRAWS = 3
 """Spare draws for samples that hit an invalid transition (drawn always, no loop: a sample stays
 invalid with probability (invalid share of the buffer)^4, and is then a harmless zero-length

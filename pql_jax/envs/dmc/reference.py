@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pql_jax.envs.dmc import TASKS
 
-DM_NAMES = {"QuadrupedWalk": ("quadruped", "walk"), "QuadrupedRun": ("quadruped", "run"),
-            "DogStand": ("dog", "stand"), "DogWalk": ("dog", "walk")}
-"""dm_control's (domain, task) that each port reproduces."""
+
+DM_NAMES = {task: port.dm_name for task, port in TASKS.items()}
+"""dm_control's (domain, task) that each port reproduces (from the one list, `dmc.TASKS`)."""
 
 
 def available() -> str | None:
