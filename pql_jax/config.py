@@ -69,10 +69,9 @@ class EnvConfig:
     """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
     batching: Literal["auto", "vmap", "map"] = shape("auto")
     """How the env copies are stepped and reset: `vmap` (one batched program), `map` (a sequential
-    loop over the single-env program) or `auto` (`map` for dmc:DogStand / DogWalk on the CPU,
-    `vmap` otherwise). `map` is for models whose vectorised program XLA cannot compile in useful
-    time: the Dog on the CPU, where vmapping MJX's forward pass stalls XLA's constant folding
-    (benchmarks/RESULTS.md, "MJX ports of Quadruped and Dog"); its env steps/s do not grow with
+    loop over the single-env program) or `auto` (what the task declares: `map` on the CPU for the
+    ports marked `cpu_loops` in pql_jax.envs.dmc.TASKS, `vmap` otherwise). `map` is for models
+    whose vectorised program XLA cannot compile in useful time; its env steps/s do not grow with
     num_envs. Same transitions either way up to float rounding. A sweep's members should then be
     looped too (`--batching map`, the CPU default): vmapping members batches the loop's body again."""
     blowup_bound: float = shape(1e4)
@@ -95,16 +94,14 @@ class EnvConfig:
     model's own, dm_control's 50). Vmapped, MJX evaluates every one of them, so this is the cap
     that buys speed; 8 (the ports' configs) leaves their trajectories unchanged (same section)."""
     dog_contacts: Literal["floor", "self"] = shape("floor")
-    """Which contacts the `dmc:Dog*` ports collide: `floor` (geom-floor pairs only) or `self` (also
-    dm_control's self pairs, culled as Playground culls its DM Control models); see
-    pql_jax/envs/dmc/dog.py and benchmarks/RESULTS.md ("MJX ports of Quadruped and Dog")."""
+    """Which contacts the Dog ports collide (validated by pql_jax.envs.dmc): `floor` (geom-floor
+    pairs only) or `self` (also dm_control's self pairs, culled as Playground culls its DM Control
+    models); see pql_jax/envs/dmc/dog.py."""
     cpu_fusion: Literal["auto", "on", "off"] = shape("auto")
-    """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (off for
-    dmc:DogStand / DogWalk, on otherwise); no effect on other backends. On the Dog, XLA's CPU
-    fusion recomputes MJX's kinematic chain inside fused loops (single fusions of 3 outputs took
-    45 ms per physics step): unfused, its steps run 8-13x faster, same trajectory to float32
-    rounding. Vmapped programs need fusion (the Quadruped's ran 7x slower without it), hence Dog
-    only (benchmarks/RESULTS.md, "The Dog without XLA's CPU fusion")."""
+    """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (what the
+    task declares: off for the ports marked `cpu_loops` in pql_jax.envs.dmc.TASKS, whose fused step
+    recomputes MJX's kinematic chain, on otherwise: vmapped programs need fusion); no effect on
+    other backends (benchmarks/RESULTS.md, "The Dog without XLA's CPU fusion")."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
@@ -364,10 +361,6 @@ def validate(config: Config) -> None:
          f"env.blowup_bound must be a finite number >= 0 (got {e.blowup_bound!r})"),
         (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
          "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
-        (e.name.startswith("dmc:Dog") or e.dog_contacts == "floor",
-         f"env.dog_contacts applies to the dmc:Dog tasks only, not {e.name}"),
-        (e.name.startswith("dmc:") or not (e.solver_iterations or e.solver_ls_iterations),
-         f"env.solver_iterations / solver_ls_iterations apply to dmc: tasks only, not {e.name}"),
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
         (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
         (a.batch_size >= 1, "agent.batch_size must be >= 1"),

@@ -285,9 +285,10 @@ def test_solver_caps_reach_the_mjx_model():
 
 def test_solver_caps_are_validated():
     from pql_jax.config import Config, EnvConfig, validate
+    from pql_jax.envs import check_options
 
-    with pytest.raises(UserError, match="apply to dmc: tasks only"):
-        validate(Config(env=EnvConfig(name="playground:CartpoleBalance", solver_iterations=4)))
+    with pytest.raises(UserError, match="apply to dmc: tasks only"):  # the family validates its options
+        check_options(EnvConfig(name="playground:CartpoleBalance", solver_iterations=4))
     with pytest.raises(UserError, match="must be >= 0"):
         validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", solver_ls_iterations=-1)))
     validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", solver_iterations=4, solver_ls_iterations=8)))
@@ -310,8 +311,11 @@ def test_dog_contacts_reach_the_model_and_are_validated():
     validate(Config(env=EnvConfig(name="dmc:DogWalk", dog_contacts="self")))
     with pytest.raises(UserError, match="must be floor or self"):
         validate(Config(env=EnvConfig(name="dmc:DogStand", dog_contacts="all")))
+    from pql_jax.envs import check_options
+
+    check_options(EnvConfig(name="dmc:DogWalk", dog_contacts="self"))
     with pytest.raises(UserError, match="dmc:Dog tasks only"):
-        validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", dog_contacts="self")))
+        check_options(EnvConfig(name="dmc:QuadrupedWalk", dog_contacts="self"))
 
 
 @needs_dm_control

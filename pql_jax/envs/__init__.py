@@ -30,6 +30,7 @@ from flax import struct
 
 from pql_jax.config import EnvConfig
 from pql_jax.envs.dmc import TASKS as DMC_TASKS
+from pql_jax.envs.dmc import check_options as dmc_check_options
 from pql_jax.errors import UserError
 
 BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
@@ -215,14 +216,15 @@ def over_copies(fn: Callable, batching: str, in_axes=0) -> Callable:
 
 
 def _cpu_loops(name: str) -> bool:
-    """Whether an env's programs need the CPU workarounds of its `auto` settings: the Dog ports,
-    whose vmapped program XLA's CPU compiler cannot build in useful time and whose fused step
-    recomputes MJX's kinematic chain (`env.batching`, `env.cpu_fusion`)."""
-    return name.startswith("dmc:Dog")
+    """Whether the env declares that its programs need the CPU workarounds of the `auto` settings
+    (`env.batching`, `env.cpu_fusion`): a port's `cpu_loops` (pql_jax.envs.dmc.TASKS)."""
+    kind, _, task = name.partition(":")
+    return kind == "dmc" and task in DMC_TASKS and DMC_TASKS[task].cpu_loops
 
 
 def env_batching(config: EnvConfig) -> str:
-    """`env.batching` resolved: `auto` is `map` for the Dog ports on the CPU, else `vmap`."""
+    """`env.batching` resolved: `auto` is `map` on the CPU for a port that declares `cpu_loops`,
+    else `vmap`."""
     if config.batching != "auto":
         return config.batching
     return "map" if _cpu_loops(config.name) and jax.default_backend() == "cpu" else "vmap"
@@ -239,11 +241,20 @@ def compiler_options(config: EnvConfig) -> dict[str, str] | None:
     return None
 
 
+def check_options(config: EnvConfig) -> None:
+    """UserError naming an env option the task does not take (the `dmc:` family validates its own)."""
+    kind, _, task = config.name.partition(":")
+    dmc_check_options(task if kind == "dmc" else None, config.dog_contacts,
+                      (config.solver_iterations, config.solver_ls_iterations), config.name)
+
+
 def check_trainable(config: EnvConfig) -> None:
-    """UserError where this backend cannot build the env's training program: the Dog ports on the
-    CPU without XLA's fusion (`env.cpu_fusion` auto/off), whose learner-plus-env program crashed
-    XLA's CPU compiler (a stack overflow in a compiler thread) after 13-20 minutes, twice. Their
-    env step alone compiles and runs unfused (the port scripts use it)."""
+    """UserError where the env's options do not apply to it (`check_options`), or this backend
+    cannot build its training program: a `cpu_loops` port on the CPU without XLA's fusion
+    (`env.cpu_fusion` auto/off), whose learner-plus-env program crashed XLA's CPU compiler (a stack
+    overflow in a compiler thread) after 13-20 minutes, twice; its env step alone compiles and
+    runs unfused (the port scripts use it)."""
+    check_options(config)
     if _cpu_loops(config.name) and compiler_options(config) is not None:
         raise UserError(
             f"{config.name} does not train on the CPU with env.cpu_fusion={config.cpu_fusion}: XLA's CPU compiler "
@@ -310,6 +321,7 @@ def _bad_step(sim_state, bound: float) -> jax.Array:
 def make_env(config: EnvConfig) -> VecEnv:
     """Build the vectorised, auto-resetting env described by `config`."""
     check_env_name(config.name)
+    check_options(config)
     if not config.name.startswith("brax:") or config.brax_backend == "mjx":
         warn_deadlocking_jaxlib()
     sim = _load_sim(config.name, config.brax_backend, config.playground_impl, config.episode_length,

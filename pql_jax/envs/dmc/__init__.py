@@ -22,16 +22,33 @@ class Port(NamedTuple):
     """The module that builds it: `quadruped` or `dog`."""
     speed: str | None
     """The module's target-speed constant for the task (None: standing)."""
+    cpu_loops: bool = False
+    """On the CPU, loop its env copies (`env.batching: auto` -> map) and compile without XLA's
+    fusion (`env.cpu_fusion: auto` -> off): its vmapped program does not compile in useful time
+    and the fused step recomputes MJX's kinematic chain (benchmarks/RESULTS.md, "The Dog without
+    XLA's CPU fusion"). Training it there is refused (`pql_jax.envs.check_trainable`)."""
 
 
 TASKS: dict[str, Port] = {
     "QuadrupedWalk": Port(("quadruped", "walk"), "quadruped", "WALK_SPEED"),
     "QuadrupedRun": Port(("quadruped", "run"), "quadruped", "RUN_SPEED"),
-    "DogStand": Port(("dog", "stand"), "dog", None),
-    "DogWalk": Port(("dog", "walk"), "dog", "WALK_SPEED"),
+    "DogStand": Port(("dog", "stand"), "dog", None, cpu_loops=True),
+    "DogWalk": Port(("dog", "walk"), "dog", "WALK_SPEED", cpu_loops=True),
 }
 """The one list of ported tasks (named `dmc:<task>`); env names, the scripts' reference tasks and
 `load` all read it."""
+
+
+def check_options(task: str | None, contacts: str, solver_caps: tuple[int, int], name: str = "") -> None:
+    """UserError naming the option env `name` does not take (`env.dog_contacts` other than floor
+    off the Dog; solver caps off the ports); `task`: its port's task, None when not a port."""
+    from pql_jax.errors import UserError
+
+    port = TASKS.get(task) if task else None
+    if contacts != "floor" and (port is None or port.family != "dog"):
+        raise UserError(f"env.dog_contacts applies to the dmc:Dog tasks only, not {name or task}")
+    if any(solver_caps) and port is None:
+        raise UserError(f"env.solver_iterations / solver_ls_iterations apply to dmc: tasks only, not {name or task}")
 
 
 def load(task: str, impl: str = "jax", solver_caps: tuple[int, int] = (0, 0), contacts: str = "floor"):
