@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, small configs, sweep files, and the ways tests train a member.
+"""Fixtures and hooks of the test run (helpers tests import live in tests/helpers.py).
 
 One compile cache serves the whole test run: in-process, every run goes through
 `pql_jax.run.program.program_for` (keyed by shapes only); subprocesses started by tests share a
@@ -8,7 +8,6 @@ persistent JAX compilation cache in a session temp directory (inherited through 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 # Tests compile ~100 small XLA programs and run each for seconds: compiling dominates the suite.
 # LLVM's -O1 instead of its default -O2 compiles them ~30% faster and runs them little slower.
@@ -20,47 +19,6 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-import yaml  # noqa: E402
-
-from pql_jax import config as cfg_mod
-from pql_jax.config import program_config
-from pql_jax.counts import num_chunks
-from pql_jax.learner.pql import make_train
-from pql_jax.run.program import metrics_to_host
-from pql_jax.learner.state import hparams_from_config
-from pql_jax.run.program import GroupProgram
-
-ROOT = Path(__file__).resolve().parents[1]
-POINTMASS = ROOT / "configs" / "pointmass.yaml"
-SHORT = ["run.total_env_steps=4800", "run.chunk_steps=25", "run.checkpoint_every=2"]
-"""Overrides for a seconds-scale pointmass run: 6 chunks of 25 vector steps at 32 envs."""
-
-
-def env_with_xla_flags(flags: str, **extra) -> dict:
-    """This process's environment for a subprocess, with `flags` added to XLA_FLAGS (and `extra`)."""
-    return {**os.environ, **extra, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
-
-
-def small(overrides=(), base=POINTMASS):
-    """A validated pointmass config with `SHORT` (and then `overrides`) applied."""
-    return cfg_mod.load(base, [*SHORT, *overrides])
-
-
-def write_sweep(tmp_path: Path, body: dict, name: str = "sweep.yaml") -> Path:
-    """A sweep file on the pointmass base config with the given keys (grid, zip, seeds ...)."""
-    path = Path(tmp_path) / name
-    path.write_text(yaml.safe_dump({"base": str(POINTMASS), **body}))
-    return path
-
-
-def run_group(group, batching: str = "map", devices=None) -> list[dict]:
-    """Train a group with the host loop's program; metrics per chunk as numpy [members]."""
-    program = GroupProgram.build(group, batching, devices)
-    states, out = program.initial_state(), []
-    for index in range(num_chunks(group.config)):
-        states, metrics = program.step(states, index * group.config.run.chunk_steps)
-        out.append(metrics)
-    return out
 
 
 def pytest_addoption(parser):
@@ -90,22 +48,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "long" in item.keywords:
             item.add_marker(skip)
-
-
-_WHOLE_RUNS: dict = {}
-
-
-def run_alone(config) -> list[dict]:
-    """Train one member with the pure whole-run function `jax.jit(learner.train)`; metrics per chunk.
-
-    The jitted function is shared by configs of equal shape, update slots and length."""
-    learner = make_train(config)
-    key = (program_config(config), learner.max_updates, learner.num_chunks)
-    if key not in _WHOLE_RUNS:
-        _WHOLE_RUNS[key] = jax.jit(learner.train)
-    _, metrics = _WHOLE_RUNS[key](jax.random.PRNGKey(config.run.seed), hparams_from_config(config))
-    metrics = metrics_to_host(metrics)
-    return [{k: v[i] for k, v in metrics.items()} for i in range(learner.num_chunks)]
 
 
 @pytest.fixture(scope="session", autouse=True)

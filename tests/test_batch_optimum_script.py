@@ -1,6 +1,5 @@
 """scripts/batch_optimum.py: the two-point B*(utd) slope recovers a planted one."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,6 @@ import pytest
 
 from pql_jax.scaling.synthetic import PLANTED, make_sweep
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from batch_optimum import batch_optimum, main  # noqa: E402
 
 

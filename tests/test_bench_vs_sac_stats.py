@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_sac.py"
-sys.path.insert(0, str(SCRIPT.parent))
 import vs_sac_options as O  # noqa: E402
 import vs_sac_report as R  # noqa: E402
 import vs_sac_store as S  # noqa: E402

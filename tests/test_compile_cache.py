@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import POINTMASS
+from helpers import POINTMASS
 
 PROBE = ("import jax; from pql_jax.run import compile_cache; "
          "print(compile_cache.enable(), jax.config.jax_compilation_cache_dir)")

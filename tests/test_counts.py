@@ -44,7 +44,7 @@ def test_evaluations_and_result_slots_by_brute_force():
 
 
 def test_run_length_and_buffer_rows():
-    from conftest import small
+    from helpers import small
 
     config = small(["run.total_env_steps=4801"])  # 32 envs, chunks of 25: 4800 is 6 chunks, one more step 7
     assert counts.num_chunks(config) == 7 and counts.run_vector_steps(config) == 175

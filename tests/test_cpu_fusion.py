@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import POINTMASS, small
+from helpers import POINTMASS, small
 
 from pql_jax import config as cfg_mod
 from pql_jax.config import EnvConfig

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from helpers import INTERRUPT_AFTER
-from conftest import ROOT, SHORT, env_with_xla_flags
+from helpers import ROOT, SHORT, env_with_xla_flags
 from pql_jax.cli import main
 from pql_jax.errors import UserError
 from pql_jax.run import distributed, launch

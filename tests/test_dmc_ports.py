@@ -36,12 +36,7 @@ def test_warp_impl_is_a_user_error():
 
 @pytest.fixture(scope="module")
 def script():
-    """scripts/validate_dmc_ports.py, imported as a module."""
-    import sys
-
-    from conftest import ROOT
-
-    sys.path.insert(0, str(ROOT / "scripts"))
+    """scripts/validate_dmc_ports.py, imported as a module (scripts/ is on pytest's pythonpath)."""
     import validate_dmc_ports
 
     return validate_dmc_ports

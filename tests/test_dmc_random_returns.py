@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import NamedTuple
 
 import jax
@@ -17,11 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from pql_jax.envs import to_control
 from pql_jax.envs.dmc import reference
 
-sys.path.insert(0, str(ROOT / "scripts"))
 import dmc_random_returns as drr  # noqa: E402
 
 SETTINGS = {"task": "QuadrupedWalk", "episode_length": 7, "solver_caps": [0, 0], "contacts": "floor",

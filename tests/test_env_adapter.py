@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import struct
 
-from conftest import small
+from helpers import small
 from pql_jax.envs import _load_sim, adapt, control_range, make_env, to_control
 from pql_jax.envs.pointmass import PointMass
 
@@ -180,7 +180,7 @@ SHRUNK = ["env.num_envs=8", "env.eval_envs=2", "env.episode_length=100", "agent.
 
 
 def test_the_dog_refuses_to_train_on_the_cpu_in_one_line(tmp_path, capsys):
-    from conftest import ROOT
+    from helpers import ROOT
     from pql_jax.cli import main
 
     out = tmp_path / "dog"
@@ -198,7 +198,7 @@ def test_each_ported_task_trains_through_the_cli(config, tmp_path):
     vmapped Quadruped's training program compiles for a few minutes)."""
     import csv
 
-    from conftest import ROOT
+    from helpers import ROOT
     from pql_jax.cli import main
 
     out = tmp_path / config

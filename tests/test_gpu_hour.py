@@ -12,10 +12,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import POINTMASS, ROOT, env_with_xla_flags
+from helpers import POINTMASS, ROOT, env_with_xla_flags
 
 SCRIPT = ROOT / "benchmarks" / "gpu_hour.py"
-sys.path.insert(0, str(SCRIPT.parent))
 import gpu_hour  # noqa: E402
 
 TINY = ["run.chunk_steps=8", "run.eval_mode=parallel", "env.eval_envs=2", "agent.critic_width=16",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SHORT, small, write_sweep
+from helpers import SHORT, small, write_sweep
 
 from pql_jax.cli import main
 from pql_jax.errors import UserError

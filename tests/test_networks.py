@@ -160,7 +160,7 @@ def test_bro_forward_is_the_residual_network():
 
 
 def test_bad_arch_is_one_line():
-    from conftest import small
+    from helpers import small
     from pql_jax.errors import UserError
 
     with pytest.raises(UserError, match="critic_arch"):
@@ -171,7 +171,7 @@ def test_bad_arch_is_one_line():
                                             "agent.actor_depth=1", "agent.passive_critic_widths=[16]"]])
 def test_planned_parameter_counts_equal_the_learner_networks(overrides):
     """The plan's closed-form N (critic, actor, passive critics) equals the initialised networks'."""
-    from conftest import small
+    from helpers import small
     from pql_jax.learner.pql import make_train
     from pql_jax.learner.state import hparams_from_config
     from pql_jax.plan.costs import run_costs

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small
+from helpers import small
 
 from pql_jax.envs import make_env
 from pql_jax.learner.pql import make_train

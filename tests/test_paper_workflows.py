@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 from pql_jax.cli import main
 from pql_jax.workflow.runner import run_workflow
 from pql_jax.workflow.spec import STAGES, is_done

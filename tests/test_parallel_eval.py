@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import POINTMASS, SHORT, small
+from helpers import POINTMASS, SHORT, small
 from pql_jax.cli import main
 from pql_jax.errors import UserError
 from pql_jax.counts import eval_phase, num_chunks

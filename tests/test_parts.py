@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from conftest import ROOT, SHORT, write_sweep
+from helpers import ROOT, SHORT, write_sweep
 from pql_jax.cli import main
 from pql_jax.errors import UserError
 from pql_jax.plan import parts

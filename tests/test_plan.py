@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import POINTMASS, ROOT, small
+from helpers import POINTMASS, ROOT, small
 
 from pql_jax import config as cfg_mod
 from pql_jax.cli import main
@@ -114,7 +114,7 @@ MEASURE = r"""
 import json, sys, jax
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from conftest import POINTMASS
+from helpers import POINTMASS
 from pql_jax import config as cfg_mod
 from pql_jax.run.program import GroupProgram
 from pql_jax.plan.sweep import single

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 from helpers import interrupt_after
-from conftest import ROOT, SHORT, env_with_xla_flags, run_alone, run_group, small, write_sweep
+from helpers import ROOT, SHORT, env_with_xla_flags, run_alone, run_group, small, write_sweep
 
 from pql_jax.cli import main
 from pql_jax.counts import num_chunks, update_counts
@@ -121,7 +121,7 @@ def test_sharded_over_two_cpu_devices_matches_unsharded(utd_sweep, tmp_path):
     script.write_text(f"""
 import json, sys, jax
 sys.path.insert(0, {str(ROOT / 'tests')!r})
-from conftest import run_group, write_sweep, SHORT
+from helpers import run_group, write_sweep, SHORT
 from pathlib import Path
 from pql_jax.plan import sweep
 assert len(jax.devices()) == 2

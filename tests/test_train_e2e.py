@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import POINTMASS, run_alone
+from helpers import POINTMASS, run_alone
 
 from pql_jax import config as cfg_mod
 from pql_jax.cli import main

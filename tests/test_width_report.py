@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "width_report.py"
-sys.path.insert(0, str(SCRIPT.parent))
 import width_report as W  # noqa: E402
 
 STEPS = [1000, 2000, 3000, 4000, 5000]
