@@ -31,6 +31,7 @@ from flax import struct
 from pql_jax.config import EnvConfig
 from pql_jax.envs.dmc import TASKS as DMC_TASKS
 from pql_jax.envs.dmc import check_options as dmc_check_options
+from pql_jax.envs.pointmass import TASKS as TEST_TASKS
 from pql_jax.errors import UserError
 
 BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
@@ -40,7 +41,7 @@ BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
 DMC_ENVS = tuple(DMC_TASKS)
 """dm_control tasks ported to MJX here (pql_jax.envs.dmc), named `dmc:<task>`."""
 
-TEST_ENVS = ("test:pointmass", "test:pointmass_nan", "test:pointmass_spike", "test:unit_reward")
+TEST_ENVS = tuple(TEST_TASKS)
 """Pure-JAX test tasks (pql_jax.envs.pointmass): `_nan` injects non-finite steps, `_spike` huge
 finite ones, `unit_reward` pays 1 per step."""
 
@@ -149,10 +150,7 @@ def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length
     `dog_contacts`: the Dog ports' contact set (`env.dog_contacts`)."""
     kind, _, task = name.partition(":")
     if name in TEST_ENVS:
-        from pql_jax.envs import pointmass
-
-        return {"test:pointmass": pointmass.PointMass, "test:pointmass_nan": pointmass.PointMassNaN,
-                "test:pointmass_spike": pointmass.PointMassSpike, "test:unit_reward": pointmass.UnitReward}[name]()
+        return TEST_TASKS[name]()
     if kind == "brax":
         from brax import envs as brax_envs
 

@@ -118,3 +118,8 @@ class PointMassSpike(PointMassNaN):
         spike = step == s.blow_up
         reward = jnp.where(spike, self.SPIKE, jnp.exp(-2.0 * jnp.linalg.norm(s.target - pos)))
         return State(s, jnp.where(spike, self.SPIKE, self._obs(s)), reward, jnp.zeros(()))
+
+
+TASKS = {"test:pointmass": PointMass, "test:pointmass_nan": PointMassNaN, "test:pointmass_spike": PointMassSpike,
+         "test:unit_reward": UnitReward}
+"""The test tasks by env name (the one list: `pql_jax.envs.TEST_ENVS` reads it)."""
