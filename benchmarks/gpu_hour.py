@@ -14,9 +14,10 @@ phase (a run killed from outside still leaves what it measured):
   install     the README's CUDA install line: `pip install --dry-run --ignore-installed --report` of
               its exact requirement (resolves jax, jaxlib and the CUDA plugin; needs a package index)
 
-Every model phase runs in its own process, so each gets a clean device (its measured peak is its own),
-a crash or an out-of-memory error ends that phase only, and the deadline (default 8 minutes, checked
-before each phase and inside the timed chunks) is enforced by killing a phase that overruns it.
+Every model phase runs in its own process (its code: gpu_hour_phases.py; this module is the driver),
+so each gets a clean device (its measured peak is its own), a crash or an out-of-memory error ends
+that phase only, and the deadline (default 8 minutes, checked before each phase and inside the timed
+chunks) is enforced by killing a phase that overruns it.
 A phase that fails leaves its process's stderr in OUT_STEM.PHASE.log beside the JSON. `compile_s` is
 tracing + lowering + XLA's compile (or the cache read), the longest of each in `compile_parts_s`.
 Env steps/s count training env steps (envs x vector steps x members), after the first chunk,
@@ -41,7 +42,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -50,21 +50,16 @@ import tempfile  # noqa: E402
 from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from gpu_hour_phases import (MODEL_PHASES, WARM_METHOD, base_overrides, child_main,  # noqa: E402
+                             install_check, write_json)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without an install of pql_jax beside it
 
 SCHEMA = "pql_jax.gpu_hour/1"
-PHASES = ("single", "warm", "population", "eval_off", "install")
-MODEL_PHASES = PHASES[:4]
+PHASES = (*MODEL_PHASES, "install")
 PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt",
             "mujoco", "mujoco-mjx", "playground", "brax", "flax", "optax", "numpy", "pql_jax")
-INSTALL_LINE = re.compile(r'pip install -U "(jax\[cuda[^"]*)"')
-CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
-DURATION_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
-                   "/jax/core/compile/backend_compile_duration": "backend_compile_or_cache_read"}
-WARM_METHOD = ("a second process (new jit objects, empty in-memory caches) compiling the same program; "
-               "the executable is read from the persistent compilation cache that `single` wrote")
 
 
 class ArgError(Exception):
@@ -123,150 +118,6 @@ def parse_args(argv=None):
     return args
 
 
-def base_overrides(args) -> list[str]:
-    return ([f"env.num_envs={args.envs}"] if args.envs is not None else []) + list(args.overrides)
-
-
-def phase_setup(args, phase: str) -> tuple[int, list[str]]:
-    """(members, extra overrides) of a model phase."""
-    if phase == "population":
-        return args.members, []
-    if phase == "eval_off":
-        return 1, ["env.eval_envs=0"]
-    return 1, []
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically (a kill mid-write leaves the previous file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# child: one model phase
-
-
-def child_main(args) -> int:
-    out_path = Path(args.child_out)
-    cache_dir = args.cache_dir
-    rec: dict = {"phase": args.child_phase, "status": "started"}
-    save = lambda: write_json(out_path, rec)  # noqa: E731
-    save()
-
-    import jax
-
-    # this cache, whatever the environment says (a test's shared cache would make `single` warm)
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    counts = {"hits": 0, "misses": 0}
-
-    def listen(event, **_):
-        if event in CACHE_EVENTS:
-            counts[CACHE_EVENTS[event]] += 1
-
-    jax.monitoring.register_event_listener(listen)
-    durations: dict[str, float] = {}
-
-    def listen_duration(event, duration, **_):  # the longest of each kind: the chunk's (nested traces repeat)
-        if event in DURATION_EVENTS:
-            key = DURATION_EVENTS[event]
-            durations[key] = max(durations.get(key, 0.0), float(duration))
-
-    jax.monitoring.register_event_duration_secs_listener(listen_duration)
-
-    from pql_jax import config as cfg_mod
-    from pql_jax.plan.memory import group_memory
-    from pql_jax.run.program import GroupProgram
-    from pql_jax.plan.sweep import Member, group_members
-
-    members, extra = phase_setup(args, args.child_phase)
-    config = cfg_mod.load(args.config, [*base_overrides(args), *extra])
-    seeds = [config.run.seed + i for i in range(members)]
-    group, = group_members([Member(i, f"m{i}", cfg_mod.set_value(config, "run.seed", s), {"run.seed": s})
-                            for i, s in enumerate(seeds)])
-    device = jax.devices()[0]
-    rec.update(members=members, num_envs=config.env.num_envs, eval_envs=config.env.eval_envs,
-               eval_mode=config.run.eval_mode, chunk_steps=config.run.chunk_steps, batching=args.batching,
-               device={"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
-               jax=jax.__version__)
-    gp = GroupProgram.build(group, args.batching)
-    rec["batching"] = gp.program.batching
-    rec["startup_s"] = time.perf_counter() - PROCESS_START
-    rec["status"] = "compiling"
-    save()
-
-    stats = device.memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    before = dict(counts)
-    durations.clear()
-    memory = group_memory(group, args.batching)  # compiles the chunk (the program keeps it for the run)
-    rec.update(compile_s=memory.compile_seconds,
-               compile_cache={k: counts[k] - before[k] for k in counts},
-               compile_parts_s=dict(durations),
-               time_to_compiled_s=time.perf_counter() - PROCESS_START,
-               planned_peak_bytes=memory.peak_bytes,
-               memory_analysis={"argument_bytes": memory.argument_bytes, "output_bytes": memory.output_bytes,
-                                "alias_bytes": memory.alias_bytes, "temp_bytes": memory.temp_bytes},
-               device_bytes_limit=limit, status="compiled")
-    if args.child_phase == "warm" or args.compile_only:
-        if args.child_phase == "warm":
-            rec["warm_method"] = WARM_METHOD
-        rec["status"] = "ok"
-        save()
-        return 0
-    save()
-    if limit and memory.peak_bytes > limit:
-        rec["status"] = "does_not_fit"
-        rec["error"] = f"planned peak {memory.peak_bytes} bytes > the device's {limit} bytes: not run"
-        save()
-        return 0
-
-    tick = time.perf_counter()
-    states = gp.initial_state()
-    jax.block_until_ready(states)
-    rec["init_s"] = time.perf_counter() - tick
-    rec["bytes_in_use_after_init"] = (device.memory_stats() or {}).get("bytes_in_use")
-    tick = time.perf_counter()
-    states, _ = gp.step(states, 0)  # metrics on the host: the chunk has finished
-    rec["first_chunk_s"] = time.perf_counter() - tick
-    rec["status"] = "timing"
-    save()
-
-    steps, times = config.run.chunk_steps, []
-    margin = 5.0  # seconds kept to write the results
-    for index in range(1, args.chunks + 1):
-        last = times[-1] if times else rec["first_chunk_s"]
-        if time.time() + last + margin > args.child_deadline:
-            rec["chunks_cut"] = f"{args.chunks - len(times)} of {args.chunks} timed chunks left out: deadline"
-            break
-        tick = time.perf_counter()
-        states, _ = gp.step(states, index * steps)
-        times.append(time.perf_counter() - tick)
-        env_steps = len(times) * steps * config.env.num_envs * members
-        rate = env_steps / sum(times)
-        median = sorted(times)[len(times) // 2]  # robust to one slow chunk (a lazily loaded kernel, a GC pause)
-        rec.update(chunk_s=times, chunks_timed=len(times), timed_env_steps=env_steps, env_steps_per_s=rate,
-                   env_steps_per_s_per_member=rate / members,
-                   env_steps_per_s_median_chunk=steps * config.env.num_envs * members / median)
-        save()  # a phase killed at the deadline keeps the chunks it timed
-    jax.block_until_ready(states)
-    stats = device.memory_stats()
-    if stats and "peak_bytes_in_use" in stats:
-        rec.update(measured_peak_bytes=int(stats["peak_bytes_in_use"]), bytes_in_use_end=int(stats["bytes_in_use"]),
-                   measured_over_planned=stats["peak_bytes_in_use"] / memory.peak_bytes)
-    else:
-        rec["measured_peak_bytes"] = None
-        rec["measured_peak_reason"] = (f"device.memory_stats() gives no peak_bytes_in_use on the {device.platform} "
-                                       f"backend (got {'None' if stats is None else sorted(stats)})")
-    rec["status"] = "ok" if times else "no_timed_chunks"
-    rec["wall_s"] = time.perf_counter() - PROCESS_START
-    save()
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------
 # parent: phases, deadline, JSON
 
@@ -293,51 +144,8 @@ def nvidia_smi() -> str | None:
         return f"failed: {exc}"
 
 
-def install_requirement(readme: Path) -> str:
-    """The exact requirement of the README's CUDA install line, e.g. jax[cuda12]>=0.9.2,<0.13,..."""
-    found = INSTALL_LINE.findall(readme.read_text())
-    if not found:
-        raise ValueError(f'no `pip install -U "jax[cuda...]..."` line in {readme}')
-    return found[0]
-
-
-def install_check(args, timeout: float) -> dict:
-    """pip's dry run of the README's CUDA line, dependencies resolved (the extra's plugin included)."""
-    rec: dict = {"readme": args.readme}
-    try:
-        req = install_requirement(Path(args.readme))
-    except (OSError, ValueError) as exc:
-        return {**rec, "status": "failed", "ok": False, "error": str(exc)}
-    report = Path(tempfile.mkdtemp(prefix="gpu_hour_pip_")) / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--no-input",
-           "--disable-pip-version-check", "--timeout", "10", "--retries", "1", "--report", str(report), req]
-    rec.update(requirement=req, command=shlex.join(["pip", *cmd[3:]]))
-    tick = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**rec, "status": "failed", "ok": False, "seconds": time.perf_counter() - tick,
-                "error": f"pip did not finish in {timeout:.0f} s"}
-    rec["seconds"] = time.perf_counter() - tick
-    resolved = {}
-    if proc.returncode == 0 and report.is_file():
-        for item in json.loads(report.read_text()).get("install", []):
-            resolved[item["metadata"]["name"].lower().replace("_", "-")] = item["metadata"]["version"]
-    shutil.rmtree(report.parent, ignore_errors=True)
-    plugin = [k for k in resolved if k.startswith("jax-cuda") and k.endswith("-plugin")]
-    ok = proc.returncode == 0 and "jax" in resolved and bool(plugin)
-    rec.update(ok=ok, status="ok" if ok else "failed",
-               resolved={k: v for k, v in resolved.items() if k.startswith("jax")},
-               resolved_count=len(resolved))
-    if not ok:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip() and "is ignored" not in ln]
-        rec["error"] = f"pip exit {proc.returncode}: " + " | ".join(lines[-3:])[-600:]
-    return rec
-
-
-def run_child(args, phase: str, deadline_at: float, cache_dir: str, workdir: Path, log_dir: Path) -> dict:
-    out = workdir / f"{phase}.json"
-    out.unlink(missing_ok=True)
+def child_command(args, phase: str, deadline_at: float, cache_dir: str, out: Path) -> list[str]:
+    """This script again, as one model phase's process writing its record to `out`."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--config", args.config, "--batching", args.batching,
            "--members", str(args.members), "--chunks", str(args.chunks), "--cache-dir", cache_dir,
            "--child-phase", phase, "--child-out", str(out), "--child-deadline", str(deadline_at)]
@@ -345,13 +153,21 @@ def run_child(args, phase: str, deadline_at: float, cache_dir: str, workdir: Pat
         cmd += ["--envs", str(args.envs)]
     if args.compile_only:
         cmd += ["--compile-only"]
-    cmd += ["--", *args.overrides]
+    return [*cmd, "--", *args.overrides]
+
+
+def run_child(args, phase: str, deadline_at: float, cache_dir: str, workdir: Path, log_dir: Path) -> dict:
+    """One model phase in its own process, killed if it runs past the deadline: its record as far as
+    it got, and for a phase that failed, its status, error and stderr log (OUT_STEM.PHASE.log)."""
+    out = workdir / f"{phase}.json"
+    out.unlink(missing_ok=True)
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "PYTHONUNBUFFERED": "1"}
     tick = time.perf_counter()
     error, stderr = None, ""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(1.0, deadline_at - time.time()))
+        proc = subprocess.run(child_command(args, phase, deadline_at, cache_dir, out), capture_output=True,
+                              text=True, env=env, timeout=max(1.0, deadline_at - time.time()))
         stderr = proc.stderr
         if proc.returncode != 0:
             tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-4:]
@@ -365,16 +181,20 @@ def run_child(args, phase: str, deadline_at: float, cache_dir: str, workdir: Pat
         rec = {"phase": phase, "status": "started"}
     rec["process_s"] = time.perf_counter() - tick
     if error:
-        rec["status_reached"] = rec.get("status")  # how far the phase got before it failed
-        rec["status"] = "killed" if error.startswith("killed") else "failed"
-        rec["error"] = error
-        log = log_dir / f"{Path(args.out).stem}.{phase}.log"
-        try:  # the whole story of a failed phase beside the JSON (one GPU hour: no second chance to rerun)
-            log.write_text(stderr[-200_000:])
-            rec["log"] = str(log)
-        except OSError:
-            pass
+        mark_failed(rec, error, stderr, log_dir / f"{Path(args.out).stem}.{phase}.log")
     return rec
+
+
+def mark_failed(rec: dict, error: str, stderr: str, log: Path) -> None:
+    """A failed or killed phase's record: how far it got, the error, and its stderr in `log`."""
+    rec["status_reached"] = rec.get("status")  # how far the phase got before it failed
+    rec["status"] = "killed" if error.startswith("killed") else "failed"
+    rec["error"] = error
+    try:  # the whole story of a failed phase beside the JSON (one GPU hour: no second chance to rerun)
+        log.write_text(stderr[-200_000:])
+        rec["log"] = str(log)
+    except OSError:
+        pass
 
 
 def gib(x) -> str:
@@ -430,15 +250,9 @@ def summarize(phases: dict) -> dict:
     return s
 
 
-def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except ArgError as exc:
-        print(f"gpu_hour: error: {exc}", file=sys.stderr)
-        return 2
-    if args.child_phase:
-        return child_main(args)
-
+def check_command(args):
+    """The config as the phases will load it, or a one-line error: a bad config or override, a warm phase
+    without the single one, a --cache-dir that would make the single phase's compile warm."""
     from pql_jax import config as cfg_mod
     from pql_jax.errors import UserError
 
@@ -447,26 +261,18 @@ def main(argv=None) -> int:
         if "eval_off" in args.phase_list:
             cfg_mod.load(args.config, [*base_overrides(args), "env.eval_envs=0"])
     except (UserError, OSError) as exc:
-        print(f"gpu_hour: error: {exc}", file=sys.stderr)
-        return 2
+        return None, str(exc)
     if "warm" in args.phase_list and "single" not in args.phase_list:
-        print("gpu_hour: error: the warm phase reads the cache that the single phase writes: list both",
-              file=sys.stderr)
-        return 2
+        return None, "the warm phase reads the cache that the single phase writes: list both"
     if args.cache_dir and Path(args.cache_dir).is_dir() and any(Path(args.cache_dir).iterdir()) \
             and "single" in args.phase_list:
-        print(f"gpu_hour: error: --cache-dir {args.cache_dir} is not empty: the single phase's compile would "
-              "not be cold", file=sys.stderr)
-        return 2
+        return None, f"--cache-dir {args.cache_dir} is not empty: the single phase's compile would not be cold"
+    return config, None
 
-    start = time.time()
-    deadline_at = start + args.deadline
-    out = Path(args.out)
-    own_cache = args.cache_dir is None
-    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="gpu_hour_cache_")
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="gpu_hour_phases_"))
-    result = {
+
+def new_result(args, config, cache_dir: str) -> dict:
+    """The JSON before any phase: the command, the machine, the settings."""
+    return {
         "schema": SCHEMA,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
@@ -486,19 +292,27 @@ def main(argv=None) -> int:
         "elapsed_s": 0.0,
         "complete": False,
     }
-    write_json(out, result)
-    print(f"gpu_hour: {config.env.name} at {config.env.num_envs} envs, K={args.members}, deadline "
-          f"{args.deadline:.0f} s, writing {out}", flush=True)
+
+
+def skip_reason(args, phase: str, remaining: float, result: dict, config) -> str | None:
+    """Why `phase` is not run (too little time left, nothing for it to measure), or None."""
+    if remaining < args.min_phase:
+        return f"{remaining:.0f} s left of the {args.deadline:.0f} s deadline (< --min-phase {args.min_phase:.0f})"
+    if phase == "warm" and result["phases"].get("single", {}).get("compile_s") is None:
+        return "the single phase compiled nothing into the cache"
+    if phase == "eval_off" and config.env.eval_envs == 0:
+        return "the config evaluates nothing already (env.eval_envs=0)"
+    return None
+
+
+def run_phases(args, config, result: dict, out: Path, cache_dir: str, start: float) -> None:
+    """Each phase in turn unless skipped, the JSON rewritten and a line printed after each."""
+    deadline_at = start + args.deadline
+    workdir = Path(tempfile.mkdtemp(prefix="gpu_hour_phases_"))
     try:
         for phase in args.phase_list:
             remaining = deadline_at - time.time()
-            reason = None
-            if remaining < args.min_phase:
-                reason = f"{remaining:.0f} s left of the {args.deadline:.0f} s deadline (< --min-phase {args.min_phase:.0f})"
-            elif phase == "warm" and result["phases"].get("single", {}).get("compile_s") is None:
-                reason = "the single phase compiled nothing into the cache"
-            elif phase == "eval_off" and config.env.eval_envs == 0:
-                reason = "the config evaluates nothing already (env.eval_envs=0)"
+            reason = skip_reason(args, phase, remaining, result, config)
             if reason:
                 rec = {"status": "skipped", "reason": reason}
                 result["skipped"][phase] = reason
@@ -518,6 +332,33 @@ def main(argv=None) -> int:
         write_json(out, result)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except ArgError as exc:
+        print(f"gpu_hour: error: {exc}", file=sys.stderr)
+        return 2
+    if args.child_phase:
+        return child_main(args, PROCESS_START)
+    config, error = check_command(args)
+    if error:
+        print(f"gpu_hour: error: {error}", file=sys.stderr)
+        return 2
+
+    start = time.time()
+    out = Path(args.out)
+    own_cache = args.cache_dir is None
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="gpu_hour_cache_")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    result = new_result(args, config, cache_dir)
+    write_json(out, result)
+    print(f"gpu_hour: {config.env.name} at {config.env.num_envs} envs, K={args.members}, deadline "
+          f"{args.deadline:.0f} s, writing {out}", flush=True)
+    try:
+        run_phases(args, config, result, out, cache_dir, start)
+    finally:
         if own_cache:
             shutil.rmtree(cache_dir, ignore_errors=True)
     print(f"gpu_hour: done in {result['elapsed_s']:.0f} s; skipped: {', '.join(result['skipped']) or 'nothing'}",

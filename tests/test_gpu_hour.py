@@ -1,5 +1,6 @@
-"""benchmarks/gpu_hour.py, the first GPU hour's one command, run shrunk on the CPU: its JSON's keys and
-numbers, its deadline guard, its one-line refusals and the README's CUDA line it checks."""
+"""benchmarks/gpu_hour.py (its phases in gpu_hour_phases.py), the first GPU hour's one command, run
+shrunk on the CPU: its JSON's keys and numbers, its deadline guard, its one-line refusals and the
+README's CUDA line it checks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from helpers import POINTMASS, ROOT, env_with_xla_flags
 
 SCRIPT = ROOT / "benchmarks" / "gpu_hour.py"
 import gpu_hour  # noqa: E402
+import gpu_hour_phases  # noqa: E402
 
 TINY = ["run.chunk_steps=8", "run.eval_mode=parallel", "env.eval_envs=2", "agent.critic_width=16",
         "agent.actor_width=16", "agent.critic_depth=1", "agent.actor_depth=1", "agent.batch_size=16",
@@ -58,14 +60,14 @@ def test_a_phase_past_the_deadline_is_killed_and_leaves_its_log(tmp_path):
 
 
 def test_readme_cuda_line_is_pyprojects_jax_range(tmp_path):
-    req = gpu_hour.install_requirement(ROOT / "README.md")
+    req = gpu_hour_phases.install_requirement(ROOT / "README.md")
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     jax_spec = next(d for d in deps if d.startswith("jax>") or d.startswith("jax="))
     assert req == "jax[cuda12]" + jax_spec[len("jax"):]
     readme = tmp_path / "README.md"
     readme.write_text("no install line here\n")
     args = gpu_hour.parse_args(["--readme", str(readme)])
-    rec = gpu_hour.install_check(args, timeout=5)
+    rec = gpu_hour_phases.install_check(args, timeout=5)
     assert rec["ok"] is False and "no `pip install" in rec["error"]
 
 
