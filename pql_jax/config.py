@@ -27,7 +27,7 @@ import yaml
 
 from pql_jax.counts import episode_vector_steps, run_vector_steps, utd_fraction
 from pql_jax.errors import UserError
-from pql_jax.values import check_choice, coerce, read_yaml
+from pql_jax.values import Options, check_choice, coerce, read_options, read_yaml
 
 MEMBER, SHAPE, HOST = "member", "shape", "host"
 
@@ -52,15 +52,19 @@ class EnvConfig:
     """Which simulator task to train on and how many copies run in parallel."""
 
     name: str = shape("playground:CartpoleSwingup", column=True)
-    """`brax:<env>` (e.g. brax:ant) or `playground:<env>` (e.g. playground:CheetahRun)."""
+    """`brax:<env>` (e.g. brax:ant), `playground:<env>` (e.g. playground:CheetahRun), `dmc:<task>`
+    (our MJX ports of dm_control tasks, e.g. dmc:QuadrupedRun) or `test:<task>` (pure-JAX test
+    tasks); `pql-jax envs` lists them. The prefix is the env's family."""
+    options: Options = shape(Options())
+    """Settings of the env's family (the prefix of `name`), declared, documented and validated by
+    that family (pql_jax.envs.families; docs/config.md lists each family's): e.g. `{backend: spring}`
+    for `brax:`, `{impl: warp}` for `playground:`, `{contacts: self, solver_ls_iterations: 8}` for
+    `dmc:`. On the command line: `env.options.contacts=self`. A key the family does not take is
+    refused; a key left out keeps the family's default."""
     num_envs: int = shape(4096, column=True)
     """Parallel training envs stepped together (one vector step collects num_envs transitions)."""
     episode_length: int = shape(1000)
     """Time limit in env steps; reaching it is a truncation (bootstrapped), not a terminal."""
-    brax_backend: Literal["generalized", "positional", "spring", "mjx"] = shape("positional")
-    """Brax physics backend for brax:* envs: generalized, positional, spring or mjx."""
-    playground_impl: Literal["jax", "warp"] = shape("jax")
-    """MJX implementation for playground:* envs: jax (CPU and GPU) or warp (GPU only)."""
     action_repeat: int = shape(1)
     """Repeat each action this many env steps (rewards summed)."""
     eval_envs: int = shape(16)
@@ -83,20 +87,6 @@ class EnvConfig:
     (the Quadruped's force-torque sensors; every other task under 80) under a random policy
     (benchmarks/RESULTS.md, "Blow-up guard"); raise it for a task with larger legitimate values.
     0 turns the check off."""
-    solver_iterations: int = shape(0)
-    """Cap on the constraint solver's Newton iterations per physics step of the `dmc:` ports (0:
-    the model's own, dm_control's 100), as Playground caps its DM Control models (walker 2,
-    humanoid 4). The solve stops once converged (a few iterations), so a cap only changes results,
-    and at 4 or fewer it moves both ports far from dm_control: benchmarks/RESULTS.md ("Capped
-    solver")."""
-    solver_ls_iterations: int = shape(0)
-    """Cap on the solver's line-search steps per Newton iteration of the `dmc:` ports (0: the
-    model's own, dm_control's 50). Vmapped, MJX evaluates every one of them, so this is the cap
-    that buys speed; 8 (the ports' configs) leaves their trajectories unchanged (same section)."""
-    dog_contacts: Literal["floor", "self"] = shape("floor")
-    """Which contacts the Dog ports collide (validated by pql_jax.envs.dmc): `floor` (geom-floor
-    pairs only) or `self` (also dm_control's self pairs, culled as Playground culls its DM Control
-    models); see pql_jax/envs/dmc/dog.py."""
     cpu_fusion: Literal["auto", "on", "off"] = shape("auto")
     """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (what the
     task declares: off for the ports marked `cpu_loops` in pql_jax.envs.dmc.TASKS, whose fused step
@@ -106,6 +96,11 @@ class EnvConfig:
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
     lockstep (as rsl_rl's randomised episode-length buffer). Evaluation envs start at 0."""
+
+    def __post_init__(self):
+        # options written as a plain dict (Python callers) become the hashable Options a config holds
+        if not isinstance(self.options, Options):
+            object.__setattr__(self, "options", read_options("env.options", self.options))
 
 
 @dataclass(frozen=True)
@@ -245,6 +240,11 @@ class Config:
 
 SECTIONS = {"env": EnvConfig, "agent": AgentConfig, "run": RunConfig}
 
+MOVED = {"env.brax_backend": "env.options.backend", "env.playground_impl": "env.options.impl",
+         "env.solver_iterations": "env.options.solver_iterations",
+         "env.solver_ls_iterations": "env.options.solver_ls_iterations", "env.dog_contacts": "env.options.contacts"}
+"""Keys that moved under `env.options` (their family's), named in the error an old file gets."""
+
 
 def field_keys(kind: str | None = None, column: bool | None = None) -> tuple[str, ...]:
     """Dotted keys (agent.utd, ...) of the fields of a kind (member / shape / host), in order."""
@@ -300,10 +300,15 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
 def set_value(config: Config, dotted: str, value: Any) -> Config:
     """Return `config` with the dotted key (e.g. agent.utd) set to `value`, type-checked."""
     parts = dotted.split(".")
+    if len(parts) == 3 and parts[:2] == ["env", "options"]:  # one option of the env's family
+        merged = {**config.env.options, **read_options(dotted, {parts[2]: value})}
+        return replace(config, env=replace(config.env, options=Options(merged)))
     if len(parts) != 2 or parts[0] not in SECTIONS:
         raise UserError(f"unknown config key {dotted!r}; keys look like agent.utd or env.num_envs")
     section, key = parts
     types = _field_types(SECTIONS[section])
+    if dotted in MOVED:
+        raise UserError(f"config key {dotted!r} is now {MOVED[dotted]}")
     if key not in types:
         close = [k for k in types if k.startswith(key[:3])]
         hint = f" (did you mean {', '.join(section + '.' + k for k in close)}?)" if close else ""
@@ -336,6 +341,7 @@ def to_dict(config: Config) -> dict[str, Any]:
     """Nested plain-Python mapping (YAML-safe) of a Config."""
     out = dataclasses.asdict(config)
     out["agent"]["passive_critic_widths"] = list(config.agent.passive_critic_widths)
+    out["env"]["options"] = dict(config.env.options)
     return out
 
 
@@ -359,8 +365,6 @@ def validate(config: Config) -> None:
         (e.val_envs >= 0, "env.val_envs must be >= 0"),
         (math.isfinite(e.blowup_bound) and e.blowup_bound >= 0,
          f"env.blowup_bound must be a finite number >= 0 (got {e.blowup_bound!r})"),
-        (min(e.solver_iterations, e.solver_ls_iterations) >= 0,
-         "env.solver_iterations and env.solver_ls_iterations must be >= 0 (0: the model's own)"),
         (math.isfinite(a.utd) and a.utd > 0, f"agent.utd must be > 0 (got {a.utd})"),
         (a.critic_actor_ratio >= 1, "agent.critic_actor_ratio must be >= 1"),
         (a.batch_size >= 1, "agent.batch_size must be >= 1"),

@@ -1,5 +1,6 @@
 """The config reference page (docs/config.md), generated from the dataclasses in pql_jax.config so
-that it cannot drift: each field's key, type, default, kind (member / shape / host) and docstring.
+that it cannot drift: each field's key, type, default, kind (member / shape / host) and docstring,
+and the options each env family takes (pql_jax.envs.families).
 
     python -m pql_jax.config_doc > docs/config.md
 
@@ -14,6 +15,8 @@ import typing
 from dataclasses import MISSING, fields
 
 from pql_jax import config
+from pql_jax.envs.families import FAMILIES
+from pql_jax.values import Options
 
 KINDS = {config.MEMBER: "member: may differ between members of one compiled program",
          config.SHAPE: "shape: members that differ in it need separate programs",
@@ -50,11 +53,31 @@ def reference_markdown() -> str:
                   "| key | type | default | kind | meaning |", "|---|---|---|---|---|"]
         for f in fields(cls):
             default = f.default if f.default is not MISSING else f.default_factory()
+            default = dict(default) if isinstance(default, Options) else default
             meaning = " ".join(docs.get(f.name, "").split()).replace("|", "\\|")
             lines.append(f"| `{section}.{f.name}` | {_type(hints[f.name])} | `{default!r}` | {f.metadata['kind']} "
                          f"| {meaning} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _options_section())
+
+
+def _options_section() -> list[str]:
+    """The keys `env.options` takes, family by family (pql_jax.envs.families)."""
+    lines = ["## `env.options` by family", "",
+             "Each env family (the prefix of `env.name`) declares the options it takes; a key left out keeps the "
+             "default below.", ""]
+    for family, cls in FAMILIES.items():
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        lines += [f"### `{family}:`", ""]
+        if not fields(cls):
+            lines += ["No options.", ""]
+            continue
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for f in fields(cls):
+            meaning = " ".join(docs.get(f.name, "").split()).replace("|", "\\|")
+            lines.append(f"| `env.options.{f.name}` | {_type(hints[f.name])} | `{f.default!r}` | {meaning} |")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,60 @@ def check_choice(key: str, value: Any, annotation: Any) -> None:
         raise UserError(f"{key} must be {listed} (got {value!r})")
 
 
+class Options(Mapping):
+    """An immutable, hashable mapping of option names to scalar values (`env.options`), so that a
+    config holding one stays a frozen, hashable dataclass (it keys compiled programs). Values are
+    kept as YAML would read them, so `8` from a file and `8` from the command line are equal;
+    their types are checked by whoever owns the options (pql_jax.envs.families)."""
+
+    def __init__(self, items: Any = ()):
+        items = dict(items)
+        self._items = tuple(sorted((str(k), v) for k, v in items.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        return dict(self._items)[key]
+
+    def __iter__(self):
+        return iter(k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, Mapping) and dict(self._items) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"Options({dict(self._items)!r})"
+
+
+def read_options(key: str, value: Any) -> Options:
+    """`value` (a mapping, or its YAML text from the command line) as Options; scalar values only,
+    strings read as YAML scalars (`8` -> 8) so both spellings of a value are equal."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError:
+            raise UserError(f"config key {key}: {value!r} is not a mapping such as {{contacts: self}}")
+    if not isinstance(value, Mapping):
+        raise UserError(f"config key {key}: {value!r} is not a mapping such as {{contacts: self}}")
+    return Options({name: read_scalar(f"{key}.{name}", v) for name, v in value.items()})
+
+
+def read_scalar(key: str, value: Any) -> Any:
+    """A YAML scalar (str, int, float, bool); a string is read as YAML would read it."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        raise UserError(f"config key {key}: {value!r} is not a single value")
+    return value
+
+
 def coerce(key: str, value: Any, annotation: Any) -> Any:
     """Convert a YAML or command-line value to the field's declared type, or raise UserError."""
     hint = typing.get_origin(annotation) or annotation
@@ -118,6 +173,8 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
+        if annotation is Options or annotation == "Options":
+            return read_options(key, value)
         if hint is tuple or str(annotation).startswith("tuple"):
             if isinstance(value, str):
                 value = yaml.safe_load(value) if value.strip() else []

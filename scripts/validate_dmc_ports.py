@@ -260,8 +260,8 @@ def _speed(task: str, n: int, steps: int, batching: str, cap: tuple[int, int], f
     from pql_jax.envs import compiler_options, make_env
 
     solver = "model's own" if cap == (0, 0) else f"{cap[0]}/{cap[1]}"
-    config = EnvConfig(name=f"dmc:{task}", num_envs=n, batching=batching, solver_iterations=cap[0],
-                       solver_ls_iterations=cap[1], cpu_fusion=fusion)
+    config = EnvConfig(name=f"dmc:{task}", num_envs=n, batching=batching, cpu_fusion=fusion,
+                       options={"solver_iterations": cap[0], "solver_ls_iterations": cap[1]})
     env, options = make_env(config), compiler_options(config)
     reset = jax.jit(env.reset, static_argnums=1, compiler_options=options)
     step = jax.jit(env.step, compiler_options=options)
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps part: run the port with its solver capped at I/L (default: "
                              "the model's own)")
     parser.add_argument("--dog-contacts", choices=["floor", "self"], default="floor",
-                        help="Dog tasks, steps part: the port's contact set (env.dog_contacts)")
+                        help="Dog tasks, steps part: the port's contact set (env.options.contacts)")
     parser.add_argument("--cpu-fusion", nargs="+", choices=["auto", "on", "off"], default=["auto"],
                         help="env.cpu_fusion for the port's programs: speed times each; steps uses the first")
     parser.add_argument("--out", type=Path)

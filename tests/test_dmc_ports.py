@@ -27,11 +27,33 @@ def test_names_listed_and_rewards_bounded():
         assert reward_range(f"dmc:{task}") == (0.0, 1.0)
 
 
-def test_warp_impl_is_a_user_error():
-    from pql_jax.envs import _load_sim
+def test_options_belong_to_their_family():
+    """Each family takes only its own `env.options` keys (one-line error naming the key and what the
+    family takes); old top-level keys name their new place; YAML and command-line spellings of a
+    value are equal."""
+    import yaml
 
-    with pytest.raises(UserError, match="jax implementation only"):
-        _load_sim("dmc:QuadrupedWalk", "positional", "warp", 1000)
+    from pql_jax.config import Config, EnvConfig, apply_overrides, dump, from_dict, load
+    from pql_jax.envs import check_options
+    from pql_jax.envs.families import family_options
+
+    with pytest.raises(UserError, match=r"env.options.impl is not an option of dmc: envs \(it takes solver_iterations"):
+        check_options(EnvConfig(name="dmc:QuadrupedWalk", options={"impl": "warp"}))
+    with pytest.raises(UserError, match=r"not an option of test: envs \(it takes none\)"):
+        check_options(EnvConfig(name="test:pointmass", options={"backend": "spring"}))
+    with pytest.raises(UserError, match=r"env.options.backend must be .*spring or mjx \(got 'springy'\)"):
+        check_options(EnvConfig(name="brax:ant", options={"backend": "springy"}))
+    with pytest.raises(UserError, match="'env.brax_backend' is now env.options.backend"):
+        apply_overrides(Config(), ["env.brax_backend=spring"])
+    cli = apply_overrides(Config(), ["env.name=dmc:QuadrupedRun", "env.options.solver_ls_iterations=8"])
+    yml = from_dict({"env": {"name": "dmc:QuadrupedRun", "options": {"solver_ls_iterations": 8}}})
+    assert cli == yml and hash(cli) == hash(yml)
+    assert family_options(cli.env).solver_ls_iterations == 8 and family_options(cli.env).contacts == "floor"
+    merged = apply_overrides(yml, ["env.options.solver_iterations=4"])  # merges into the file's options
+    assert dict(merged.env.options) == {"solver_iterations": 4, "solver_ls_iterations": 8}
+    assert family_options(EnvConfig(name="brax:ant")).backend == "positional"  # the family's default
+    spring = load(None, ["env.name=brax:ant", "env.options.backend=spring"])
+    assert from_dict(yaml.safe_load(dump(spring))) == spring  # written and read back
 
 
 @pytest.fixture(scope="module")
@@ -259,13 +281,15 @@ def test_adaptation_variants_split_the_dog_model(script):
 
 
 def test_solver_caps_reach_the_mjx_model():
-    """`env.solver_iterations` / `solver_ls_iterations` cap the ports' solver (never raise it); 0
+    """`env.options.solver_iterations` / `solver_ls_iterations` cap the ports' solver (never raise it); 0
     keeps the model's own, which for Quadruped is MuJoCo's parse of dm_control's file."""
     import mujoco
     from mujoco_playground._src.dm_control_suite import common
 
-    from pql_jax.envs import _load_sim, dmc
+    from pql_jax.config import EnvConfig
+    from pql_jax.envs import dmc
     from pql_jax.envs.dmc import quadruped
+    from pql_jax.envs.families import load_sim
 
     own = mujoco.MjModel.from_xml_string(quadruped.model_xml(10.0), common.get_assets()).opt
     cases = {(0, 0): (own.iterations, own.ls_iterations), (4, 8): (4, 8), (4, 0): (4, own.ls_iterations),
@@ -274,43 +298,42 @@ def test_solver_caps_reach_the_mjx_model():
         env = dmc.load("QuadrupedWalk", solver_caps=caps)
         assert (env.mj_model.opt.iterations, env.mj_model.opt.ls_iterations) == expected, caps
         assert (int(env.mjx_model.opt.iterations), int(env.mjx_model.opt.ls_iterations)) == expected, caps
-    sim = _load_sim("dmc:QuadrupedRun", "positional", "jax", 1000, (2, 5))
+    sim = load_sim(EnvConfig(name="dmc:QuadrupedRun", options={"solver_iterations": 2, "solver_ls_iterations": 5}))
     assert (int(sim.mjx_model.opt.iterations), int(sim.mjx_model.opt.ls_iterations)) == (2, 5)
 
 
 def test_solver_caps_are_validated():
-    from pql_jax.config import Config, EnvConfig, validate
+    from pql_jax.config import EnvConfig
     from pql_jax.envs import check_options
 
-    with pytest.raises(UserError, match="apply to dmc: tasks only"):  # the family validates its options
-        check_options(EnvConfig(name="playground:CartpoleBalance", solver_iterations=4))
+    with pytest.raises(UserError, match="not an option of playground: envs"):  # the family validates its options
+        check_options(EnvConfig(name="playground:CartpoleBalance", options={"solver_iterations": 4}))
     with pytest.raises(UserError, match="must be >= 0"):
-        validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", solver_ls_iterations=-1)))
-    validate(Config(env=EnvConfig(name="dmc:QuadrupedWalk", solver_iterations=4, solver_ls_iterations=8)))
+        check_options(EnvConfig(name="dmc:QuadrupedWalk", options={"solver_ls_iterations": -1}))
+    check_options(EnvConfig(name="dmc:QuadrupedWalk", options={"solver_iterations": 4, "solver_ls_iterations": 8}))
 
 
 def test_dog_contacts_reach_the_model_and_are_validated():
-    """`env.dog_contacts: self` builds the Dog with its self pairs (body geoms accept contacts; in the
+    """`env.options.contacts: self` builds the Dog with its self pairs (body geoms accept contacts; in the
     floor-only model only the floor does); other values and other tasks are one-line errors."""
-    from pql_jax.config import Config, EnvConfig, validate
-    from pql_jax.envs import _load_sim
+    from pql_jax.config import EnvConfig
     from pql_jax.envs.dmc import dog
+    from pql_jax.envs.families import load_sim
 
     for contacts in ("floor", "self"):
-        sim = _load_sim("dmc:DogStand", "positional", "jax", 1000, (0, 0), contacts)
+        sim = load_sim(EnvConfig(name="dmc:DogStand", options={"contacts": contacts}))
         expected = dog.Dog(None, contacts=contacts).mj_model
         np.testing.assert_array_equal(sim.mj_model.geom_contype, expected.geom_contype)
         np.testing.assert_array_equal(sim.mj_model.geom_conaffinity, expected.geom_conaffinity)
     floor, self_ = (dog.Dog(None, contacts=c).mj_model for c in ("floor", "self"))
     assert np.count_nonzero(floor.geom_conaffinity) == 1 < np.count_nonzero(self_.geom_conaffinity)  # floor only
-    validate(Config(env=EnvConfig(name="dmc:DogWalk", dog_contacts="self")))
-    with pytest.raises(UserError, match="must be floor or self"):
-        validate(Config(env=EnvConfig(name="dmc:DogStand", dog_contacts="all")))
     from pql_jax.envs import check_options
 
-    check_options(EnvConfig(name="dmc:DogWalk", dog_contacts="self"))
+    check_options(EnvConfig(name="dmc:DogWalk", options={"contacts": "self"}))
+    with pytest.raises(UserError, match="must be floor or self"):
+        check_options(EnvConfig(name="dmc:DogStand", options={"contacts": "all"}))
     with pytest.raises(UserError, match="dmc:Dog tasks only"):
-        check_options(EnvConfig(name="dmc:QuadrupedWalk", dog_contacts="self"))
+        check_options(EnvConfig(name="dmc:QuadrupedWalk", options={"contacts": "self"}))
 
 
 @needs_dm_control

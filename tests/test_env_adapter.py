@@ -10,7 +10,9 @@ import pytest
 from flax import struct
 
 from helpers import small
-from pql_jax.envs import _load_sim, adapt, control_range, make_env, to_control
+from pql_jax.config import EnvConfig
+from pql_jax.envs import adapt, control_range, to_control
+from pql_jax.envs.families import load_sim
 from pql_jax.envs.pointmass import PointMass
 
 
@@ -32,16 +34,16 @@ def test_quadruped_control_range_is_dm_control_action_spec():
     from pql_jax.envs.dmc import reference
 
     spec = reference.load(*reference.DM_NAMES["QuadrupedWalk"], seed=0).action_spec()
-    low, high = control_range("dmc:QuadrupedWalk", _load_sim("dmc:QuadrupedWalk", "positional", "jax", 1000))
+    low, high = control_range("dmc:QuadrupedWalk", load_sim(EnvConfig(name="dmc:QuadrupedWalk")))
     np.testing.assert_array_equal(low, spec.minimum)
     np.testing.assert_array_equal(high, spec.maximum)
     assert (high == 1.1).any() and (high == 0.8).any()  # lift and extend: not [-1, 1]
 
 
 def test_only_envs_that_pass_actions_to_controls_are_mapped():
-    humanoid = control_range("brax:humanoid", _load_sim("brax:humanoid", "positional", "jax", 1000))
+    humanoid = control_range("brax:humanoid", load_sim(EnvConfig(name="brax:humanoid")))
     assert humanoid is not None and np.allclose(humanoid[0], -0.4) and np.allclose(humanoid[1], 0.4)
-    assert control_range("brax:ant", _load_sim("brax:ant", "positional", "jax", 1000)) is None  # [-1, 1]
+    assert control_range("brax:ant", load_sim(EnvConfig(name="brax:ant"))) is None  # [-1, 1]
     assert control_range("test:pointmass", PointMass()) is None
 
 

@@ -29,67 +29,13 @@ import numpy as np
 from flax import struct
 
 from pql_jax.config import EnvConfig
-from pql_jax.envs.dmc import TASKS as DMC_TASKS
-from pql_jax.envs.dmc import check_options as dmc_check_options
-from pql_jax.envs.pointmass import TASKS as TEST_TASKS
+from pql_jax.envs.families import (BRAX_ENVS, DMC_ENVS, TEST_ENVS, check_env_name, control_range, cpu_loops,
+                                   family_options, known_envs, load_sim, reward_range, warn_deadlocking_jaxlib)
 from pql_jax.errors import UserError
 
-BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
-             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
-
-
-DMC_ENVS = tuple(DMC_TASKS)
-"""dm_control tasks ported to MJX here (pql_jax.envs.dmc), named `dmc:<task>`."""
-
-TEST_ENVS = tuple(TEST_TASKS)
-"""Pure-JAX test tasks (pql_jax.envs.pointmass): `_nan` injects non-finite steps, `_spike` huge
-finite ones, `unit_reward` pays 1 per step."""
-
-
-def known_envs(include_playground: bool = True) -> list[str]:
-    """Every env name this build accepts (importing Playground's registry takes seconds)."""
-    names = ["test:pointmass"] + [f"brax:{n}" for n in BRAX_ENVS] + list(TEST_ENVS[1:])
-    names += [f"dmc:{n}" for n in DMC_ENVS]
-    if not include_playground:
-        return names
-    try:
-        from mujoco_playground import registry
-
-        names += [f"playground:{n}" for n in registry.dm_control_suite.ALL_ENVS]
-        names += [f"playground:{n}" for n in registry.locomotion.ALL_ENVS]
-        names += [f"playground:{n}" for n in registry.manipulation.ALL_ENVS]
-    except Exception:  # noqa: BLE001 - playground optional at listing time
-        pass
-    return names
-
-
-def reward_range(name: str) -> tuple[float, float] | None:
-    """Bounds of one env step's reward where they are known, else None: the test tasks,
-    Playground's DM Control suite and the `dmc:` ports give rewards in [0, 1] (dm_control builds
-    them from `rewards.tolerance` values in [0, 1])."""
-    kind, _, task = name.partition(":")
-    if name == "test:pointmass_spike":
-        return None
-    if name in TEST_ENVS or (kind == "dmc" and task in DMC_ENVS):
-        return 0.0, 1.0
-    if kind == "playground":
-        try:
-            from mujoco_playground import registry
-
-            if task in registry.dm_control_suite.ALL_ENVS:
-                return 0.0, 1.0
-        except Exception:  # noqa: BLE001 - playground optional
-            pass
-    return None
-
-
-def check_env_name(name: str) -> None:
-    """Raise UserError (listing the known envs) unless `name` is a known env."""
-    if name in known_envs(include_playground=False):
-        return
-    known = known_envs()
-    if name not in known:
-        raise UserError(f"unknown env {name!r}; known envs: {', '.join(known)}")
+__all__ = ["BRAX_ENVS", "DMC_ENVS", "TEST_ENVS", "EnvState", "StepOut", "VecEnv", "adapt", "check_env_name",
+           "check_options", "check_trainable", "compiler_options", "control_range", "env_batching",
+           "known_envs", "make_env", "over_copies", "reward_range", "to_control", "warn_deadlocking_jaxlib"]
 
 
 class EnvState(struct.PyTreeNode):
@@ -142,52 +88,6 @@ def _flat_obs(obs: Any) -> jax.Array:
     return obs
 
 
-@functools.lru_cache(maxsize=None)
-def _load_sim(name: str, brax_backend: str, playground_impl: str, episode_length: int, solver_caps=(0, 0),
-              dog_contacts: str = "floor"):
-    """Instantiate the raw simulator env (cached: building an env parses its model); `solver_caps`:
-    (iterations, line-search iterations) of the `dmc:` ports' solver, 0 for the model's own;
-    `dog_contacts`: the Dog ports' contact set (`env.dog_contacts`)."""
-    kind, _, task = name.partition(":")
-    if name in TEST_ENVS:
-        return TEST_TASKS[name]()
-    if kind == "brax":
-        from brax import envs as brax_envs
-
-        return brax_envs.get_environment(task, backend=brax_backend)
-    if kind == "playground":
-        from mujoco_playground import registry
-
-        overrides = {"impl": playground_impl}
-        return registry.load(task, config_overrides=overrides)
-    if kind == "dmc":
-        if playground_impl != "jax":
-            raise UserError(f"{name} runs on MJX's jax implementation only: set env.playground_impl: jax")
-        from pql_jax.envs import dmc
-
-        return dmc.load(task, solver_caps=solver_caps, contacts=dog_contacts)
-    raise UserError(f"unknown env {name!r}")
-
-
-#: jaxlib releases whose CPU LAPACK kernels can deadlock concurrent batched calls (pyproject.toml)
-DEADLOCKING_JAXLIB = ("0.10.", "0.11.0")
-
-
-def warn_deadlocking_jaxlib() -> str | None:
-    """Warn (and return the message) where the installed jaxlib is one that pyproject.toml
-    excludes because batched LAPACK calls on the CPU can hang (installed against the pins)."""
-    import warnings
-    from importlib.metadata import version
-
-    v = version("jaxlib")
-    if not v.startswith(DEADLOCKING_JAXLIB) or jax.default_backend() != "cpu":
-        return None
-    msg = (f"jaxlib {v} can deadlock batched LAPACK calls on the CPU (MJX's constraint solver at 256+ envs "
-           "hung forever); install jaxlib 0.9.2 or >= 0.11.1 (pyproject.toml's pins)")
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    return msg
-
-
 def over_copies(fn: Callable, batching: str, in_axes=0) -> Callable:
     """`fn` mapped over the leading axis of its arguments, with `jax.vmap`'s contract: batched
     (`vmap`) or a `lax.map` loop of single calls (`map`). An `in_axes` entry of None shares that
@@ -213,19 +113,12 @@ def over_copies(fn: Callable, batching: str, in_axes=0) -> Callable:
     return mapped
 
 
-def _cpu_loops(name: str) -> bool:
-    """Whether the env declares that its programs need the CPU workarounds of the `auto` settings
-    (`env.batching`, `env.cpu_fusion`): a port's `cpu_loops` (pql_jax.envs.dmc.TASKS)."""
-    kind, _, task = name.partition(":")
-    return kind == "dmc" and task in DMC_TASKS and DMC_TASKS[task].cpu_loops
-
-
 def env_batching(config: EnvConfig) -> str:
     """`env.batching` resolved: `auto` is `map` on the CPU for a port that declares `cpu_loops`,
     else `vmap`."""
     if config.batching != "auto":
         return config.batching
-    return "map" if _cpu_loops(config.name) and jax.default_backend() == "cpu" else "vmap"
+    return "map" if cpu_loops(config.name) and jax.default_backend() == "cpu" else "vmap"
 
 
 def compiler_options(config: EnvConfig) -> dict[str, str] | None:
@@ -233,17 +126,15 @@ def compiler_options(config: EnvConfig) -> dict[str, str] | None:
     XLA's defaults): fusion off on the CPU where `env.cpu_fusion` resolves to off."""
     fusion = config.cpu_fusion
     if fusion == "auto":
-        fusion = "off" if _cpu_loops(config.name) else "on"
+        fusion = "off" if cpu_loops(config.name) else "on"
     if fusion == "off" and jax.default_backend() == "cpu":
         return {"xla_disable_hlo_passes": "fusion"}
     return None
 
 
 def check_options(config: EnvConfig) -> None:
-    """UserError naming an env option the task does not take (the `dmc:` family validates its own)."""
-    kind, _, task = config.name.partition(":")
-    dmc_check_options(task if kind == "dmc" else None, config.dog_contacts,
-                      (config.solver_iterations, config.solver_ls_iterations), config.name)
+    """UserError naming an `env.options` key or value the env's family does not take."""
+    family_options(config)
 
 
 def check_trainable(config: EnvConfig) -> None:
@@ -253,38 +144,12 @@ def check_trainable(config: EnvConfig) -> None:
     overflow in a compiler thread) after 13-20 minutes, twice; its env step alone compiles and
     runs unfused (the port scripts use it)."""
     check_options(config)
-    if _cpu_loops(config.name) and compiler_options(config) is not None:
+    if cpu_loops(config.name) and compiler_options(config) is not None:
         raise UserError(
             f"{config.name} does not train on the CPU with env.cpu_fusion={config.cpu_fusion}: XLA's CPU compiler "
             "crashes (stack overflow) on its unfused training program; env.cpu_fusion=on compiles (~10 min) but "
             "trains at under 0.33 env steps/s (benchmarks/RESULTS.md, \"The Dog through pql-jax train\"): train it "
             "on a GPU")
-
-
-def control_range(name: str, sim) -> tuple | None:
-    """(low, high) per action entry where the env passes its action to actuators with a finite
-    control range other than [-1, 1] (None: nothing to map). Read from the MuJoCo model the
-    simulator was built from; Playground's locomotion and manipulation tasks define their own
-    action scaling, so they get none."""
-    kind, _, task = name.partition(":")
-    if kind == "test":
-        return None
-    if kind == "playground":
-        from mujoco_playground import registry
-
-        if task not in registry.dm_control_suite.ALL_ENVS:
-            return None
-    model = getattr(sim, "mj_model", None) or getattr(sim, "_mj_model", None)
-    if model is None and hasattr(sim, "sys"):
-        model = getattr(sim.sys, "mj_model", None)
-    if model is None:
-        return None
-    low, high = np.asarray(model.actuator_ctrlrange, np.float64).T
-    limited = np.asarray(model.actuator_ctrllimited, bool) & np.isfinite(low) & np.isfinite(high) & (high > low)
-    low, high = np.where(limited, low, -1.0), np.where(limited, high, 1.0)
-    if (low == -1.0).all() and (high == 1.0).all():
-        return None
-    return low, high
 
 
 def to_control(action, low, high):
@@ -319,11 +184,7 @@ def _bad_step(sim_state, bound: float) -> jax.Array:
 def make_env(config: EnvConfig) -> VecEnv:
     """Build the vectorised, auto-resetting env described by `config`."""
     check_env_name(config.name)
-    check_options(config)
-    if not config.name.startswith("brax:") or config.brax_backend == "mjx":
-        warn_deadlocking_jaxlib()
-    sim = _load_sim(config.name, config.brax_backend, config.playground_impl, config.episode_length,
-                    (config.solver_iterations, config.solver_ls_iterations), config.dog_contacts)
+    sim = load_sim(config)
     return adapt(sim, config)
 
 

@@ -10,7 +10,11 @@ tests/test_dmc_ports.py; `pip install -e ".[dmc]"`).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import importlib
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from pql_jax.errors import UserError
 
 
 class Port(NamedTuple):
@@ -39,24 +43,36 @@ TASKS: dict[str, Port] = {
 `load` all read it."""
 
 
-def check_options(task: str | None, contacts: str, solver_caps: tuple[int, int], name: str = "") -> None:
-    """UserError naming the option env `name` does not take (`env.dog_contacts` other than floor
-    off the Dog; solver caps off the ports); `task`: its port's task, None when not a port."""
-    from pql_jax.errors import UserError
+@dataclass(frozen=True)
+class DmcOptions:
+    """`env.options` of the `dmc:` ports."""
 
-    port = TASKS.get(task) if task else None
-    if contacts != "floor" and (port is None or port.family != "dog"):
-        raise UserError(f"env.dog_contacts applies to the dmc:Dog tasks only, not {name or task}")
-    if any(solver_caps) and port is None:
-        raise UserError(f"env.solver_iterations / solver_ls_iterations apply to dmc: tasks only, not {name or task}")
+    solver_iterations: int = 0
+    """Cap on the constraint solver's Newton iterations per physics step (0: the model's own,
+    dm_control's 100), as Playground caps its DM Control models (walker 2, humanoid 4). The solve
+    stops once converged (a few iterations), so a cap only changes results, and at 4 or fewer it
+    moves both ports far from dm_control (benchmarks/RESULTS.md, "Capped solver")."""
+    solver_ls_iterations: int = 0
+    """Cap on the solver's line-search steps per Newton iteration (0: the model's own, dm_control's
+    50). Vmapped, MJX evaluates every one of them, so this is the cap that buys speed; 8 (the
+    ports' configs) leaves their trajectories unchanged (same section)."""
+    contacts: Literal["floor", "self"] = "floor"
+    """The Dog's contact set: `floor` (geom-floor pairs only) or `self` (also dm_control's self
+    pairs, culled as Playground culls its DM Control models); see pql_jax/envs/dmc/dog.py. The
+    Quadruped keeps dm_control's own."""
+
+    def check(self, task: str) -> None:
+        """UserError naming an option value this port does not take."""
+        if min(self.solver_iterations, self.solver_ls_iterations) < 0:
+            raise UserError("env.options.solver_iterations and solver_ls_iterations must be >= 0 (0: the model's own)")
+        if self.contacts != "floor" and (task not in TASKS or TASKS[task].family != "dog"):
+            raise UserError(f"env.options.contacts applies to the dmc:Dog tasks only, not dmc:{task}")
 
 
 def load(task: str, impl: str = "jax", solver_caps: tuple[int, int] = (0, 0), contacts: str = "floor"):
     """The raw MJX env of one of `TASKS`; `solver_caps`: (iterations, line-search iterations) of
     the constraint solver, 0 keeping the model's own (see `quadruped.cap_solver`); `contacts`:
     the Dog's contact set (`floor` or `self`, see `dog`; Quadruped keeps dm_control's)."""
-    import importlib
-
     if task not in TASKS:
         raise ValueError(f"unknown dmc task {task!r}; known: {', '.join(TASKS)}")
     port = TASKS[task]
