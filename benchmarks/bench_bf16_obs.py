@@ -20,8 +20,8 @@ row encoded with it, i.e. the rebase of the warm-up rows counted as free).
     python benchmarks/bench_bf16_obs.py --tasks test:pointmass --steps 64   # one task
 
 dmc:DogStand is skipped by default: on this CPU its vmapped program does not compile in useful
-time and the `map` loop runs ~2-26 env steps/s (benchmarks/RESULTS.md, "MJX ports of Quadruped
-and Dog"), i.e. minutes to tens of minutes for one rollout.
+time and the `map` loop runs ~2-26 env steps/s (benchmarks/RESULTS.md#mjx-ports), i.e. minutes
+to tens of minutes for one rollout.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pql_jax.envs import make_env
 from pql_jax.learner import replay
 
 SKIP = {"dmc:DogStand": "not compiled: the Dog's vmapped MJX program stalls XLA on the CPU and the `map` loop "
-                        "runs ~2-26 env steps/s (RESULTS.md, MJX ports of Quadruped and Dog)"}
+                        "runs ~2-26 env steps/s (benchmarks/RESULTS.md#mjx-ports)"}
 CLIP = 5.0
 
 

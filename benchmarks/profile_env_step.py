@@ -1,6 +1,6 @@
 """Where one env's control step spends its time, per XLA op, with and without XLA's CPU fusion.
 
-Reproduces "The Dog without XLA's CPU fusion" in benchmarks/RESULTS.md: jits one env's `step`
+Reproduces benchmarks/RESULTS.md#dog-cpu-fusion: jits one env's `step`
 (the raw MJX env of a `dmc:` port, as `env.batching: map` runs it), compiled as training compiles
 it for each --cpu-fusion setting (`env.cpu_fusion`), times --steps control steps, then traces as
 many with `jax.profiler` and charges every op its exclusive time (profile_chunk.py's reader). Prints

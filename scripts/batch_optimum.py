@@ -1,7 +1,7 @@
 """Best batch size per UTD from a sweep over (utd, batch_size) x seeds, with the seed bootstrap,
 and the two-point slope of B*(utd) where the sweep has fewer than the 3 UTDs a law needs.
 
-Reproduces the "Is B*(utd) determined with a wider batch grid?" table of benchmarks/RESULTS.md
+Reproduces the wider batch grid's table of benchmarks/RESULTS.md#batch-optimum
 (issue "Real physics evidence", section 2):
     pql-jax sweep SWEEP.yaml --out runs/batch_grid   # grid: utd x batch_size, several seeds
     python scripts/batch_optimum.py runs/batch_grid --max-return 1000 --thresholds 400,600,800

@@ -1,6 +1,6 @@
 """Random-policy return statistics of a `dmc:` MJX port against dm_control itself, resumable.
 
-Reproduces the random-policy rows of benchmarks/RESULTS.md, "MJX ports of Quadruped and Dog"
+Reproduces the random-policy rows of the MJX ports in benchmarks/RESULTS.md#dmc-random-returns
 (issue "Real physics evidence", section 1: "a random policy gives matching reward statistics over
 many episodes"). Full episodes (dm_control's 1000-step time limit) of a uniform random policy run
 in dm_control, in dm_control's task on the port's adapted model (Dog only: no noslip, the port's

@@ -1,6 +1,6 @@
 """Check the MJX ports of dm_control tasks (`dmc:QuadrupedWalk`, `dmc:DogStand`, ...) against dm_control itself,
-and time them through the env adapter. Reproduces the "MJX ports of Quadruped and Dog" section
-of benchmarks/RESULTS.md (issue "Real physics evidence", section 1).
+and time them through the env adapter. Reproduces benchmarks/RESULTS.md#mjx-ports (issue "Real physics
+evidence", section 1).
 
 Four parts, each printed as it finishes (and written as JSON with --out); `steps` runs the port
 with the model's own solver, or capped at --port-solver I/L. (The random-policy return statistics

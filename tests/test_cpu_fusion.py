@@ -1,7 +1,7 @@
 """`env.cpu_fusion`: which programs XLA compiles without its CPU fusion pass, and that they are.
 
 Why it exists (the Dog's single-env step ~12x faster unfused on the CPU) is measured in
-benchmarks/RESULTS.md, "The Dog without XLA's CPU fusion"; here: the option's resolution, its
+benchmarks/RESULTS.md#dog-cpu-fusion; here: the option's resolution, its
 validation, and that the training program really is compiled unfused.
 """
 

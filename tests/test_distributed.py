@@ -223,7 +223,7 @@ def test_workflow_stages_by_process(primary, tmp_path, monkeypatch):
     """Under several processes every process runs the training stages, only process 0 the fitting
     and report stages and the stage markers; the others wait at the barriers. (Checked end to end
     by hand: two processes of one device run the workflow to the tables, settings and verification
-    of one process with two devices, bit for bit; benchmarks/RESULTS.md.)"""
+    of one process with two devices, bit for bit; benchmarks/RESULTS.md#workflow-two-processes.)"""
     from pql_jax.workflow import runner
 
     wf = tmp_path / "wf.yaml"

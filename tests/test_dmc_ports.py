@@ -101,7 +101,7 @@ def test_reset_height_matches_dm_control(walk):
 # Tolerances of the first 5 steps in float32, per field: 10x the largest |port - dm_control| over
 # steps 1-5 of the same 5 seeds (validate_dmc_ports' `steps` part, "max_5", 2026-12-07, JAX 0.12.1),
 # rounded up to one significant digit. The float64 run of the same comparison agrees to <= 4e-9 on
-# all 78 entries over 200 steps (RESULTS.md, "float64 over all 78 entries"), so with the physics
+# all 78 entries over 200 steps (benchmarks/RESULTS.md#float64-quadruped), so with the physics
 # identical these float32 differences are rounding, amplified most in the acceleration-stage sensors.
 FIRST_STEPS_TOL = {"reward": 2e-5, "hinge_qpos": 8e-6, "hinge_qvel": 7e-4, "act": 4e-7, "torso_velocity": 2e-5,
                    "torso_upright": 3e-6, "accelerometer": 2e-3, "gyro": 6e-5, "force_torque": 3e-3}
@@ -240,7 +240,7 @@ def test_dog_observation_and_reward_match_dm_control(task):
 def test_dog_first_steps_match_dm_control_on_the_adapted_model():
     """From a dm_control reset state, 3 random control steps of the port and of dm_control's task
     on the adapted model (no noslip, floor contacts): same observations and rewards to float32
-    rounding (see benchmarks/RESULTS.md, MJX ports of Quadruped and Dog)."""
+    rounding (see benchmarks/RESULTS.md#mjx-ports)."""
     import jax
     import jax.numpy as jnp
 

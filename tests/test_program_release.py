@@ -3,7 +3,7 @@ hold mapped sections; a long workflow hit Linux's vm.max_map_count and aborted i
 
 The policy is tested with the mapping count and limit stubbed: how many mappings a compile adds
 depends on the XLA version and on what the process freed before (sections are reused), so the
-effect itself is a measurement (benchmarks/RESULTS.md, "The width axis on real physics")."""
+effect itself is a measurement (benchmarks/RESULTS.md#width-axis)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ rounding error of bfloat16 is relative (at most 2^-8 of the stored value, about 
 stored raw a dimension with |mean| >> std loses its spread (N(1, 0.001) keeps 2 distinct values);
 stored relative to the mean of its row it is about 2^-9 of its distance to that mean, i.e. a few
 thousandths of a std in normalised units (at most 0.0018 std RMS in any dimension of the shipped
-tasks' random-policy observations: benchmarks/bench_bf16_obs.py, RESULTS.md). A per-dimension scale
+tasks' random-policy observations: benchmarks/bench_bf16_obs.py, benchmarks/RESULTS.md#bf16-obs-offset). A per-dimension scale
 would not help: the relative error of a float format does not depend on the scale. The offsets
 take (rows + 1) x obs x 4 bytes, 2 / num_envs of the bfloat16 observations. A final observation
 pushed to a FIFO at time t uses the offset of slot (t + 1) % (rows + 1), written at the same time
@@ -59,7 +59,7 @@ OBS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.uint16}
 """Array dtype holding observations and actions per `agent.buffer_dtype`; samples are always float32.
 bfloat16 observations are kept as their 16-bit patterns: XLA's CPU backend computes a bfloat16
 dynamic-update-slice in float32 and rewrites the whole ring at every insert (a temporary copy of
-the ring; benchmarks/RESULTS.md, "Replay memory"), while integer rows are updated in place on
+the ring; benchmarks/RESULTS.md#replay-memory), while integer rows are updated in place on
 every backend."""
 MAX_REDRAWS = 3
 """Spare draws for samples that hit an invalid transition (drawn always, no loop: a sample stays
