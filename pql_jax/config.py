@@ -9,8 +9,10 @@ once what it is to a compiled program:
   differ in it need separate programs; `column=True` also puts it in the results table;
 - `host(...)`: read only by the host loop (run length, checkpoints, memory limit).
 
-Everything else is derived from these declarations: `HParams`, the sweep's grouping, the results
-table's hyperparameter columns and the compiled-program cache key. How written values are parsed
+The sweep's grouping, the results table's hyperparameter columns and the compiled-program cache
+key are derived from these declarations; the learner's `HParams` (member fields) and
+pql_jax.shapes' `ProgramConfig` (shape fields) spell them out as real classes, checked against
+them by tests. How written values are parsed
 (numbers, UTDs such as 1/512, YAML files) lives in pql_jax.values.
 """
 
@@ -30,6 +32,15 @@ from pql_jax.errors import UserError
 from pql_jax.values import Options, check_choice, coerce, read_options, read_yaml
 
 MEMBER, SHAPE, HOST = "member", "shape", "host"
+
+# Allowed values, declared once: the fields below and their program views (pql_jax.shapes) use
+# these; `validate` and `coerce` read them from the annotations.
+Batching = Literal["auto", "vmap", "map"]
+Fusion = Literal["auto", "on", "off"]
+BufferDtype = Literal["float32", "bfloat16"]
+Arch = Literal["mlp", "bro"]
+Activation = Literal["elu", "relu", "gelu", "silu", "tanh"]
+EvalMode = Literal["sequential", "parallel"]
 
 
 def member(default):
@@ -71,7 +82,7 @@ class EnvConfig:
     """Envs for deterministic-policy evaluation (see `run.eval_mode`; 0 disables)."""
     val_envs: int = shape(0)
     """Envs that collect fresh validation transitions for validation TD error (0 disables)."""
-    batching: Literal["auto", "vmap", "map"] = shape("auto")
+    batching: Batching = shape("auto")
     """How the env copies are stepped and reset: `vmap` (one batched program), `map` (a sequential
     loop over the single-env program) or `auto` (what the task declares: `map` on the CPU for the
     ports marked `cpu_loops` in pql_jax.envs.dmc.TASKS, `vmap` otherwise). `map` is for models
@@ -87,7 +98,7 @@ class EnvConfig:
     (the Quadruped's force-torque sensors; every other task under 80) under a random policy
     (benchmarks/RESULTS.md, "Blow-up guard"); raise it for a task with larger legitimate values.
     0 turns the check off."""
-    cpu_fusion: Literal["auto", "on", "off"] = shape("auto")
+    cpu_fusion: Fusion = shape("auto")
     """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (what the
     task declares: off for the ports marked `cpu_loops` in pql_jax.envs.dmc.TASKS, whose fused step
     recomputes MJX's kinematic chain, on otherwise: vmapped programs need fusion); no effect on
@@ -115,7 +126,7 @@ class AgentConfig:
     """Transitions per critic and actor update."""
     buffer_capacity: int = shape(5_000_000)
     """Replay capacity in transitions (FIFO ring; rounded down to a multiple of num_envs)."""
-    buffer_dtype: Literal["float32", "bfloat16"] = shape("float32")
+    buffer_dtype: BufferDtype = shape("float32")
     """Storage dtype of replayed observations and actions: float32 or bfloat16 (half the bytes;
     cast back to float32 when sampled; actions in [-1, 1] keep 8 significant bits, i.e. within
     0.4%). Rewards stay float32 (n-step sums). Observations are stored as bfloat16(obs - offset)
@@ -143,20 +154,20 @@ class AgentConfig:
     """Width of the critic's first hidden layer."""
     critic_depth: int = shape(3, column=True)
     """Hidden layers in each Q network (`mlp`), or residual blocks (`bro`)."""
-    critic_arch: Literal["mlp", "bro"] = shape("mlp", column=True)
+    critic_arch: Arch = shape("mlp", column=True)
     """Critic trunk: `mlp` (PQL's, tapered by `taper`, LayerNorm by `layer_norm`) or `bro` (BRO's
     residual network of constant `critic_width`, LayerNorm always; Nauman et al., 2024)."""
     actor_width: int = shape(512, column=True)
     """Width of the actor's first hidden layer."""
     actor_depth: int = shape(3)
     """Hidden layers in the actor (`mlp`), or residual blocks (`bro`)."""
-    actor_arch: Literal["mlp", "bro"] = shape("mlp")
+    actor_arch: Arch = shape("mlp")
     """Actor trunk: `mlp` or `bro` (as `critic_arch`)."""
     taper: bool = shape(True)
     """Halve the width at each deeper layer (512, 256, 128 as in PQL); False keeps it constant."""
     layer_norm: bool = shape(False)
     """LayerNorm after each hidden linear layer (actor and critic)."""
-    activation: Literal["elu", "relu", "gelu", "silu", "tanh"] = shape("elu")
+    activation: Activation = shape("elu")
     """Hidden activation: elu, relu, gelu, silu or tanh."""
     distributional: bool = shape(False, column=True)
     """Categorical (C51) critic, PQL-D."""
@@ -197,7 +208,7 @@ class RunConfig:
     """Training env steps (transitions collected); rounded up to whole chunks."""
     chunk_steps: int = shape(64)
     """Vector steps per jitted chunk; metrics are logged once per chunk."""
-    eval_mode: Literal["sequential", "parallel"] = shape("sequential")
+    eval_mode: EvalMode = shape("sequential")
     """How the deterministic policy is evaluated. `sequential`: after a chunk (every `eval_every`
     chunks and the last), one episode of `env.eval_envs` envs that training waits for:
     ceil(episode_length / action_repeat) sequential env steps each time. `parallel`: the eval envs
@@ -257,24 +268,6 @@ def get_value(config: "Config", dotted: str) -> Any:
     """The value of a dotted key (agent.utd) in `config`."""
     section, name = dotted.split(".")
     return getattr(getattr(config, section), name)
-
-
-def _view_class(cls, kinds: tuple[str, ...]):
-    keep = [(f.name, f.type) for f in fields(cls) if f.metadata["kind"] in kinds]
-    return dataclasses.make_dataclass(f"{cls.__name__}Shape", keep, frozen=True)
-
-
-_SHAPE_VIEWS = {s: _view_class(c, (SHAPE,)) for s, c in SECTIONS.items()}
-ProgramConfig = dataclasses.make_dataclass("ProgramConfig", list(SECTIONS), frozen=True)
-ProgramConfig.__doc__ = """The shape fields of a Config only (hashable): all a compiled program may read.
-
-Per-member and host fields are absent, so code built from it cannot read a member's value."""
-
-
-def program_config(config: "Config") -> "ProgramConfig":
-    """The part of `config` that shapes the compiled program (see ProgramConfig)."""
-    return ProgramConfig(**{s: view(**{f.name: getattr(getattr(config, s), f.name) for f in fields(view)})
-                            for s, view in _SHAPE_VIEWS.items()})
 
 
 def _field_types(cls) -> dict[str, Any]:

@@ -294,3 +294,25 @@ def test_the_config_reference_page_is_generated_from_the_dataclasses():
     assert page == reference_markdown() + "\n", "docs/config.md is stale: python -m pql_jax.config_doc > docs/config.md"
     for key in C.field_keys():
         assert f"| `{key}` |" in page
+
+
+def test_program_views_match_the_shape_declarations():
+    """pql_jax.shapes repeats the shape fields as real classes (for IDEs and type checkers): the
+    same names, order and types as the config's shape(...) fields, per section; a program view
+    built from a config holds exactly those values and no member or host field."""
+    import typing
+
+    from pql_jax.shapes import VIEWS, ProgramConfig, program_config, shape_fields
+
+    assert list(VIEWS) == list(C.SECTIONS) == [f.name for f in fields(ProgramConfig)]
+    for section, view in VIEWS.items():
+        assert [f.name for f in fields(view)] == shape_fields(section), section
+        config_types = typing.get_type_hints(C.SECTIONS[section])
+        for name, annotation in typing.get_type_hints(view).items():
+            assert annotation == config_types[name], (section, name)
+    config = C.load(None, ["agent.batch_size=64", "agent.gamma=0.9", "env.name=brax:ant", "env.options.backend=spring"])
+    program = program_config(config)
+    assert program.agent.batch_size == 64 and program.env.options == {"backend": "spring"}
+    assert not hasattr(program.agent, "gamma") and not hasattr(program.run, "total_env_steps")
+    assert hash(program) == hash(program_config(C.load(None, ["agent.batch_size=64", "env.name=brax:ant",
+                                                               "env.options.backend=spring"])))

@@ -4,6 +4,7 @@ fractional UTD counts, grouping by shape, sharding over 2 CPU devices, results t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -218,7 +219,7 @@ def test_program_cache_is_keyed_by_shape_only():
 
 
 def _program_args(config):
-    from pql_jax.config import program_config
+    from pql_jax.shapes import program_config
 
     return program_config(config), sweep.single(config).groups[0].max_updates, 1, "map"
 
@@ -240,7 +241,7 @@ def test_per_member_fields_declared_once():
     members = field_keys(MEMBER)
     hp = hparams_from_config(small())
     names = {k.split(".")[1] for k in members} - {"utd", "seed"} | {"rate_num", "rate_den"}
-    assert set(hp.values) == names
+    assert {f.name for f in dataclasses.fields(hp)} == names
     base = small()
     for key in members:  # changing any per-member field keeps the group; a shape field splits it
         other = base

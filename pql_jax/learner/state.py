@@ -19,22 +19,27 @@ F32 = jnp.float32
 
 
 class HParams(struct.PyTreeNode):
-    """Per-member hyperparameters as arrays, so members of one program may differ in them.
-
-    One array per `member(...)` field of the config (pql_jax.config), by its short name
-    (`hp.gamma`, `hp.critic_lr`, ...), except the UTD, which becomes the exact rate
+    """Per-member hyperparameters as arrays ([] for one run, [K] for a population), so members of
+    one program may differ in them: one field per `member(...)` field of the config (pql_jax.config,
+    where each is documented), by its short name, except the UTD, which becomes the exact rate
     `rate_num / rate_den` critic updates per vector step, and the seed, which becomes the PRNG key.
-    """
+    A test checks these fields against the config's declarations."""
 
-    values: dict
-
-    def __getattr__(self, name):
-        if name == "values":
-            raise AttributeError(name)
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(f"HParams has no {name!r}; per-member fields: {sorted(self.values)}") from None
+    rate_num: jax.Array
+    rate_den: jax.Array
+    critic_actor_ratio: jax.Array
+    gamma: jax.Array
+    tau: jax.Array
+    critic_lr: jax.Array
+    actor_lr: jax.Array
+    weight_decay: jax.Array
+    max_grad_norm: jax.Array
+    std_min: jax.Array
+    std_max: jax.Array
+    target_noise: jax.Array
+    target_noise_clip: jax.Array
+    reward_scale: jax.Array
+    warmup_steps: jax.Array
 
 
 def hparams_from_config(config: Config) -> HParams:
@@ -51,7 +56,7 @@ def hparams_from_config(config: Config) -> HParams:
             continue
         value = get_value(config, key)
         values[name] = jnp.asarray(value, jnp.int32 if isinstance(value, int) else F32)
-    return HParams(values)
+    return HParams(**values)
 
 
 class TrainState(struct.PyTreeNode):
