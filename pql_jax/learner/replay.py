@@ -32,12 +32,12 @@ rounding error of bfloat16 is relative (at most 2^-8 of the stored value, about 
 stored raw a dimension with |mean| >> std loses its spread (N(1, 0.001) keeps 2 distinct values);
 stored relative to the mean of its row it is about 2^-9 of its distance to that mean, i.e. a few
 thousandths of a std in normalised units (at most 0.0018 std RMS in any dimension of the shipped
-tasks' random-policy observations: benchmarks/bench_bf16_obs.py, benchmarks/RESULTS.md#bf16-obs-offset). A per-dimension scale
-would not help: the relative error of a float format does not depend on the scale. The offsets
-take (rows + 1) x obs x 4 bytes, 2 / num_envs of the bfloat16 observations. A final observation
-pushed to a FIFO at time t uses the offset of slot (t + 1) % (rows + 1), written at the same time
-and not rewritten while row t is in the buffer. float32 storage has no offsets (an empty array)
-and is unchanged.
+tasks' random-policy observations: benchmarks/bench_bf16_obs.py,
+benchmarks/RESULTS.md#bf16-obs-offset). A per-dimension scale would not help: the relative error
+of a float format does not depend on the scale. The offsets take (rows + 1) x obs x 4 bytes,
+2 / num_envs of the bfloat16 observations. A final observation pushed to a FIFO at time t uses
+the offset of slot (t + 1) % (rows + 1), written at the same time and not rewritten while row t
+is in the buffer. float32 storage has no offsets (an empty array) and is unchanged.
 
 A transition marked `invalid` (a non-finite observation or reward, see pql_jax.envs) is never
 sampled: windows stop before it and bootstrap from the observation it started from, exactly
