@@ -94,15 +94,14 @@ class EnvConfig:
     blow-up, like a non-finite one: not stored for learning, kept out of the observation
     statistics, its env reset, counted in `nonfinite_transitions` (pql_jax.envs). A diverging
     simulation passes through huge finite values before NaN; one such observation would otherwise
-    dominate the normaliser's variance for the rest of the run. The shipped tasks stay under 400
-    (the Quadruped's force-torque sensors; every other task under 80) under a random policy
-    (benchmarks/RESULTS.md, "Blow-up guard"); raise it for a task with larger legitimate values.
-    0 turns the check off."""
+    dominate the normaliser's variance for the rest of the run. The default sits well above what
+    the shipped tasks emit under a random policy (benchmarks/RESULTS.md#blowup-guard); raise it
+    for a task with larger legitimate values. 0 turns the check off."""
     cpu_fusion: Fusion = shape("auto")
     """XLA's operator fusion in the programs compiled for the CPU: `on`, `off`, or `auto` (what the
     task declares: off for the ports marked `cpu_loops` in pql_jax.envs.dmc.TASKS, whose fused step
     recomputes MJX's kinematic chain, on otherwise: vmapped programs need fusion); no effect on
-    other backends (benchmarks/RESULTS.md, "The Dog without XLA's CPU fusion")."""
+    other backends (benchmarks/RESULTS.md#dog-cpu-fusion)."""
     random_episode_start: bool = shape(False)
     """Start each training (and validation) env at a random `episode_step` in [0, episode_length)
     so that time-limit truncations are spread over vector steps instead of all envs resetting in
@@ -131,11 +130,9 @@ class AgentConfig:
     cast back to float32 when sampled; actions in [-1, 1] keep 8 significant bits, i.e. within
     0.4%). Rewards stay float32 (n-step sums). Observations are stored as bfloat16(obs - offset)
     with a float32 offset per ring row, the mean over envs of that row (pql_jax.learner.replay):
-    bfloat16's error is relative to what it stores, so raw a dimension with |mean| >> std lost its
-    spread (N(1, 0.001): 0.94 std RMS after normalisation). Measured after normalisation on the
-    random-policy observations of every shipped task but the Dog: 0.0014-0.0016 std RMS averaged
-    over dimensions, at most 0.0018 std in any dimension (raw: up to 0.066 std, 5.8 std on
-    brax:humanoid; benchmarks/RESULTS.md). The offsets add 2 / num_envs to the observation bytes."""
+    bfloat16's error is relative to what it stores, so stored raw, a dimension with |mean| >> std
+    lost its spread; with the offsets the error after normalisation is about a thousandth of a
+    std on the shipped tasks (benchmarks/RESULTS.md#bf16-obs-offset). The offsets add 2 / num_envs to the observation bytes."""
     n_step: int = shape(3, column=True)
     """Steps summed in the return target before bootstrapping with gamma^n."""
     gamma: float = member(0.99)
@@ -233,9 +230,10 @@ class RunConfig:
     """Include the replay buffer in checkpoints (exact resume needs it)."""
     checkpoint_async: bool = host(False)
     """Write checkpoints in a background thread (training pauses only to copy the state to host
-    memory). Off by default: measured on a 2-core CPU with a 1 GB state, the host copy plus a
-    write competing with training paused longer (1.3-2.1 s) than a plain save into the page cache
-    (0.6-0.8 s); turn it on where writes are slow (network file systems)."""
+    memory). Off by default: where writes go to the page cache, the host copy plus a write
+    competing with training for the cores paused training longer than a plain save
+    (benchmarks/RESULTS.md#checkpoint-pause); turn it on where writes are slow (network file
+    systems)."""
     memory_limit_gb: float = host(0.0)
     """Refuse runs estimated to need more device memory than this (0: the device's own size)."""
 

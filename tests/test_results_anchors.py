@@ -11,17 +11,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-PENDING = (
-    "README.md",
-    "docs/config.md",
-    "pql_jax/config.py",
-    "pql_jax/envs/__init__.py",
-    "pql_jax/envs/dmc/__init__.py",
-    "pql_jax/envs/dmc/dog.py",
-)
-"""Files whose owners have yet to rewrite their RESULTS citations to anchors: tolerated until then.
-Take a file out once it is rewritten (a listed file that no longer cites the old way fails)."""
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SCANNED = ("pql_jax", "configs", "scripts", "benchmarks", "tests", "README.md", "docs")
@@ -81,15 +70,8 @@ def test_anchors_are_kebab_case_unique_and_above_a_heading():
 
 def test_citations_name_existing_anchors_not_headings():
     ids = set(anchors())
-    bad = [b for p in scanned_files() if p.relative_to(ROOT).as_posix() not in PENDING
-           for b in bad_citations(p, ids)]
+    bad = [b for p in scanned_files() for b in bad_citations(p, ids)]
     assert bad == [], "\n".join(bad)
-
-
-def test_pending_files_still_need_rewriting():
-    ids = set(anchors())
-    done = [name for name in PENDING if not (ROOT / name).is_file() or not bad_citations(ROOT / name, ids)]
-    assert done == [], f"no old-style RESULTS citations left in {done}: take them out of PENDING"
 
 
 def test_the_patterns_catch_both_forms():

@@ -140,15 +140,15 @@ def check_options(config: EnvConfig) -> None:
 def check_trainable(config: EnvConfig) -> None:
     """UserError where the env's options do not apply to it (`check_options`), or this backend
     cannot build its training program: a `cpu_loops` port on the CPU without XLA's fusion
-    (`env.cpu_fusion` auto/off), whose learner-plus-env program crashed XLA's CPU compiler (a stack
-    overflow in a compiler thread) after 13-20 minutes, twice; its env step alone compiles and
-    runs unfused (the port scripts use it)."""
+    (`env.cpu_fusion` auto/off), whose learner-plus-env program crashes XLA's CPU compiler (a stack
+    overflow in a compiler thread; benchmarks/RESULTS.md#dog-through-train); its env step alone
+    compiles and runs unfused (the port scripts use it)."""
     check_options(config)
     if cpu_loops(config.name) and compiler_options(config) is not None:
         raise UserError(
             f"{config.name} does not train on the CPU with env.cpu_fusion={config.cpu_fusion}: XLA's CPU compiler "
-            "crashes (stack overflow) on its unfused training program; env.cpu_fusion=on compiles (~10 min) but "
-            "trains at under 0.33 env steps/s (benchmarks/RESULTS.md, \"The Dog through pql-jax train\"): train it "
+            "crashes (stack overflow) on its unfused training program; env.cpu_fusion=on compiles but "
+            "trains too slowly to be of use (benchmarks/RESULTS.md#dog-through-train): train it "
             "on a GPU")
 
 

@@ -1,6 +1,6 @@
 """`test:pointmass`: a tiny pure-JAX reaching task for tests and smoke runs.
 
-Written by hand because every Brax / Playground env takes 10-25 s to compile on a CPU, which
+Written by hand because every Brax / Playground env takes many seconds to compile on a CPU, which
 would make the test suite (determinism, resume, populations, learning) far too slow. It has the
 same `reset(rng)` / `step(state, action)` interface as those envs, a true terminal (leaving the
 arena) and relies on the time limit for truncation.

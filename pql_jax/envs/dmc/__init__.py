@@ -29,8 +29,8 @@ class Port(NamedTuple):
     cpu_loops: bool = False
     """On the CPU, loop its env copies (`env.batching: auto` -> map) and compile without XLA's
     fusion (`env.cpu_fusion: auto` -> off): its vmapped program does not compile in useful time
-    and the fused step recomputes MJX's kinematic chain (benchmarks/RESULTS.md, "The Dog without
-    XLA's CPU fusion"). Training it there is refused (`pql_jax.envs.check_trainable`)."""
+    and the fused step recomputes MJX's kinematic chain (benchmarks/RESULTS.md#dog-cpu-fusion).
+    Training it there is refused (`pql_jax.envs.check_trainable`)."""
 
 
 TASKS: dict[str, Port] = {
@@ -51,7 +51,7 @@ class DmcOptions:
     """Cap on the constraint solver's Newton iterations per physics step (0: the model's own,
     dm_control's 100), as Playground caps its DM Control models (walker 2, humanoid 4). The solve
     stops once converged (a few iterations), so a cap only changes results, and at 4 or fewer it
-    moves both ports far from dm_control (benchmarks/RESULTS.md, "Capped solver")."""
+    moves both ports far from dm_control (benchmarks/RESULTS.md#capped-solver)."""
     solver_ls_iterations: int = 0
     """Cap on the solver's line-search steps per Newton iteration (0: the model's own, dm_control's
     50). Vmapped, MJX evaluates every one of them, so this is the cap that buys speed; 8 (the

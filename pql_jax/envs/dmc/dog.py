@@ -1,8 +1,7 @@
 """dm_control's Dog Stand and Walk on MJX: `dmc:DogStand`, `dmc:DogWalk`.
 
 Same as `dm_control.suite.dog.stand` / `.walk` (dm_control 1.0.50) except where marked ADAPTED
-(MJX lacks a feature; the drift each causes is measured in benchmarks/RESULTS.md, "MJX ports of
-Quadruped and Dog"):
+(MJX lacks a feature; the drift each causes is measured in benchmarks/RESULTS.md#mjx-ports):
 - model: dm_control's dog.xml (vendored in xmls/, Apache 2.0) with dm_control's own `make_model`
   edits (floor half-size 15 m, no ball, target, walls or ball/head cameras). The 162 bone mesh
   geoms (contype/conaffinity 0: they never collide, but their density gives most of the mass)
