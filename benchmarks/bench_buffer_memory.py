@@ -13,7 +13,7 @@ import jax
 
 from pql_jax import config as cfg_mod
 from pql_jax.learner import replay
-from pql_jax.learner.pql import make_train
+from pql_jax.learner.pql import make_learner
 from pql_jax.learner.state import PopulationSchedule, hparams_from_config
 
 TASKS = (("pointmass-like", 5, 2), ("CheetahRun", 17, 6), ("HumanoidStand", 67, 21))
@@ -43,7 +43,7 @@ def bytes_table(envs: int = 4096, capacity: int = 5_000_000, episode: int = 1000
 def compiled_chunk(dtype: str) -> dict:
     config = cfg_mod.load("configs/pointmass.yaml", ["agent.buffer_capacity=2000000", "env.num_envs=1024",
                                                      f"agent.buffer_dtype={dtype}"])
-    learner = make_train(config)
+    learner = make_learner(config)
     hp = hparams_from_config(config)
     state = jax.eval_shape(learner.init, jax.random.PRNGKey(0), hp)
     m = jax.jit(learner.chunk, donate_argnums=0).lower(state, PopulationSchedule.of(hp, 0)).compile().memory_analysis()

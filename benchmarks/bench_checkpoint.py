@@ -37,14 +37,14 @@ def main() -> None:
     import jax
 
     from pql_jax import config as cfg_mod
-    from pql_jax.learner.pql import make_train
+    from pql_jax.learner.pql import make_learner
     from pql_jax.learner.state import hparams_from_config
     from pql_jax.run.checkpoint import Checkpointer
     from pql_jax.run.program import GroupProgram
     from pql_jax.plan.sweep import single
 
     probe = cfg_mod.load(ROOT / "configs" / "pointmass.yaml", ["agent.buffer_capacity=1000000"])
-    learner = make_train(probe)
+    learner = make_learner(probe)
     shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0), hparams_from_config(probe))
     per_transition = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes.buffer)) / 1_000_000
     capacity = int(args.gb * 1e9 / per_transition)

@@ -197,7 +197,7 @@ def run_pql(args, task, seed):
     overrides = pql_overrides(args, task)
     if task not in _LEARNERS:
         cfg = C.load(None, overrides)
-        learner = T.make_train(cfg)
+        learner = T.make_learner(cfg)
         _LEARNERS[task] = (learner, jax.jit(learner.init), jax.jit(learner.chunk, donate_argnums=0),
                            jax.jit(learner.evaluate), cfg)
         fresh = True
@@ -207,7 +207,7 @@ def run_pql(args, task, seed):
     hp = hparams_from_config(cfg)
     state = init(jax.random.PRNGKey(seed), hp)  # the seed enters only here
     jax.block_until_ready(state)
-    n_chunks = learner.num_chunks
+    n_chunks = T.counts.num_chunks(cfg)
     evals, inside, t_first = [], 0.0, None
     for i in range(n_chunks):
         t0 = time.time()

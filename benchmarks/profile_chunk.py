@@ -141,7 +141,7 @@ def main(argv=None) -> int:
 
     settings = overrides(args)
     cfg = C.load(None, settings)
-    learner = T.make_train(cfg)
+    learner = T.make_learner(cfg)
     hp = hparams_from_config(cfg)
     init, chunk = jax.jit(learner.init), jax.jit(learner.chunk, donate_argnums=0)
     steps = cfg.run.chunk_steps

@@ -13,8 +13,8 @@ import yaml
 
 from pql_jax import config as cfg_mod
 from pql_jax.shapes import program_config
-from pql_jax.counts import num_chunks
-from pql_jax.learner.pql import make_train
+from pql_jax.counts import num_chunks, updates_needed
+from pql_jax.learner.train import make_train
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.run import program
 from pql_jax.run.program import GroupProgram, metrics_to_host
@@ -56,16 +56,15 @@ _WHOLE_RUNS: dict = {}
 
 
 def run_alone(config) -> list[dict]:
-    """Train one member with the pure whole-run function `jax.jit(learner.train)`; metrics per chunk.
-
-    The jitted function is shared by configs of equal shape, update slots and length."""
-    learner = make_train(config)
-    key = (program_config(config), learner.max_updates, learner.num_chunks)
+    """Train one member with the pure whole-run function `jax.jit(make_train(config))`; metrics per
+    chunk. The jitted function is shared by configs of equal shape, update slots and length."""
+    chunks = num_chunks(config)
+    key = (program_config(config), updates_needed(config), chunks, config.run.eval_every)
     if key not in _WHOLE_RUNS:
-        _WHOLE_RUNS[key] = jax.jit(learner.train)
+        _WHOLE_RUNS[key] = jax.jit(make_train(config))
     _, metrics = _WHOLE_RUNS[key](jax.random.PRNGKey(config.run.seed), hparams_from_config(config))
     metrics = metrics_to_host(metrics)
-    return [{k: v[i] for k, v in metrics.items()} for i in range(learner.num_chunks)]
+    return [{k: v[i] for k, v in metrics.items()} for i in range(chunks)]
 
 
 

@@ -172,12 +172,12 @@ def test_bad_arch_is_one_line():
 def test_planned_parameter_counts_equal_the_learner_networks(overrides):
     """The plan's closed-form N (critic, actor, passive critics) equals the initialised networks'."""
     from helpers import small
-    from pql_jax.learner.pql import make_train
+    from pql_jax.learner.pql import make_learner
     from pql_jax.learner.state import hparams_from_config
     from pql_jax.plan.costs import run_costs
 
     config = small(overrides)
-    learner = make_train(config)
+    learner = make_learner(config)
     state = jax.eval_shape(learner.init, jax.random.PRNGKey(0), hparams_from_config(config))
     costs = run_costs(config, learner.env.obs_size, learner.env.action_size)
     assert costs.critic_params == param_count(state.critic_params)

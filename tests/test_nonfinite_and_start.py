@@ -10,7 +10,9 @@ import pytest
 from helpers import small
 
 from pql_jax.envs import make_env
-from pql_jax.learner.pql import make_train
+from pql_jax.counts import num_chunks
+from pql_jax.learner.pql import make_learner
+from pql_jax.learner.train import make_train
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.plan.costs import plan_text, run_costs, support_warning
 from pql_jax.plan.memory import sweep_memory
@@ -53,12 +55,12 @@ def test_nonfinite_steps_do_not_kill_a_run():
     second, plain float32 run cost the suite 18 s for no path this one misses."""
     config = small(["env.name=test:pointmass_nan", "agent.buffer_dtype=bfloat16", "env.random_episode_start=true",
                     "env.val_envs=4"])
-    learner = make_train(config)
+    learner = make_learner(config)
     key, hp = jax.random.PRNGKey(config.run.seed), hparams_from_config(config)
-    state, metrics = jax.jit(learner.train)(key, hp)
+    state, metrics = jax.jit(make_train(config, learner=learner))(key, hp)
     metrics = jax.device_get(metrics)
     start = jax.jit(learner.init)(key, hp)
-    steps = learner.num_chunks * config.run.chunk_steps
+    steps = num_chunks(config) * config.run.chunk_steps
     injected = _rollout_nonfinite(learner.env, start.env, steps)  # training and validation envs: one env call
     assert injected > 0
     assert int(metrics["nonfinite_transitions"].sum()) == injected
@@ -72,7 +74,7 @@ def test_nonfinite_steps_do_not_kill_a_run():
 
 def test_random_episode_start_spreads_training_envs_only():
     config = small(["env.random_episode_start=true", "env.val_envs=8", "env.action_repeat=2", "env.eval_envs=4"])
-    learner = make_train(config)
+    learner = make_learner(config)
     key, hp = jax.random.PRNGKey(0), hparams_from_config(config)
     state = jax.jit(learner.init)(key, hp)
     start = np.asarray(state.env.episode_step)
@@ -88,7 +90,7 @@ def test_random_episode_start_spreads_training_envs_only():
         return np.argmax(np.asarray(jax.lax.scan(body, env_state, None, length=25)[1]), axis=0)
 
     assert len(set(first_truncation(state.env).tolist())) >= 8
-    plain = make_train(small(["env.val_envs=8", "env.action_repeat=2", "env.eval_envs=4"]))
+    plain = make_learner(small(["env.val_envs=8", "env.action_repeat=2", "env.eval_envs=4"]))
     fixed = jax.jit(plain.init)(key, hp)
     assert (np.asarray(fixed.env.episode_step) == 0).all()
     assert len(set(first_truncation(fixed.env).tolist())) == 1
@@ -117,7 +119,7 @@ def test_c51_support_check_one_line():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_planned_buffer_bytes_equal_learner_buffers(dtype):
     config = small([f"agent.buffer_dtype={dtype}", "env.val_envs=3", "env.episode_length=30"])
-    learner = make_train(config)
+    learner = make_learner(config)
     shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0), hparams_from_config(config))
     real = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((shapes.buffer, shapes.val_buffer)))
     assert run_costs(config, learner.env.obs_size, learner.env.action_size).buffer_bytes == real
@@ -178,9 +180,8 @@ def test_huge_finite_steps_are_treated_as_non_finite_ones():
 
     def run(name, *extra):
         config = small([f"env.name={name}", *base, *extra])
-        learner = make_train(config)
         key, hp = jax.random.PRNGKey(config.run.seed), hparams_from_config(config)
-        state, metrics = jax.jit(learner.train)(key, hp)
+        state, metrics = jax.jit(make_train(config))(key, hp)
         return jax.device_get(state), jax.device_get(metrics)
 
     nan_state, nan_metrics = run("test:pointmass_nan")
@@ -202,7 +203,7 @@ def test_updates_wait_for_a_full_window_after_the_buffer_is_lost():
     from pql_jax.learner.state import PopulationSchedule
 
     config = small(["agent.n_step=3", "agent.utd=1/32", "agent.warmup_steps=0"])
-    learner = make_train(config)
+    learner = make_learner(config)
     key, hp = jax.random.PRNGKey(0), hparams_from_config(config)
     init, chunk = jax.jit(learner.init), jax.jit(learner.chunk)
     state, metrics = chunk(init(key, hp), PopulationSchedule.of(hp, 0))

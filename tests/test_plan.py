@@ -37,7 +37,7 @@ from pql_jax.workflow.spec import load_workflow
 def test_eval_schedule(total, every, chunks):
     assert eval_schedule(total, every) == chunks
     assert eval_chunks(total, every) == len(chunks)
-    traced = jax.jit(lambda i: eval_due(i, total, every))  # the same rule on the device (Learner.train)
+    traced = jax.jit(lambda i: eval_due(i, total, every))  # the same rule on the device (learner.train.make_train)
     assert [i for i in range(total) if bool(traced(np.int32(i)))] == chunks
 
 

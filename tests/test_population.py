@@ -17,7 +17,7 @@ from helpers import ROOT, SHORT, env_with_xla_flags, run_alone, run_group, small
 
 from pql_jax.cli import main
 from pql_jax.counts import num_chunks, update_counts
-from pql_jax.learner.pql import make_train
+from pql_jax.learner.train import make_train
 from pql_jax.run.program import metrics_to_host
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.plan import sweep
@@ -39,7 +39,7 @@ def utd_sweep(tmp_path_factory):
 
 
 def test_member_alone_equals_member_in_population(utd_sweep):
-    """The pure whole-run `jax.jit(learner.train)` of a member equals its rows in the host loop's
+    """The pure whole-run `jax.jit(make_train(config))` of a member equals its rows in the host loop's
     population program, bit for bit (map batching on CPU)."""
     spec, population_metrics = utd_sweep
     for position in (0, 5):  # slowest and fastest UTD
@@ -186,16 +186,16 @@ def test_bad_sweep_is_one_line_exit_2_before_any_run(tmp_path, capsys, body, nee
 
 
 def test_vmapped_whole_run_over_seeds_and_hyperparameters():
-    """`jax.jit(jax.vmap(learner.train))` over seeds and learning rates / UTDs equals each member's
+    """`jax.jit(jax.vmap(make_train(config)))` over seeds and learning rates / UTDs equals each member's
     own whole run: counters exactly, float metrics to vmap's rounding."""
     # one update slot each, SHORT's length: the alone-runs share the whole-run compile of
     # test_member_alone_equals_member_in_population's utd-1/64 member
     configs = [small([f"run.seed={s}", f"agent.utd={u}", f"agent.critic_lr={lr}"])
                for s, u, lr in ((0, "1/32", 3e-4), (1, "1/64", 1e-3))]
-    learner = make_train(configs[0])
+    train = make_train(configs[0])
     keys = jax.numpy.stack([jax.random.PRNGKey(c.run.seed) for c in configs])
     hp = stack([hparams_from_config(c) for c in configs])
-    _, batched = jax.jit(jax.vmap(learner.train))(keys, hp)
+    _, batched = jax.jit(jax.vmap(train))(keys, hp)
     batched = metrics_to_host(batched)
     for i, config in enumerate(configs):
         alone = run_alone(config)

@@ -222,12 +222,12 @@ def _types(tree):
 def _fresh(env):
     import jax
 
-    from pql_jax.learner.pql import make_train
+    from pql_jax.learner.pql import make_learner
     from pql_jax.learner.state import hparams_from_config
 
     config = cfg_mod.load(POINTMASS, [f"env.name={env}", "env.num_envs=4", "env.eval_envs=2",
                                       "run.total_env_steps=400", "run.chunk_steps=25"])
-    learner, hp = make_train(config), hparams_from_config(config)
+    learner, hp = make_learner(config), hparams_from_config(config)
     return learner, hp, jax.eval_shape(learner.init, jax.random.PRNGKey(0), hp)
 
 

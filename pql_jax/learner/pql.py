@@ -1,5 +1,5 @@
-"""make_train(config) -> pure, jittable PQL training: `init(key, hp)`, `chunk(state, schedule)`,
-`train(key, hp)`.
+"""make_learner(config) -> pure, jittable PQL training: `init(key, hp)` and `chunk(state, schedule)`
+(the whole run as one function: pql_jax.learner.train).
 
 One vector step = act in every env, store the transitions, then do exactly
 floor((t+1) r) - floor(t r) critic updates (r = utd * num_envs) with an actor update every
@@ -60,11 +60,6 @@ class Learner:
     val_rows: int
     max_updates: int
     """Update slots per vector step: the most any member of the program needs."""
-    num_chunks: int
-    """Chunks of a whole run (read by `train` only)."""
-    eval_every: int = 1
-    """Chunks between evaluations (`run.eval_every`, a host field: read by `train` only; a chunk
-    evaluates when its schedule says so)."""
 
     # ---- helpers -------------------------------------------------------------------------
     @property
@@ -411,35 +406,16 @@ class Learner:
                         "diverged": diverged, "nonfinite": ~finite})
         return out, metrics
 
-    def train(self, key, hp: HParams) -> tuple[TrainState, dict]:
-        """The whole run as one pure function of (key, hyperparameters): (final state, metrics per chunk).
 
-        `jax.jit(jax.vmap(learner.train))` trains a population over seeds and hyperparameters.
-        """
-        state = self.init(key, hp)
-        steps = self.config.run.chunk_steps
-
-        phase = counts.eval_phase(self.num_chunks * steps, self.config.env)
-
-        def body(state, index):
-            due = counts.eval_due(index, self.num_chunks, self.eval_every)
-            return self.chunk(state, PopulationSchedule.of(hp, index * steps, due, phase))
-
-        return jax.lax.scan(body, state, jnp.arange(self.num_chunks, dtype=jnp.int32))
-
-
-
-
-def make_train(config: Config, max_updates: int | None = None) -> Learner:
+def make_learner(config: Config, max_updates: int | None = None) -> Learner:
     """The learner of `config`, built from its shape fields only.
 
     `max_updates` (>= this run's need) lets a population of different UTDs share one program.
     """
-    return build_learner(program_config(config), max(counts.updates_needed(config), max_updates or 0),
-                         counts.num_chunks(config), config.run.eval_every)
+    return build_learner(program_config(config), max(counts.updates_needed(config), max_updates or 0))
 
 
-def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1, eval_every: int = 1) -> Learner:
+def build_learner(shape: ProgramConfig, max_updates: int) -> Learner:
     """The learner of a program: networks, env and buffer sizes from the shape fields."""
     a, e = shape.agent, shape.env
     env = make_env(e)
@@ -450,4 +426,4 @@ def build_learner(shape: ProgramConfig, max_updates: int, chunks: int = 1, eval_
                         a.layer_norm))
     passive = tuple(DoubleCritic(critic_net(w)) for w in a.passive_critic_widths)
     return Learner(shape, env, actor, critic, passive, counts.buffer_rows(a, e), counts.val_buffer_rows(a, e),
-                   max_updates, chunks, eval_every)
+                   max_updates)

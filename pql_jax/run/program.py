@@ -135,10 +135,10 @@ def release_if_mapped_out() -> bool:
     """Drop the cached programs and JAX's compilation caches when this process holds more than
     MAP_HEADROOM of the kernel's memory-map limit; True if it did.
 
-    XLA's CPU backend maps every compiled kernel into its own memory sections (about 540 mappings
-    for a 60-layer toy function in a fresh process), held for as long as the executable lives. A workflow compiles one program per group in one process, so on CPU it
-    reached Linux's default limit of 65,530 mappings after ~10 programs and LLVM aborted the
-    process ("Unable to allocate section memory"). Dropped programs are rebuilt on demand (from
+    XLA's CPU backend maps every compiled kernel into its own memory sections, held for as long as
+    the executable lives. A workflow compiles one program per group in one process, so on CPU it
+    could reach Linux's default limit of 65,530 mappings after a few programs, and LLVM aborted
+    the process ("Unable to allocate section memory"). Dropped programs are rebuilt on demand (from
     the persistent compilation cache when it is on); results do not change."""
     limit, held = _map_limit(), _count_lines("/proc/self/maps")
     if limit is None or held is None or held < MAP_HEADROOM * limit:
