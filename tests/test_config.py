@@ -252,7 +252,7 @@ def test_every_shipped_workflow_loads(path):
     from pql_jax.workflow.spec import load_workflow
 
     wf = load_workflow(path)
-    assert wf.utd["utd"][-1] / wf.utd["utd"][0] >= 16 - 1e-9
+    assert wf.utd_sweep.utd[-1] / wf.utd_sweep.utd[0] >= 16 - 1e-9
 
 
 @pytest.mark.parametrize("path", _shipped("sweeps"), ids=lambda p: p.name)

@@ -170,7 +170,7 @@ def test_workflow_sweep_stage_as_parts(whole_and_parts, tmp_path):
     spec = yaml.safe_load(text)
     spec["overrides"] = {"run.total_env_steps": 2400, "run.chunk_steps": 25, "run.checkpoint_every": 2}
     (stage / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    wf = lambda i: SimpleNamespace(spec={"batching": "map"}, part=(i, 2))
+    wf = lambda i: SimpleNamespace(batching="map", part=(i, 2), launch=None)
     quiet = dict(progress=False, log=lambda *a: None)
     with pytest.raises(PartsPending, match="part2of2"):
         run_sweep_stage(wf(1), stage, **quiet)
@@ -252,7 +252,7 @@ def test_workflow_sweep_stage_launched_through_submitit(whole_and_parts, tmp_pat
     spec = yaml.safe_load((root / "sweep.yaml").read_text())
     spec["overrides"] = {"run.total_env_steps": 2400, "run.chunk_steps": 25, "run.checkpoint_every": 2}
     (stage / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    wf = SimpleNamespace(spec={"batching": "map"}, part=None, launch={"count": 2, "cluster": "local"})
+    wf = SimpleNamespace(batching="map", part=None, launch={"count": 2, "cluster": "local"})
     assert run_sweep_stage(wf, stage, progress=False, log=lambda *a: None) == {"members": 4}
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
     assert strip(read_rows(stage / "results.csv")) == strip(read_rows(root / "whole" / "results.csv"))

@@ -53,8 +53,8 @@ def test_width_axis_gives_a_batch_size_per_utd_and_width(tmp_path, monkeypatch):
     """B* planted as 1 / (1 + (1e5 / N)) times a power of utd: the law recovers the N factor and
     sets each (UTD, width)'s batch size."""
     wf = load_workflow(_workflow(tmp_path))
-    assert wf.hparam["critic_width"] == list(WIDTHS)  # default: the UTD sweep's widths
-    assert load_workflow(_workflow(tmp_path, critic_width=[])).hparam["critic_width"] == []
+    assert wf.hparam_sweep.critic_width == tuple(WIDTHS)  # default: the UTD sweep's widths
+    assert load_workflow(_workflow(tmp_path, critic_width=[])).hparam_sweep.critic_width == ()
     wf, out, law, settings = _fit_hparams_on(tmp_path, monkeypatch, {"batch_n_half": 1e5, "batch_n_beta": 1.0})
     p = next(iter(law["params"].values()))
     assert law["form"] == "batch_sigma_n" and law["used"] and abs(p["alpha"] - 0.47) < 0.15

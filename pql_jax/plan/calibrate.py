@@ -15,16 +15,19 @@ pql_jax.workflow.plan.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from pql_jax.counts import eval_due
 from pql_jax.plan.memory import eval_share
 from pql_jax.plan.sweep import Group, Sweep
+from pql_jax.run.program import GroupProgram
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,6 @@ class GroupSpeed:
 def calibrate_group(group: Group, batching: str = "auto", chunks: int = 2) -> GroupSpeed:
     """Compile `group`, run a warm-up chunk, then `chunks` chunks without and `chunks` with
     evaluation (alternating); its speeds from the medians."""
-    import jax  # noqa: PLC0415
-
-    from pql_jax.run.program import GroupProgram  # noqa: PLC0415
-
     config = group.config
     steps = config.run.chunk_steps
     program = GroupProgram.build(group, batching)
@@ -98,8 +97,6 @@ def startup_seconds() -> float:
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         boot = float(Path("/proc/uptime").read_text().split()[0])
-        import os  # noqa: PLC0415
-
         return max(boot - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
         return 0.0

@@ -8,6 +8,9 @@ import math
 import os
 from dataclasses import dataclass
 
+import jax
+
+from pql_jax import envs
 from pql_jax.config import Config
 from pql_jax.counts import buffer_rows, episode_vector_steps, val_buffer_rows
 from pql_jax.errors import UserError
@@ -15,6 +18,7 @@ from pql_jax.learner.networks import trunk_param_count
 from pql_jax.learner.replay import buffer_bytes
 from pql_jax.plan.memory import GroupMemory, eval_share
 from pql_jax.plan.sweep import Member, Sweep, masking_waste
+from pql_jax.run.program import resolve_batching
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,6 @@ def run_costs(config: Config, obs_size: int, action_size: int) -> Costs:
 
 def device_memory_bytes() -> int:
     """Memory of the default JAX device (host RAM for the CPU backend)."""
-    import jax
-
     device = jax.devices()[0]
     try:
         stats = device.memory_stats()
@@ -80,9 +82,7 @@ def format_bytes(n: float) -> str:
 
 def member_costs(member: Member) -> Costs:
     """Memory and FLOPs of one member (builds the env to learn its sizes)."""
-    from pql_jax.envs import make_env  # noqa: PLC0415 - envs import Playground lazily; keep planning light
-
-    env = make_env(member.config.env)
+    env = envs.make_env(member.config.env)
     return run_costs(member.config, env.obs_size, env.action_size)
 
 
@@ -90,12 +90,10 @@ def sweep_costs(sweep: Sweep) -> dict[int, Costs]:
     """Costs of every member, by member index; each distinct env is built once (a Playground env
     takes about 2 s to build: 243 members of one workflow sweep took 8 minutes one by one, and
     every job-array part computes the whole sweep's costs to find its share)."""
-    from pql_jax.envs import make_env  # noqa: PLC0415
-
     sizes = {}
     for m in sweep.members:
         if m.config.env not in sizes:
-            env = make_env(m.config.env)
+            env = envs.make_env(m.config.env)
             sizes[m.config.env] = (env.obs_size, env.action_size)
     return {m.index: run_costs(m.config, *sizes[m.config.env]) for m in sweep.members}
 
@@ -144,10 +142,6 @@ def plan_text(sweep: Sweep, costs: dict[int, Costs], limit: float, memory: dict[
               batching: str = "auto") -> list[str]:
     """The plan `pql-jax plan` and `train` print: members, groups, each group's compiled peak memory
     and members per device, FLOPs, masking waste (under `batching`), evaluation share."""
-    import jax  # noqa: PLC0415 - only for the device line
-
-    from pql_jax.run.program import resolve_batching  # noqa: PLC0415 - program imports JAX
-
     if len(sweep.members) == 1:
         c = costs[sweep.members[0].index]
         lines = [f"critic parameters N = {c.critic_params:,}; actor {c.actor_params:,}",
@@ -194,12 +188,10 @@ def support_warning(sweep: Sweep) -> list[str]:
     A warning, not an error: the bound is that of a policy earning the extreme reward at every step
     forever, which a run may never approach; but C51 targets are clipped to the support, so values
     past v_max all look alike to the actor once returns get there."""
-    from pql_jax.envs import reward_range  # noqa: PLC0415 - envs import Playground lazily
-
     bad = []
     for m in sweep.members:
         a = m.config.agent
-        bounds = reward_range(m.config.env.name) if a.distributional else None
+        bounds = envs.reward_range(m.config.env.name) if a.distributional else None
         if bounds is not None:
             low, high = return_range(m.config, bounds)
             slack = 1e-9 * (abs(a.v_max) + abs(a.v_min))  # 0.1 / (1 - 0.99) is 10.000000000000002

@@ -15,9 +15,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import jax
+
 from pql_jax.config import Config
 from pql_jax.counts import episode_vector_steps, eval_chunks, evaluations, num_chunks
 from pql_jax.plan.sweep import Group
+from pql_jax.run.program import GroupProgram
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,6 @@ def group_memory(group: Group, batching: str = "auto", devices=None, limit: floa
 
     With `limit`, a group whose state alone (exact, from eval_shape) exceeds it is not compiled:
     its GroupMemory then holds the state only (`compile_seconds` 0), already more than `limit`."""
-    import jax  # noqa: PLC0415
-
-    from pql_jax.run.program import GroupProgram  # noqa: PLC0415 - program imports plan's users
-
     program = GroupProgram.build(group, batching, devices)
     n_devices = len(program.program.mesh.devices.flat)
     local = program.program.size // n_devices

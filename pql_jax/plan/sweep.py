@@ -5,12 +5,16 @@ noise, reward scale, ...: the `member(...)` fields of pql_jax.config) form one g
 together by one compiled program; a difference in a shape field (batch size, widths, num_envs,
 n-step, ...) or a host field (run length, checkpoints) starts a new group. A single run is a
 sweep of one member (`single`).
+
+A sweep file parses into a frozen `SweepSpec` (`read_sweep_spec`: the file's format checked, no
+config loaded, no JAX imported), which `load_sweep` expands into members and groups (config keys
+and values are checked as it applies them).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,47 +85,135 @@ def resolve_key(key: str) -> str:
     return f"{owners[0]}.{key}"
 
 
-def _axis(key: str, values: Any) -> list:
-    if not isinstance(values, list):
-        raise UserError(f"sweep axis {key!r} must be a list of values, got {values!r}")
-    if not values:
-        raise UserError(f"sweep axis {key!r} is empty")
-    return values
+Axis = tuple[str, tuple]
+"""One swept key and its values: (dotted key, values as written)."""
+
+Seeds = int | tuple[int, ...] | None
+"""Seeds as a sweep or workflow file gives them: a count (the base seed, +1, ...), a list, or None."""
 
 
-def _combinations(spec: dict) -> tuple[list[str], list[dict]]:
-    """Axis names and one dict of values per combination (grid product x zipped lists)."""
-    grid = spec.get("grid") or {}
-    zipped = spec.get("zip") or {}
-    for part, name in ((grid, "grid"), (zipped, "zip")):
-        if not isinstance(part, dict):
-            raise UserError(f"sweep {name} must be a mapping of axis -> list of values")
-    grid_axes = {resolve_key(k): _axis(k, v) for k, v in grid.items()}
-    zip_axes = {resolve_key(k): _axis(k, v) for k, v in zipped.items()}
-    lengths = {len(v) for v in zip_axes.values()}
-    if len(lengths) > 1:
-        raise UserError(f"zipped sweep axes must have equal lengths, got {sorted(lengths)}")
-    if set(grid_axes) & set(zip_axes):
-        raise UserError(f"axis {sorted(set(grid_axes) & set(zip_axes))[0]!r} is in both grid and zip")
-    zip_rows = [dict(zip(zip_axes, row)) for row in zip(*zip_axes.values())] if zip_axes else [{}]
-    grid_rows = [dict(zip(grid_axes, row)) for row in itertools.product(*grid_axes.values())]
-    return list(grid_axes) + list(zip_axes), [{**g, **z} for g in grid_rows for z in zip_rows]
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep file, parsed and checked; nothing of the base config is read yet."""
+
+    name: str
+    """`name`: the sweep's name (default: the file's stem)."""
+    base: Path | None
+    """`base`: the base config file, relative to the sweep file (else to the working directory);
+    None for the default config."""
+    overrides: tuple[str, ...] = ()
+    """`overrides`: `section.key=value` strings applied to the base (a mapping in the file, whose
+    short keys such as `utd` are resolved, or a list of such strings)."""
+    seeds: Seeds = None
+    """`seeds`: a count (the base config's run.seed, +1, ...) or a list; None for the base seed alone."""
+    grid: tuple[Axis, ...] = ()
+    """`grid`: axes whose every combination is a member (product, in file order)."""
+    zip: tuple[Axis, ...] = ()
+    """`zip`: axes of equal length stepped together, times the grid."""
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The swept keys (dotted), grid axes first, in file order."""
+        return tuple(k for k, _ in self.grid + self.zip)
+
+    def combinations(self) -> list[dict]:
+        """One {dotted key: value} per combination: the grid's product times the zipped rows."""
+        zip_keys = [k for k, _ in self.zip]
+        zip_rows = [dict(zip(zip_keys, row)) for row in zip(*(v for _, v in self.zip))] if self.zip else [{}]
+        grid_keys = [k for k, _ in self.grid]
+        grid_rows = [dict(zip(grid_keys, row)) for row in itertools.product(*(v for _, v in self.grid))]
+        return [{**g, **z} for g in grid_rows for z in zip_rows]
+
+    def seed_list(self, base_seed: int) -> list[int]:
+        """The seeds every combination runs with (`seeds` expanded from `base_seed`)."""
+        if self.seeds is None:
+            return [base_seed]
+        if isinstance(self.seeds, int):
+            return list(range(base_seed, base_seed + self.seeds))
+        return list(self.seeds)
 
 
-def _seeds(value: Any, base_seed: int) -> list[int]:
+def parse_seeds(value: Any, key: str = "seeds") -> Seeds:
+    """A `seeds` value: None, a count >= 1 or a non-empty list of distinct ints; UserError naming `key`."""
     if value is None:
-        return [base_seed]
+        return None
     if isinstance(value, bool):
-        raise UserError(f"seeds must be a count or a list of ints, got {value!r}")
+        raise UserError(f"{key} must be a count or a list of ints, got {value!r}")
     if isinstance(value, int):
         if value < 1:
-            raise UserError(f"seeds must be >= 1, got {value}")
-        return list(range(base_seed, base_seed + value))
+            raise UserError(f"{key} must be >= 1, got {value}")
+        return value
     if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         if len(set(value)) != len(value):
-            raise UserError("seeds list has duplicates")
-        return value
-    raise UserError(f"seeds must be a count or a non-empty list of ints, got {value!r}")
+            raise UserError(f"{key} list has duplicates")
+        return tuple(value)
+    raise UserError(f"{key} must be a count or a non-empty list of ints, got {value!r}")
+
+
+def _axes(part: Any, name: str) -> tuple[Axis, ...]:
+    """The axes of a `grid` or `zip` mapping, keys resolved, each a non-empty list."""
+    if not part:
+        return ()
+    if not isinstance(part, dict):
+        raise UserError(f"sweep {name} must be a mapping of axis -> list of values")
+    axes = {}
+    for key, values in part.items():
+        dotted = resolve_key(str(key))
+        if not isinstance(values, list):
+            raise UserError(f"sweep axis {key!r} must be a list of values, got {values!r}")
+        if not values:
+            raise UserError(f"sweep axis {key!r} is empty")
+        if dotted in axes:
+            raise UserError(f"sweep axis {dotted!r} is given twice in {name}")
+        axes[dotted] = tuple(values)
+    return tuple(axes.items())
+
+
+def _overrides(value: Any) -> tuple[str, ...]:
+    """The `overrides` of a sweep file as `section.key=value` strings."""
+    if not value:
+        return ()
+    if isinstance(value, dict):
+        return tuple(f"{resolve_key(str(k))}={v}" for k, v in value.items())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise UserError(f"sweep overrides must be a mapping of key: value or a list of section.key=value, got {value!r}")
+
+
+def _base(value: Any, path: Path) -> Path | None:
+    """The base config file: relative to the sweep file, else (when only that exists) to the working directory."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"sweep base must be the path of a config file, got {value!r}")
+    base = Path(value)
+    if base.is_absolute():
+        return base
+    if not (path.parent / base).is_file() and base.is_file():
+        return base  # also accept paths relative to the working directory
+    return path.parent / base
+
+
+def parse_sweep_spec(spec: dict, path: str | Path) -> SweepSpec:
+    """A sweep file's mapping (keys already checked against SPEC_KEYS) as a SweepSpec; `path` is
+    the file's (for relative bases and the default name). UserError, naming the key, on bad input."""
+    path = Path(path)
+    grid, zipped = _axes(spec.get("grid"), "grid"), _axes(spec.get("zip"), "zip")
+    lengths = {len(v) for _, v in zipped}
+    if len(lengths) > 1:
+        raise UserError(f"zipped sweep axes must have equal lengths, got {sorted(lengths)}")
+    both = sorted({k for k, _ in grid} & {k for k, _ in zipped})
+    if both:
+        raise UserError(f"axis {both[0]!r} is in both grid and zip")
+    name = spec.get("name")
+    return SweepSpec(name=str(name) if name else path.stem, base=_base(spec.get("base"), path),
+                     overrides=_overrides(spec.get("overrides")), seeds=parse_seeds(spec.get("seeds")),
+                     grid=grid, zip=zipped)
+
+
+def read_sweep_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file (no config is loaded, no JAX imported)."""
+    return parse_sweep_spec(read_mapping(path, SPEC_KEYS, "sweep file"), path)
 
 
 def _short(value: Any) -> str:
@@ -130,20 +222,11 @@ def _short(value: Any) -> str:
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read a sweep file: members, their validated configs and their groups. UserError on bad input."""
-    path = Path(path)
-    spec = read_mapping(path, SPEC_KEYS, "sweep file")
-    base_path = spec.get("base")
-    base_file = (path.parent / base_path) if base_path and not Path(base_path).is_absolute() else base_path
-    if base_path and not Path(base_file).is_file() and Path(base_path).is_file():
-        base_file = base_path  # also accept paths relative to the working directory
-    base_overrides = spec.get("overrides") or []
-    if isinstance(base_overrides, dict):
-        base_overrides = [f"{resolve_key(k)}={v}" for k, v in base_overrides.items()]
-    base = cfg_mod.load(base_file, list(base_overrides) + list(overrides))
-    axes, combos = _combinations(spec)
-    seeds = _seeds(spec.get("seeds"), base.run.seed)
+    spec = read_sweep_spec(path)
+    base = cfg_mod.load(spec.base, list(spec.overrides) + list(overrides))
+    seeds = spec.seed_list(base.run.seed)
     members = []
-    for combo in combos:
+    for combo in spec.combinations():
         for seed in seeds:
             config = base
             for key, value in combo.items():
@@ -156,7 +239,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
             except UserError as exc:
                 raise UserError(f"member {name}: {exc}")
             members.append(Member(len(members), name, config, {**combo, "run.seed": seed}))
-    return Sweep(spec.get("name") or path.stem, base, tuple(axes), tuple(members), tuple(group_members(members)))
+    return Sweep(spec.name, base, spec.axes, tuple(members), tuple(group_members(members)))
 
 
 def group_key(config: Config) -> Config:
@@ -173,7 +256,6 @@ def group_members(members: list[Member]) -> list[Group]:
     for member in members:
         groups.setdefault(group_key(member.config), []).append(member)
     return [Group(i, tuple(ms)) for i, ms in enumerate(groups.values())]
-
 
 
 def masking_waste(group: Group, lockstep: bool = True) -> tuple[float, int, int]:

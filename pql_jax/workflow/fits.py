@@ -27,8 +27,7 @@ HPARAMS = (("batch_size", "batch_size"), ("lr", "learning_rate"))
 
 def _thresholds(wf: Workflow):
     """The workflow's explicit thresholds, or None (auto-spaced ones)."""
-    thr = wf.spec.get("thresholds")
-    return [float(t) for t in thr] if thr else None
+    return list(wf.thresholds) if wf.thresholds else None
 
 
 def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
@@ -36,9 +35,8 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
     the UTDs whose best value lies inside the swept grid, with the seed bootstrap's SEs and 90%
     intervals and the slope at every threshold; ``flags.csv`` lists what the data do not determine."""
     d = out / "fit_hparams"
-    df, notes = load_curves(str(out / "hparam_sweep" / "results.csv"), float(wf.spec["max_return"]))
-    cb = crossing_bootstrap(df, _thresholds(wf), int(wf.spec.get("resamples", 100)), 0,
-                            n_thresholds=int(wf.spec.get("n_thresholds") or 5), shared=True)
+    df, notes = load_curves(str(out / "hparam_sweep" / "results.csv"), float(wf.max_return))
+    cb = crossing_bootstrap(df, _thresholds(wf), wf.resamples, 0, n_thresholds=wf.n_thresholds, shared=True)
     level = _select_level(wf, cb, notes)
     best, per_resample = best_hparams(cb.table, cb.D, level)
     J = next(iter(cb.thresholds.values()))
@@ -64,7 +62,7 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
                     "bootstrap_log_params": {g: np.round(t, 6).tolist() for g, t in boot_n.items()},
                     "used": used})
         batch_n = batch_n if used else None
-    targets = list(wf.utd["utd"]) + ([wf.verify["utd"]] if wf.verify["utd"] else [])
+    targets = list(wf.utd_sweep.utd) + ([wf.verify.utd] if wf.verify.utd else [])
     widths = _width_sizes(out / "hparam_sweep" / "results.csv") if batch_n is not None else {}
     rows = [_setting(wf, best, fits, u, float(J[0]), batch_n, w, n) for u in targets
             for w, n in (widths.items() if widths else [(None, None)])]
@@ -120,7 +118,7 @@ def _select_level(wf: Workflow, cb, notes: list) -> int:
     """The threshold level at which best B / eta are picked: the workflow's, else the highest
     one every swept UTD reaches (so the best values are defined at every UTD)."""
     nj = cb.D.shape[2]
-    level = wf.spec.get("select_level")
+    level = wf.select_level
     if level is None:
         level = 0
         for j in range(nj):
@@ -159,8 +157,9 @@ def _setting(wf: Workflow, best: pd.DataFrame, fits: dict, u: float, lowest: flo
             v, src = float(near[hp]), "nearest" + (f" (bound: {edge} edge of the grid)" if edge not in ("", "nan") else "")
         row[f"{hp}_raw"], row[f"{hp}_source"] = v, src
     b = round_batch(row["batch_size_raw"])
-    if wf.utd["clip"]:
-        b = int(min(max(b, wf.utd["clip"][0]), wf.utd["clip"][1]))
+    clip = wf.utd_sweep.batch_size_range
+    if clip:
+        b = int(min(max(b, clip[0]), clip[1]))
     row["batch_size"], row["lr"] = b, round_sig(row["lr_raw"])
     return row
 
@@ -175,17 +174,14 @@ def round_utd(u: float) -> float:
 def stage_fit_laws(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
     """Steps 6-8: D_J(sigma) (and (sigma, N)), compute, budget, sigma*(F); proposal and verify plan."""
     d = out / "fit_laws"
-    fit_opts = wf.spec.get("fit") or {}
     # B*(sigma), eta*(sigma) come from the hparam sweep (the UTD sweep has one B, eta per UTD)
     given = {name: PowerFit.from_dict(json.loads((out / "fit_hparams" / f"fit_{name}.json").read_text()))
              for _, name in HPARAMS if (out / "fit_hparams" / f"fit_{name}.json").is_file()}
     batch_n = batch_size_n_law(out)
     if batch_n is not None:
         given["batch_size_n"] = batch_n
-    pcfg = PipelineConfig(max_return=float(wf.spec["max_return"]), thresholds=_thresholds(wf),
-                          n_thresholds=int(wf.spec.get("n_thresholds") or 5),
-                          resamples=int(wf.spec.get("resamples", 100)), holdout=fit_opts.get("holdout"),
-                          delta=fit_opts.get("delta"), k=float(fit_opts.get("k", 10.0)),
+    pcfg = PipelineConfig(max_return=float(wf.max_return), thresholds=_thresholds(wf), n_thresholds=wf.n_thresholds,
+                          resamples=wf.resamples, holdout=wf.fit.holdout, delta=wf.fit.delta, k=wf.fit.k,
                           hparam_fits=given, hparam_fits_source="fit_hparams (hparam sweep)")
     results = out / "utd_sweep" / "results.csv"
     try:
@@ -208,12 +204,12 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
     """The settings to verify: at the held-out UTD and / or at a larger budget."""
     d = str(out / "fit_laws")
     props = []
-    if wf.verify["utd"] is not None:
-        t = propose(d, utds=[wf.verify["utd"]])
-        t["target"] = f"utd {format_utd(wf.verify['utd'])}"
+    if wf.verify.utd is not None:
+        t = propose(d, utds=[wf.verify.utd])
+        t["target"] = f"utd {format_utd(wf.verify.utd)}"
         props.append(t)
-    if wf.verify["budget"] is not None:
-        F = wf.verify["budget"]
+    if wf.verify.budget is not None:
+        F = wf.verify.budget
         if isinstance(F, str):  # a factor of the largest budget optimum of the fitted thresholds
             F = float(F[:-1]) * float(res.tables["budget"]["budget"].max())
         try:
@@ -231,8 +227,8 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
             notes.append(f"no proposal for budget {F:.3g}: {exc}")
     prop = fill_from_settings(pd.concat(props, ignore_index=True) if props else pd.DataFrame(),
                               read_settings(out), notes)
-    if wf.utd["clip"] and len(prop):
-        prop["batch_size"] = prop["batch_size"].clip(*wf.utd["clip"])
+    if wf.utd_sweep.batch_size_range and len(prop):
+        prop["batch_size"] = prop["batch_size"].clip(*wf.utd_sweep.batch_size_range)
     return prop
 
 
@@ -256,7 +252,7 @@ def _verify_plan(wf: Workflow, results: Path, res, prop: pd.DataFrame) -> pd.Dat
     fit = res.objects["data"]
     cross = res.tables["crossings"]
     sizes = {}  # critic width -> N, when the UTD sweep has a model-size axis
-    if wf.utd["critic_width"]:
+    if wf.utd_sweep.critic_width:
         r = pd.read_csv(results, usecols=["critic_width", "model_size"]).drop_duplicates("critic_width")
         sizes = dict(zip(r["critic_width"].astype(int), r["model_size"].astype(float)))
     plan = []

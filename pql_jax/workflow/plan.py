@@ -14,11 +14,11 @@ from pql_jax.plan.calibrate import GroupSpeed, calibrate, calibration_text, form
 from pql_jax.plan.memory import eval_share
 from pql_jax.plan.sweep import Sweep
 from pql_jax.run import launch
-from pql_jax.workflow.spec import load_workflow
+from pql_jax.workflow.spec import Workflow, load_workflow, seed_count
 from pql_jax.workflow.sweeps import hparam_grid, write_sweep
 
 
-def project_workflow(wf, hparam: Sweep, speeds: dict[int, GroupSpeed] | None) -> list[str]:
+def project_workflow(wf: Workflow, hparam: Sweep, speeds: dict[int, GroupSpeed] | None) -> list[str]:
     """Lines projecting a workflow's later stages from its declared grid sizes.
 
     Assumed: the utd_sweep runs every declared UTD x critic width x seed at the base run length,
@@ -29,11 +29,11 @@ def project_workflow(wf, hparam: Sweep, speeds: dict[int, GroupSpeed] | None) ->
     the fitted batch sizes, UTDs and widths); the fit and report stages take seconds and are not
     counted."""
     seeds = len({m.config.run.seed for m in hparam.members})
-    widths = max(1, len(wf.utd["critic_width"]))
-    utd_members = len(wf.utd["utd"]) * widths * seeds
-    utd_programs = len(wf.utd["utd"]) * widths
+    widths = max(1, len(wf.utd_sweep.critic_width))
+    utd_members = len(wf.utd_sweep.utd) * widths * seeds
+    utd_programs = len(wf.utd_sweep.utd) * widths
     # a held-out UTD: one run per seed; a budget: sigma*, sigma*/2 and 2 sigma* per seed
-    verify_members = len(wf.verify["seeds"]) * ((wf.verify["utd"] is not None) + 3 * (wf.verify["budget"] is not None))
+    verify_members = seed_count(wf.verify.seeds) * ((wf.verify.utd is not None) + 3 * (wf.verify.budget is not None))
     lines = [f"workflow {wf.name}: hparam_sweep {len(hparam.members)} members in {len(hparam.groups)} program(s) "
              f"(planned above); utd_sweep {utd_members} members in up to {utd_programs} program(s) and verify "
              f"{verify_members} member(s) are projected (their batch sizes and learning rates come from fits)"]
@@ -65,12 +65,12 @@ def plan_file(path: str | Path, overrides: list[str] = (), batching: str = "auto
     wf = None
     if isinstance(spec, dict) and "hparam_sweep" in spec:
         wf = load_workflow(path)
-        if wf.spec.get("batching") and batching == "auto":
-            batching = wf.spec["batching"]
+        if batching == "auto":
+            batching = wf.batching
         tmp = Path(tempfile.mkdtemp(prefix="pql_plan_"))
         sweep_path = tmp / "hparam_sweep" / "sweep.yaml"
         sweep_path.parent.mkdir()
-        write_sweep(wf, sweep_path, {}, *hparam_grid(wf), wf.spec.get("seeds"))  # the stage's own grid
+        write_sweep(wf, sweep_path, {}, *hparam_grid(wf), wf.seeds)  # the stage's own grid
         path = sweep_path
         log(f"workflow {wf.name}: its first stage, hparam_sweep:")
     try:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from pql_jax.values import format_utd
 from pql_jax.scaling import flag_lines, fmt, markdown_table
-from pql_jax.workflow.spec import STAGES, Workflow, read_marker
+from pql_jax.workflow.spec import STAGES, Workflow, read_marker, seeds_value
 
 
 def _json(path: Path) -> dict:
@@ -92,10 +92,12 @@ def _td_table(df: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
-    import matplotlib
+    # here, not at the top: importing the workflow (plan, the other stages) neither loads matplotlib
+    # nor switches the backend of whoever imported it to Agg
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     made = []
     ver = _csv(out / "verify" / "verification.csv")
@@ -153,7 +155,7 @@ def _stages_section(wf: Workflow, out: Path) -> list[str]:
     """The title and the stage timings."""
     lines = [f"# Scaling workflow `{wf.name}`", "",
          f"Workflow file: `{wf.path}` (copy: `workflow.yaml`); base config `{wf.base_path}`; returns normalised "
-         f"to 0..1000 by max return {wf.spec['max_return']}.", "", "## Stages", ""]
+         f"to 0..1000 by max return {wf.max_return}.", "", "## Stages", ""]
     lines += _table(pd.DataFrame([{"stage": s, "seconds": read_marker(out, s).get("seconds", "running"),
                                 "finished": read_marker(out, s).get("finished", "")} for s in STAGES[:-1]]),
                 ["stage", "seconds", "finished"])
@@ -163,11 +165,11 @@ def _stages_section(wf: Workflow, out: Path) -> list[str]:
 
 def _hparam_section(wf: Workflow, out: Path) -> list[str]:
     """Steps 1-4: the best batch size and learning rate per UTD, their laws, the UTD sweep's settings."""
-    lines = []
+    lines, h = [], wf.hparam_sweep
     hparam_summary = _json(out / "fit_hparams" / "summary.json")
     lines += ["", "## Best batch size and learning rate (hparam sweep)", "",
-          f"Sweep: UTD {', '.join(format_utd(u) for u in wf.hparam['utd'])} x batch size "
-          f"{wf.hparam['batch_size']} x learning rate {wf.hparam['lr']}, seeds {wf.spec.get('seeds', 1)}; "
+          f"Sweep: UTD {', '.join(format_utd(u) for u in h.utd)} x batch size "
+          f"{list(h.batch_size)} x learning rate {list(h.lr)}, seeds {seeds_value(wf.seeds) or 1}; "
           f"best values picked at threshold J = {_num(hparam_summary.get('threshold'))} (seed bootstrap, eqs. D.1/D.4).", ""]
     lines += _table(_csv(out / "fit_hparams" / "best_hparams.csv"),
                 ["utd", "batch_size", "batch_size_std", "n_batch_size", "lr", "lr_std", "n_lr"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pql_jax.errors import UserError
@@ -34,8 +35,7 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
     """
     if start is not None and start not in STAGES:
         raise UserError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
-    wf = load_workflow(path)
-    wf.part, wf.launch = part, launch
+    wf = replace(load_workflow(path), part=part, launch=launch)
     if part and launch:
         raise UserError("give --part I/N (this machine's share) or --parts N --launch submitit, not both")
     out = Path(out)

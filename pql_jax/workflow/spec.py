@@ -4,46 +4,36 @@ A run directory OUT holds ``workflow.yaml`` (the workflow it belongs to) and one
 (``STAGES``), each finished once it holds ``done.json``. The stages themselves live in
 ``sweeps``, ``fits``, ``verify`` and ``report``; ``runner.run_workflow`` runs them in order.
 
-Workflow YAML (paths relative to the workflow file)::
+A workflow file (paths relative to it) parses into a frozen ``Workflow``, its sections into
+``HparamSweepSpec``, ``UtdSweepSpec``, ``FitSpec`` and ``VerifySpec``; each key is documented once,
+on the field of the same name. Required: base, max_return, hparam_sweep (utd, batch_size, lr),
+utd_sweep (utd) and verify (utd or budget)::
 
-    name: quickstart                   # optional; defaults to the file name
-    base: ../pointmass.yaml            # a config file (configs/<task>.yaml)
-    overrides: {env.num_envs: 32}      # optional overrides of the base, for every stage
-    seeds: 3                           # count (base seed, +1, ...) or list, for every sweep
-    max_return: 50                     # returns are normalised to 0..1000 by this maximum
-    thresholds: [400, 600, 800]        # normalised return thresholds J (optional: auto-spaced)
-    n_thresholds: 5                    # when thresholds are not given
-    select_level: null                 # threshold index used to pick best B / eta (default: auto)
-    resamples: 100                     # seed bootstrap resamples
-    hparam_sweep:                      # step 1 (every key required)
-      utd: [1/64, 1/16, 1/4]
-      batch_size: [64, 128, 256]
-      lr: [1e-4, 3e-4, 1e-3]           # critic and actor learning rate
-      critic_width: [64, 128, 256]     # optional (default: utd_sweep.critic_width; [] for none): with >= 3
-                                       # widths B*(sigma, N) is fitted and sets each (UTD, width)'s batch size
-    utd_sweep:
-      utd: [1/128, 1/64, 1/32, 1/16, 1/8]   # must span >= 16x (max / min)
-      critic_width: [64, 128, 256]     # optional model-size axis (critic widths)
-      batch_size_range: [16, 4096]     # optional clip of the fitted B*
-      overrides: {}                    # optional, this stage only
-    fit:                               # optional options of `fit all`
-      holdout: null                    # e.g. "utd>=1/8": held-out points of the D_J fit
-      delta: null                      # FLOPs per env step (default: median C/D of the sweep)
-      k: 10
-    verify:                            # at least one of utd / budget
-      utd: 1/2                         # held-out UTD to run at its proposed B*, eta*
-      budget: null                     # or a larger budget F (FLOPs, or `4x`: 4 x the largest fitted
-                                       # budget optimum); runs the proposed sigma*(F)
-      seeds: 3                         # optional (default: as many fresh seeds 1000, 1001, ... as the sweeps)
-    batching: auto                     # auto | map | vmap (see `pql-jax sweep`)
+    name: quickstart
+    base: ../pointmass.yaml
+    overrides: {env.num_envs: 32}
+    seeds: 3
+    max_return: 50
+    thresholds: [400, 600, 800]
+    n_thresholds: 5
+    select_level: null
+    resamples: 100
+    hparam_sweep: {utd: [1/64, 1/16, 1/4], batch_size: [64, 128, 256], lr: [1e-4, 3e-4, 1e-3],
+                   critic_width: [64, 128, 256]}
+    utd_sweep: {utd: [1/128, 1/64, 1/32, 1/16, 1/8], critic_width: [64, 128, 256],
+                batch_size_range: [16, 4096], overrides: {}}
+    fit: {holdout: null, delta: null, k: 10}
+    verify: {utd: 1/2, budget: null, seeds: 3}
+    batching: auto
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +43,7 @@ import yaml
 from pql_jax import config as cfg_mod
 from pql_jax import values
 from pql_jax.errors import UserError
+from pql_jax.plan.sweep import Seeds, parse_seeds, resolve_key
 from pql_jax.run.launch import open_run_dir
 
 STAGES = ("hparam_sweep", "fit_hparams", "utd_sweep", "fit_laws", "verify", "report")
@@ -65,18 +56,97 @@ FIT_KEYS = ("holdout", "delta", "k")
 VERIFY_KEYS = ("utd", "budget", "seeds")
 MARKER = "done.json"
 
+Overrides = tuple[tuple[str, Any], ...]
+"""`section.key: value` overrides in file order (``dict(...)`` gives the mapping back)."""
 
-@dataclass
+
+@dataclass(frozen=True)
+class HparamSweepSpec:
+    """`hparam_sweep`: step 1's grid, trained for every seed."""
+
+    utd: tuple[float, ...]
+    """UTDs, in file order."""
+    batch_size: tuple[int, ...]
+    """Batch sizes."""
+    lr: tuple[float, ...]
+    """Learning rates, the critic's and the actor's alike (zipped, not a grid axis of their own)."""
+    critic_width: tuple[int, ...] = ()
+    """Critic widths (default: utd_sweep.critic_width; [] for none). With >= 3 widths B*(sigma, N)
+    is fitted and sets the batch size of each (UTD, width) of the UTD sweep."""
+
+
+@dataclass(frozen=True)
+class UtdSweepSpec:
+    """`utd_sweep`: the UTD list trained at the fitted B*, eta*."""
+
+    utd: tuple[float, ...]
+    """UTDs, sorted: at least 3 distinct ones spanning >= 16x (max / min)."""
+    critic_width: tuple[int, ...] = ()
+    """Critic widths: a model-size axis (every UTD at every width); () for none."""
+    batch_size_range: tuple[float, float] | None = None
+    """[low, high] clip of the fitted batch sizes (also of the proposals'), or None."""
+    overrides: Overrides = ()
+    """Config overrides of this stage (and of verify) on top of the workflow's."""
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """`fit`: options of `fit all` on the UTD sweep."""
+
+    holdout: str | None = None
+    """Rows of the D_J fit held out, as a pandas query (e.g. "utd>=1/8"), or None."""
+    delta: float | None = None
+    """FLOPs per env step in the budget F = C + delta D (default: the sweep's median C/D)."""
+    k: float = 10.0
+    """FLOPs per parameter per sample in the compute C = k N B sigma D."""
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    """`verify`: what the fitted laws are checked on, with fresh seeds (at least utd or budget)."""
+
+    utd: float | None = None
+    """A held-out UTD (none of utd_sweep.utd), run at its proposed B*, eta*."""
+    budget: float | str | None = None
+    """A budget F in FLOPs, or a factor such as "4x": that many times the largest fitted budget
+    optimum; sigma*(F), sigma*/2 and 2 sigma* are run."""
+    seeds: Seeds = None
+    """Seeds of the verification runs: a count (the base seed, +1, ...) or a list; when the file
+    gives none, as many fresh seeds 1000, 1001, ... as the sweeps have."""
+
+
+@dataclass(frozen=True)
 class Workflow:
-    """A parsed, validated workflow file (see the module docstring for the format)."""
+    """A parsed, validated workflow file."""
 
     path: Path
+    """The workflow file."""
     spec: dict
+    """The file's mapping as read (what `record` and `identity` are made of)."""
     base_path: Path
+    """`base`: the base config file (absolute; relative to the workflow file in the file)."""
     name: str
-    hparam: dict = field(default_factory=dict)
-    utd: dict = field(default_factory=dict)
-    verify: dict = field(default_factory=dict)
+    """`name` (default: the file's stem)."""
+    hparam_sweep: HparamSweepSpec
+    utd_sweep: UtdSweepSpec
+    verify: VerifySpec
+    max_return: float
+    """Returns are normalised to 0..1000 by this maximum (kept as written: 50 stays an int)."""
+    fit: FitSpec = FitSpec()
+    overrides: Overrides = ()
+    """Config overrides of the base, for every stage."""
+    seeds: Seeds = None
+    """Seeds of every sweep: a count (the base seed, +1, ...) or a list; None for the base seed alone."""
+    thresholds: tuple[float, ...] | None = None
+    """Normalised return thresholds J; None: n_thresholds auto-spaced ones."""
+    n_thresholds: int = 5
+    """How many thresholds when `thresholds` is not given."""
+    select_level: int | None = None
+    """Threshold index at which best B / eta are picked (None: the highest one every swept UTD reaches)."""
+    resamples: int = 100
+    """Seed bootstrap resamples."""
+    batching: str = "auto"
+    """auto, map or vmap (see `pql-jax sweep`)."""
     part: tuple | None = None
     """(I, N): this process trains only the I-th job-array share of each sweep stage (`--part`)."""
     launch: dict | None = None
@@ -94,6 +164,40 @@ class Workflow:
         return {**self.spec, "base": values.read_yaml(self.base_path, "base config")}
 
 
+def seed_count(seeds: Seeds) -> int:
+    """How many seeds a `seeds` value gives (None: the base seed alone)."""
+    return len(seeds) if isinstance(seeds, tuple) else (seeds or 1)
+
+
+def seeds_value(seeds: Seeds):
+    """A `seeds` value as YAML writes it (a list, a count or None)."""
+    return list(seeds) if isinstance(seeds, tuple) else seeds
+
+
+def _number(value: Any, where: str, kind: type = float, strict: bool = True):
+    """A number the file gave (3, 64.0, '1e-3', '1/512'): > 0 (>= 0 unless `strict`), an int when
+    `kind` is int; UserError naming `where` otherwise."""
+    try:
+        number = values.read_number(value)
+    except UserError:
+        number = math.nan
+    ok = math.isfinite(number) and (number > 0 if strict else number >= 0)
+    if isinstance(value, bool) or not ok or (kind is int and number != int(number)):
+        article = "an integer" if kind is int else "a number"
+        raise UserError(f"workflow: {where} must be {article} {'>' if strict else '>='} 0, got {value!r}")
+    if kind is int:
+        return int(number)
+    return value if isinstance(value, (int, float)) else number  # as written: a report prints 50, not 50.0
+
+
+def _numbers(part: dict, key: str, where: str, kind: type = float) -> tuple:
+    """`part[key]`: a non-empty list of numbers > 0 (ints when `kind` is int)."""
+    v = part[key]
+    if not isinstance(v, list) or not v:
+        raise UserError(f"workflow: {where}.{key} must be a non-empty list")
+    return tuple(kind(_number(x, f"{where}.{key}", kind)) for x in v)
+
+
 def _mapping(spec: dict, key: str, allowed: tuple, required: tuple = ()) -> dict:
     part = values.check_mapping(spec.get(key), allowed, f"workflow section {key}")
     for k in required:
@@ -102,72 +206,58 @@ def _mapping(spec: dict, key: str, allowed: tuple, required: tuple = ()) -> dict
     return part
 
 
-def _list(part: dict, key: str, where: str) -> list:
-    v = part[key]
+def _overrides_of(value: Any, where: str) -> Overrides:
+    """A mapping of `section.key: value` overrides (None: none) as pairs in file order."""
+    if not isinstance(value or {}, dict) or not all(isinstance(k, str) for k in (value or {})):
+        raise UserError(f"workflow: {where} must be a mapping of section.key: value")
+    return tuple((value or {}).items())
+
+
+def _utds(part: dict, where: str) -> tuple[float, ...]:
+    v = part["utd"]
     if not isinstance(v, list) or not v:
-        raise UserError(f"workflow: {where}.{key} must be a non-empty list")
-    return v
+        raise UserError(f"workflow: {where}.utd must be a non-empty list")
+    return tuple(values.parse_utd(u, f"workflow: {where}.utd") for u in v)
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    """Read and validate a workflow file (UserError on bad input, before anything is written)."""
-    path = Path(path)
-    spec = values.read_mapping(path, KEYS, "workflow file")
-    for k in REQUIRED:
-        if spec.get(k) is None:
-            raise UserError(f"workflow: missing key {k!r}")
-    base = Path(spec["base"])
-    base_path = base if base.is_absolute() else (path.parent / base)
-    if not base_path.is_file():
-        raise UserError(f"workflow: base config not found: {spec['base']} (relative to {path.parent})")
-    hp = _mapping(spec, "hparam_sweep", HPARAM_KEYS, HPARAM_KEYS[:3])
-    ut = _mapping(spec, "utd_sweep", UTD_KEYS, ("utd",))
-    _mapping(spec, "fit", FIT_KEYS)
-    ver = _mapping(spec, "verify", VERIFY_KEYS)
-    if ver.get("utd") is None and ver.get("budget") is None:
-        raise UserError("workflow: missing key verify.utd (or verify.budget)")
-    hparam = {"utd": [values.parse_utd(u, "workflow: hparam_sweep.utd") for u in _list(hp, "utd", "hparam_sweep")],
-              "batch_size": [int(b) for b in _list(hp, "batch_size", "hparam_sweep")],
-              "lr": [float(x) for x in _list(hp, "lr", "hparam_sweep")]}
-    utds = sorted(values.parse_utd(u, "workflow: utd_sweep.utd") for u in _list(ut, "utd", "utd_sweep"))
+def _utd_sweep(part: dict) -> UtdSweepSpec:
+    utds = tuple(sorted(_utds(part, "utd_sweep")))
     if len(set(utds)) < 3:
         raise UserError("workflow: utd_sweep.utd needs at least 3 distinct UTDs")
     if utds[-1] / utds[0] < 16 - 1e-9:
         raise UserError(f"workflow: utd_sweep.utd must span >= 16x, got {utds[-1] / utds[0]:.3g}x")
-    widths = [int(w) for w in _list(ut, "critic_width", "utd_sweep")] if ut.get("critic_width") else []
-    clip = ut.get("batch_size_range")
-    if clip is not None and (not isinstance(clip, list) or len(clip) != 2 or not 0 < clip[0] <= clip[1]):
+    widths = _numbers(part, "critic_width", "utd_sweep", int) if part.get("critic_width") else ()
+    clip = part.get("batch_size_range")
+    if clip is not None and (not isinstance(clip, list) or len(clip) != 2
+                             or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
+                             or not 0 < clip[0] <= clip[1]):
         raise UserError("workflow: utd_sweep.batch_size_range must be [low, high] with 0 < low <= high")
-    overrides = ut.get("overrides") or {}
-    if not isinstance(overrides, dict):
+    if not isinstance(part.get("overrides") or {}, dict):
         raise UserError("workflow: utd_sweep.overrides must be a mapping")
-    if not isinstance(spec.get("overrides") or {}, dict):
-        raise UserError("workflow: overrides must be a mapping of section.key: value")
-    verify = {"utd": values.parse_utd(ver["utd"], "workflow: verify.utd") if ver.get("utd") is not None else None,
-              "budget": _budget(ver["budget"]) if ver.get("budget") is not None else None,
-              "seeds": ver.get("seeds", _fresh_seeds(spec.get("seeds")))}
-    if verify["utd"] is not None and utds[0] <= verify["utd"] <= utds[-1] and verify["utd"] in utds:
-        raise UserError("workflow: verify.utd must be held out (not one of utd_sweep.utd)")
-    if spec.get("batching", "auto") not in ("auto", "map", "vmap"):
-        raise UserError("workflow: batching must be auto, map or vmap")
+    return UtdSweepSpec(utds, widths, tuple(clip) if clip is not None else None,
+                        _overrides_of(part.get("overrides"), "utd_sweep.overrides"))
+
+
+def _hparam_sweep(part: dict, utd_widths: tuple[int, ...]) -> HparamSweepSpec:
     # the hparam sweep covers the width axis too (default: the UTD sweep's widths), so that
     # B*(sigma, N) is fitted and sets the batch size of every (UTD, width) of the UTD sweep
-    hp_widths = hp.get("critic_width", widths)
-    if hp_widths is None or hp_widths == []:
-        hparam["critic_width"] = []
+    if "critic_width" not in part:
+        widths = utd_widths
+    elif part["critic_width"] is None or part["critic_width"] == []:
+        widths = ()
     else:
-        hparam["critic_width"] = [int(w) for w in _list(hp, "critic_width", "hparam_sweep")] \
-            if "critic_width" in hp else list(widths)
-    wf = Workflow(path, spec, base_path.resolve(), str(spec.get("name") or path.stem), hparam,
-                  {"utd": utds, "critic_width": widths, "clip": clip, "overrides": overrides}, verify)
-    cfg_mod.load(wf.base_path, _overrides(wf.spec.get("overrides")))  # the base must be a valid config
-    return wf
+        widths = _numbers(part, "critic_width", "hparam_sweep", int)
+    return HparamSweepSpec(_utds(part, "hparam_sweep"), _numbers(part, "batch_size", "hparam_sweep", int),
+                           _numbers(part, "lr", "hparam_sweep"), widths)
 
 
-def _fresh_seeds(seeds: Any) -> list[int]:
-    """Verification seeds the sweeps never used (1000, 1001, ...), as many as the sweeps have."""
-    n = len(seeds) if isinstance(seeds, list) else int(seeds or 1)
-    return [1000 + i for i in range(n)]
+def _fit(part: dict) -> FitSpec:
+    holdout = part.get("holdout")
+    if holdout is not None and not isinstance(holdout, str):
+        raise UserError(f"workflow: fit.holdout must be a query such as 'utd>=1/8', got {holdout!r}")
+    delta = part.get("delta")
+    return FitSpec(holdout or None, float(_number(delta, "fit.delta")) if delta is not None else None,
+                   float(_number(part["k"], "fit.k")) if part.get("k") is not None else 10.0)
 
 
 def _budget(value: Any):
@@ -182,10 +272,65 @@ def _budget(value: Any):
     return text if text.endswith("x") else v
 
 
-def _overrides(d: dict | None) -> list[str]:
-    from pql_jax.plan.sweep import resolve_key
+def _verify(part: dict, seeds: Seeds, utds: tuple[float, ...]) -> VerifySpec:
+    if part.get("utd") is None and part.get("budget") is None:
+        raise UserError("workflow: missing key verify.utd (or verify.budget)")
+    utd = values.parse_utd(part["utd"], "workflow: verify.utd") if part.get("utd") is not None else None
+    if utd is not None and utd in utds:
+        raise UserError("workflow: verify.utd must be held out (not one of utd_sweep.utd)")
+    fresh = tuple(1000 + i for i in range(seed_count(seeds)))  # seeds the sweeps never used
+    return VerifySpec(utd, _budget(part["budget"]) if part.get("budget") is not None else None,
+                      parse_seeds(part["seeds"], "workflow: verify.seeds") if "seeds" in part else fresh)
 
-    return [f"{resolve_key(k)}={v}" for k, v in (d or {}).items()]
+
+def _thresholds(value: Any) -> tuple[float, ...] | None:
+    if not value:
+        return None
+    if not isinstance(value, list):
+        raise UserError(f"workflow: thresholds must be a list of numbers, got {value!r}")
+    return tuple(float(_number(t, "thresholds", strict=False)) for t in value)
+
+
+def parse_workflow(spec: dict, path: str | Path) -> Workflow:
+    """A workflow file's mapping (keys already checked against KEYS) as a Workflow; `path` is the
+    file's (bases are relative to it). UserError, naming the key, on bad input."""
+    path = Path(path)
+    for k in REQUIRED:
+        if spec.get(k) is None:
+            raise UserError(f"workflow: missing key {k!r}")
+    if not isinstance(spec["base"], str):
+        raise UserError(f"workflow: base must be the path of a config file, got {spec['base']!r}")
+    base = Path(spec["base"])
+    base_path = base if base.is_absolute() else (path.parent / base)
+    if not base_path.is_file():
+        raise UserError(f"workflow: base config not found: {spec['base']} (relative to {path.parent})")
+    hp = _mapping(spec, "hparam_sweep", HPARAM_KEYS, HPARAM_KEYS[:3])
+    ut = _mapping(spec, "utd_sweep", UTD_KEYS, ("utd",))
+    fit = _fit(_mapping(spec, "fit", FIT_KEYS))
+    ver = _mapping(spec, "verify", VERIFY_KEYS)
+    utd_sweep = _utd_sweep(ut)
+    hparam_sweep = _hparam_sweep(hp, utd_sweep.critic_width)
+    overrides = _overrides_of(spec.get("overrides"), "overrides")
+    seeds = parse_seeds(spec.get("seeds"), "workflow: seeds")
+    verify = _verify(ver, seeds, utd_sweep.utd)
+    if spec.get("batching", "auto") not in ("auto", "map", "vmap"):
+        raise UserError("workflow: batching must be auto, map or vmap")
+    level = spec.get("select_level")
+    return Workflow(
+        path=path, spec=spec, base_path=base_path.resolve(), name=str(spec.get("name") or path.stem),
+        hparam_sweep=hparam_sweep, utd_sweep=utd_sweep, verify=verify, fit=fit, overrides=overrides, seeds=seeds,
+        max_return=_number(spec["max_return"], "max_return"), thresholds=_thresholds(spec.get("thresholds")),
+        n_thresholds=_number(spec.get("n_thresholds") or 5, "n_thresholds", int),
+        select_level=_number(level, "select_level", int, strict=False) if level is not None else None,
+        resamples=_number(spec.get("resamples", 100), "resamples", int, strict=False),
+        batching=spec.get("batching", "auto"))
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Read and validate a workflow file (UserError on bad input, before anything is written)."""
+    wf = parse_workflow(values.read_mapping(path, KEYS, "workflow file"), path)
+    cfg_mod.load(wf.base_path, [f"{resolve_key(k)}={v}" for k, v in wf.overrides])  # the base must be a valid config
+    return wf
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,25 +9,29 @@ processes (pql_jax.run.distributed) only process 0 writes the stage's files; eve
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
-from pql_jax.values import format_utd
 from pql_jax.errors import UserError
 from pql_jax.plan import parts
+from pql_jax.plan.sweep import Seeds
 from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.run.launch import train_sweep_file
+from pql_jax.run.submit import launch_parts
 from pql_jax.run.tables import read_rows
-from pql_jax.workflow.spec import Workflow, read_settings
+from pql_jax.values import format_utd
+from pql_jax.workflow.spec import Overrides, Workflow, read_settings, seeds_value
 
 
-def write_sweep(wf: Workflow, path: Path, overrides: dict, grid: dict, zipped: dict, seeds) -> None:
+def write_sweep(wf: Workflow, path: Path, overrides: Mapping | Overrides, grid: dict, zipped: dict,
+                seeds: Seeds) -> None:
     """Write the sweep file of a stage (the workflow's base and overrides plus ``overrides``);
     UserError when the stage already holds a different one (its run would not match)."""
     spec = {"name": f"{wf.name}_{path.parent.name}", "base": str(wf.base_path),
-            "overrides": {**(wf.spec.get("overrides") or {}), **overrides},
-            "seeds": seeds if seeds is not None else 1, "grid": grid}
+            "overrides": {**dict(wf.overrides), **dict(overrides)},
+            "seeds": seeds_value(seeds) if seeds is not None else 1, "grid": grid}
     if zipped:
         spec["zip"] = zipped
     text = yaml.safe_dump(spec, sort_keys=False)
@@ -50,10 +54,9 @@ def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
     when every part's directory holds its finished share (a shared file system), they are merged
     into ``stage_dir/run`` and the stage finishes; otherwise PartsPending. With ``wf.launch``
     (submitit options) the stage's parts are submitted, waited for and merged into ``stage_dir/run``."""
-    launched = getattr(wf, "launch", None)
-    if launched:
-        return _launch_stage(wf, stage_dir, launched, log)
-    part = getattr(wf, "part", None)
+    if wf.launch:
+        return _launch_stage(wf, stage_dir, wf.launch, log)
+    part = wf.part
     run = stage_dir / (f"part{part[0]}of{part[1]}" if part else "run")
     resume = (run / "members.yaml").is_file()
     if run.exists() and not resume and is_primary():  # a run that died before it wrote its members: start over
@@ -62,7 +65,7 @@ def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
     if resume:
         log(f"  resuming {run}")
     rows = train_sweep_file(stage_dir / "sweep.yaml", run, resume=resume, progress=progress,
-                            batching=wf.spec.get("batching", "auto"), log=lambda text: log(_indent(text)), part=part)
+                            batching=wf.batching, log=lambda text: log(_indent(text)), part=part)
     if part:
         rows = _merge_parts(stage_dir, part[1])  # concurrent merges are safe (parts.merge)
     if is_primary():
@@ -72,10 +75,8 @@ def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
 
 def _launch_stage(wf: Workflow, stage_dir: Path, launched: dict, log) -> dict:
     """Submit the stage's sweep as job-array parts (``pql_jax.run.submit``), wait, merge into ``run``."""
-    from pql_jax.run.submit import launch_parts
-
     run = stage_dir / "run"
-    table = launch_parts(stage_dir / "sweep.yaml", run, resume=run.exists(), batching=wf.spec.get("batching", "auto"),
+    table = launch_parts(stage_dir / "sweep.yaml", run, resume=run.exists(), batching=wf.batching,
                          log=lambda text: log(_indent(text)), **launched)
     shutil.copyfile(table, stage_dir / "results.csv")
     return {"members": len({r["member"] for r in read_rows(table)})}
@@ -105,17 +106,18 @@ def _indent(text: str) -> str:
 def hparam_grid(wf: Workflow) -> tuple[dict, dict]:
     """(grid, zipped) of the hparam sweep: UTD x batch size (x critic width) with critic and actor
     learning rates zipped (``pql-jax plan`` of a workflow plans this same sweep)."""
-    h = wf.hparam
-    grid = {"agent.utd": [format_utd(u) for u in h["utd"]], "agent.batch_size": h["batch_size"]}
-    if h.get("critic_width"):
-        grid["agent.critic_width"] = h["critic_width"]
-    return grid, {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]}
+    h = wf.hparam_sweep
+    grid = {"agent.utd": [format_utd(u) for u in h.utd], "agent.batch_size": list(h.batch_size)}
+    if h.critic_width:
+        grid["agent.critic_width"] = list(h.critic_width)
+    lr = list(h.lr)  # one list for both keys: YAML writes it once with an alias, as existing stage files hold it
+    return grid, {"agent.critic_lr": lr, "agent.actor_lr": lr}
 
 
 def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
     """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
     d = out / "hparam_sweep"
-    write_sweep(wf, d / "sweep.yaml", {}, *hparam_grid(wf), wf.spec.get("seeds"))
+    write_sweep(wf, d / "sweep.yaml", {}, *hparam_grid(wf), wf.seeds)
     return run_sweep_stage(wf, d, progress, log)
 
 
@@ -123,14 +125,15 @@ def stage_utd_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -
     """Step 5: the UTD list at the fitted B*, eta*, times the critic widths when given."""
     d = out / "utd_sweep"
     s = read_settings(out)
-    s = s[s["utd_value"].apply(lambda u: any(abs(u - v) <= 1e-12 * v for v in wf.utd["utd"]))]
+    widths = list(wf.utd_sweep.critic_width)
+    s = s[s["utd_value"].apply(lambda u: any(abs(u - v) <= 1e-12 * v for v in wf.utd_sweep.utd))]
     per_width = "critic_width" in s.columns and s["critic_width"].notna().any()
     if per_width:  # B*(sigma, N): one setting per (UTD, width)
-        s = s[s["critic_width"].isin(wf.utd["critic_width"])]
-    grid = {"agent.critic_width": wf.utd["critic_width"]} if wf.utd["critic_width"] and not per_width else {}
+        s = s[s["critic_width"].isin(widths)]
+    grid = {"agent.critic_width": widths} if widths and not per_width else {}
     zipped = {"agent.utd": list(s["utd"]), "agent.batch_size": [int(b) for b in s["batch_size"]],
               "agent.critic_lr": [float(x) for x in s["lr"]], "agent.actor_lr": [float(x) for x in s["lr"]]}
     if per_width:
         zipped["agent.critic_width"] = [int(w) for w in s["critic_width"]]
-    write_sweep(wf, d / "sweep.yaml", wf.utd["overrides"], grid, zipped, wf.spec.get("seeds"))
+    write_sweep(wf, d / "sweep.yaml", wf.utd_sweep.overrides, grid, zipped, wf.seeds)
     return run_sweep_stage(wf, d, progress, log)

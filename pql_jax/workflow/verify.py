@@ -3,14 +3,15 @@ data-to-threshold D_J with the prediction (``verify/verification.csv``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pql_jax.run.distributed import is_primary
 from pql_jax.scaling import cell_crossings, crossing_bootstrap, load_curves, write_json
 from pql_jax.workflow.spec import Workflow, read_marker
-from pql_jax.run.distributed import is_primary
 from pql_jax.workflow.sweeps import run_sweep_stage, write_sweep
 
 
@@ -36,14 +37,14 @@ def stage_verify(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
               "agent.critic_lr": [float(x) for x in runs["lr"]], "agent.actor_lr": [float(x) for x in runs["lr"]]}
     if with_width:
         zipped["agent.critic_width"] = [int(w) for w in runs["critic_width"]]
-    write_sweep(wf, d / "sweep.yaml", dict(wf.utd["overrides"]), {}, zipped, wf.verify["seeds"])
+    write_sweep(wf, d / "sweep.yaml", wf.utd_sweep.overrides, {}, zipped, wf.verify.seeds)
     info = run_sweep_stage(wf, d, progress, log)
     if not is_primary():  # the other processes of a multi-process run only train
         return info
-    df, _ = load_curves(str(d / "results.csv"), float(wf.spec["max_return"]))
+    df, _ = load_curves(str(d / "results.csv"), float(wf.max_return))
     levels = sorted(plan["level"].unique())
     thresholds = [float(plan.loc[plan["level"] == lv, "threshold"].iloc[0]) for lv in levels]
-    cb = crossing_bootstrap(df, thresholds, int(wf.spec.get("resamples", 100)), 0)
+    cb = crossing_bootstrap(df, thresholds, wf.resamples, 0)
     cells, _ = cell_crossings(cb.table, cb.D, cb.thresholds)
     rows = []
     for _, p in plan.iterrows():
@@ -94,8 +95,6 @@ def budget_checks(ver: pd.DataFrame, out: Path) -> pd.DataFrame:
     """Problem 3.2's claim at the proposed budget: per (env, threshold), the measured budget
     F = k N B sigma D + delta D of sigma*(F) against sigma*/2 and 2 sigma* (all three run on
     fresh seeds); ``sigma_star_cheapest`` when sigma* costs no more than either."""
-    import json
-
     path = out / "fit_laws" / "fit_budget.json"
     if not path.is_file() or "target" not in ver:
         return pd.DataFrame()
