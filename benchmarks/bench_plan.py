@@ -45,19 +45,16 @@ def members(workflow: str, limit_gb: float, batching: str) -> list[dict]:
     """Per group of the workflow's hparam_sweep: members per device from the compiled chunk."""
     import tempfile
 
-    from pql_jax.values import format_utd
     from pql_jax.plan.memory import group_memory
     from pql_jax.plan.costs import member_costs
     from pql_jax.plan.sweep import load_sweep
     from pql_jax.workflow.spec import load_workflow
-    from pql_jax.workflow.sweeps import write_sweep
+    from pql_jax.workflow.sweeps import hparam_grid, write_sweep
 
     wf = load_workflow(workflow)
     path = Path(tempfile.mkdtemp()) / "hparam_sweep" / "sweep.yaml"
     path.parent.mkdir()
-    h = wf.hparam
-    write_sweep(wf, path, {}, {"agent.utd": [format_utd(u) for u in h["utd"]], "agent.batch_size": h["batch_size"]},
-                {"agent.critic_lr": h["lr"], "agent.actor_lr": h["lr"]}, wf.spec.get("seeds"))
+    write_sweep(wf, path, {}, *hparam_grid(wf), wf.spec.get("seeds"))
     sweep = load_sweep(path)
     limit = limit_gb * 1e9
     out = []

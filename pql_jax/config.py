@@ -11,9 +11,9 @@ once what it is to a compiled program:
 
 The sweep's grouping, the results table's hyperparameter columns and the compiled-program cache
 key are derived from these declarations; the learner's `HParams` (member fields) and
-pql_jax.shapes' `ProgramConfig` (shape fields) spell them out as real classes, checked against
-them by tests. How written values are parsed
-(numbers, UTDs such as 1/512, YAML files) lives in pql_jax.values.
+`ProgramConfig` (shape fields, pql_jax.learner.shapes) spell them out as real classes, checked
+against them by tests. How written values are parsed (numbers, UTDs such as 1/512, YAML files)
+lives in pql_jax.values.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pql_jax.values import Options, check_choice, coerce, read_options, read_yam
 
 MEMBER, SHAPE, HOST = "member", "shape", "host"
 
-# Allowed values, declared once: the fields below and their program views (pql_jax.shapes) use
+# Allowed values, declared once: the fields below and their program views (pql_jax.learner.shapes) use
 # these; `validate` and `coerce` read them from the annotations.
 Batching = Literal["auto", "vmap", "map"]
 Fusion = Literal["auto", "on", "off"]

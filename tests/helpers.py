@@ -12,7 +12,7 @@ import jax
 import yaml
 
 from pql_jax import config as cfg_mod
-from pql_jax.shapes import program_config
+from pql_jax.learner.shapes import program_config
 from pql_jax.counts import num_chunks, updates_needed
 from pql_jax.learner.train import make_train
 from pql_jax.learner.state import hparams_from_config

@@ -297,12 +297,12 @@ def test_the_config_reference_page_is_generated_from_the_dataclasses():
 
 
 def test_program_views_match_the_shape_declarations():
-    """pql_jax.shapes repeats the shape fields as real classes (for IDEs and type checkers): the
+    """pql_jax.learner.shapes repeats the shape fields as real classes (for IDEs and type checkers): the
     same names, order and types as the config's shape(...) fields, per section; a program view
     built from a config holds exactly those values and no member or host field."""
     import typing
 
-    from pql_jax.shapes import VIEWS, ProgramConfig, program_config, shape_fields
+    from pql_jax.learner.shapes import VIEWS, ProgramConfig, program_config, shape_fields
 
     assert list(VIEWS) == list(C.SECTIONS) == [f.name for f in fields(ProgramConfig)]
     for section, view in VIEWS.items():

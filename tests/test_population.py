@@ -219,7 +219,7 @@ def test_program_cache_is_keyed_by_shape_only():
 
 
 def _program_args(config):
-    from pql_jax.shapes import program_config
+    from pql_jax.learner.shapes import program_config
 
     return program_config(config), sweep.single(config).groups[0].max_updates, 1, "map"
 

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from pql_jax.config import EnvConfig
+from pql_jax.envs import dmc
 from pql_jax.envs.dmc import TASKS as DMC_TASKS
 from pql_jax.envs.dmc import DmcOptions
 from pql_jax.envs.pointmass import TASKS as TEST_TASKS
@@ -170,8 +171,6 @@ def _build(name: str, options):
 
         return registry.load(task, config_overrides={"impl": options.impl})
     if kind == "dmc":
-        from pql_jax.envs import dmc
-
         return dmc.load(task, solver_caps=(options.solver_iterations, options.solver_ls_iterations),
                         contacts=options.contacts)
     raise UserError(f"unknown env {name!r}")

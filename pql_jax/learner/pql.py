@@ -21,7 +21,7 @@ import optax
 from pql_jax.learner import evaluate, losses, replay, schedule
 from pql_jax import counts
 from pql_jax.config import Config, episode_vector_steps
-from pql_jax.shapes import ProgramConfig, program_config
+from pql_jax.learner.shapes import ProgramConfig, program_config
 from pql_jax.envs import VecEnv, make_env
 from pql_jax.learner.networks import Actor, DoubleCritic, trunk
 from pql_jax.learner.normalize import init_stats, normalize, update_stats

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+
 ENV_VAR = "PQL_JAX_COMPILE_CACHE"
 OFF = ("off", "0", "false", "no", "")
 
@@ -27,8 +29,6 @@ def default_dir() -> Path:
 def enable(log=None) -> Path | None:
     """Turn the persistent compilation cache on (see the module docstring); returns its directory,
     or None when it is off or left to JAX's own setting."""
-    import jax  # noqa: PLC0415 - the CLI imports JAX only for commands that need it
-
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
         return None
     chosen = os.environ.get(ENV_VAR)

@@ -21,7 +21,9 @@ import sys
 import threading
 import time
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from pql_jax.errors import UserError
 
@@ -76,8 +78,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return 1
     if timeout < 1:
         raise UserError(f"--init-timeout must be >= 1 second (got {timeout})")
-    import jax  # noqa: PLC0415 - only commands that train import JAX
-
     _cpu_collectives(jax)
     if kwargs:  # JAX's own connect failures end the process from C++ (no exception): check first
         _check_coordinator(kwargs["coordinator_address"], kwargs["process_id"], timeout)
@@ -162,8 +162,6 @@ def _join_failure(kwargs: dict, timeout: int, exc: Exception | None) -> str:
 def _check_agreement(jax, num_processes: int | None) -> None:
     """UserError on every process when the processes were started with different process counts
     (each sees every process's count, so all stop with the same message)."""
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
     claimed = num_processes if num_processes is not None else jax.process_count()
     counts = np.asarray(multihost_utils.process_allgather(np.array([claimed], np.int64))).reshape(-1)
     if len(set(counts.tolist())) > 1 or counts[0] != jax.process_count():
@@ -173,35 +171,25 @@ def _check_agreement(jax, num_processes: int | None) -> None:
 
 def process_count() -> int:
     """Processes in this run (1 unless `initialize` joined several)."""
-    import jax  # noqa: PLC0415
-
     return jax.process_count()
 
 
 def is_primary() -> bool:
     """Whether this process writes the run directory (process 0; always true for a single process)."""
-    import jax  # noqa: PLC0415
-
     return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
     """Wait until every process reaches the barrier `name` (nothing with one process)."""
     if process_count() > 1:
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         multihost_utils.sync_global_devices(name)
 
 
 def to_host(tree):
     """A pytree of (global) arrays as numpy on this host, whole: `jax.device_get` when every shard
     is addressable here (one process), else `process_allgather` (every process must call it)."""
-    import jax  # noqa: PLC0415
-
     if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree)):
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
@@ -210,8 +198,6 @@ def place(tree, sharding):
     process the tree is returned unchanged (jit places it, as before)."""
     if process_count() == 1:
         return tree
-    import jax  # noqa: PLC0415
-
     def one(x):
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pql_jax import config as cfg_mod
 from pql_jax.errors import UserError
@@ -60,8 +61,6 @@ def train(sweep: Sweep, out: Path, costs: dict[int, Costs], layout: Layout = SWE
           progress: bool = True, batching: str = "auto", log=print) -> list[dict]:
     """Train (or resume) every group of `sweep` into `out`; returns the last row of each member.
     An interruption (Ctrl-C, a kill) between chunks leaves the rows and checkpoints written so far."""
-    from tqdm.auto import tqdm  # noqa: PLC0415 - progress bars only where a loop runs
-
     total = sum(num_chunks(g.config) * g.config.run.chunk_steps * g.config.env.num_envs * len(g.members)
                 for g in sweep.groups)
     bar = tqdm(total=total, unit="step", unit_scale=True, disable=not (progress and is_primary()), dynamic_ncols=True,

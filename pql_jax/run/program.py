@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pql_jax.shapes import ProgramConfig, program_config
+from pql_jax.learner.shapes import ProgramConfig, program_config
 from pql_jax.counts import eval_phase, run_vector_steps
 from pql_jax.envs import check_trainable, compiler_options, over_copies
 from pql_jax.errors import UserError

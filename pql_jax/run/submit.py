@@ -19,6 +19,7 @@ import yaml
 
 from pql_jax.errors import UserError
 from pql_jax.plan import parts
+from pql_jax.plan.sweep import load_sweep
 
 #: `--slurm KEY=VALUE,...` keys -> submitit's AutoExecutor parameters (and the value's type).
 #: Generic ones apply to every cluster; `slurm_*` ones only on SLURM (ignored by the local executor).
@@ -62,7 +63,7 @@ def part_dir(out: Path, index: int, count: int) -> Path:
 def train_part(sweep_file: str, out: str, overrides: list, index: int, count: int, batching: str,
                resume: bool) -> int:
     """One job of the array: train part `index`/`count` into its run directory; its member count."""
-    from pql_jax.run import launch
+    from pql_jax.run import launch  # JAX and the learner load in the jobs only, not in the waiting submitter
 
     resume = resume and Path(out).exists()  # a part not started before starts fresh
     rows = launch.train_sweep_file(sweep_file, out, overrides, resume=resume, progress=False,
@@ -84,7 +85,7 @@ def _finished(d: Path) -> bool:
 def _executor(folder: Path, cluster: str, slurm: dict):
     """submitit's AutoExecutor for the parts (UserError naming the extra when submitit is missing)."""
     try:
-        import submitit
+        import submitit  # an optional extra: needed only by --launch submitit
     except ImportError:
         raise UserError('--launch submitit needs submitit: pip install "pql_jax[submitit]"') from None
     executor = submitit.AutoExecutor(folder=str(folder), cluster=None if cluster == "auto" else cluster)
@@ -98,8 +99,6 @@ def launch_parts(sweep_file, out, overrides=(), count: int = 2, cluster: str = "
 
     UserError (one line, nothing merged) for bad options, a run directory already used without
     `resume`, or a part that failed (its log named; rerun with --resume)."""
-    from pql_jax.plan.sweep import load_sweep
-
     if count < 1:
         raise UserError(f"--parts must be >= 1 (got {count})")
     if cluster not in CLUSTERS:

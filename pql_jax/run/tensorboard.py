@@ -49,6 +49,11 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from tensorboardX import SummaryWriter
+from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionStartInfo
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.proto.tensor_pb2 import TensorProto
+
 from pql_jax import config as cfg
 
 # Row key -> scalar tag: only real, time-varying metrics. Sorted, the tags start with
@@ -142,9 +147,6 @@ def _scalar(value) -> float | None:
 
 def session_start_summary(hparams: dict):
     """The `_hparams_/session_start_info` summary (tensorboardX protos) for `hparams`."""
-    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionStartInfo
-    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
-
     info = SessionStartInfo(start_time_secs=time.time())
     for name, value in hparams.items():
         value = _hparam_value(value)
@@ -162,9 +164,6 @@ def session_start_summary(hparams: dict):
 def text_summary(tag: str, yaml_text: str):
     """A Text-tab summary of `yaml_text` as one fenced code block. A rank-0 string tensor (not
     tensorboardX's `add_text`, a rank-1 tensor that TensorBoard renders as a one-cell table)."""
-    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboardX.proto.tensor_pb2 import TensorProto
-
     text = f"```yaml\n{yaml_text.rstrip()}\n```"
     meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
     tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode("utf-8")])
@@ -178,8 +177,6 @@ class TensorBoard:
         """`purge_step` (resume): the env step of the checkpoint resumed from. TensorBoard drops
         this run's earlier-written points past it (they are logged again), keeping the point at it,
         as the metrics table keeps rows up to the checkpoint."""
-        from tensorboardX import SummaryWriter
-
         self.logdir = Path(logdir)
         # Every writer starts with a SessionLog.START (tensorboardX writes it at `purge_step`). A
         # later START drops the run's points at steps >= its step: the checkpoint's point stays.

@@ -56,6 +56,7 @@ from mujoco_playground._src import mjx_env, reward
 from mujoco_playground._src.dm_control_suite import common
 
 from pql_jax.envs.dmc.quadruped import QuadrupedMove, cap_solver
+from pql_jax.envs.dmc import reference
 
 XML_PATH = Path(__file__).parent / "xmls" / "dog.xml"
 INERTIALS_PATH = Path(__file__).parent / "xmls" / "dog_inertials.json"
@@ -226,10 +227,8 @@ class Dog(mjx_env.MjxEnv):
 def dm_control_adapted(task: str, seed: int | None = None, contacts: str = "floor"):
     """dm_control's own task (`dog.stand` / `dog.walk`) on this port's adapted model: isolates
     the adaptations' drift (this vs dm_control) from MJX's (the port vs this)."""
-    from dm_control.rl import control
+    from dm_control.rl import control  # dm_control: an optional extra, the reference only
     from dm_control.suite import dog as dm_dog
-
-    from pql_jax.envs.dmc import reference
 
     reference.load("dog", "stand")  # patches dm_control for MuJoCo 4
     physics = dm_dog.Physics.from_xml_string(model_xml(contacts), common.get_assets())

@@ -7,6 +7,7 @@ indexing works with the MuJoCo this project runs (nothing the suite tasks read i
 
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 
 from pql_jax.envs.dmc import TASKS
@@ -19,15 +20,14 @@ DM_NAMES = {task: port.dm_name for task, port in TASKS.items()}
 def available() -> str | None:
     """None when dm_control can be imported, else why not."""
     try:
-        import dm_control.suite  # noqa: F401
+        import dm_control.suite  # noqa: F401 - dm_control is an optional extra: probe it
     except Exception as err:  # noqa: BLE001 - any import failure means "not available"
         return f"dm_control not importable ({type(err).__name__}: {err}); pip install -e '.[dmc]'"
     return None
 
 
 def _drop_missing_fields() -> None:
-    import mujoco
-    from dm_control.mujoco.wrapper.mjbindings import sizes
+    from dm_control.mujoco.wrapper.mjbindings import sizes  # dm_control: an optional extra
 
     model = mujoco.MjModel.from_xml_string("<mujoco/>")
     structs = {"mjmodel": model, "mjdata": mujoco.MjData(model)}
@@ -39,7 +39,7 @@ def _drop_missing_fields() -> None:
 def load(domain: str, task: str, seed: int | None = None):
     """dm_control.suite.load(domain, task) with its task RNG seeded."""
     _drop_missing_fields()
-    from dm_control import suite
+    from dm_control import suite  # an optional extra; imported after the patch above
 
     return suite.load(domain, task, task_kwargs={"random": seed})
 
