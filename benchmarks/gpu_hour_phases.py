@@ -148,7 +148,7 @@ def build_program(args, rec: dict):
                device={"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
                jax=jax.__version__)
     gp = GroupProgram.build(group, args.batching)
-    rec["batching"] = gp.program.batching
+    rec["batching"] = gp.shared.batching
     return config, members, group, gp
 
 

@@ -1,7 +1,7 @@
 """Fixtures and hooks of the test run (helpers tests import live in tests/helpers.py).
 
 One compile cache serves the whole test run: in-process, every run goes through
-`pql_jax.run.program.program_for` (keyed by shapes only); subprocesses started by tests share a
+`pql_jax.run.program.shared_program` (keyed by shapes only); subprocesses started by tests share a
 persistent JAX compilation cache in a session temp directory (inherited through the environment).
 """
 

@@ -127,7 +127,7 @@ config = cfg_mod.load(POINTMASS, ["agent.buffer_capacity={buffer}", "run.chunk_s
 gp = GroupProgram.build(single(config).groups[0])
 chunk = gp.compile()                                         # what `plan` does: nothing allocated
 mem = chunk.memory_analysis()
-init = gp.program.init.lower(gp.keys, gp.hp).compile()
+init = gp.shared.init.lower(gp.keys, gp.hp).compile()
 schedule = gp.schedule(0)
 Path("/proc/self/clear_refs").write_text("5")               # reset the peak RSS (VmHWM) to the current RSS
 base = status("VmRSS")
@@ -164,10 +164,10 @@ def test_plan_compiles_once_and_training_reuses_it():
     group = single(small()).groups[0]
     memory = group_memory(group)
     program = GroupProgram.build(group)
-    compiled = program.program._compiled
+    compiled = program.shared._compiled
     assert compiled is not None and memory.peak_bytes > memory.argument_bytes > 0
     states = program.initial_state()
-    assert program.program.compiled_chunk(states, program.schedule(0)) is compiled
+    assert program.shared.compiled_chunk(states, program.schedule(0)) is compiled
     states, metrics = program.step(states, 0)
     assert int(metrics["env_steps"][0]) == small().run.chunk_steps * small().env.num_envs
 

@@ -22,7 +22,7 @@ from pql_jax.run.program import metrics_to_host
 from pql_jax.learner.state import hparams_from_config
 from pql_jax.plan import sweep
 from pql_jax.run import launch
-from pql_jax.run.program import _PROGRAMS, GroupProgram, program_for, stack
+from pql_jax.run.program import _PROGRAMS, GroupProgram, shared_program, stack
 
 pytestmark = pytest.mark.slow  # every test here compiles and trains populations
 
@@ -212,9 +212,9 @@ def test_program_cache_is_keyed_by_shape_only():
     base = small()
     variants = [small(o) for o in (["agent.critic_lr=1e-3"], ["run.seed=5", "agent.gamma=0.9"],
                                     ["run.total_env_steps=9600"])]
-    first = program_for(*_program_args(base))
-    assert all(program_for(*_program_args(v)) is first for v in variants)
-    assert program_for(*_program_args(small(["agent.batch_size=64"]))) is not first
+    first = shared_program(*_program_args(base))
+    assert all(shared_program(*_program_args(v)) is first for v in variants)
+    assert shared_program(*_program_args(small(["agent.batch_size=64"]))) is not first
     assert len({id(p) for p in _PROGRAMS.values()}) == len(_PROGRAMS)
 
 

@@ -62,12 +62,12 @@ def calibrate_group(group: Group, batching: str = "auto", chunks: int = 2) -> Gr
     steps = config.run.chunk_steps
     program = GroupProgram.build(group, batching)
     tick = time.perf_counter()
-    compiled_before = program.program._compiled is not None
+    compiled_before = program.shared.is_compiled
     program.compile()
     states = jax.block_until_ready(program.initial_state())
     compile_seconds = time.perf_counter() - tick
     if compiled_before:  # compiled by the plan already: count its compile time once
-        compile_seconds += program.program.compile_seconds
+        compile_seconds += program.shared.compile_seconds
     plain, evaluated, updates = [], [], []
     previous = 0
     for index in range(2 * chunks + 1):  # a warm-up chunk, then chunks without and with evaluation, alternating

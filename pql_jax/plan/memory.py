@@ -6,7 +6,7 @@ The peak of a chunk call is its arguments (the stacked state, donated) plus the 
 alias an argument (the metrics; with donation every state output reuses its argument's buffer) plus
 XLA's temporaries: ``argument + output - alias + temp`` of ``compiled.memory_analysis()``. Nothing
 else of the run lives on the device while a chunk runs (checkpoints copy to host memory), so this is
-the run's device peak, per device. The compiled chunk is the one training runs (``Program`` caches
+the run's device peak, per device. The compiled chunk is the one training runs (``SharedProgram`` caches
 it), so planning costs no second compile.
 """
 
@@ -61,18 +61,18 @@ def group_memory(group: Group, batching: str = "auto", devices=None, limit: floa
     With `limit`, a group whose state alone (exact, from eval_shape) exceeds it is not compiled:
     its GroupMemory then holds the state only (`compile_seconds` 0), already more than `limit`."""
     program = GroupProgram.build(group, batching, devices)
-    n_devices = len(program.program.mesh.devices.flat)
-    local = program.program.size // n_devices
+    n_devices = len(program.shared.mesh.devices.flat)
+    local = program.shared.size // n_devices
     platform = jax.devices()[0].platform
     if limit is not None:
         state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(program.abstract_state())) // n_devices
         if state > limit:
-            return GroupMemory(group.index, len(group.members), local, program.program.batching, state, state,
+            return GroupMemory(group.index, len(group.members), local, program.shared.batching, state, state,
                                state, 0, 0.0, platform)
     tick = time.perf_counter()
     analysis = program.compile().memory_analysis()
-    seconds = program.program.compile_seconds or (time.perf_counter() - tick)
-    return GroupMemory(group.index, len(group.members), local, program.program.batching,
+    seconds = program.shared.compile_seconds or (time.perf_counter() - tick)
+    return GroupMemory(group.index, len(group.members), local, program.shared.batching,
                        int(analysis.argument_size_in_bytes), int(analysis.output_size_in_bytes),
                        int(analysis.alias_size_in_bytes), int(analysis.temp_size_in_bytes), seconds, platform)
 

@@ -105,7 +105,7 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
     prev: dict[int, dict] = {}
     started = time.perf_counter() - meta.get("wall_time", 0.0)
     try:
-        program.program.compiled_chunk(states, program.schedule(start * chunk_steps))
+        program.shared.compiled_chunk(states, program.schedule(start * chunk_steps))
         for index in range(start, total):
             tick = time.perf_counter()
             states, metrics = program.step(states, index * chunk_steps,

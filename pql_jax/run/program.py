@@ -74,7 +74,7 @@ def chunk_over_members(chunk, batching: str):
     return mapped
 
 
-class Program:
+class SharedProgram:
     """The jitted init and chunk of one program shape for `size` members on `devices`."""
 
     def __init__(self, learner: Learner, size: int, batching: str, devices):
@@ -97,6 +97,11 @@ class Program:
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             jax.eval_shape(self.init, keys, hp))
 
+    @property
+    def is_compiled(self) -> bool:
+        """Whether `compiled_chunk` has compiled the chunk already."""
+        return self._compiled is not None
+
     def compiled_chunk(self, states, schedule):
         """The chunk compiled ahead of time for these argument shapes (once per program); `states`
         may be arrays or `abstract_state` (nothing allocated)."""
@@ -107,7 +112,7 @@ class Program:
         return self._compiled
 
 
-_PROGRAMS: dict[tuple, Program] = {}
+_PROGRAMS: dict[tuple, SharedProgram] = {}
 
 #: Fraction of the kernel's per-process memory-map limit at which cached programs are dropped.
 MAP_HEADROOM = 0.5
@@ -163,8 +168,8 @@ def metrics_to_host(metrics: dict) -> dict[str, np.ndarray]:
     return dict(sorted(out.items()))  # a pytree dict's order, as before
 
 
-def program_for(shape: ProgramConfig, max_updates: int, members: int, batching: str = "auto",
-                devices=None) -> Program:
+def shared_program(shape: ProgramConfig, max_updates: int, members: int, batching: str = "auto",
+                devices=None) -> SharedProgram:
     """The program for `members` members of this shape (padded to a multiple of the devices), cached."""
     devices = list(devices or jax.devices())
     batching = resolve_batching(batching)
@@ -172,7 +177,7 @@ def program_for(shape: ProgramConfig, max_updates: int, members: int, batching: 
     key = (shape, max_updates, size, batching, tuple(d.id for d in devices))
     if key not in _PROGRAMS:
         release_if_mapped_out()
-        _PROGRAMS[key] = Program(build_learner(shape, max_updates), size, batching, devices)
+        _PROGRAMS[key] = SharedProgram(build_learner(shape, max_updates), size, batching, devices)
     return _PROGRAMS[key]
 
 
@@ -181,7 +186,8 @@ class GroupProgram:
     """A group's members bound to their (cached) program: stacked hyperparameters and keys."""
 
     group: Group
-    program: Program
+    shared: SharedProgram
+    """The compiled program of the group's shape (cached: groups of one shape share it)."""
     hp: object
     """Stacked hyperparameters as the program's input (global arrays sharded over "pop" when
     several processes run; else as built)."""
@@ -196,40 +202,40 @@ class GroupProgram:
     @classmethod
     def build(cls, group: Group, batching: str = "auto", devices=None) -> "GroupProgram":
         check_trainable(group.config.env)
-        program = program_for(program_config(group.config), group.max_updates, len(group.members), batching, devices)
-        padded = list(group.members) + [group.members[0]] * (program.size - len(group.members))
+        shared = shared_program(program_config(group.config), group.max_updates, len(group.members), batching, devices)
+        padded = list(group.members) + [group.members[0]] * (shared.size - len(group.members))
         hp = stack([hparams_from_config(m.config) for m in padded])
         keys = jnp.stack([jax.random.PRNGKey(m.config.run.seed) for m in padded])
-        members = NamedSharding(program.mesh, PartitionSpec("pop"))
+        members = NamedSharding(shared.mesh, PartitionSpec("pop"))
         phase = eval_phase(run_vector_steps(group.config), group.config.env)
-        return cls(group, program, place(hp, members), place(keys, members), hp, phase)
+        return cls(group, shared, place(hp, members), place(keys, members), hp, phase)
 
     @property
     def learner(self) -> Learner:
-        return self.program.learner
+        return self.shared.learner
 
     def initial_state(self):
         """Every member's fresh state, stacked [members, ...] (padding members repeat member 0)."""
-        return self.program.init(self.keys, self.hp)
+        return self.shared.init(self.keys, self.hp)
 
     def schedule(self, vector_steps: int, evaluate: bool = True) -> PopulationSchedule:
         schedule = PopulationSchedule.of(self.host_hp, vector_steps, evaluate, self.eval_phase)
         specs = schedule_specs()
-        return schedule.replace(**{f: place(getattr(schedule, f), NamedSharding(self.program.mesh, getattr(specs, f)))
+        return schedule.replace(**{f: place(getattr(schedule, f), NamedSharding(self.shared.mesh, getattr(specs, f)))
                                    for f in PopulationSchedule.__dataclass_fields__})
 
     def abstract_state(self):
         """`initial_state`'s shapes and shardings, nothing allocated."""
-        return self.program.abstract_state(self.keys, self.hp)
+        return self.shared.abstract_state(self.keys, self.hp)
 
     def compile(self):
         """The group's chunk compiled for its abstract state (cached in the program: training reuses it)."""
-        return self.program.compiled_chunk(self.abstract_state(), self.schedule(0))
+        return self.shared.compiled_chunk(self.abstract_state(), self.schedule(0))
 
     def step(self, states, vector_steps: int, evaluate: bool = True):
         """One chunk of every member from group vector step `vector_steps` (with its evaluation
         episode when `evaluate`); metrics as numpy [members]."""
         schedule = self.schedule(vector_steps, evaluate)
-        states, metrics = self.program.compiled_chunk(states, schedule)(states, schedule)
+        states, metrics = self.shared.compiled_chunk(states, schedule)(states, schedule)
         metrics = metrics_to_host(metrics)
         return states, {k: v[: len(self.group.members)] for k, v in metrics.items()}
