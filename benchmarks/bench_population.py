@@ -60,7 +60,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         for k in args.members:
             spec = sweep_file(tmp, Path(args.config), k, UTDS, f"pop{k}")
-            sweep_s = timed(exe[:3] + ["sweep", str(spec), "--out", str(tmp / f"sweep{k}"), "--batching",
+            sweep_s = timed(exe[:3] + ["sweep", str(spec), "--out", str(tmp / f"sweep{k}"), "--member-batching",
                                        args.batching, *common])
             from pql_jax.plan.sweep import load_sweep
 
@@ -70,7 +70,7 @@ def main() -> None:
                 single_s += timed(exe + ["train", "--config", args.config, "--out", str(tmp / f"single{k}_{m.index}"),
                                          f"agent.utd={m.config.agent.utd}", f"run.seed={m.config.run.seed}", *common])
             equal = sweep_file(tmp, Path(args.config), k, [UTDS[-1]], f"equal{k}")
-            equal_s = timed(exe + ["sweep", str(equal), "--out", str(tmp / f"equal{k}"), "--batching", args.batching,
+            equal_s = timed(exe + ["sweep", str(equal), "--out", str(tmp / f"equal{k}"), "--member-batching", args.batching,
                                    *common])
             row = {"members": len(members), "sweep_s": sweep_s, "separate_s": single_s,
                    "speedup": single_s / sweep_s, "equal_utd_sweep_s": equal_s, "utd_span_cost": sweep_s / equal_s}

@@ -38,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "updates/s, and the projected wall time of the whole sweep (or workflow)")
             cmd.add_argument("--chunks", type=int, default=2,
                              help="with --calibrate: timed chunks per group, each without and with evaluation")
-            cmd.add_argument("--batching", default="auto", choices=("auto", "map", "vmap"),
-                             help="as for sweep (a workflow file's own batching when auto)")
+            _add_member_batching(cmd, "as for sweep (a workflow file's own `batching` when auto)")
         if name == "sweep":
             cmd.add_argument("--out", required=True, help="sweep directory (results.csv, tb/, checkpoints/)")
             cmd.add_argument("--resume", action="store_true", help="continue the sweep in --out")
@@ -48,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="train only the I-th of N shares of the members (whole compiled groups where "
                                   "possible, balanced by planned FLOPs), e.g. one job-array task; merge the parts "
                                   "with pql-jax merge")
-            cmd.add_argument("--batching", default="auto", choices=("auto", "map", "vmap"),
-                             help="members within a device: vmap (batched, fastest on accelerators) or map (one "
-                                  "after another, bit-identical to single runs); auto: map on CPU, vmap otherwise")
+            _add_member_batching(cmd, "members within a device: vmap (batched, fastest on accelerators) or map "
+                                      "(one after another, bit-identical to single runs); auto: map on CPU, vmap "
+                                      "otherwise. Not env.batching, which batches one member's env copies")
             _add_launch_flags(cmd)
             _add_distributed_flags(cmd)
         cmd.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the base config")
@@ -79,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     scaling_cli.add_subcommands(sub)
     return parser
+
+
+def _add_member_batching(cmd, helptext: str) -> None:
+    """--member-batching (how population members share a device); --batching, its old name, still works."""
+    cmd.add_argument("--member-batching", "--batching", dest="batching", default="auto",
+                     choices=("auto", "map", "vmap"), help=helptext)
 
 
 def _add_launch_flags(cmd) -> None:

@@ -88,7 +88,7 @@ class EnvConfig:
     ports marked `cpu_loops` in pql_jax.envs.dmc.TASKS, `vmap` otherwise). `map` is for models
     whose vectorised program XLA cannot compile in useful time; its env steps/s do not grow with
     num_envs. Same transitions either way up to float rounding. A sweep's members should then be
-    looped too (`--batching map`, the CPU default): vmapping members batches the loop's body again."""
+    looped too (`--member-batching map`, the CPU default): vmapping members batches the loop's body again."""
     blowup_bound: float = shape(1e4)
     """A step whose observation entry or reward exceeds this in magnitude is treated as a physics
     blow-up, like a non-finite one: not stored for learning, kept out of the observation
@@ -347,8 +347,17 @@ def validate(config: Config) -> None:
     for section, cls in SECTIONS.items():  # allowed values: from each field's Literal type
         for name, annotation in _field_types(cls).items():
             check_choice(f"{section}.{name}", getattr(getattr(config, section), name), annotation)
+    for ok, message in _bounds(config):
+        if not ok:
+            raise UserError(message)
+    _check_finite(config.agent)
+    _check_schedule(config)
+
+
+def _bounds(config: Config) -> list[tuple[bool, str]]:
+    """(holds, message) for every single-field or two-field bound."""
     e, a, r = config.env, config.agent, config.run
-    checks = [
+    return [
         (e.num_envs >= 1, "env.num_envs must be >= 1"),
         (e.episode_length >= 1, "env.episode_length must be >= 1"),
         (e.action_repeat >= 1, "env.action_repeat must be >= 1"),
@@ -388,19 +397,25 @@ def validate(config: Config) -> None:
         (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (r.memory_limit_gb >= 0, "run.memory_limit_gb must be >= 0"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+
+
+def _check_finite(agent: AgentConfig) -> None:
+    """UserError naming an agent float that is NaN or infinite."""
+    for f in fields(agent):
+        value = getattr(agent, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"agent.{f.name} must be finite (got {value})")
+
+
+def _check_schedule(config: Config) -> None:
+    """UserError where the update rate or the evaluation cohorts cannot be scheduled exactly."""
+    e, a, r = config.env, config.agent, config.run
     rate = utd_fraction(a.utd, e.num_envs)
     if rate <= 0 or abs(float(rate) - a.utd * e.num_envs) > 1e-6 * a.utd * e.num_envs:
         raise UserError(f"agent.utd={a.utd} is too small to schedule exactly at env.num_envs={e.num_envs}")
     if rate.numerator * rate.denominator >= 2**31:
         raise UserError(f"agent.utd={a.utd} at env.num_envs={e.num_envs} gives updates per step {rate}, "
                         "too fine a fraction; round it")
-    floats = {"agent." + f.name: getattr(a, f.name) for f in fields(a) if isinstance(getattr(a, f.name), float)}
-    for key, value in floats.items():
-        if not math.isfinite(value):
-            raise UserError(f"{key} must be finite (got {value})")
     if r.eval_cohorts < 1 or (e.eval_envs % r.eval_cohorts) or r.eval_cohorts > episode_vector_steps(e):
         raise UserError(f"run.eval_cohorts ({r.eval_cohorts}) must be >= 1, divide env.eval_envs ({e.eval_envs}) and "
                         f"not exceed the {episode_vector_steps(e)} vector steps of an episode")

@@ -62,3 +62,17 @@ def test_single_run_plan_and_memory_check_are_the_sweeps():
     assert lines[0].startswith(f"critic parameters N = {2 * per_head:,}")
     with pytest.raises(UserError, match="run needs ~"):
         check_memory(single(small(["run.memory_limit_gb=0.000001"])), memory)
+
+
+def test_member_batching_flag_keeps_its_old_name():
+    """`--member-batching` (how members share a device, not env.batching) and its old name `--batching`
+    set the same option of sweep and plan; a value outside auto/map/vmap is a usage error."""
+    from pql_jax.cli import build_parser
+
+    parser = build_parser()
+    for command in (["sweep", "s.yaml", "--out", "o"], ["plan", "s.yaml"]):
+        for flag in ("--member-batching", "--batching"):
+            assert parser.parse_args(command + [flag, "map"]).batching == "map"
+        assert parser.parse_args(command).batching == "auto"
+        with pytest.raises(SystemExit):
+            parser.parse_args(command + ["--member-batching", "scan"])

@@ -92,7 +92,7 @@ def over_copies(fn: Callable, batching: str, in_axes=0) -> Callable:
     """`fn` mapped over the leading axis of its arguments, with `jax.vmap`'s contract: batched
     (`vmap`) or a `lax.map` loop of single calls (`map`). An `in_axes` entry of None shares that
     argument across the copies. One helper for env copies (`env.batching`) and population
-    members (`--batching`).
+    members (`--member-batching`).
 
     XLA vectorises some reductions differently once a batch axis exists, so vmapped copies agree
     with single calls only to float rounding (~1e-7 relative), which chaotic training amplifies;
