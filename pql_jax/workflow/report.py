@@ -14,6 +14,7 @@ import pandas as pd
 from pql_jax.values import format_utd
 from pql_jax.scaling import flag_lines, fmt, markdown_table
 from pql_jax.workflow.spec import STAGES, Workflow, read_marker, seeds_value
+from pql_jax.workflow.verify import with_verdicts
 
 
 def _json(path: Path) -> dict:
@@ -284,14 +285,18 @@ def _proposal_section(wf: Workflow, out: Path) -> list[str]:
         lines += ["", f"Not verified: {vs.get('reason', 'verify did not run')}."]
     else:
         lines += ["", "Measured vs predicted data-to-threshold at the proposed settings (held out from every fit):", ""]
+        ver = with_verdicts(ver)
         lines += _table(ver, ["target", "utd", "batch_size", "lr", "threshold", "data_pred", "data_pred_lo", "data_pred_hi",
-                          "data_measured", "data_measured_std", "rel_error", "verified", "extrapolated"])
-        lines += ["", "(`data_pred_lo` / `data_pred_hi`: 90% interval of the bootstrap refits' predictions; `verified`: the "
-              "measurement agrees with it, its own bootstrap spread (90%) added in quadrature in log space; a "
+                          "data_measured", "data_measured_std", "agree_lo", "agree_hi", "rel_error", "verified",
+                          "extrapolated"])
+        lines += ["", "(`data_pred_lo` / `data_pred_hi`: 90% interval of the bootstrap refits' predictions; `agree_lo` / "
+              "`agree_hi`: the combined interval the verdict used, that interval widened by the measurement's own "
+              "bootstrap spread (90%) in quadrature in log space; `verified`: the measurement lies inside it; a "
               "threshold already reached at the first logging point is an upper bound and does not verify)", ""]
         if "verified" in ver:
             lines.append(f"- **{int(vs.get('n_verified', ver['verified'].sum()))} of {len(ver)} predictions verified** "
                      f"({int(ver['reached'].sum()) if 'reached' in ver else len(ver)} measured)")
+            lines += [f"  - J = {_num(r['threshold'])} ({r['target']}): {r['verdict']}" for _, r in ver.iterrows()]
         bc = _csv(out / "verify" / "budget_check.csv")
         if not bc.empty:
             lines += ["", "Problem 3.2 at the proposed budget: measured budget F = C + delta D to reach each threshold at "

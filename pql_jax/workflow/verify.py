@@ -62,7 +62,7 @@ def stage_verify(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
                      # reached at the first logging point: an upper bound, not a measurement to verify with
                      "verified": bool(measured > float(df["step"].min()) * (1 + 1e-9))
                      and within_interval(measured, std, p.get("data_pred_lo"), p.get("data_pred_hi"))})
-    ver = pd.DataFrame(rows)
+    ver = with_verdicts(pd.DataFrame(rows))
     ver.to_csv(d / "verification.csv", index=False)
     checks = budget_checks(ver, out)
     if len(checks):
@@ -83,12 +83,56 @@ def within_interval(measured: float, measured_std: float, lo, hi) -> bool:
     """Whether a measured D_J agrees with the 90% prediction interval [lo, hi], allowing for the
     measurement's own bootstrap spread: in log space the two half-widths add in quadrature
     around the interval's (geometric) centre. False when not measured or no interval."""
+    low, high = combined_interval(measured, measured_std, lo, hi)
+    if not np.isfinite(low):
+        return False
+    return bool(np.log(low) - 1e-12 <= np.log(measured) <= np.log(high) + 1e-12)
+
+
+def combined_interval(measured: float, measured_std: float, lo, hi) -> tuple[float, float]:
+    """The interval `within_interval` tests `measured` against: the prediction interval's geometric
+    centre widened by both half-widths in quadrature (log space); NaNs when not computable."""
     vals = [measured, lo, hi]
     if not all(v is not None and np.isfinite(v) and v > 0 for v in vals):
-        return False
+        return float("nan"), float("nan")
     s = measured_std / measured if np.isfinite(measured_std) else 0.0
     half = np.hypot(np.log(hi / lo) / 2, Z90 * s)
-    return bool(abs(np.log(measured) - np.log(np.sqrt(lo * hi))) <= half + 1e-12)
+    centre = np.sqrt(lo * hi)
+    return float(centre * np.exp(-half)), float(centre * np.exp(half))
+
+
+#: A relative error at least this large is called large in the verdict's words, even when the
+#: measurement is too noisy to contradict the prediction.
+LARGE_ERROR = 0.25
+
+
+def verdict(row) -> str:
+    """The verification of one threshold in words: agrees, agrees only within the noise (a large
+    error the combined interval is too wide to contradict), disagrees, or cannot be judged."""
+    lo, hi = row.get("agree_lo", np.nan), row.get("agree_hi", np.nan)
+    if not row.get("reached", False):
+        return "not reached by the verification runs: nothing to compare"
+    if row.get("data_measured", np.nan) <= row.get("first_log", -np.inf) * (1 + 1e-9):
+        return "reached at the first logging point: an upper bound, not a measurement"
+    interval = f"[{lo:.3g}, {hi:.3g}]"
+    err = abs(row.get("rel_error", np.nan))
+    if not row.get("verified", False):
+        return f"disagrees: measured {row['data_measured']:.3g} lies outside the combined interval {interval}"
+    if err >= LARGE_ERROR:
+        return (f"agrees only within the noise: off by {err:.0%}, but the combined interval {interval} "
+                f"(a factor of {hi / lo:.2g}) is too wide to contradict it")
+    return f"agrees: off by {err:.0%}, inside the combined interval {interval}"
+
+
+def with_verdicts(ver: pd.DataFrame) -> pd.DataFrame:
+    """`ver` with the combined interval each verdict used (`agree_lo`, `agree_hi`) and the verdict
+    in words (`verdict`); also for tables written before these columns existed."""
+    if ver.empty:
+        return ver
+    bounds = [combined_interval(r["data_measured"], r["data_measured_std"], r.get("data_pred_lo"), r.get("data_pred_hi"))
+              for _, r in ver.iterrows()]
+    ver = ver.assign(agree_lo=[b[0] for b in bounds], agree_hi=[b[1] for b in bounds])
+    return ver.assign(verdict=[verdict(r) for _, r in ver.iterrows()])
 
 
 def budget_checks(ver: pd.DataFrame, out: Path) -> pd.DataFrame:
