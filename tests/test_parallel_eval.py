@@ -15,7 +15,8 @@ import pytest
 from helpers import POINTMASS, SHORT, small
 from pql_jax.cli import main
 from pql_jax.errors import UserError
-from pql_jax.counts import eval_phase, num_chunks
+from pql_jax.counts import episode_vector_steps, eval_phase, num_chunks
+from pql_jax.learner.evaluate import sequential_return
 from pql_jax.plan.memory import eval_share
 from pql_jax.run.loop import eval_results
 from pql_jax.run.program import GroupProgram
@@ -32,20 +33,27 @@ def _jitted(learner):
     return jax.jit(learner.env.step), jax.jit(learner.policy)
 
 
-def _rollout_return(learner, state, horizon, first=None, count=None):
-    """Mean return of one episode per eval env (rows `first` .. `first + count` of the env call;
-    default: every eval env), stepped alone with `state`'s policy."""
+def _rollout_stats(learner, state, horizon, first=None, count=None):
+    """(mean return, its std across the envs, mean episode length) of one episode per eval env
+    (rows `first` .. `first + count` of the env call; default: every eval env), stepped alone with
+    `state`'s policy."""
     n, v, q = learner.env_rows
     first, count = (n + v, q) if first is None else (first, count)
     env_state = jax.tree.map(lambda x: x[first:first + count], state.env)
     assert (np.asarray(env_state.episode_step) == 0).all()  # fresh at a boundary
-    total, alive = np.zeros(count), np.ones(count, bool)
+    total, alive, length = np.zeros(count), np.ones(count, bool), np.zeros(count)
     step, policy = _jitted(learner)
     for _ in range(horizon):
         env_state, out = step(env_state, policy(state, env_state.obs))
         total += np.where(alive, np.asarray(out.reward), 0.0)
+        length += alive
         alive &= ~np.asarray(out.terminal | out.truncated | out.nonfinite)
-    return total.mean()
+    return total.mean(), total.std(), length.mean()
+
+
+def _rollout_return(learner, state, horizon, first=None, count=None):
+    """Mean return of one episode per eval env (see `_rollout_stats`)."""
+    return _rollout_stats(learner, state, horizon, first, count)[0]
 
 
 def _states_and_metrics(config):
@@ -67,11 +75,13 @@ def test_parallel_eval_reports_the_snapshot_policy_return_at_its_step():
     assert learner.env_rows == (n, 4, 6) and starts[0].env.obs.shape[0] == n + 10
     results = _results(rows)
     assert [i for i, _, _ in results] == [1, 3, 5]
-    for i, step, ret in results:
+    for (i, step, ret), (_, _, std, length) in zip(results, _stats(rows)):
         snapshot = starts[i - 1]
         assert step == int(snapshot.step) * n  # the snapshot's step, not the chunk's end
         assert rows[i]["env_steps"] == step + 50 * n
-        np.testing.assert_allclose(ret, _rollout_return(learner, snapshot, 50), rtol=1e-5)
+        # the return's mean and spread over the eval envs and their mean episode length
+        np.testing.assert_allclose((ret, std, length), _rollout_stats(learner, snapshot, 50), rtol=1e-5, atol=1e-6)
+        assert std > 0
     assert len({round(r, 6) for _, _, r in results}) == 3  # the policy changed
 
 
@@ -118,6 +128,13 @@ def _results(rows):
     return [(i, s, r) for i, row in enumerate(rows) for s, r in eval_results(row["eval_return"], row["eval_env_steps"])]
 
 
+def _stats(rows):
+    """(chunk index, env step, return std, mean episode length) of every result of every chunk."""
+    return [(i, s, std, length) for i, row in enumerate(rows)
+            for s, _, std, length in eval_results(row["eval_return"], row["eval_env_steps"], row["eval_return_std"],
+                                                  row["eval_episode_length"])]
+
+
 def _hand_count(total: int, horizon: int, cohorts: int, phase: int) -> list[int]:
     """Vector steps of the snapshots of every whole cohort episode of a run, counted by brute force:
     cohort g's episodes start at phase - floor(g * horizon / cohorts) mod horizon, back to back."""
@@ -141,6 +158,7 @@ def test_every_cohort_episode_of_a_chunk_is_reported(cohorts):
     got = _results(rows)
     assert [s // n for _, s, _ in got] == _hand_count(total, 10, cohorts, eval_phase(total, config.env))
     assert all(r == 10.0 for _, _, r in got)
+    assert [(std, length) for _, _, std, length in _stats(rows)] == [(0.0, 10.0)] * len(got)  # by hand
     assert len(got) == eval_share(config).evaluations  # what `plan` announces
     for chunk, step, _ in got:  # each reported by the chunk in which its episode ended
         assert chunk == (step // n + 10 - 1) // 25
@@ -159,7 +177,13 @@ def test_the_table_and_tensorboard_get_every_result(tmp_path):
     assert all(r == 10.0 for _, r in results)
     assert len(table) - len(results) == num_chunks(config) - len({int(r["vector_steps"]) for r in table
                                                                   if r["return"] != "nan"})
-    assert scalars(out / "tb")["return/eval"] == results
+    assert list(table[0])[-4:] == ["eval_return", "eval_env_steps", "eval_return_std", "eval_episode_length"]
+    evaluated = [r for r in table if r["return"] != "nan"]
+    assert {(r["eval_return_std"], r["eval_episode_length"]) for r in evaluated} == {("0.0", "10.0")}
+    tb = scalars(out / "tb")
+    assert tb["return/eval"] == results
+    assert tb["test/episode_length"] == [(s, 10.0) for s, _ in results]
+    assert tb["test/return_std"] == [(s, 0.0) for s, _ in results]
 
 
 def test_extending_a_run_on_resume_keeps_whole_episodes(tmp_path):
@@ -176,3 +200,24 @@ def test_extending_a_run_on_resume_keeps_whole_episodes(tmp_path):
     assert len(steps) == len(set(steps))  # each reported once
     # the first run's phase (150 % 10 = 0) holds on: every whole episode of the 175 steps
     assert steps == _hand_count(175, 10, 2, 0)
+
+
+def test_sequential_eval_statistics_by_hand():
+    # a policy that walks every point outwards: each env leaves the arena (|pos| > 2, a terminal)
+    # at its own step, from its own start; return, spread and length counted here by hand
+    config = small(["env.eval_envs=8"])
+    learner = GroupProgram.build(single(config).groups[0], "map").learner
+    key = jax.random.PRNGKey(3)
+    policy = lambda obs: np.ones((obs.shape[0], 2), np.float32)
+    mean, std, length = jax.jit(lambda k: sequential_return(learner.env, policy, config.env, k))(key)
+    start = learner.env.reset(key, 8)
+    pos, target = np.asarray(start.obs[:, :2], np.float64), np.asarray(start.obs[:, 2:] + start.obs[:, :2])
+    total, steps, alive = np.zeros(8), np.zeros(8), np.ones(8, bool)
+    for _ in range(episode_vector_steps(config.env)):
+        pos = pos + 0.1
+        outside = (np.abs(pos) > 2.0).any(axis=1)
+        total += np.where(alive & ~outside, np.exp(-2.0 * np.linalg.norm(target - pos, axis=1)), 0.0)
+        steps += alive
+        alive &= ~outside
+    assert len(set(steps)) > 1 and steps.max() < episode_vector_steps(config.env)  # lengths differ
+    np.testing.assert_allclose((mean, std, length), (total.mean(), total.std(), steps.mean()), rtol=1e-4)

@@ -343,9 +343,10 @@ class Learner:
 
     @jax.named_scope("evaluate")
     def evaluate(self, state: TrainState, key):
-        """Mean undiscounted return of one deterministic-policy episode per eval env (sequential)."""
+        """(mean undiscounted return, its std across the eval envs, mean episode length) of one
+        deterministic-policy episode per eval env (sequential)."""
         if self.config.env.eval_envs == 0:
-            return F32(jnp.nan)
+            return (F32(jnp.nan),) * 3
         return evaluate.sequential_return(self.env, lambda obs: self.policy(state, obs), self.config.env, key)
 
     def chunk(self, state: TrainState, peers: PopulationSchedule):

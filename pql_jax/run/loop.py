@@ -23,7 +23,7 @@ from pql_jax.plan.costs import Costs
 from pql_jax.run.program import GroupProgram
 from pql_jax.plan.sweep import Group, Member, Sweep
 from pql_jax.run.tables import MetricsTable, host_row, member_columns
-from pql_jax.run.tensorboard import TensorBoard, attached_hparams
+from pql_jax.run.tensorboard import TensorBoard, attached_hparams, run_name
 
 STOP, FREEZE = "stop", "freeze"
 
@@ -39,7 +39,8 @@ class Layout:
     table: str
     """File name of the results table."""
     per_member_tb: bool
-    """TensorBoard run per member under tb/<member>/ (a sweep), or tb/ itself (a single run)."""
+    """TensorBoard run per member under tb/<run name>/ (a sweep; `tensorboard.run_name`, short:
+    `m000 utd=1:16 B=32 lr=1e-3 s0`), or tb/ itself (a single run)."""
     per_group_checkpoints: bool
     """Checkpoints under checkpoints/group<i>/ (a sweep), or checkpoints/ itself (a single run)."""
     on_diverge: str
@@ -47,7 +48,12 @@ class Layout:
     `freeze`: flag the member (`diverged` = 1), keep its last good state, train the others on."""
 
     def tb_dir(self, out: Path, member: Member) -> Path:
-        return out / "tb" / member.name if self.per_member_tb else out / "tb"
+        """A member's TensorBoard run directory. A run directory written before the short names
+        (tb/<member.name>/) keeps that directory on resume, so its curves stay one run."""
+        if not self.per_member_tb:
+            return out / "tb"
+        written = out / "tb" / member.name
+        return written if written.is_dir() else out / "tb" / run_name(member)
 
     def checkpoint_dir(self, out: Path, group: Group) -> Path:
         return out / "checkpoints" / f"group{group.index}" if self.per_group_checkpoints else out / "checkpoints"
@@ -116,9 +122,11 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
             if layout.on_diverge == STOP:
                 _stop_if_diverged(group, rows, ckpt, out, num_envs)
             table.append([r for member_rows, row in zip(earlier, rows) for r in (*member_rows, row)])
+            speeds = group_speeds(rows)
             for member, member_rows, row in zip(group.members, earlier, rows):
-                for r in (*member_rows, row):
+                for r in member_rows:
                     boards[member.index].scalars(r, r["env_steps"], eval_step=r["eval_env_steps"])
+                boards[member.index].scalars({**row, **speeds}, row["env_steps"], eval_step=row["eval_env_steps"])
                 prev[member.index] = row
             bar.update(chunk_steps * num_envs * len(group.members))
             bar.set_postfix(_postfix(rows, group))
@@ -147,30 +155,46 @@ class Discard:
         return lambda *args, **kwargs: None
 
 
+EVAL_STATS = ("eval_return_std", "eval_episode_length")
+"""A result's statistics besides its mean return (columns after `eval_env_steps`; pql_jax.learner.evaluate)."""
+
+
 def _rows(group: Group, metrics: dict, columns: dict, costs: dict, num_envs: int, wall: float, elapsed,
           prev: dict) -> tuple[list[dict], list[list[dict]]]:
     """The chunk's rows: one per member (hyperparameter columns, `step` and `return` of its latest
-    evaluation result, then the chunk's metrics), and per member the rows of its earlier results
-    of this chunk (parallel evaluation finishes several), in step order, metrics NaN."""
+    evaluation result, then the chunk's metrics, then the result's `EVAL_STATS`), and per member
+    the rows of its earlier results of this chunk (parallel evaluation finishes several), in step
+    order, metrics NaN."""
     rows, earlier = [], []
     for i, member in enumerate(group.members):
         mine = {k: v[i] for k, v in metrics.items()}
-        results = eval_results(mine.pop("eval_return"), mine.pop("eval_env_steps"))
+        returns = mine.pop("eval_return")
+        stats = [mine.pop(k, np.full(np.shape(returns), np.nan)) for k in EVAL_STATS]
+        results = eval_results(returns, mine.pop("eval_env_steps"), *stats)
         row = host_row(mine, costs[member.index], num_envs, wall, elapsed, prev.get(member.index))
-        step, ret = results[-1] if results else (row["env_steps"], float("nan"))
+        nan = float("nan")
+        step, ret, *rest = results[-1] if results else (row["env_steps"], nan, *[nan] * len(stats))
         rows.append({**columns[member.index], "step": step, "return": ret, **row, "eval_return": ret,
-                     "eval_env_steps": step})
+                     "eval_env_steps": step, **dict(zip(EVAL_STATS, rest))})
         keep = {*columns[member.index], "env_steps", "vector_steps", "wall_time", "diverged"}
         blank = {k: (v if k in keep else float("nan")) for k, v in rows[-1].items()}
-        earlier.append([{**blank, "step": s, "return": r, "eval_return": r, "eval_env_steps": s}
-                        for s, r in results[:-1]])
+        earlier.append([{**blank, "step": s, "return": r, "eval_return": r, "eval_env_steps": s,
+                         **dict(zip(EVAL_STATS, more))} for s, r, *more in results[:-1]])
     return rows, earlier
 
 
-def eval_results(returns, env_steps) -> list[tuple[int, float]]:
-    """A chunk's evaluation results of one member as (env step of the policy, return), in step
-    order (slots with env step -1 hold none)."""
-    return sorted((int(s), float(r)) for s, r in zip(np.ravel(env_steps), np.ravel(returns)) if s >= 0)
+def eval_results(returns, env_steps, *stats) -> list[tuple]:
+    """A chunk's evaluation results of one member as (env step of the policy, return, *one value
+    of each of `stats`), in step order (slots with env step -1 hold none)."""
+    columns = zip(np.ravel(env_steps), np.ravel(returns), *(np.ravel(s) for s in stats))
+    return sorted((int(s), float(r), *map(float, more)) for s, r, *more in columns if s >= 0)
+
+
+def group_speeds(rows: list[dict]) -> dict:
+    """A group's throughput, for TensorBoard only: env steps and critic updates per second of all
+    its members together (a member's own `env_steps_per_s` is its share: the group's / members)."""
+    return {"group_env_steps_per_s": sum(r["env_steps_per_s"] for r in rows),
+            "group_updates_per_s": sum(r["updates_per_s"] for r in rows)}
 
 
 def _stop_if_diverged(group: Group, rows: list[dict], ckpt: Checkpointer, out: Path, num_envs: int) -> None:
