@@ -130,10 +130,11 @@ def test_two_processes_give_the_one_process_table(runs):
                 np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=RTOL, atol=ATOL, err_msg=key)
     assert "sweep: 6 members in 1 compiled program(s) on 2 cpu device(s)" in procs[0].stdout
     assert "done: results in" in procs[0].stdout and "done:" not in procs[1].stdout  # process 0 reports
-    members = sorted({r["member"] for r in one})
-    assert sorted(p.name for p in (root / "two" / "tb").iterdir()) == members
-    for member in members:  # process 0's writer before the stop and after the resume; process 1 wrote none
-        assert len(list((root / "two" / "tb" / member).glob("events.*"))) == 2
+    members = sorted({r["member"] for r in one})  # TensorBoard runs: `m000 ... s0` for member `m000_..._seed=0`
+    runs = sorted((root / "two" / "tb").iterdir())
+    assert [p.name.split(" ")[0] for p in runs] == [m.split("_")[0] for m in members]
+    for run in runs:  # process 0's writer before the stop and after the resume; process 1 wrote none
+        assert len(list(run.glob("events.*"))) == 2
     assert sorted(p.name for p in (root / "two" / "checkpoints" / "group0").iterdir() if p.name.isdigit()) \
         == ["100", "50"]
 

@@ -208,7 +208,7 @@ def test_eval_every_only_blanks_the_return():
         every, a = program.step(every, index * config.run.chunk_steps)
         sparse, b = program.step(sparse, index * config.run.chunk_steps, evaluate=eval_due(index, 6, 4))
         for key in a:
-            if key in ("eval_return", "eval_env_steps"):  # one result slot; -1: no result
+            if key in ("eval_return", "eval_return_std", "eval_episode_length", "eval_env_steps"):  # one slot; -1: none
                 assert (b["eval_env_steps"][0, 0] == -1) == (index not in (3, 5))
                 if index in (3, 5):
                     assert a[key][0, 0] == b[key][0, 0]

@@ -162,9 +162,10 @@ def merge(dirs: list[str | Path], out: str | Path, table: str = "results.csv") -
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_rows_atomic(tmp / table, rows, columns)
-    for name, d in owner.items():
-        if (d / "tb" / name).is_dir():
-            shutil.copytree(d / "tb" / name, tmp / "tb" / name)
+    for d in dirs:  # a part's tb/ holds its own members' runs only (named by tensorboard.run_name)
+        for run in sorted((d / "tb").iterdir()) if (d / "tb").is_dir() else ():
+            if run.is_dir():
+                shutil.copytree(run, tmp / "tb" / run.name)
     for name in ("sweep.yaml", "members.yaml"):
         if (dirs[0] / name).is_file():
             shutil.copy2(dirs[0] / name, tmp / name)
