@@ -6,15 +6,11 @@ import argparse
 import sys
 
 from pql_jax.errors import UserError
+from pql_jax.scaling import cli as scaling_cli
 
 
 COMPILING = ("train", "plan", "sweep", "workflow")
 """Commands that compile JAX programs: they use the persistent compilation cache (run/compile_cache.py)."""
-
-NO_TEARDOWN = ("fit",)
-"""Commands that leave nothing to clean up when they return (every file written and closed, no
-threads, children or handlers): the `pql-jax` process exits without Python's teardown of
-pandas and scipy (see ``exit_process``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(func=_cmd_merge)
     envs = sub.add_parser("envs", help="list the env names pql_jax accepts")
     envs.set_defaults(func=_cmd_envs)
-    from pql_jax.scaling import cli as scaling_cli
-
     scaling_cli.add_subcommands(sub)
     return parser
 
@@ -259,26 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def exit_process(rc: int, argv: list[str]) -> None:
-    """End the process with status ``rc`` after ``main(argv)``: for ``NO_TEARDOWN`` commands
-    without the interpreter's teardown (freeing every module's objects took ~0.17 s of a
-    2.4-2.7 s `fit all` on 2 cores: benchmarks/RESULTS.md), for the others by ``sys.exit``."""
-    import os
-
-    if argv[:1] and argv[0] in NO_TEARDOWN:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
-                pass
-        os._exit(rc)
-    sys.exit(rc)
-
-
 def entry() -> None:
     """The `pql-jax` console script."""
-    argv = sys.argv[1:]
-    exit_process(main(argv), argv)
+    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

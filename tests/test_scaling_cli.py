@@ -76,7 +76,7 @@ def test_fit_all_writes_everything_and_propose(fitted, capsys):
               "fit_learning_rate.json", "summary.json"):
         assert f in names, f
     assert {"isotonic_curves.png", "data_efficiency.png", "pareto.png", "batch_size_fit.png",
-            "sigma_star.png"} <= set(os.listdir(fitted / "figures"))  # drawn by this process and a forked one
+            "sigma_star.png"} <= set(os.listdir(fitted / "figures"))
     report = (fitted / "report.md").read_text()
     assert "figures/pareto.png" in report and "Precision of the optimum" in report
     assert not [n for n in os.listdir(fitted.parent) if ".tmp-" in n]
@@ -179,9 +179,8 @@ def test_propose_bad_input(tmp_path, capsys, fitted):
 
 
 def test_console_script_exit_keeps_output_and_status(tmp_path):
-    """The `pql-jax` entry point ends `fit` without the interpreter's teardown (``exit_process``):
-    what it printed to a pipe (block-buffered) still arrives, files are complete, and a bad input
-    still exits 2 with its one line."""
+    """The `pql-jax` entry point (``cli.entry``): what `fit` printed to a pipe (block-buffered)
+    arrives, files are complete, and a bad input exits 2 with its one line."""
     import subprocess
     import sys
 

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq, minimize, minimize_scalar
 
+from pql_jax.scaling.powerlaw import fit_fixed_effects, fixed_effects_solutions, percentile_interval
+
 EXTEND = 8.0
 
 
@@ -178,9 +180,6 @@ def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2, samples: dict | N
     ``samples`` ((env, level) -> {quantity: bootstrap optima}) adds the exponent's bootstrap SE
     and 90% interval (the same rows refitted in every resample) and, per env, the refits'
     [coef, exponent] pairs (``samples``: what `propose --budget` draws its utd*(F) from)."""
-    from pql_jax.scaling.fit import fit_fixed_effects
-    from pql_jax.scaling.powerlaw import fixed_effects_solutions, percentile_interval
-
     t = table[np.isfinite(table["budget"])].copy()
     t["rank"] = t.groupby("env")["budget"].rank(ascending=False)
     counts = t.groupby("env")["budget"].transform("size")

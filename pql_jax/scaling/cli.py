@@ -9,6 +9,10 @@ import numpy as np
 
 from pql_jax.errors import UserError
 from pql_jax.values import read_number, read_numbers
+from pql_jax.scaling.api import fit_all_file, fit_data_efficiency_file, fit_hparam_file
+from pql_jax.scaling.budget import delta_from_throughput
+from pql_jax.scaling.pipeline import PipelineConfig
+from pql_jax.scaling.propose import propose, write_proposals
 
 
 def _max_return(text):
@@ -35,8 +39,6 @@ def _summary(rows, cols) -> str:
 
 def cmd_data_efficiency(args) -> int:
     """Fit D_J to a crossings table; write fit.json and predictions.csv."""
-    from pql_jax.scaling.api import fit_data_efficiency_file
-
     fit = fit_data_efficiency_file(args.crossings, args.out, shared=args.shared_exponents,
                                    normalise="median" if args.median_normalise else None,
                                    holdout=args.holdout)
@@ -51,8 +53,6 @@ def cmd_data_efficiency(args) -> int:
 
 def cmd_hparam(args, hp: str) -> int:
     """Fit B*(sigma) or eta*(sigma) to a best-hyperparameter table."""
-    from pql_jax.scaling.api import fit_hparam_file
-
     pf = fit_hparam_file(args.table, args.out, hp, shared=not args.per_env)
     rows = [{"env": g, "coef": pf.coef[g], "slope": pf.slope[g], "slope_se": pf.slope_se[g]} for g in pf.coef]
     print(f"{hp} = coef * utd^(-slope)   loss {pf.loss:.4g}")
@@ -66,9 +66,6 @@ def cmd_hparam(args, hp: str) -> int:
 
 def cmd_all(args) -> int:
     """Run the whole pipeline and write every table, fit, figure and report.md."""
-    from pql_jax.scaling.pipeline import PipelineConfig
-    from pql_jax.scaling.api import fit_all_file
-
     cfg = PipelineConfig(
         max_return=_max_return(args.max_return), thresholds=read_numbers(args.thresholds) if args.thresholds else None,
         n_thresholds=args.n_thresholds, base=args.base, select_level=args.select_level,
@@ -96,16 +93,12 @@ def _delta(args):
     if args.delta is not None:
         return args.delta
     if args.flops_per_s is not None and args.env_steps_per_s is not None:
-        from pql_jax.scaling.budget import delta_from_throughput
-
         return delta_from_throughput(args.flops_per_s, args.env_steps_per_s)
     return None
 
 
 def cmd_propose(args) -> int:
     """Print and write the proposal table."""
-    from pql_jax.scaling.propose import propose, write_proposals
-
     if (args.utd is None) == (args.budget is None):
         raise UserError("propose: give exactly one of --utd or --budget")
     table = propose(args.dir, utds=read_numbers(args.utd) if args.utd else None,

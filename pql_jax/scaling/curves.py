@@ -216,95 +216,10 @@ def bootstrap_crossings(groups: list[RunGroup], thresholds: dict, n_resamples: i
     threshold; NaN where not reached. ``thresholds`` maps env (or '*') to an array."""
     nj = len(next(iter(thresholds.values())))
     out = np.full((len(groups), n_resamples + 1, nj), np.nan)
-    idx = np.arange(len(groups))
-    child = _fork_half(groups, thresholds, n_resamples, seed, out.shape[1:]) \
-        if len(groups) * (n_resamples + 1) >= PARALLEL_MIN_FITS else None
-    mine = idx[1::2] if child else idx
-    for i in mine:
-        out[i] = _group_crossings(groups[i], thresholds, n_resamples, seed)
-    if child:
-        proc, conn = child
-        try:
-            got = np.frombuffer(conn.recv_bytes(), float).reshape((-1,) + out.shape[1:])
-        except EOFError:  # the child failed: do its half here (same numbers, every group has its own rng)
-            got = np.stack([_group_crossings(groups[i], thresholds, n_resamples, seed) for i in idx[0::2]])
-        proc.join()
-        out[idx[0::2]] = got
+    for i, g in enumerate(groups):
+        J = thresholds.get(g.key[0], thresholds.get("*"))
+        out[i] = first_crossings(g.steps, isotonic_rows(resample_means(g, n_resamples, seed)), J)
     return out
-
-
-#: Isotonic fits (groups x (1 + resamples)) above which the crossings are split over two
-#: processes: the bootstrap was the largest stage of `fit all` (0.9 s of CPU on the benchmark).
-PARALLEL_MIN_FITS = 5000
-
-
-def _group_crossings(g: RunGroup, thresholds: dict, n_resamples: int, seed: int) -> np.ndarray:
-    J = thresholds.get(g.key[0], thresholds.get("*"))
-    return first_crossings(g.steps, isotonic_rows(resample_means(g, n_resamples, seed)), J)
-
-
-def fork_safe() -> bool:
-    """Whether work may go to a forked child: POSIX fork, at least 2 cores, and JAX not loaded
-    (forking a process with JAX's threads running can deadlock)."""
-    import os
-    import sys
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return hasattr(os, "fork") and "jax" not in sys.modules and cores >= 2
-
-
-class Forked:
-    """``fn(*args)`` computed in a forked child started now (``result()`` collects it), or here
-    in ``result()`` where forking is not safe or the child failed: the same code on the same
-    data either way, so the same result. ``fn`` must not mutate what this process reads later
-    (the child's changes stay in the child); its result must pickle."""
-
-    def __init__(self, fn, *args):
-        self.fn, self.args, self.proc = fn, args, None
-        if fork_safe():
-            self.proc, self.conn = fork_child(lambda send: send.send(fn(*args)))
-
-    def result(self):
-        """The result (waits for the child)."""
-        if self.proc is not None:
-            proc, self.proc = self.proc, None
-            try:
-                out = self.conn.recv()
-                proc.join()
-                return out
-            except EOFError:  # the child failed (or raised): compute here, raising what it raised
-                proc.join()
-        return self.fn(*self.args)
-
-
-def fork_child(work):
-    """(process, receiving end) of a forked child that runs ``work(sending end)`` and exits
-    without running this process's atexit handlers or flushing its buffers a second time."""
-    import multiprocessing
-    import os
-
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-
-    def run():
-        try:
-            work(send)
-        finally:
-            os._exit(0)
-
-    proc = ctx.Process(target=run)
-    proc.start()
-    send.close()
-    return proc, recv
-
-
-def _fork_half(groups, thresholds, n_resamples, seed, shape):
-    """(process, pipe) of a forked child computing the even-indexed groups, or None where forking
-    is not safe or useful (``fork_safe``)."""
-    if not fork_safe():
-        return None
-    return fork_child(lambda send: send.send_bytes(np.stack([_group_crossings(g, thresholds, n_resamples, seed)
-                                                             for g in groups[0::2]]).astype(float).tobytes()))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pql_jax.errors import UserError
-from pql_jax.scaling.fit import LawFit, _bounds, fit_law, holdout_split, single_thread_blas
+from pql_jax.scaling.fit import LawFit, _bounds, fit_law, holdout_split, joint_layout, single_thread_blas
 from pql_jax.scaling.laws import DATA_SIGMA, DATA_SIGMA_N, Law
 
 
@@ -166,8 +166,6 @@ def joint_bootstrap_refit(fit: LawFit, df: pd.DataFrame, LY: np.ndarray, group: 
                           iters: int = 30) -> dict:
     """Refit a fit with shared exponents to every resample row of LY (columns: rows of ``df``)
     jointly over its groups; returns group -> log parameters (R, p)."""
-    from pql_jax.scaling.fit import joint_layout
-
     law, groups = fit.law, list(fit.params)
     codes = pd.Categorical(df[group], categories=groups).codes
     index, per_group = joint_layout(law, codes, len(groups), fit.shared)

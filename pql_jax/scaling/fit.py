@@ -20,8 +20,8 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from pql_jax.errors import UserError
-from pql_jax.scaling.laws import Law
-from pql_jax.scaling.optimum import sharing_check
+from pql_jax.scaling.laws import LAWS, Law
+from pql_jax.scaling.optimum import check_optimum, sharing_check
 from pql_jax.scaling.powerlaw import (PowerFit, design_matrix, fit_fixed_effects,  # noqa: F401 - re-exported
                                       fixed_effects_bootstrap)
 
@@ -80,8 +80,6 @@ class LawFit:
     @classmethod
     def from_dict(cls, d: dict) -> "LawFit":
         """The fit that ``to_dict`` describes (laws of ``laws.LAWS``; JSON null is NaN)."""
-        from pql_jax.scaling.laws import LAWS
-
         if d.get("form") not in LAWS:
             raise UserError(f"unknown law {d.get('form')!r} in a fit file; known: {', '.join(LAWS)}")
         num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
@@ -196,8 +194,6 @@ def _with_gradient(loss_many):
 def fit_one(law: Law, lx: dict, ly: np.ndarray, starts=None, n_starts: int = 3, diag: dict | None = None):
     """Best log shape parameters and loss for one group: grid starts (or given ones) + L-BFGS-B.
     ``diag`` (a dict) receives ``at_bound`` (parameter names) and ``problem`` (optimiser)."""
-    from pql_jax.scaling.optimum import check_optimum
-
     grid = law.grid(lx)
     bounds = _bounds(law, grid)
     cache = []

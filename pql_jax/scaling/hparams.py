@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pql_jax.values import format_utd
 from pql_jax.scaling.curves import CELL_COLUMNS, nanmean, nanstd
+from pql_jax.scaling.datafit import bootstrap_refit
+from pql_jax.scaling.diagnostics import power_flags
+from pql_jax.scaling.fit import fit_law, single_thread_blas
+from pql_jax.scaling.laws import BATCH_SIGMA_N
+from pql_jax.scaling.powerlaw import add_bootstrap, fit_fixed_effects, percentile_interval
 
 
 def cell_columns(gdf: pd.DataFrame) -> list[str]:
@@ -154,10 +160,6 @@ def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, s
     Cells whose best value sits at the edge of the swept grid (``{hp}_edge``) are bounds, not
     optima: they are left out of the law, and without 3 interior UTDs per env no law is fitted.
     Returns (PowerFit or None, notes, flags, the utd values left out)."""
-    from pql_jax.values import format_utd
-    from pql_jax.scaling.diagnostics import power_flags
-    from pql_jax.scaling.powerlaw import add_bootstrap, fit_fixed_effects
-
     notes, flags = [], []
     vals = best[hp].to_numpy(float)
     at_edge = np.isfinite(vals) & (_edges(best, hp) != "")
@@ -194,12 +196,6 @@ def fit_batch_size_n(best: pd.DataFrame, per_resample: dict):
     bootstrap like the 1-D laws: every resample's best batch sizes refitted (per env, from the
     main fit), giving ``bootstrap_se`` and 90% ``interval`` per parameter. Returns the LawFit
     and the refits, env -> log parameters (resamples, params) (NaN rows: failed refits)."""
-    from pql_jax.scaling.curves import nanstd
-    from pql_jax.scaling.datafit import bootstrap_refit
-    from pql_jax.scaling.fit import fit_law, single_thread_blas
-    from pql_jax.scaling.laws import BATCH_SIGMA_N
-    from pql_jax.scaling.powerlaw import percentile_interval
-
     use = np.isfinite(best["batch_size"].to_numpy(float)) & (_edges(best, "batch_size") == "")
     sub = best[use]
     with single_thread_blas():
@@ -239,8 +235,6 @@ def _flat_in_n(lf, group, sizes: np.ndarray, log_params) -> list[dict]:
     the law's N part (n_half, beta) is then not determined and B*(sigma) alone is the law.
     A prediction, not the parameters, is tested: n_half and beta trade off against each other
     (and the form's step limit beta -> inf) while the ratio across the swept N stays pinned."""
-    from pql_jax.scaling.powerlaw import percentile_interval
-
     if len(sizes) == 0 or log_params is None:
         return []
     log_params = np.asarray(log_params, float)
@@ -278,8 +272,6 @@ def slope_by_threshold(gdf: pd.DataFrame, D: np.ndarray, thresholds, hps=("batch
     """Sensitivity of the B* / eta* slopes to the threshold used to pick the best values:
     ``{hp: {threshold: shared slope}}`` fitted at each threshold level through the interior
     cells of the plain seed means (NaN where fewer than 3 interior utds)."""
-    from pql_jax.scaling.powerlaw import fit_fixed_effects
-
     cell_df, _, by_cell = _cells(gdf)
     out = {}
     for hp in [h for h in hps if h in gdf.columns]:

@@ -7,7 +7,10 @@ so the command line can print it and exit with status 2 before anything is writt
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -241,8 +244,6 @@ class atomic_output_dir:  # noqa: N801 - used as a context manager like open()
         self.tmp = None
 
     def __enter__(self) -> str:
-        import tempfile
-
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise UserError(f"output {self.out} exists and is not a directory")
         parent = os.path.dirname(self.out)
@@ -252,8 +253,6 @@ class atomic_output_dir:  # noqa: N801 - used as a context manager like open()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        import shutil
-
         try:
             if exc_type is None:
                 if not os.path.exists(self.out):
@@ -274,7 +273,6 @@ class atomic_output_dir:  # noqa: N801 - used as a context manager like open()
 
 def write_json(path: str, obj) -> None:
     """Write JSON with NaN as null and numpy scalars as numbers."""
-    import json
 
     def clean(o):
         if isinstance(o, dict):

@@ -13,6 +13,7 @@ still much worse than the reference is flagged as poor."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import fdtrc  # F distribution's survival function (scipy.stats is a 0.3 s import)
 
 #: A fit whose loss exceeds the reference's by this factor is restarted across the grid ...
 CHECK_RATIO = 2.0
@@ -90,8 +91,6 @@ def sharing_check(free_ssr: float, joint_ssr: float, n: int, p_free: int, q: int
     the two nested least-squares fits (F with q and n - p_free degrees of freedom) asks whether
     the constraint costs more than the noise explains. Also poor: points off by more than a
     factor exp(RMS_POOR) on average. None when neither."""
-    from scipy.special import fdtrc  # F distribution's survival function (scipy.stats is a 0.3 s import)
-
     dof = n - p_free
     if q > 0 and dof > 0 and free_ssr > 0:
         f = max(joint_ssr - free_ssr, 0.0) / q / (free_ssr / dof)

@@ -4,63 +4,24 @@ with held-out points, Pareto frontiers with iso-budget lines, sigma*(F), D_J ove
 from __future__ import annotations
 
 import io
-import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pql_jax.values import format_utd  # noqa: E402
-from pql_jax.scaling.figure_list import FIGURES  # noqa: E402, F401 - every figure, in drawing order
 from pql_jax.scaling.curves import first_crossings, isotonic_rows  # noqa: E402
 
 MAX_PANELS = 8
 
 
-def make_figures(res, out_dir: str) -> list[str]:
-    """Draw every figure that the results support; return the file names written.
-
-    On POSIX, without JAX loaded (forking a multithreaded JAX process can deadlock), every other
-    figure is drawn in a forked child while this process draws the rest: the figures took about
-    half of `fit all`'s time, and a sweep's fit runs on machines with at least 2 cores."""
-    os.makedirs(out_dir, exist_ok=True)
-    jobs = list(FIGURES)
-    child = None
-    if hasattr(os, "fork") and "jax" not in sys.modules:
-        import multiprocessing
-
-        child = multiprocessing.get_context("fork").Process(target=_draw, args=(res, out_dir, jobs[1::2], True))
-        child.start()
-        jobs = jobs[0::2]
-    _draw(res, out_dir, jobs)
-    if child is not None:
-        child.join()
-    return [name for name, _ in FIGURES if os.path.isfile(os.path.join(out_dir, name))]
-
-
-def _draw(res, out_dir: str, jobs, quiet: bool = False) -> None:
-    """Draw and save the given figures (``quiet``: a forked child, whose failure only means
-    fewer figures; the parent reports which exist)."""
-    try:
-        for name, fn_name in jobs:
-            png = render(res, fn_name)
-            if png is not None:
-                with open(os.path.join(out_dir, name), "wb") as fh:
-                    fh.write(png)
-    except Exception:
-        if not quiet:
-            raise
-        os._exit(1)
-    if quiet:
-        os._exit(0)  # no atexit handlers / buffers of the parent run twice
-
-
 def render(res, fn_name: str) -> bytes | None:
-    """The PNG of one figure (``FIGURES``' function name), or None where the results do not
-    support it."""
+    """The PNG of one figure (``figure_list.FIGURES``' function name), or None where the results
+    do not support it."""
     fn = hparam_fit(fn_name[:-4]) if fn_name.endswith("_fit") else globals()[fn_name]
     # titles at a fixed height: matplotlib's automatic title position measures every axis's
     # ticks at each draw (a quarter of a multi-panel figure's drawing); no top tick labels here
@@ -88,8 +49,6 @@ def _quiet_minor_ticks(ax) -> None:
 
     Matplotlib's default log ticks typeset every label with mathtext and place 8 minor ticks per
     decade; on the multi-panel figures that was most of the time of `fit all` with figures."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
-
     for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
         if scale == "log":
             axis.set_major_locator(LogLocator(base=10, numticks=6))
@@ -271,8 +230,6 @@ def data_sigma_n(res):
     U, N = np.meshgrid(u, n)
     Z = fit.predict(env, lv, utd=U, model_size=N)
     fig, ax = plt.subplots(figsize=(5.4, 4.2))
-    from matplotlib.colors import LogNorm
-
     norm = LogNorm(vmin=min(Z.min(), sub["data"].min()), vmax=max(Z.max(), sub["data"].max()))
     cs = ax.contour(U, N, Z, levels=np.geomspace(Z.min(), Z.max(), 12), cmap="viridis", norm=norm)
     ax.clabel(cs, fontsize=6, fmt="%.2g")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from pql_jax.errors import UserError
 from pql_jax.scaling.hparams import depends_on_n
+from pql_jax.scaling.powerlaw import percentile_interval
 
 
 def round_batch(b: float, multiple: int = 16) -> int:
@@ -81,8 +82,6 @@ def _batch(fits: dict, env: str, utd: float, n: float, utd_s, n_s) -> tuple[floa
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
     """90% percentile interval of bootstrap predictions (3 significant figures; NaN without)."""
-    from pql_jax.scaling.powerlaw import percentile_interval
-
     s = samples[np.isfinite(samples)]
     if len(s) < 2:
         return float("nan"), float("nan")
