@@ -1,9 +1,15 @@
-"""The `pql-jax` command line: one entry point, one subcommand per job."""
+"""The `pql-jax` command line: one entry point, one subcommand per job.
+
+Each training command imports JAX and the learner inside its handler: `fit` and `propose` must
+not load JAX (the figure child forks only without it, pql_jax.scaling.forking) and `envs` or a
+usage error should not wait for it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pql_jax.errors import UserError
 from pql_jax.scaling import cli as scaling_cli
@@ -123,8 +129,6 @@ def _add_distributed_flags(cmd) -> None:
 
 def _cmd_train(args) -> int:
     """Train one agent; `--resume RUN_DIR` continues an interrupted run bit-identically."""
-    from pathlib import Path
-
     from pql_jax import config as cfg_mod
     from pql_jax.run import launch
 
@@ -170,8 +174,6 @@ def _cmd_merge(args) -> int:
 
 def _cmd_sweep(args) -> int:
     """Train a sweep: one sharded program per group; results.csv has one row per member and logging point."""
-    from pathlib import Path
-
     from pql_jax.run import distributed, launch
 
     from pql_jax.plan.parts import parse_part
