@@ -8,6 +8,7 @@ a UTD reads and prints the same everywhere; every failure is a one-line UserErro
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import Mapping
 from fractions import Fraction
@@ -19,13 +20,20 @@ import yaml
 from pql_jax.errors import UserError
 
 
+#: The forms a number or UTD may take, named in every error about one.
+NUMBER_FORMS = "write e.g. 0.25, 5e-4, 1/4 or 1:4"
+
+
 def parse_number(text: Any) -> float:
-    """Parse 3, '5e-4', '1/512' or '1e-3/2' as a float; raise ValueError otherwise."""
+    """Parse 3, '5e-4', '1/512', '1:512' (a ratio, as run names print UTDs) or '1e-3/2' as a
+    float; raise ValueError otherwise."""
     if isinstance(text, bool):
         raise ValueError(f"not a number: {text!r}")
     if isinstance(text, (int, float)):
         return float(text)
     text = str(text).strip()
+    if ":" in text and "/" not in text:  # 1:16 is 1/16 (1:2:3 and 1/2:3 stay errors)
+        text = text.replace(":", "/", 1)
     try:
         if "/" in text:
             num, den = text.split("/", 1)
@@ -43,9 +51,9 @@ def read_number(text: Any) -> float:
     try:
         v = parse_number(text)
     except (ValueError, TypeError, OverflowError):
-        raise UserError(f"not a number: {text!r}") from None
+        raise UserError(f"not a number: {text!r} ({NUMBER_FORMS})") from None
     if isinstance(text, str) and not math.isfinite(v):
-        raise UserError(f"not a number: {text!r}")
+        raise UserError(f"not a number: {text!r} ({NUMBER_FORMS})")
     return v
 
 
@@ -55,13 +63,14 @@ def read_numbers(text: str) -> list[float]:
 
 
 def parse_utd(value: Any, where: str = "utd") -> float:
-    """A UTD from 1/512, '0.25' or 2: a finite float > 0, else UserError naming `where`."""
+    """A UTD from 1/512, 1:512, '0.25' or 2: a finite float > 0, else UserError naming `where`
+    and the accepted forms."""
     try:
         v = parse_number(value)
     except (ValueError, TypeError, OverflowError):
-        raise UserError(f"{where}: not a UTD: {value!r}") from None
+        raise UserError(f"{where}: not a UTD: {value!r} ({NUMBER_FORMS})") from None
     if not (math.isfinite(v) and v > 0):
-        raise UserError(f"{where}: UTD must be a finite number > 0, got {value!r}")
+        raise UserError(f"{where}: UTD must be a finite number > 0, got {value!r} ({NUMBER_FORMS})")
     return v
 
 
@@ -118,7 +127,7 @@ def read_options(key: str, value: Any) -> Options:
     strings read as YAML scalars (`8` -> 8) so both spellings of a value are equal."""
     if isinstance(value, str):
         try:
-            value = yaml.safe_load(value) if value.strip() else {}
+            value = load_yaml(value) if value.strip() else {}
         except yaml.YAMLError:
             raise UserError(f"config key {key}: {value!r} is not a mapping such as {{contacts: self}}")
     if not isinstance(value, Mapping):
@@ -130,7 +139,7 @@ def read_scalar(key: str, value: Any) -> Any:
     """A YAML scalar (str, int, float, bool); a string is read as YAML would read it."""
     if isinstance(value, str):
         try:
-            value = yaml.safe_load(value) if value.strip() else value
+            value = load_yaml(value) if value.strip() else value
         except yaml.YAMLError:
             return value
     if value is not None and not isinstance(value, (str, int, float, bool)):
@@ -177,7 +186,7 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             return read_options(key, value)
         if hint is tuple or str(annotation).startswith("tuple"):
             if isinstance(value, str):
-                value = yaml.safe_load(value) if value.strip() else []
+                value = load_yaml(value) if value.strip() else []
             if value is None:
                 value = []
             if not isinstance(value, (list, tuple)):
@@ -190,13 +199,30 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     raise UserError(f"config key {key}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader without base-60 numbers: YAML 1.1 reads `1:16` (a UTD as run names and
+    tables print it) as the integer 76; here it stays the string '1:16', which `parse_number`
+    reads as 1/16 wherever a number is expected."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _ch in "-+0123456789":
+    _Loader.yaml_implicit_resolvers.setdefault(_ch, []).insert(
+        0, ("tag:yaml.org,2002:str", re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of ``text``, but `1:16` stays a string (``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
     """Parsed YAML of `path` ({} when empty); UserError if missing or malformed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
 

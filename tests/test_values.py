@@ -66,3 +66,34 @@ def test_keyed_yaml_files_name_their_problem(tmp_path):
         check_mapping([1, 2], ("a",), "section x")
     path.write_text("")
     assert read_yaml(path) == {} and check_mapping(None, ("a",), "x") == {}
+
+
+@pytest.mark.parametrize("text, expected", [("1:4", 0.25), ("1:16", 1 / 16), (" 3:64 ", 3 / 64), ("1e-3:2", 5e-4)])
+def test_a_ratio_reads_like_a_fraction(text, expected):
+    """`1:16` (as run names and TensorBoard print a UTD) is `1/16` wherever a number is read."""
+    assert parse_number(text) == pytest.approx(expected, rel=1e-15)
+    assert parse_utd(text) == parse_number(text.replace(":", "/"))
+    assert coerce("agent.utd", text, float) == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize("bad", ["1:2:3", "1/2:3", ":4", "1:", "1:0"])
+def test_bad_ratios_are_refused_naming_the_accepted_forms(bad):
+    with pytest.raises(ValueError):
+        parse_number(bad)
+    with pytest.raises(UserError, match=r"^sweep.utd: not a UTD: .* \(write e.g. 0.25, 5e-4, 1/4 or 1:4\)$"):
+        parse_utd(bad, "sweep.utd")
+    from pql_jax.values import read_number
+
+    with pytest.raises(UserError, match=r"^not a number: .* \(write e.g. 0.25, 5e-4, 1/4 or 1:4\)$"):
+        read_number(bad)
+
+
+def test_yaml_files_keep_a_ratio_for_the_number_reader(tmp_path):
+    """YAML 1.1 reads an unquoted 1:16 as the base-60 integer 76; sweep and workflow files keep it as
+    text, which the UTD reader takes as 1/16."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("utd: [1:16, 1/16, 0.0625, '1:16']\nseeds: 3\nlr: 3e-4\nat: 12:30\nflag: true\n")
+    data = read_yaml(path)
+    assert data["utd"] == ["1:16", "1/16", 0.0625, "1:16"] and data["seeds"] == 3 and data["flag"] is True
+    assert {parse_utd(u) for u in data["utd"]} == {1 / 16}
+    assert coerce("k", "[1, 2]", tuple[int, ...]) == (1, 2)

@@ -11,6 +11,7 @@ from pql_jax.errors import UserError
 from pql_jax.values import read_number, read_numbers
 from pql_jax.scaling.api import fit_all_file, fit_data_efficiency_file, fit_hparam_file
 from pql_jax.scaling.budget import delta_from_throughput
+from pql_jax.scaling.io import read_column_map
 from pql_jax.scaling.pipeline import PipelineConfig
 from pql_jax.scaling.propose import propose, write_proposals
 
@@ -67,7 +68,8 @@ def cmd_hparam(args, hp: str) -> int:
 def cmd_all(args) -> int:
     """Run the whole pipeline and write every table, fit, figure and report.md."""
     cfg = PipelineConfig(
-        max_return=_max_return(args.max_return), thresholds=read_numbers(args.thresholds) if args.thresholds else None,
+        columns=read_column_map(args.columns) if args.columns else None, max_return=_max_return(args.max_return),
+        thresholds=read_numbers(args.thresholds) if args.thresholds else None,
         n_thresholds=args.n_thresholds, base=args.base, select_level=args.select_level,
         resamples=args.resamples, seed=args.seed, k=args.k, delta=_delta(args),
         model_size=args.model_size, shared=args.shared_exponents, per_env_slopes=args.per_env,
@@ -99,12 +101,19 @@ def _delta(args):
 
 def cmd_propose(args) -> int:
     """Print and write the proposal table."""
-    if (args.utd is None) == (args.budget is None):
-        raise UserError("propose: give exactly one of --utd or --budget")
-    table = propose(args.dir, utds=read_numbers(args.utd) if args.utd else None,
-                    budget=read_number(args.budget) if args.budget else None, env=args.env)
+    if sum(a is not None for a in (args.utd, args.budget, args.data)) != 1:
+        raise UserError("propose: give exactly one of --utd, --budget or --data")
+    if args.utd is not None and not read_numbers(args.utd):
+        raise UserError("propose: --utd needs at least one UTD (e.g. --utd 1/4,1,4)")
+    table = propose(args.dir, utds=read_numbers(args.utd) if args.utd is not None else None,
+                    budget=read_number(args.budget) if args.budget is not None else None, env=args.env,
+                    data=read_number(args.data) if args.data is not None else None)
     path = write_proposals(table, args.out or os.path.join(args.dir, "proposals.csv"))
     print(table.to_string(index=False))
+    for note in table.attrs.get("notes", []):
+        print(f"note: {note}")
+    for warning in table.attrs.get("warnings", []):
+        print(f"warning: {warning}")
     if "extrapolated" in table and table["extrapolated"].any():
         print(f"warning: {int(table['extrapolated'].sum())} proposal(s) lie outside the fitted utd / model-size / "
               "budget range (extrapolated: verify before relying on them)")
@@ -139,6 +148,10 @@ def add_subcommands(subparsers) -> None:
                     help="learning-curve CSV(s) or run directories (a sweep's results.csv, a train run's metrics.csv); "
                          "several are read as one table")
     al.add_argument("--out", required=True)
+    al.add_argument("--columns", metavar="NAME=COLUMN,...|FILE.yaml",
+                    help="your column names: e.g. step=env_step,return=eval_return,batch_size=batch (names: env, seed, "
+                         "step, return, utd, batch_size, lr, model_size, flops, critic_updates, diverged; "
+                         "ignore=COLUMN leaves one out of the checks), or a YAML file of that mapping")
     al.add_argument("--max-return", help="normalise returns to 0..1000: a number or env=value,...")
     al.add_argument("--thresholds", help="comma-separated return thresholds (default: auto)")
     al.add_argument("--n-thresholds", type=int, default=5)
@@ -161,7 +174,9 @@ def add_subcommands(subparsers) -> None:
     pr = subparsers.add_parser("propose", help="recommended (utd, batch_size, lr, model_size)")
     pr.add_argument("dir", help="output directory of `fit all`")
     pr.add_argument("--utd", help="comma-separated UTDs (fractions like 1/1024 allowed)")
-    pr.add_argument("--budget", help="target budget F (FLOPs)")
+    pr.add_argument("--budget", help="target budget F (FLOPs; per critic parameter without a model_size column)")
+    pr.add_argument("--data", help="data target D (env steps): per threshold J, the cheapest setting that reaches J "
+                                   "within D env steps")
     pr.add_argument("--env", help="only this env")
     pr.add_argument("--out", help="CSV path (default DIR/proposals.csv)")
     pr.set_defaults(func=cmd_propose)

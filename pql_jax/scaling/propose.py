@@ -1,5 +1,6 @@
 """Proposals: recommended (utd, batch_size, lr, model_size) from the fits of `fit all`, for a
-list of UTDs or for a target budget F."""
+list of UTDs, for a target budget F, or for a data target D (the cheapest settings that reach
+each threshold J within D env steps)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pql_jax.errors import UserError
+from pql_jax.values import format_utd
 from pql_jax.scaling.hparams import depends_on_n
 from pql_jax.scaling.powerlaw import percentile_interval
 
@@ -67,17 +69,73 @@ def _b_n(p, utd: float, n: float):
         return p["a"] / utd ** p["alpha"] / (1 + (p["n_half"] / n) ** p["beta"])
 
 
-def _batch(fits: dict, env: str, utd: float, n: float, utd_s, n_s) -> tuple[float, np.ndarray]:
-    """Proposed batch size and its bootstrap samples (from B*(sigma, N) when fitted and B*
+def _batch(fits: dict, env: str, utd: float, n: float, utd_s, n_s) -> tuple[float, np.ndarray, str]:
+    """Proposed batch size, its bootstrap samples (from B*(sigma, N) when fitted and B*
     changes with N (``depends_on_n``), else B*(sigma)), the samples at ``utd_s`` and ``n_s``
-    (scalars, or samples of a budget row's)."""
+    (scalars, or samples of a budget row's), and which law gave it (``_law_source``)."""
     bn = fits.get("fit_batch_size_n")
     if bn and env in bn["params"] and np.isfinite(n) and depends_on_n(bn.get("flags"), env):
         theta = np.exp(np.asarray((bn.get("bootstrap_log_params") or {}).get(env) or [], float).reshape(-1, 4))
         return _b_n(bn["params"][env], utd, n), _b_n(dict(zip(("a", "alpha", "n_half", "beta"), theta.T)),
-                                                      _paired(utd_s, len(theta)), _paired(n_s, len(theta)))
+                                                      _paired(utd_s, len(theta)), _paired(n_s, len(theta))), \
+            "law B*(utd, N)"
     fb = fits.get("fit_batch_size")
-    return _power(fb, env, utd), _power_samples(fb, env, utd_s)
+    return _power(fb, env, utd), _power_samples(fb, env, utd_s), _law_source(fb, env)
+
+
+def _law_source(fit: dict | None, env: str) -> str:
+    """'law', 'law (flat: a constant)', or '' where the fit file has no law for ``env``."""
+    if not fit or env not in fit.get("params", {}):
+        return ""
+    return "law (flat: a constant)" if (fit.get("flat") or {}).get(env) else "law"
+
+
+def nearest_setting(table: pd.DataFrame | None, hp: str, utd: float, utd_col: str = "utd",
+                    label: str = "best value at the nearest swept utd") -> tuple[float, str]:
+    """The value of ``hp`` in the row of ``table`` whose utd (``utd_col``) is nearest ``utd`` in
+    log, among rows with a finite value, and where it came from: '{label} 1/2' (', a bound: high
+    edge of the grid' where the row's ``{hp}_edge`` says so). (NaN, why) where no row has one.
+    The one rule for a value no law gives, in proposals (best_hparams.csv of `fit all`) and in
+    the workflow's settings."""
+    if table is None or hp not in getattr(table, "columns", ()):
+        return float("nan"), f"none: the curves have no {hp} column"
+    ok = table[np.isfinite(pd.to_numeric(table[hp], errors="coerce").to_numpy(float))]
+    if ok.empty:
+        return float("nan"), f"none: no swept utd has a best {hp}"
+    u = ok[utd_col].to_numpy(float)
+    near = ok.iloc[int(np.argmin(np.abs(np.log(u) - np.log(float(utd)))))]
+    edge = str(near.get(f"{hp}_edge", "") or "")
+    bound = f", a bound: {edge} edge of the grid" if edge not in ("", "nan") else ""
+    return float(near[hp]), f"{label} {format_utd(float(near[utd_col]))}{bound}"
+
+
+def fill_nearest(prop: pd.DataFrame, table: pd.DataFrame | None, utd_col: str = "utd", round_values: bool = True,
+                 label: str = "best value at the nearest swept utd") -> tuple[pd.DataFrame, list]:
+    """Each proposal's batch size or learning rate that no law gave (NaN) from ``nearest_setting``
+    in ``table``, with ``{hp}_source`` saying so ('no law: ...'); a value a law gave stays (its
+    source column, where absent, says 'law'). Batch sizes are rounded to a multiple of 16 and
+    learning rates to 3 s.f. with ``round_values``. Returns the filled copy and, per row, the
+    names filled."""
+    prop, filled = prop.copy(), []
+    for i, row in prop.iterrows():
+        names = []
+        for hp in ("batch_size", "lr"):
+            src = f"{hp}_source"
+            if src not in prop.columns:
+                prop[src] = ""
+            if np.isfinite(float(row.get(hp, np.nan))):
+                if not prop.at[i, src] or str(prop.at[i, src]) == "nan":
+                    prop.at[i, src] = "law"
+                continue
+            v, where = nearest_setting(table, hp, float(row["utd"]), utd_col, label)
+            if np.isfinite(v):
+                v = (round_batch(v) if hp == "batch_size" else round_sig(v)) if round_values else \
+                    (int(v) if hp == "batch_size" else float(v))
+                names.append(hp)
+            prop.at[i, hp] = v
+            prop.at[i, src] = f"no {hp} law: {where}" if np.isfinite(v) else f"no {hp} law; {where}"
+        filled.append(names)
+    return prop, filled
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
@@ -89,9 +147,18 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
     return round_sig(lo), round_sig(hi)
 
 
-def propose(dir_: str, utds=None, budget: float | None = None, env: str | None = None) -> pd.DataFrame:
-    """Table of recommended hyperparameters per env: for each utd in ``utds``, or for the
-    budget-optimal utd (and N) of ``budget`` from the sigma*(F) (and N*(F)) power laws."""
+def propose(dir_: str, utds=None, budget: float | None = None, env: str | None = None,
+            data: float | None = None, fill: bool = True) -> pd.DataFrame:
+    """Table of recommended hyperparameters per env: for each utd in ``utds``; for the
+    budget-optimal utd (and N) of ``budget`` from the sigma*(F) (and N*(F)) power laws, with the
+    threshold J that budget reaches at its optimum; or, per threshold J, for the cheapest
+    setting (least compute on the fitted Pareto frontier) that reaches J within ``data`` env
+    steps. A batch size or learning rate that no law gives is, with ``fill``, the best value at
+    the nearest swept utd (``fill_nearest``); ``batch_size_source`` / ``lr_source`` say where
+    each came from. What the user must know besides the table (units, rows over their budget,
+    thresholds out of reach) is in ``table.attrs['notes']`` and ``table.attrs['warnings']``."""
+    if sum(x is not None for x in (utds, budget, data)) != 1:
+        raise UserError("propose: give exactly one of --utd, --budget or --data")
     if not os.path.isdir(dir_):
         raise UserError(f"propose: no such directory {dir_} (run `pql-jax fit all` first)")
     fits = {n: _load(dir_, f"{n}.json") for n in ("fit_batch_size", "fit_learning_rate",
@@ -104,19 +171,75 @@ def propose(dir_: str, utds=None, budget: float | None = None, env: str | None =
             raise UserError(f"propose: unknown env {env!r} (known: {', '.join(envs)})")
         envs = [env]
     sizes = _model_sizes(dir_)
-    rows = []
+    rows, notes, warnings, misses = [], [], [], []
     for e in envs:
         if budget is not None:
-            rows.append(_for_budget(fits, e, budget, sizes.get(e, np.nan)))
+            rows.append(_for_budget(fits, e, budget, sizes.get(e, np.nan), dir_))
+        elif data is not None:
+            rows += _for_data(dir_, fits, e, data, sizes.get(e, np.nan), misses)
         else:
             for u in utds:
                 if not u > 0:
                     raise UserError(f"propose: utd must be positive, got {u:g}")
                 rows.append(_row(fits, e, u, sizes.get(e, np.nan)))
+    if data is not None:
+        if not rows:
+            e, J, least, at = min(misses, key=lambda m: m[2])
+            raise UserError(f"propose --data {data:g}: no threshold is reached within {data:g} env steps at any utd "
+                            f"searched (the least data: {e} J={J:g} needs {least:.3g}, at utd {at:.3g})")
+        notes += [f"{e} J={J:g}: not reached within {data:g} env steps at any utd searched (the least is {least:.3g}, "
+                  f"at utd {at:.3g}): no row" for e, J, least, at in misses]
     table = pd.DataFrame(rows)
     if len(table):
         table["extrapolated"] = [_outside(fits.get("fit_budget") or {}, r) for r in table.to_dict("records")]
+        if fill:
+            table = _fill(table, dir_, notes)
+    unit = _compute_unit(dir_, fits)
+    if budget is not None or data is not None:
+        table["budget_unit"] = unit
+        if unit != "FLOPs":
+            read = f"--budget {budget:g} was read as FLOPs per critic parameter: " if budget is not None else ""
+            notes.append(f"{read}budget and compute are FLOPs per critic parameter, because the curves had no "
+                         "model_size column (N = 1); multiply by the critic's parameter count, or refit with "
+                         "--model-size N")
+    if budget is not None:
+        fb = (fits.get("fit_budget") or {}).get("budget_range") or []
+        for r in table[table["over_budget"]].itertuples():
+            beyond = f": {budget:.3g} lies outside the fitted budgets {fb[0]:.3g} to {fb[1]:.3g}" \
+                if len(fb) == 2 and not fb[0] <= budget <= fb[1] else ""
+            warnings.append(f"{r.env}: the predicted compute {r.compute_pred:.3g} exceeds the budget {budget:.3g}, so "
+                            f"the budget laws do not hold together there{beyond}; this row is not a setting for that "
+                            "budget (over_budget)")
+    table.attrs["notes"], table.attrs["warnings"] = notes, warnings
     return table
+
+
+def _fill(table: pd.DataFrame, dir_: str, notes: list) -> pd.DataFrame:
+    """``fill_nearest`` from the directory's best_hparams.csv; a note says why a law is missing
+    (the pipeline's own note, from summary.json, where it gave one)."""
+    path = os.path.join(dir_, "best_hparams.csv")
+    best = pd.read_csv(path) if os.path.isfile(path) else None
+    out, filled = fill_nearest(table, best)
+    why = [n for n in ((_load(dir_, "summary.json") or {}).get("notes") or []) if " law not fitted" in str(n)]
+    for name, hp in (("batch_size", "batch_size"), ("learning_rate", "lr")):
+        if any(hp in names for names in filled):
+            reason = next((n for n in why if n.startswith(name)), f"no {name} law in {dir_}")
+            notes.append(f"{hp} is the best value at the nearest swept utd (best_hparams.csv): {reason}")
+    return out
+
+
+def _compute_unit(dir_: str, fits: dict) -> str:
+    """'FLOPs', or 'FLOPs per critic parameter' where the curves had no model_size column (as
+    fit_budget.json says; in directories written before it did: budget.csv's N of 1)."""
+    fb = fits.get("fit_budget") or {}
+    if "compute_unit" in fb:
+        return fb["compute_unit"]
+    path = os.path.join(dir_, "budget.csv")
+    if os.path.isfile(path):
+        t = pd.read_csv(path)
+        if "model_size" in t and (t["model_size"] == 1).all():
+            return "FLOPs per critic parameter"
+    return "FLOPs"
 
 
 def _outside(fb: dict, row: dict) -> bool:
@@ -128,10 +251,12 @@ def _outside(fb: dict, row: dict) -> bool:
         or out("budget_range", row.get("budget"))
 
 
-def _for_budget(fits, env, F, n_default) -> dict:
+def _for_budget(fits, env, F, n_default, dir_: str | None = None) -> dict:
     """The proposal at the budget-optimal utd*(F) (and N*(F)); with the laws' bootstrap refits
     stored, its intervals carry the uncertainty of utd*(F) and N*(F) as well (utd_lo/hi,
-    model_size_lo/hi, and batch size / lr evaluated at each refit's utd and N)."""
+    model_size_lo/hi, and batch size / lr evaluated at each refit's utd and N). ``threshold``:
+    the J whose budget optimum is F (``_budget_threshold``); ``over_budget``: the predicted
+    compute exceeds F."""
     laws = (fits.get("fit_budget") or {}).get("laws") or {}
     if "utd" not in laws or env not in laws["utd"]["coef"]:
         raise UserError("propose --budget: no sigma*(F) law in this directory (needs >= 3 thresholds per env)")
@@ -139,7 +264,9 @@ def _for_budget(fits, env, F, n_default) -> dict:
         raise UserError(f"propose: budget must be positive, got {F:g}")
     utd, utd_s = _budget_law(laws["utd"], env, F)
     n, n_s = _budget_law(laws["model_size"], env, F) if "model_size" in laws else (n_default, np.array([]))
-    row = _row(fits, env, utd, n, utd_s if len(utd_s) else utd, n_s if len(n_s) else n)
+    J, J_source = _budget_threshold(dir_, env, F)
+    row = {"env": env, "threshold": J, "threshold_source": J_source,
+           **_row(fits, env, utd, n, utd_s if len(utd_s) else utd, n_s if len(n_s) else n)}
     row["budget"] = F
     row["utd_lo"], row["utd_hi"] = _interval(utd_s)
     if "model_size" in laws:
@@ -148,7 +275,69 @@ def _for_budget(fits, env, F, n_default) -> dict:
         if y in laws:
             row[f"{y}_pred"], s = _budget_law(laws[y], env, F)
             row[f"{y}_pred_lo"], row[f"{y}_pred_hi"] = _interval(s)
+    row["over_budget"] = bool(row.get("compute_pred", 0.0) > F)
     return row
+
+
+def _budget_threshold(dir_: str | None, env: str, F: float) -> tuple[float, str]:
+    """The threshold J a budget F is for: the J whose budget-optimal F* (budget.csv) is F, in log F
+    between the fitted thresholds; beyond the highest, at least that one (NaN below the lowest)."""
+    path = os.path.join(dir_, "budget.csv") if dir_ else ""
+    if not os.path.isfile(path):
+        return float("nan"), "unknown (no budget.csv)"
+    t = pd.read_csv(path)
+    t = t[(t["env"].astype(str) == str(env)) & np.isfinite(t["budget"])].sort_values("budget")
+    if t.empty:
+        return float("nan"), "unknown (no budget optimum for this env)"
+    Fs, Js = t["budget"].to_numpy(float), t["threshold"].to_numpy(float)
+    if F < Fs[0] * (1 - 1e-9):
+        return float("nan"), f"below J={Js[0]:g}: its optimum needs F*={Fs[0]:.3g}"
+    if F > Fs[-1] * (1 + 1e-9):
+        return float(Js[-1]), f"at least J={Js[-1]:g} (its optimum needs F*={Fs[-1]:.3g})"
+    J = float(np.interp(np.log(F), np.log(Fs), Js))
+    i = int(min(np.searchsorted(Fs, F), len(Fs) - 1))
+    if np.isclose(F, Fs[i], rtol=1e-6) or len(Fs) == 1:
+        return float(Js[i]), f"the optimum of J={Js[i]:g}"
+    return J, f"between the optima of J={Js[i - 1]:g} (F*={Fs[i - 1]:.3g}) and J={Js[i]:g} (F*={Fs[i]:.3g})"
+
+
+def _for_data(dir_: str, fits: dict, env: str, D: float, n_default: float, misses: list) -> list[dict]:
+    """Per threshold J of ``env``: the cheapest setting (least compute C) that reaches J within
+    ``D`` env steps, on the fitted data-compute Pareto frontier (pareto.csv, at the N of the
+    budget optimum), refined between grid points in log-log where D binds; a J out of reach at
+    every searched utd goes into ``misses`` as (env, J, least data, its utd) instead."""
+    if not D > 0:
+        raise UserError(f"propose: --data must be positive, got {D:g}")
+    path = os.path.join(dir_, "pareto.csv")
+    if not os.path.isfile(path):
+        raise UserError(f"propose --data: no pareto.csv in {dir_} (run `pql-jax fit all`)")
+    front = pd.read_csv(path)
+    delta = float((fits.get("fit_budget") or {}).get("delta") or np.nan)
+    rows = []
+    for _, f in front[front["env"].astype(str) == str(env)].groupby("level"):
+        f = f.sort_values("utd")
+        u, d, c = (f[k].to_numpy(float) for k in ("utd", "data", "compute"))
+        J = float(f["threshold"].iloc[0])
+        ok = np.isfinite(d) & np.isfinite(c) & (d <= D)
+        if not ok.any():
+            i = int(np.nanargmin(d))
+            misses.append((env, J, float(d[i]), float(u[i])))
+            continue
+        i = int(np.flatnonzero(ok)[np.argmin(c[ok])])
+        ui, ci, di = u[i], c[i], d[i]
+        with np.errstate(all="ignore"):
+            for j in (i - 1, i + 1):  # where D binds, the optimum lies between i and its neighbour out of reach
+                if 0 <= j < len(u) and np.isfinite(d[j]) and d[j] > D and c[j] > 0:
+                    t = (np.log(D) - np.log(d[i])) / (np.log(d[j]) - np.log(d[i]))
+                    cj = float(np.exp(np.log(c[i]) + t * (np.log(c[j]) - np.log(c[i]))))
+                    if np.isfinite(cj) and cj < ci:
+                        ui, ci, di = float(np.exp(np.log(u[i]) + t * (np.log(u[j]) - np.log(u[i])))), cj, float(D)
+        n = float(f["model_size"].iloc[0]) if np.isfinite(n_default) else n_default
+        row = _row(fits, env, float(ui), n)
+        rows.append({"env": env, "threshold": J, "data_target": float(D),
+                     **{k: v for k, v in row.items() if k != "env"}, "data_pred": float(di), "compute_pred": float(ci),
+                     "budget_pred": float(ci + delta * di)})
+    return rows
 
 
 def _budget_law(law: dict, env: str, F: float) -> tuple[float, np.ndarray]:
@@ -163,13 +352,15 @@ def _row(fits, env, utd, n, utd_s=None, n_s=None) -> dict:
     samples of the utd and N themselves (a budget row's), else the intervals are conditional on
     the row's utd and N."""
     utd_s, n_s = (utd if utd_s is None else utd_s), (n if n_s is None else n_s)
-    b, b_s = _batch(fits, env, utd, n, utd_s, n_s)
+    b, b_s, b_src = _batch(fits, env, utd, n, utd_s, n_s)
     fl = fits.get("fit_learning_rate")
     lr = _power(fl, env, utd)
     (b_lo, b_hi), (lr_lo, lr_hi) = _interval(b_s), _interval(_power_samples(fl, env, utd_s))
     return {"env": env, "utd": utd, "batch_size": round_batch(b) if np.isfinite(b) else np.nan,
             "batch_size_lo": b_lo, "batch_size_hi": b_hi, "lr": round_sig(lr), "lr_lo": lr_lo, "lr_hi": lr_hi,
-            "model_size": round_sig(n) if np.isfinite(n) else np.nan}
+            "model_size": round_sig(n) if np.isfinite(n) else np.nan,
+            "batch_size_source": b_src if np.isfinite(b) else "no batch_size law",
+            "lr_source": _law_source(fl, env) if np.isfinite(lr) else "no lr law"}
 
 
 def _envs(dir_: str, fits: dict) -> list:

@@ -18,7 +18,7 @@ from pql_jax.scaling import (LawFit, PipelineConfig, PowerFit, batch_size_b, bes
                              compare_forms, crossing_bootstrap, depends_on_n, fit_all, fit_batch_size_n,
                              fit_hparam_law, flags_table, law_flags, law_points, load_curves, n_dependence_flags,
                              percentile_interval, propose, round_batch, round_sig, slope_by_threshold, write_json,
-                             write_results)
+                             write_results, fill_nearest, nearest_setting, report_flags)
 from pql_jax.workflow.spec import Workflow, read_settings
 
 #: The two hyperparameter laws: (column of the tables, name of the fit files).
@@ -67,6 +67,7 @@ def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print)
     rows = [_setting(wf, best, fits, u, float(J[0]), batch_n, w, n) for u in targets
             for w, n in (widths.items() if widths else [(None, None)])]
     pd.DataFrame(rows).to_csv(d / "settings.csv", index=False)
+    flags += report_flags({p.stem: json.loads(p.read_text()) for p in sorted(d.glob("fit_*.json"))})
     flags_table(flags).to_csv(d / "flags.csv", index=False)
     write_json(str(d / "summary.json"), {"level": level, "threshold": float(J[level]),
                                         "thresholds": [float(t) for t in J], "notes": notes})
@@ -148,13 +149,10 @@ def _setting(wf: Workflow, best: pd.DataFrame, fits: dict, u: float, lowest: flo
             if fits[name].flat.get(best["env"].iloc[0]):
                 src = "law (flat: a constant)"
         else:
-            ok = best[np.isfinite(best[hp].to_numpy(float))]
-            if ok.empty:
+            v, src = nearest_setting(best, hp, u)
+            if not np.isfinite(v):
                 raise UserError(f"fit_hparams: no run of the hparam sweep reaches threshold {lowest:g}; "
                                 "lower the thresholds or train longer")
-            near = ok.iloc[int(np.argmin(np.abs(np.log(ok["utd"].to_numpy(float)) - math.log(u))))]
-            edge = str(near.get(f"{hp}_edge", "") or "")
-            v, src = float(near[hp]), "nearest" + (f" (bound: {edge} edge of the grid)" if edge not in ("", "nan") else "")
         row[f"{hp}_raw"], row[f"{hp}_source"] = v, src
     b = round_batch(row["batch_size_raw"])
     clip = wf.utd_sweep.batch_size_range
@@ -205,7 +203,7 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
     d = str(out / "fit_laws")
     props = []
     if wf.verify.utd is not None:
-        t = propose(d, utds=[wf.verify.utd])
+        t = propose(d, utds=[wf.verify.utd], fill=False)
         t["target"] = f"utd {format_utd(wf.verify.utd)}"
         props.append(t)
     if wf.verify.budget is not None:
@@ -213,14 +211,14 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
         if isinstance(F, str):  # a factor of the largest budget optimum of the fitted thresholds
             F = float(F[:-1]) * float(res.tables["budget"]["budget"].max())
         try:
-            t = propose(d, budget=F)
+            t = propose(d, budget=F, fill=False)
             t["target"] = f"budget {F:.3g}"
             t["utd_proposed"] = t["utd"]
             t["utd"] = [round_utd(u) for u in t["utd"]]  # a UTD the learner's schedule can run exactly
             props.append(t)
             # Problem 3.2 claims sigma*(F) is the cheapest way to the target: run sigma*/2 and 2 sigma* too
             for factor, label in ((0.5, "sigma*/2"), (2.0, "2 sigma*")):
-                c = propose(d, utds=[u * factor for u in t["utd"]])
+                c = propose(d, utds=[u * factor for u in t["utd"]], fill=False)
                 c["target"] = f"budget {F:.3g} at {label}"
                 props.append(c)
         except UserError as exc:
@@ -234,17 +232,17 @@ def _proposals(wf: Workflow, out: Path, res, notes: list) -> pd.DataFrame:
 
 def fill_from_settings(prop: pd.DataFrame, settings: pd.DataFrame, notes: list) -> pd.DataFrame:
     """Each proposal's batch size or learning rate that no law gave (NaN), from the fitted
-    setting (``settings.csv``) of the UTD nearest in log; a value a law gave stays."""
-    prop = prop.copy()
-    for i, row in prop.iterrows():
-        missing = [hp for hp in ("batch_size", "lr") if not np.isfinite(row.get(hp, np.nan))]
-        if missing:
-            near = settings.iloc[int(np.argmin(np.abs(np.log(settings["utd_value"]) - math.log(row["utd"]))))]
-            for hp in missing:
-                prop.loc[i, hp] = int(near[hp]) if hp == "batch_size" else float(near[hp])
-            notes.append(f"proposal for {row['target']}: {' and '.join(missing)} from the nearest fitted setting "
+    setting (``settings.csv``) of the UTD nearest in log; a value a law gave stays. The rule of
+    ``pql-jax propose`` (``scaling.propose.fill_nearest``): ``{hp}_source`` says where each came from."""
+    if prop.empty:
+        return prop.copy()
+    out, filled = fill_nearest(prop, settings, utd_col="utd_value", round_values=False,
+                               label="the fitted setting of the nearest utd")
+    for (_, row), names in zip(prop.iterrows(), filled):
+        if names:
+            notes.append(f"proposal for {row['target']}: {' and '.join(names)} from the nearest fitted setting "
                          "(no law)")
-    return prop
+    return out
 
 
 def _verify_plan(wf: Workflow, results: Path, res, prop: pd.DataFrame) -> pd.DataFrame:
