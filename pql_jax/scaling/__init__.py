@@ -29,7 +29,8 @@ from pql_jax.scaling.curves import (CrossingBootstrap, RunGroup, auto_thresholds
 from pql_jax.scaling.datafit import DataEfficiencyFit, bootstrap_refit, fit_data_efficiency
 from pql_jax.scaling.fit import LawFit, PowerFit, fit_fixed_effects, fit_law, holdout_split
 from pql_jax.scaling.datastage import boot_predict
-from pql_jax.scaling.diagnostics import flag_lines, flags_table, law_flags
+from pql_jax.scaling.diagnostics import (flag_lines, flagged_params, flags_table, law_flags, merge_flags, report_flags,
+                                         unflagged_notes)
 from pql_jax.scaling.forms import compare_forms
 from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, depends_on_n, fit_batch_size_n,
                                      fit_hparam_law, law_points, n_dependence_flags, slope_by_threshold)
@@ -39,10 +40,11 @@ from pql_jax.scaling.laws import (BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS,
                                   power_law)
 from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
 from pql_jax.scaling.powerlaw import COVERAGE, percentile_interval
-from pql_jax.scaling.propose import propose, round_batch, round_sig, write_proposals
+from pql_jax.scaling.propose import fill_nearest, nearest_setting, propose, round_batch, round_sig, write_proposals
 from pql_jax.scaling.report import fmt, markdown_table
 
 __all__ = [
+    "fill_nearest", "nearest_setting", "flagged_params", "merge_flags", "report_flags", "unflagged_notes",
     "fit_all", "fit_all_file", "PipelineConfig", "Results", "write_results",
     "fit_data_efficiency", "fit_data_efficiency_file", "DataEfficiencyFit", "bootstrap_refit",
     "fit_fixed_effects", "fit_hparam_file", "fit_law", "holdout_split", "LawFit", "PowerFit",

@@ -195,7 +195,7 @@ def budget_power_laws(table: pd.DataFrame, n_holdout: int = 2, samples: dict | N
         pred = np.array([pf.predict(e, f) for e, f in zip(held["env"], held["budget"])])
         err = np.abs(np.log(pred / held[y].to_numpy())) if len(held) else np.array([])
         out[y] = {"exponent": -next(iter(pf.slope.values())), "exponent_se": next(iter(pf.slope_se.values())),
-                  "coef": pf.coef, "loss": pf.loss, "n_fit": pf.n, "n_held_out": int(len(held)),
+                  "coef": pf.coef, "coef_se": pf.coef_se, "loss": pf.loss, "n_fit": pf.n, "n_held_out": int(len(held)),
                   "held_out_mean_abs_log_error": float(err.mean()) if len(err) else None}
         keys = list(zip(train["env"], train["level"]))
         if samples and all(k in samples and y in samples[k] for k in keys) \

@@ -169,7 +169,8 @@ def fit_hparam_law(best: pd.DataFrame, per_resample: dict, hp: str, name: str, s
         notes.append(f"best {hp} at the edge of the swept grid at utd {desc}: a bound, not an optimum; "
                      f"left out of the {name} law (widen the grid there)")
         flags += [{"quantity": f"best {hp}", "group": r.env, "param": f"utd={format_utd(r.utd)}",
-                   "problem": f"at the {getattr(r, f'{hp}_edge')} edge of the swept grid: a bound, not an optimum"}
+                   "problem": f"at the {getattr(r, f'{hp}_edge')} edge of the swept grid: a bound, not an optimum "
+                              "(widen the grid there)"}
                   for r in excluded.itertuples()]
     use = np.isfinite(vals) & ~at_edge
     sub = law_points(best, hp)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from pql_jax.values import format_utd
 from pql_jax.scaling import flag_lines, fmt, markdown_table
+from pql_jax.scaling import flagged_params, merge_flags, report_flags, unflagged_notes
 from pql_jax.workflow.spec import STAGES, Workflow, read_marker, seeds_value
 from pql_jax.workflow.verify import with_verdicts
 
@@ -38,7 +39,13 @@ def _table(df: pd.DataFrame, cols: list[str]) -> list[str]:
     return [markdown_table(df, cols, digits=3)]
 
 
-def _power_law(lines: list, name: str, fit: dict) -> None:
+def _flagged(params: str) -> str:
+    """The comment beside printed values that the warnings list."""
+    return f"; **flagged**: {params} (see the warnings)" if params else ""
+
+
+def _power_law(lines: list, name: str, fit: dict, flags: pd.DataFrame, quantity: str) -> None:
+    """A B*(sigma) / eta*(sigma) law per env; ``quantity``: its name in the flags."""
     if not fit:
         return
     for env, p in fit["params"].items():
@@ -47,12 +54,11 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
         lines.append(f"- {name} ({env}): {_num(p['coef'])} (+- {_num(se.get('coef'))}) x utd^({_num(-p['slope'])}) "
                      f"(slope, the negated exponent: {_num(p['slope'])} +- {_num(se.get('slope'))} Hessian" + (f", +- {_num(bse)} bootstrap" if bse else "")
                      + ")" + (f", i.e. ({_num(p['beta'])} / utd)^{_num(p['slope'])}" if p['slope'] > 0 else "")
-                     + f"; log-loss {_num(fit['loss'])}, {fit['n']} points")
+                     + f"; log-loss {_num(fit['loss'])}, {fit['n']} points"
+                     + _flagged(flagged_params(flags, quantity, env)))
         iv = (fit.get("interval") or {}).get("slope", {}).get(env)
         if iv:
             lines.append(f"  - slope 90% bootstrap interval [{_num(iv[0])}, {_num(iv[1])}]")
-        if (fit.get("flat") or {}).get(env):
-            lines.append("  - no dependence on the UTD within the noise: the best value is a constant here, not a law")
         if fit.get("excluded_at_edge"):
             lines.append("  - left out (best value at the edge of the swept grid, a bound): utd "
                          + ", ".join(format_utd(u) for u in fit["excluded_at_edge"]))
@@ -62,7 +68,8 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
             lines.append(f"  - offset form (eqs. D.2 / D.3): {_num(o['c'])} (1 + (utd / {_num(o['b'])})^-{_num(o['a'])}); "
                          f"AICc power {_num(f['power']['aicc'])} vs offset {_num(f['offset']['aicc'])}, leave-one-out "
                          f"|log error| {_num(f['power']['loo_mean_abs_log_error'])} vs "
-                         f"{_num(f['offset']['loo_mean_abs_log_error'])}: preferred {cmp.get('preferred') or 'undecided'}")
+                         f"{_num(f['offset']['loo_mean_abs_log_error'])}: preferred {cmp.get('preferred') or 'undecided'}"
+                         + _flagged(flagged_params(flags, f"{quantity}, offset form", env)))
         elif cmp.get("reason"):
             lines.append(f"  - offset form not fitted: {cmp['reason']}")
         sens = fit.get("slope_by_threshold") or {}
@@ -71,12 +78,17 @@ def _power_law(lines: list, name: str, fit: dict) -> None:
                          + ", ".join(f"J={_num(float(j))}: {_num(v)}" for j, v in sens.items()))
 
 
-def _flags(path: Path) -> list[str]:
-    """The warnings of a fitting stage (its ``flags.csv``) as report lines."""
-    t = _csv(path)
+def _stage_flags(path: Path, fits: dict) -> pd.DataFrame:
+    """A fitting stage's warnings: its ``flags.csv`` and those of the fitted quantities this report
+    prints that the stage does not list (``report_flags`` of its fit files), each once."""
+    return merge_flags(_csv(path), report_flags(fits))
+
+
+def _flags(t: pd.DataFrame) -> list[str]:
+    """The warnings of a fitting stage (``_stage_flags``) as report lines."""
     if t.empty:
-        return ["- warnings: none (every parameter determined, none at a search bound, no optimiser failure)"]
-    t = t.fillna("")
+        return ["- warnings: none (every parameter determined, none at a search bound, no optimiser failure, no "
+                "budget exponent of implausible or undetermined sign)"]
     return [f"- **warnings ({len(t)})**: do not read these quantities as determined:"] + \
         ["  " + line for line in flag_lines(t)]
 
@@ -100,6 +112,8 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    from pql_jax.scaling.plots import log_ticks  # noqa: PLC0415 - matplotlib, as above
+
     made = []
     ver = _csv(out / "verify" / "verification.csv")
     cross = _csv(out / "fit_laws" / "crossings.csv")
@@ -115,19 +129,36 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
             cross = cross[cross["model_size"] == n]
             pred = pred[pred["model_size"] == n] if "model_size" in pred else pred
             at_n = f" at N = {n:,.0f}"
+        laws, shown = [], set()
+
+        def first(label):
+            """``label`` the first time, then None: the first level's marks stand for all in the legend."""
+            if label in shown:
+                return None
+            shown.add(label)
+            return label
+
         for lv, sub in cross.groupby("level"):
             ok = sub[np.isfinite(sub["data"])]
             line = ax.plot(ok["utd"], ok["data"], "o", label=f"J={sub['threshold'].iloc[0]:g}")[0]
+            v = ver[ver["level"] == lv] if not ver.empty else ver
+            if len(v):
+                ax.plot(v["utd_value"], v["data_pred"], "s", mfc="none", color=line.get_color(),
+                        label=first("verify: predicted"))
+                ax.plot(v["utd_value"], v["data_measured"], "*", ms=11, color=line.get_color(),
+                        label=first("verify: measured"))
             if not pred.empty and "data_fit" in pred:
-                p = pred[pred["level"] == lv].sort_values("utd")
-                ax.plot(p["utd"], p["data_fit"], "-", color=line.get_color(), alpha=0.6)
-            if not ver.empty:
-                v = ver[ver["level"] == lv]
-                ax.plot(v["utd_value"], v["data_pred"], "s", mfc="none", color=line.get_color())
-                ax.plot(v["utd_value"], v["data_measured"], "*", ms=11, color=line.get_color())
+                # the law through its fitted points, extended to the verification it predicted
+                p = pred[pred["level"] == lv][["utd", "data_fit"]]
+                if len(v):
+                    p = pd.concat([p, v[["utd_value", "data_pred"]].set_axis(["utd", "data_fit"], axis=1)])
+                laws.append((p.sort_values("utd"), line.get_color(), first("fit")))
         ax.set(xscale="log", yscale="log", xlabel="UTD sigma", ylabel="env steps to threshold D_J",
-               title=f"D_J(sigma){at_n}: sweep (o), fit (-), verify predicted (square) / measured (*)")
-        ax.title.set_fontsize(8)
+               title=f"D_J(sigma){at_n}: sweep, fit, verification")
+        ax.set(xlim=ax.get_xlim(), ylim=ax.get_ylim())  # set by the points: the laws are clipped to them
+        for p, color, label in laws:
+            ax.plot(p["utd"], p["data_fit"], "-", color=color, alpha=0.6, gid="law", label=label)
+        log_ticks(ax)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(figdir / "verification.png", dpi=110)
@@ -144,6 +175,8 @@ def _figures(out: Path, figdir: Path) -> list[tuple[str, str]]:
                 if t[col].notna().any():
                     ax.plot(t[by], t[col], "o-", label=col)
             ax.set(xscale="log", yscale="log", xlabel=by, ylabel="TD error (final point, mean)")
+            log_ticks(ax)
+            ax.set_xticks(t[by])  # the swept values (powers of two, mostly)
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(figdir / "td_overfitting.png", dpi=110)
@@ -175,9 +208,12 @@ def _hparam_section(wf: Workflow, out: Path) -> list[str]:
     lines += _table(_csv(out / "fit_hparams" / "best_hparams.csv"),
                 ["utd", "batch_size", "batch_size_std", "n_batch_size", "lr", "lr_std", "n_lr"])
     lines.append("")
-    _power_law(lines, "B*(sigma)", _json(out / "fit_hparams" / "fit_batch_size.json"))
-    _power_law(lines, "eta*(sigma)", _json(out / "fit_hparams" / "fit_learning_rate.json"))
-    batch_law_n = _json(out / "fit_hparams" / "fit_batch_size_n.json")
+    fits = {f"fit_{n}": _json(out / "fit_hparams" / f"fit_{n}.json") for n in ("batch_size", "learning_rate",
+                                                                                "batch_size_n")}
+    flags = _stage_flags(out / "fit_hparams" / "flags.csv", fits)
+    _power_law(lines, "B*(sigma)", fits["fit_batch_size"], flags, "batch_size law")
+    _power_law(lines, "eta*(sigma)", fits["fit_learning_rate"], flags, "learning_rate law")
+    batch_law_n = fits["fit_batch_size_n"]
     for env, p in (batch_law_n.get("params") or {}).items():
         se = (batch_law_n.get("se") or {}).get(env, {})
         bse, iv = (batch_law_n.get("bootstrap_se") or {}).get(env, {}), (batch_law_n.get("interval") or {}).get(env, {})
@@ -186,10 +222,11 @@ def _hparam_section(wf: Workflow, out: Path) -> list[str]:
         lines.append(f"- B*(sigma, N) ({env}): {_num(p['a'])} / utd^{_num(p['alpha'])} / (1 + ({_num(p['n_half'])} / N)^"
                  f"{_num(p['beta'])}) (alpha +- {_num(se.get('alpha'))}, beta +- {_num(se.get('beta'))} Hessian{boot}); "
                  + ("it sets the batch size of every (UTD, critic width) of the UTD sweep" if batch_law_n.get("used", True)
-                    else "**not used**: B* does not change with N within the noise (flags below)"))
-    for n in hparam_summary.get("notes", []):
+                    else "**not used**: B* does not change with N within the noise (flags below)")
+                 + _flagged(flagged_params(flags, "B*(utd, N) law", env)))
+    for n in unflagged_notes(hparam_summary.get("notes", []), flags):
         lines.append(f"- note: {n}")
-    lines += _flags(out / "fit_hparams" / "flags.csv")
+    lines += _flags(flags)
     lines += ["", "Settings of the UTD sweep (batch size rounded to a multiple of 16, lr to 3 s.f.):", ""]
     lines += _table(_csv(out / "fit_hparams" / "settings.csv"),
                 ["utd", "critic_width", "model_size", "batch_size_raw", "batch_size_source", "batch_size", "lr_raw",
@@ -215,6 +252,8 @@ def _laws_section(wf: Workflow, out: Path) -> list[str]:
     else:
         cross = _csv(out / "fit_laws" / "crossings.csv")
         fit = _json(out / "fit_laws" / "fit.json")
+        fb = _json(out / "fit_laws" / "fit_budget.json")
+        flags = _stage_flags(out / "fit_laws" / "flags.csv", {"fit_budget": fb})
         lines += [f"D_J law: `{fit.get('formula', fit.get('form', ''))}`", ""]
         for lv, f in sorted((fit.get("levels") or {}).items(), key=lambda kv: int(kv[0])):
             sub = cross[cross["level"] == int(lv)] if not cross.empty else cross
@@ -226,10 +265,8 @@ def _laws_section(wf: Workflow, out: Path) -> list[str]:
                 bse = (f.get("bootstrap_se") or {}).get(env) or {}
                 lines.append(f"  - {env}: " + ", ".join(
                     f"{k} = {_num(v)} (+- {_num(se.get(k))} Hessian" + (f", +- {_num(bse.get(k))} bootstrap)" if bse else ")")
-                    for k, v in p.items()) + f"; log-loss {_num(f.get('loss'))}, {f.get('n')} points")
-                loose = [k for k, v in p.items() if bse.get(k, 0) > abs(v) or se.get(k, 0) > abs(v)]
-                if loose:
-                    lines.append(f"    - not determined by this data (SE > value): {', '.join(loose)}")
+                    for k, v in p.items()) + f"; log-loss {_num(f.get('loss'))}, {f.get('n')} points"
+                    + _flagged(flagged_params(flags, f"D_J law, level {lv} ", env)))
         if not cross.empty:
             miss = cross.groupby("level")["reached"].sum()
             for lv, n in miss.items():
@@ -244,7 +281,6 @@ def _laws_section(wf: Workflow, out: Path) -> list[str]:
             h = h.assign(rel_error=(h["data_fit"] - h["data"]) / h["data"])
             lines += ["", "Held-out points of the D_J fit (extrapolation error):", ""]
             lines += _table(h, ["utd", "threshold", "data", "data_fit", "rel_error"])
-        fb = _json(out / "fit_laws" / "fit_budget.json")
         if fb:
             lines += ["", f"Compute C_J = k N B*(sigma) sigma D_J with k = {_num(fb.get('k'))}; budget F = C + delta D "
                   f"with delta = {_num(fb.get('delta'))} FLOPs per env step.", ""]
@@ -254,12 +290,13 @@ def _laws_section(wf: Workflow, out: Path) -> list[str]:
             for y, law in laws.items():
                 for env, c in (law.get("coef") or {}).items():
                     lines.append(f"- {y}*(F) ({env}) = {_num(c)} F^{_num(law['exponent'])}"
-                             + (f" (exponent +- {_num(law['exponent_se'])})" if "exponent_se" in law else ""))
+                             + (f" (exponent +- {_num(law['exponent_se'])})" if "exponent_se" in law else "")
+                             + _flagged(flagged_params(flags, f"{y}*(F) law", env)))
             if not laws:
                 lines.append("- sigma*(F) law not fitted (needs >= 3 thresholds with a budget optimum)")
-        for n in laws_summary.get("notes", []):
+        for n in unflagged_notes(laws_summary.get("notes", []), flags):
             lines.append(f"- note: {n}")
-        lines += _flags(out / "fit_laws" / "flags.csv")
+        lines += _flags(flags)
         lines += ["", "Figures of the fit: " + ", ".join(
             f"[{f}](fit_laws/figures/{f})" for f in sorted(os.listdir(out / "fit_laws" / "figures")))
               if (out / "fit_laws" / "figures").is_dir() else ""]
@@ -343,6 +380,19 @@ def _td_section(wf: Workflow, out: Path) -> list[str]:
     return lines
 
 
+def _notes_once(lines: list[str]) -> list[str]:
+    """The report's lines with each note once: a later stage's note that repeats an earlier one
+    (the same column mapping read from both sweeps) is dropped."""
+    seen, kept = set(), []
+    for line in lines:
+        if line.startswith("- note: "):
+            if line in seen:
+                continue
+            seen.add(line)
+        kept.append(line)
+    return kept
+
+
 def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
     """Write OUT/report.md and OUT/report/figures/."""
     figdir = out / "report" / "figures"
@@ -353,5 +403,5 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         lines += section(wf, out)
     if made:
         lines += ["## Figures", ""] + [f"- [{f}](report/figures/{f}): {desc}" for f, desc in made]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.md").write_text("\n".join(_notes_once(lines)) + "\n")
     return {"report": str(out / "report.md"), "figures": [str(figdir / f) for f, _ in made]}
