@@ -11,7 +11,7 @@ from pql_jax.errors import UserError
 from pql_jax.values import read_number, read_numbers
 from pql_jax.scaling.api import fit_all_file, fit_data_efficiency_file, fit_hparam_file
 from pql_jax.scaling.budget import delta_from_throughput
-from pql_jax.scaling.io import read_column_map
+from pql_jax.scaling.columns import read_column_map
 from pql_jax.scaling.pipeline import PipelineConfig
 from pql_jax.scaling.propose import propose, write_proposals
 
