@@ -29,7 +29,7 @@ import yaml
 
 from pql_jax.counts import episode_vector_steps, run_vector_steps, utd_fraction
 from pql_jax.errors import UserError
-from pql_jax.values import Options, check_choice, coerce, read_options, read_yaml
+from pql_jax.values import Options, check_choice, coerce, read_options, read_scalar, read_yaml
 
 MEMBER, SHAPE, HOST = "member", "shape", "host"
 
@@ -292,7 +292,7 @@ def set_value(config: Config, dotted: str, value: Any) -> Config:
     """Return `config` with the dotted key (e.g. agent.utd) set to `value`, type-checked."""
     parts = dotted.split(".")
     if len(parts) == 3 and parts[:2] == ["env", "options"]:  # one option of the env's family
-        merged = {**config.env.options, **read_options(dotted, {parts[2]: value})}
+        merged = {**config.env.options, parts[2]: read_scalar(dotted, value)}
         return replace(config, env=replace(config.env, options=Options(merged)))
     if len(parts) != 2 or parts[0] not in SECTIONS:
         raise UserError(f"unknown config key {dotted!r}; keys look like agent.utd or env.num_envs")

@@ -316,3 +316,12 @@ def test_program_views_match_the_shape_declarations():
     assert not hasattr(program.agent, "gamma") and not hasattr(program.run, "total_env_steps")
     assert hash(program) == hash(program_config(C.load(None, ["agent.batch_size=64", "env.name=brax:ant",
                                                                "env.options.backend=spring"])))
+
+
+def test_an_env_option_on_the_command_line_is_one_value_named_by_its_key():
+    """`env.options.KEY=VALUE` merges one option, read as YAML reads a scalar (8 -> 8, self ->
+    'self'); a list or mapping is refused naming exactly that key."""
+    config = C.apply_overrides(C.Config(), ["env.options.contacts=self", "env.options.solver_ls_iterations=8"])
+    assert dict(config.env.options) == {"contacts": "self", "solver_ls_iterations": 8}
+    with pytest.raises(UserError, match=r"^config key env.options.contacts: \[1, 2\] is not a single value$"):
+        C.apply_overrides(C.Config(), ["env.options.contacts=[1, 2]"])
