@@ -8,10 +8,10 @@ Everything that is true of one family lives here or in the family's own package
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import typing
 import warnings
 from dataclasses import dataclass, fields
-from importlib.metadata import version
 from typing import Literal
 
 import jax
@@ -184,7 +184,7 @@ def warn_deadlocking_jaxlib() -> str | None:
     """Warn (and return the message) where the installed jaxlib is one that pyproject.toml
     excludes because batched LAPACK calls on the CPU can hang (MJX's constraint solver makes them:
     the families that step MJX call this)."""
-    v = version("jaxlib")
+    v = importlib.metadata.version("jaxlib")  # looked up at call time: tests stand in another version
     if not v.startswith(DEADLOCKING_JAXLIB) or jax.default_backend() != "cpu":
         return None
     msg = (f"jaxlib {v} can deadlock batched LAPACK calls on the CPU (MJX's constraint solver at 256+ envs "
