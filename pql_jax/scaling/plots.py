@@ -34,7 +34,7 @@ def render(res, fn_name: str) -> bytes | None:
     if fig is None:
         return None
     for ax in fig.axes:
-        _quiet_minor_ticks(ax)
+        log_ticks(ax)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
@@ -46,11 +46,6 @@ def _layout(fig) -> None:
     w, h = fig.get_figwidth(), fig.get_figheight()
     fig.subplots_adjust(left=1.0 / w, right=1 - 0.15 / w, bottom=0.55 / h, top=1 - 0.7 / h,
                         wspace=0.35, hspace=0.55)
-
-
-def _quiet_minor_ticks(ax) -> None:
-    """Readable, cheap log-axis ticks on every axis of a figure (``log_ticks``)."""
-    log_ticks(ax)
 
 
 def log_ticks(ax) -> None:
