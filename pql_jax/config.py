@@ -236,6 +236,11 @@ class RunConfig:
     systems)."""
     memory_limit_gb: float = host(0.0)
     """Refuse runs estimated to need more device memory than this (0: the device's own size)."""
+    stop_after: int = host(0)
+    """Stop a member once this many consecutive evaluation results are >= `stop_return`
+    (pql_jax.run.early_stop); 0: every member trains to `total_env_steps`."""
+    stop_return: float = host(0.0)
+    """The raw (unnormalised) return of `stop_after`; the scaling workflow sets it to its highest threshold."""
 
 
 @dataclass(frozen=True)
@@ -396,6 +401,9 @@ def _bounds(config: Config) -> list[tuple[bool, str]]:
         (r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
         (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (r.memory_limit_gb >= 0, "run.memory_limit_gb must be >= 0"),
+        (r.stop_after >= 0, "run.stop_after must be >= 0"),
+        (math.isfinite(r.stop_return), f"run.stop_return must be finite (got {r.stop_return})"),
+        (r.stop_after == 0 or e.eval_envs > 0, "run.stop_after needs evaluation results: env.eval_envs must be >= 1"),
     ]
 
 

@@ -18,6 +18,7 @@ from pql_jax import config as cfg_mod
 from pql_jax.errors import UserError
 from pql_jax.counts import eval_due, num_chunks
 from pql_jax.run.checkpoint import Checkpointer
+from pql_jax.run.early_stop import EarlyStop
 from pql_jax.run.distributed import is_primary
 from pql_jax.plan.costs import Costs
 from pql_jax.run.program import GroupProgram
@@ -98,7 +99,8 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
     writes = is_primary()
     table = MetricsTable(out / layout.table, start * chunk_steps if resume else None,
                          keep=lambda row: int(row["group"]) != group.index) if writes else Discard()
-    if start >= total:
+    stop = EarlyStop(config.run, len(group.members), meta)
+    if start >= total or stop.all_stopped():
         ckpt.close()
         return []
     columns = {m.index: member_columns(m, group.index, costs[m.index]) for m in group.members}
@@ -114,29 +116,37 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
         program.shared.compiled_chunk(states, program.schedule(start * chunk_steps))
         for index in range(start, total):
             tick = time.perf_counter()
-            states, metrics = program.step(states, index * chunk_steps,
+            live = [not s for s in stop.stopped]  # members still training at this chunk's start
+            states, metrics = program.step(states, index * chunk_steps, stopped=stop.mask(program.shared.size),
                                            evaluate=eval_due(index, total, config.run.eval_every))
             elapsed = time.perf_counter() - tick
             rows, earlier = _rows(group, metrics, columns, costs, num_envs, time.perf_counter() - started,
                                   elapsed, prev)
             if layout.on_diverge == STOP:
                 _stop_if_diverged(group, rows, ckpt, out, num_envs)
-            table.append([r for member_rows, row in zip(earlier, rows) for r in (*member_rows, row)])
+            if stop.on:
+                _mark_stops(stop, rows, earlier)
+            table.append([r for member_rows, row, on in zip(earlier, rows, live) if on for r in (*member_rows, row)])
             speeds = group_speeds(rows)
-            for member, member_rows, row in zip(group.members, earlier, rows):
+            for member, member_rows, row, on in zip(group.members, earlier, rows, live):
+                if not on:
+                    continue
                 for r in member_rows:
                     boards[member.index].scalars(r, r["env_steps"], eval_step=r["eval_env_steps"])
                 boards[member.index].scalars({**row, **speeds}, row["env_steps"], eval_step=row["eval_env_steps"])
                 prev[member.index] = row
             bar.update(chunk_steps * num_envs * len(group.members))
             bar.set_postfix(_postfix(rows, group))
-            done = index + 1 == total
+            done = index + 1 == total or stop.all_stopped()
             every = config.run.checkpoint_every
             if done or (every and (index + 1) % every == 0):
                 ckpt.save((index + 1) * chunk_steps, states, {"chunk": index + 1, "vector_steps": (index + 1) * chunk_steps,
                                                               "env_steps": (index + 1) * chunk_steps * num_envs,
                                                               "wall_time": rows[-1]["wall_time"],
-                                                              "eval_phase": program.eval_phase})
+                                                              "eval_phase": program.eval_phase, **stop.state()})
+            if done:
+                bar.update((total - index - 1) * chunk_steps * num_envs * len(group.members))
+                break
     finally:
         for board in boards.values():
             board.close()
@@ -145,6 +155,14 @@ def _train_group(sweep: Sweep, group: Group, out: Path, costs: dict[int, Costs],
             log(f"group {group.index}: {len(ckpt.pauses)} checkpoint(s), training paused {np.mean(ckpt.pauses):.3f} s "
                 f"per save (max {max(ckpt.pauses):.3f} s)")
     return list(prev.values())
+
+
+def _mark_stops(stop: EarlyStop, rows: list[dict], earlier: list[list[dict]]) -> None:
+    """Add the `stopped` column (1 on the row of the chunk that stops a member, else 0)."""
+    for i, (member_rows, row) in enumerate(zip(earlier, rows)):
+        for r in member_rows:
+            r["stopped"] = 0
+        row["stopped"] = int(stop.see(i, [r["return"] for r in (*member_rows, row)]))
 
 
 class Discard:

@@ -218,8 +218,12 @@ class GroupProgram:
         """Every member's fresh state, stacked [members, ...] (padding members repeat member 0)."""
         return self.shared.init(self.keys, self.hp)
 
-    def schedule(self, vector_steps: int, evaluate: bool = True) -> PopulationSchedule:
+    def schedule(self, vector_steps: int, evaluate: bool = True, stopped=None) -> PopulationSchedule:
+        """The chunk's schedule; members flagged in `stopped` ([program size] bools, or None) get
+        no update slots (`pql_jax.run.early_stop`)."""
         schedule = PopulationSchedule.of(self.host_hp, vector_steps, evaluate, self.eval_phase)
+        if stopped is not None:
+            schedule = schedule.replace(rate_num=jnp.where(jnp.asarray(stopped), 0, schedule.rate_num))
         specs = schedule_specs()
         return schedule.replace(**{f: place(getattr(schedule, f), NamedSharding(self.shared.mesh, getattr(specs, f)))
                                    for f in PopulationSchedule.__dataclass_fields__})
@@ -232,10 +236,10 @@ class GroupProgram:
         """The group's chunk compiled for its abstract state (cached in the program: training reuses it)."""
         return self.shared.compiled_chunk(self.abstract_state(), self.schedule(0))
 
-    def step(self, states, vector_steps: int, evaluate: bool = True):
+    def step(self, states, vector_steps: int, evaluate: bool = True, stopped=None):
         """One chunk of every member from group vector step `vector_steps` (with its evaluation
-        episode when `evaluate`); metrics as numpy [members]."""
-        schedule = self.schedule(vector_steps, evaluate)
+        episode when `evaluate`; no updates for the `stopped` members); metrics as numpy [members]."""
+        schedule = self.schedule(vector_steps, evaluate, stopped)
         states, metrics = self.shared.compiled_chunk(states, schedule)(states, schedule)
         metrics = metrics_to_host(metrics)
         return states, {k: v[: len(self.group.members)] for k, v in metrics.items()}

@@ -35,10 +35,17 @@ def group_keys(df: pd.DataFrame) -> list[str]:
 
 def _common_grid(block: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Seeds x steps matrix; gaps are filled by linear interpolation between a seed's own
-    logging points and steps not covered by every seed are dropped."""
+    logging points, a seed that stopped early (a row with ``stopped`` = 1, `pql_jax.run.early_stop`)
+    keeps its last result from there on, and steps not covered by every seed are dropped."""
     wide = block.pivot(index="seed", columns="step", values="return")
     if wide.isna().to_numpy().any():
-        wide = wide.interpolate(axis=1, limit_area="inside").dropna(axis=1)
+        wide = wide.interpolate(axis=1, limit_area="inside")
+        if "stopped" in block.columns:
+            # it stopped after its results held the highest threshold: its last result stands for
+            # the rest of the run, so the other seeds' later steps keep a full seed mean
+            early = block.loc[block["stopped"] == 1, "seed"].unique()
+            wide.loc[early] = wide.loc[early].ffill(axis=1)
+        wide = wide.dropna(axis=1)
     return wide.columns.to_numpy(float), wide.to_numpy(float)
 
 

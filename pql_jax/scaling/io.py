@@ -157,7 +157,7 @@ def load_curves(source, max_return=None, columns=None) -> tuple[pd.DataFrame, li
         notes.append("no env column: the curves are read as one task, named 'all'")
     require_columns(df, CURVE_REQUIRED, "curves", mapping=True, found=own)
     df["env"] = df["env"].astype(str)
-    extra = [c for c in ("flops", "critic_updates", "diverged") if c in df.columns]
+    extra = [c for c in ("flops", "critic_updates", "diverged", "stopped") if c in df.columns]
     num = ["seed", "step", "return"] + [c for c in HPARAM_COLUMNS if c in df.columns] + extra
     for col in num:
         df[col] = _numeric_column(df, col, "curves")
@@ -167,7 +167,8 @@ def load_curves(source, max_return=None, columns=None) -> tuple[pd.DataFrame, li
         notes.append(f"{n_missing} rows without an eval return were skipped")
     if df.empty:
         raise UserError("curves: no rows with a return value")
-    _check_values(df, [c for c in num if c != "diverged"], "curves", allow_nan=("flops", "critic_updates"))
+    _check_values(df, [c for c in num if c not in ("diverged", "stopped")], "curves",
+                  allow_nan=("flops", "critic_updates"))
     hp = [c for c in HPARAM_COLUMNS if c in df.columns]
     if "diverged" in df.columns:
         run_key = ["env", "seed"] + hp + (["member"] if "member" in df.columns else [])

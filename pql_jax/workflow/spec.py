@@ -25,6 +25,10 @@ utd_sweep (utd) and verify (utd or budget)::
     fit: {holdout: null, delta: null, k: 10}
     verify: {utd: 1/2, budget: null, seeds: 3}
     batching: auto
+    refine: {stop_after: 3, widen: 2, budget: 200000}
+
+Without ``refine`` the workflow trains its fixed grid (every member to full length) and nothing
+is added: the same files and seeds give the same results as before refinement existed.
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ from pql_jax.run.launch import open_run_dir
 
 STAGES = ("hparam_sweep", "fit_hparams", "utd_sweep", "fit_laws", "verify", "report")
 KEYS = ("name", "base", "overrides", "seeds", "max_return", "thresholds", "n_thresholds", "select_level",
-        "resamples", "hparam_sweep", "utd_sweep", "fit", "verify", "batching")
+        "resamples", "hparam_sweep", "utd_sweep", "fit", "verify", "batching", "refine")
 REQUIRED = ("base", "max_return", "hparam_sweep", "utd_sweep", "verify")
 HPARAM_KEYS = ("utd", "batch_size", "lr", "critic_width")
 UTD_KEYS = ("utd", "critic_width", "batch_size_range", "overrides")
 FIT_KEYS = ("holdout", "delta", "k")
 VERIFY_KEYS = ("utd", "budget", "seeds")
+REFINE_KEYS = ("stop_after", "widen", "budget")
 MARKER = "done.json"
 
 Overrides = tuple[tuple[str, Any], ...]
@@ -116,6 +121,26 @@ class VerifySpec:
 
 
 @dataclass(frozen=True)
+class RefineSpec:
+    """`refine`: what the workflow adds to, or stops early in, its fixed grid (all off by default)."""
+
+    stop_after: int = 0
+    """Stop a member once this many consecutive evaluation results are at or above the highest
+    threshold (its curve past there changes no crossing the fits use); 0: train to full length.
+    Needs explicit `thresholds` (auto-spaced ones are only known after training)."""
+    widen: int = 0
+    """At most this many values added outward (the grid's own ratio) per hparam_sweep axis where
+    the best batch size or learning rate lies on the grid's edge; 0: never widen."""
+    budget: float = 0.0
+    """Extra env steps the refinement rounds may spend on runs that determine flagged fits; 0: none."""
+
+    @property
+    def on(self) -> bool:
+        """Whether anything is refined (False: the fixed grid, trained as written)."""
+        return bool(self.stop_after or self.widen or self.budget)
+
+
+@dataclass(frozen=True)
 class Workflow:
     """A parsed, validated workflow file."""
 
@@ -147,6 +172,7 @@ class Workflow:
     """Seed bootstrap resamples."""
     batching: str = "auto"
     """auto, map or vmap (see `pql-jax sweep`)."""
+    refine: RefineSpec = RefineSpec()
     part: tuple | None = None
     """(I, N): this process trains only the I-th job-array share of each sweep stage (`--part`)."""
     launch: dict | None = None
@@ -291,6 +317,15 @@ def _thresholds(value: Any) -> tuple[float, ...] | None:
     return tuple(float(_number(t, "thresholds", strict=False)) for t in value)
 
 
+def _refine(part: dict, thresholds: tuple[float, ...] | None) -> RefineSpec:
+    stop_after = _number(part.get("stop_after", 0), "refine.stop_after", int, strict=False)
+    if stop_after and not thresholds:
+        raise UserError("workflow: refine.stop_after needs explicit thresholds (auto-spaced ones are only "
+                        "known after training); give thresholds: [...] or drop stop_after")
+    return RefineSpec(stop_after, _number(part.get("widen", 0), "refine.widen", int, strict=False),
+                      float(_number(part.get("budget", 0), "refine.budget", strict=False)))
+
+
 def parse_workflow(spec: dict, path: str | Path) -> Workflow:
     """A workflow file's mapping (keys already checked against KEYS) as a Workflow; `path` is the
     file's (bases are relative to it). UserError, naming the key, on bad input."""
@@ -316,14 +351,15 @@ def parse_workflow(spec: dict, path: str | Path) -> Workflow:
     if spec.get("batching", "auto") not in ("auto", "map", "vmap"):
         raise UserError("workflow: batching must be auto, map or vmap")
     level = spec.get("select_level")
+    thresholds = _thresholds(spec.get("thresholds"))
     return Workflow(
         path=path, spec=spec, base_path=base_path.resolve(), name=str(spec.get("name") or path.stem),
         hparam_sweep=hparam_sweep, utd_sweep=utd_sweep, verify=verify, fit=fit, overrides=overrides, seeds=seeds,
-        max_return=_number(spec["max_return"], "max_return"), thresholds=_thresholds(spec.get("thresholds")),
+        max_return=_number(spec["max_return"], "max_return"), thresholds=thresholds,
         n_thresholds=_number(spec.get("n_thresholds") or 5, "n_thresholds", int),
         select_level=_number(level, "select_level", int, strict=False) if level is not None else None,
         resamples=_number(spec.get("resamples", 100), "resamples", int, strict=False),
-        batching=spec.get("batching", "auto"))
+        batching=spec.get("batching", "auto"), refine=_refine(_mapping(spec, "refine", REFINE_KEYS), thresholds))
 
 
 def load_workflow(path: str | Path) -> Workflow:

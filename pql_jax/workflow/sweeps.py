@@ -30,7 +30,7 @@ def write_sweep(wf: Workflow, path: Path, overrides: Mapping | Overrides, grid: 
     """Write the sweep file of a stage (the workflow's base and overrides plus ``overrides``);
     UserError when the stage already holds a different one (its run would not match)."""
     spec = {"name": f"{wf.name}_{path.parent.name}", "base": str(wf.base_path),
-            "overrides": {**dict(wf.overrides), **dict(overrides)},
+            "overrides": {**dict(wf.overrides), **dict(overrides), **stop_overrides(wf)},
             "seeds": seeds_value(seeds) if seeds is not None else 1, "grid": grid}
     if zipped:
         spec["zip"] = zipped
@@ -40,6 +40,15 @@ def write_sweep(wf: Workflow, path: Path, overrides: Mapping | Overrides, grid: 
     if is_primary():
         path.write_text(text)
     barrier("pql_jax: stage sweep written")
+
+
+def stop_overrides(wf: Workflow) -> dict:
+    """`refine.stop_after`'s config overrides: stop a member once it holds the highest threshold
+    (raw return = J * max_return / 1000); none when the workflow trains every member to full length."""
+    if not wf.refine.stop_after:
+        return {}
+    return {"run.stop_after": wf.refine.stop_after,
+            "run.stop_return": float(max(wf.thresholds)) * float(wf.max_return) / 1000.0}
 
 
 class PartsPending(Exception):
