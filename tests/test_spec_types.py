@@ -17,7 +17,7 @@ from pql_jax.errors import UserError
 from pql_jax.plan.sweep import SweepSpec, load_sweep, parse_sweep_spec, read_sweep_spec
 from pql_jax.workflow import spec as wf_spec
 from pql_jax.workflow.spec import FitSpec, HparamSweepSpec, UtdSweepSpec, VerifySpec, Workflow, load_workflow
-from pql_jax.workflow.sweeps import hparam_grid, write_sweep
+from pql_jax.workflow.sweeps import hparam_grid, stop_overrides, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTMASS = ROOT / "configs" / "pointmass.yaml"
@@ -162,6 +162,20 @@ def test_workflow_defaults(tmp_path):
     assert load_workflow(_yaml(tmp_path / "plain.yaml", body)).verify.seeds == (1000, 1001, 1002)
 
 
+def test_refine_defaults_off_and_stop_overrides_the_highest_threshold(tmp_path):
+    body = {"base": str(POINTMASS), "max_return": 50, "thresholds": [400, 600, 500],
+            "hparam_sweep": {"utd": [1], "batch_size": [32], "lr": [1e-3]},
+            "utd_sweep": {"utd": [1, 4, 16]}, "verify": {"utd": 2}}
+    wf = load_workflow(_yaml(tmp_path / "plain.yaml", body))
+    assert wf.refine == wf_spec.RefineSpec() and not wf.refine.on and stop_overrides(wf) == {}
+    wf = load_workflow(_yaml(tmp_path / "stop.yaml", {**body, "refine": {"stop_after": 8}}))
+    assert wf.refine.on and wf.refine.early_stop_note(wf.thresholds) is None
+    assert stop_overrides(wf) == {"run.stop_after": 8, "run.stop_return": 30.0}  # 600 of 1000 at max 50
+    del body["thresholds"]  # auto-spaced thresholds: full length, and a note that says so
+    wf = load_workflow(_yaml(tmp_path / "auto.yaml", {**body, "refine": {"stop_after": 8}}))
+    assert stop_overrides(wf) == {} and "full length" in wf.refine.early_stop_note(wf.thresholds)
+
+
 def test_record_identity_and_stage_files_are_what_existing_runs_hold(tmp_path):
     """An output directory written before the typed parse resumes: the workflow.yaml and the
     hparam stage's sweep.yaml written now are byte for byte those of before (the two learning
@@ -268,6 +282,11 @@ BAD_WORKFLOWS = [
     (_with(None, n_thresholds="some"), r"n_thresholds must be an integer"),
     (_with(None, select_level=-1), r"select_level must be an integer >= 0"),
     (_with(None, resamples=2.5), r"resamples must be an integer >= 0"),
+    (_with(None, refine={"stop": 3}), "unknown key 'stop' in workflow section refine"),
+    (_with(None, refine={"stop_after": -1}), r"refine.stop_after must be an integer >= 0"),
+    (_with(None, refine={"stop_after": 2.5}), r"refine.stop_after must be an integer"),
+    (_with(None, refine={"widen": "yes"}), r"refine.widen must be an integer >= 0"),
+    (_with(None, refine={"budget": "lots"}), r"refine.budget must be a number >= 0"),
 ]
 
 

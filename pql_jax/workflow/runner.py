@@ -42,6 +42,8 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
     if start is not None and not (out / "workflow.yaml").is_file():
         raise UserError(f"--from {start}: {out} holds no workflow run")
     prepare_out(wf, out)
+    if wf.refine.early_stop_note(wf.thresholds):
+        log(wf.refine.early_stop_note(wf.thresholds))
     if start is not None:
         if is_primary():
             _clear_from(out, start)

@@ -127,12 +127,20 @@ class RefineSpec:
     stop_after: int = 0
     """Stop a member once this many consecutive evaluation results are at or above the highest
     threshold (its curve past there changes no crossing the fits use); 0: train to full length.
-    Needs explicit `thresholds` (auto-spaced ones are only known after training)."""
+    With auto-spaced thresholds (known only after training) members train to full length
+    (`early_stop_note`)."""
     widen: int = 0
     """At most this many values added outward (the grid's own ratio) per hparam_sweep axis where
     the best batch size or learning rate lies on the grid's edge; 0: never widen."""
     budget: float = 0.0
     """Extra env steps the refinement rounds may spend on runs that determine flagged fits; 0: none."""
+
+    def early_stop_note(self, thresholds) -> str | None:
+        """Why `stop_after` is not applied, or None."""
+        if self.stop_after and not thresholds:
+            return ("refine.stop_after: thresholds are auto-spaced (known only after training), so members "
+                    "train to full length; give thresholds: [...] to stop them early")
+        return None
 
     @property
     def on(self) -> bool:
@@ -317,11 +325,8 @@ def _thresholds(value: Any) -> tuple[float, ...] | None:
     return tuple(float(_number(t, "thresholds", strict=False)) for t in value)
 
 
-def _refine(part: dict, thresholds: tuple[float, ...] | None) -> RefineSpec:
+def _refine(part: dict) -> RefineSpec:
     stop_after = _number(part.get("stop_after", 0), "refine.stop_after", int, strict=False)
-    if stop_after and not thresholds:
-        raise UserError("workflow: refine.stop_after needs explicit thresholds (auto-spaced ones are only "
-                        "known after training); give thresholds: [...] or drop stop_after")
     return RefineSpec(stop_after, _number(part.get("widen", 0), "refine.widen", int, strict=False),
                       float(_number(part.get("budget", 0), "refine.budget", strict=False)))
 
@@ -359,7 +364,7 @@ def parse_workflow(spec: dict, path: str | Path) -> Workflow:
         n_thresholds=_number(spec.get("n_thresholds") or 5, "n_thresholds", int),
         select_level=_number(level, "select_level", int, strict=False) if level is not None else None,
         resamples=_number(spec.get("resamples", 100), "resamples", int, strict=False),
-        batching=spec.get("batching", "auto"), refine=_refine(_mapping(spec, "refine", REFINE_KEYS), thresholds))
+        batching=spec.get("batching", "auto"), refine=_refine(_mapping(spec, "refine", REFINE_KEYS)))
 
 
 def load_workflow(path: str | Path) -> Workflow:

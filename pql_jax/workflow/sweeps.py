@@ -45,7 +45,7 @@ def write_sweep(wf: Workflow, path: Path, overrides: Mapping | Overrides, grid: 
 def stop_overrides(wf: Workflow) -> dict:
     """`refine.stop_after`'s config overrides: stop a member once it holds the highest threshold
     (raw return = J * max_return / 1000); none when the workflow trains every member to full length."""
-    if not wf.refine.stop_after:
+    if not wf.refine.stop_after or not wf.thresholds:  # auto thresholds: full length (early_stop_note)
         return {}
     return {"run.stop_after": wf.refine.stop_after,
             "run.stop_return": float(max(wf.thresholds)) * float(wf.max_return) / 1000.0}
