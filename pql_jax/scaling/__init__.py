@@ -40,6 +40,8 @@ from pql_jax.scaling.laws import (BATCH_SIGMA_N, DATA_SIGMA, DATA_SIGMA_N, LAWS,
                                   power_law)
 from pql_jax.scaling.pipeline import PipelineConfig, Results, fit_all
 from pql_jax.scaling.powerlaw import COVERAGE, percentile_interval
+from pql_jax.scaling.refine import (Cell, PlannedRuns, RefineProblem, RoundPlan, Undetermined, candidates, law_model,
+                                    param_covariance, power_model, refine_round)
 from pql_jax.scaling.propose import fill_nearest, nearest_setting, propose, round_batch, round_sig, write_proposals
 from pql_jax.scaling.report import fmt, markdown_table
 
@@ -58,4 +60,6 @@ __all__ = [
     "fit_hparam_law", "slope_by_threshold", "flags_table", "flag_lines", "boot_predict", "percentile_interval",
     "COVERAGE", "law_flags", "batch_size_b", "compare_forms", "law_points", "cell_crossings_at",
     "fit_batch_size_n", "depends_on_n", "n_dependence_flags",
+    "Cell", "RefineProblem", "RoundPlan", "PlannedRuns", "Undetermined", "law_model", "power_model", "refine_round",
+    "candidates", "param_covariance",
 ]
