@@ -12,6 +12,7 @@ import pandas as pd
 from pql_jax.errors import UserError
 from pql_jax.scaling.fit import LawFit, _bounds, fit_law, holdout_split, joint_layout, single_thread_blas
 from pql_jax.scaling.laws import DATA_SIGMA, DATA_SIGMA_N, Law
+from pql_jax.scaling.ordering import order_levels, refusal
 
 
 @dataclass
@@ -27,6 +28,9 @@ class DataEfficiencyFit:
     n: int
     notes: list = field(default_factory=list)
     holdout: dict = field(default_factory=dict)
+    ordering: dict = field(default_factory=dict)  # env -> what ``ordering.order_levels`` found and did
+    order_fits: dict = field(default_factory=dict)  # env -> {levels, theta} of an ordered joint fit
+    flags: list = field(default_factory=list)  # flag rows (quantity, group, param, problem) of the ordering
 
     def params(self, env, level) -> dict:
         """Law parameters for one env and level (d_min already rescaled to the env)."""
@@ -39,12 +43,19 @@ class DataEfficiencyFit:
         """Predicted env steps to reach the level's threshold."""
         return self.law.predict(self.params(env, level), **inputs)
 
+    def refusal(self, env, level, **inputs) -> str | None:
+        """Why a prediction at ``inputs`` is refused (levels out of order in J there), or None."""
+        return refusal(self, env, level, **inputs)
+
     def to_dict(self) -> dict:
-        """JSON-ready summary (fit.json)."""
-        return {"form": self.law.name, "formula": self.law.formula, "loss": self.loss, "n": self.n,
-                "normalise": self.normalise, "notes": self.notes, "holdout": self.holdout,
-                "levels": {str(lv): {"thresholds": self.thresholds[lv], **f.to_dict()}
-                           for lv, f in self.fits.items()}}
+        """JSON-ready summary (fit.json); ``ordering`` only where levels crossed."""
+        out = {"form": self.law.name, "formula": self.law.formula, "loss": self.loss, "n": self.n,
+               "normalise": self.normalise, "notes": self.notes, "holdout": self.holdout,
+               "levels": {str(lv): {"thresholds": self.thresholds[lv], **f.to_dict()}
+                          for lv, f in self.fits.items()}}
+        if self.ordering:
+            out["ordering"] = self.ordering
+        return out
 
 
 def choose_law(df: pd.DataFrame) -> Law:
@@ -87,10 +98,14 @@ def _median_scale(df: pd.DataFrame) -> pd.Series:
 
 
 def fit_data_efficiency(crossings: pd.DataFrame, shared: bool = False, normalise: str | None = None,
-                        holdout: str | None = None) -> tuple[DataEfficiencyFit, pd.DataFrame]:
+                        holdout: str | None = None,
+                        targets: dict | None = None) -> tuple[DataEfficiencyFit, pd.DataFrame]:
     """Fit D_J per env and threshold level; returns the fit and the input rows with
     ``data_fit`` (and ``held_out``). ``normalise='median'`` pools envs after dividing by each
-    env's median; ``shared`` shares the exponents across envs."""
+    env's median; ``shared`` shares the exponents across envs. The levels' laws are then kept
+    ordered in J over the fitted range and ``targets`` (input -> values predictions will use,
+    e.g. ``{"utd": [2.0]}``) by ``ordering.order_levels``: refitted as an ordered joint fit
+    where they cross, or flagged and refused there."""
     df = add_levels(crossings)
     usable = df[np.isfinite(df["data"])]
     if usable.empty:
@@ -122,11 +137,27 @@ def fit_data_efficiency(crossings: pd.DataFrame, shared: bool = False, normalise
         raise UserError(reasons[0] if reasons else "nothing to fit")
     notes += [f"skipped {r}" for r in reasons]
     result = DataEfficiencyFit(law, fits, thresholds, scale, normalise, total / n, n, notes)
+    order_levels(result, train, targets)
+    if result.order_fits:
+        _refresh_losses(result, train)
     pred = predictions(result, df)
     if holdout:
         pred["held_out"] = df.index.isin(usable.index.difference(train.index))
         result.holdout = holdout_errors(pred, holdout)
     return result, pred
+
+
+def _refresh_losses(fit: DataEfficiencyFit, train: pd.DataFrame) -> None:
+    """Each level's loss (and the total) from its current parameters (after an ordered refit)."""
+    total = 0.0
+    for lv, lf in fit.fits.items():
+        rows = train[(train["level"] == lv) & train["env"].isin(lf.params)]
+        pred = np.concatenate([fit.predict(e, lv, **{k: g[k].to_numpy(float) for k in fit.law.inputs})
+                               for e, g in rows.groupby("env", sort=False)])
+        ly = np.concatenate([np.log(g["data"].to_numpy(float)) for _, g in rows.groupby("env", sort=False)])
+        lf.loss = float(np.mean((ly - np.log(pred)) ** 2))
+        total += lf.loss * lf.n
+    fit.loss = total / fit.n
 
 
 def predictions(fit: DataEfficiencyFit, df: pd.DataFrame) -> pd.DataFrame:

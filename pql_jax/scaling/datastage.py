@@ -10,6 +10,7 @@ import pandas as pd
 from pql_jax.scaling.curves import nanstd
 from pql_jax.scaling.datafit import bootstrap_refit, bootstrap_refits, fit_data_efficiency, joint_bootstrap_refit
 from pql_jax.scaling.diagnostics import law_flags
+from pql_jax.scaling.ordering import ordered_refit
 from pql_jax.scaling.powerlaw import percentile_interval
 
 
@@ -17,26 +18,49 @@ def fit_data_stage(res, cells: pd.DataFrame, Dc: np.ndarray) -> None:
     """D_J fits (``res.objects['data']``), their bootstrap refits (``res.objects['data_boot']``:
     (group, level) -> log parameters (R, p)), predictions with intervals, and flags."""
     cfg = res.config
-    fit, pred = fit_data_efficiency(cells, shared=cfg.shared, normalise=cfg.normalise)
+    fit, pred = fit_data_efficiency(cells, shared=cfg.shared, normalise=cfg.normalise, targets=cfg.targets)
     res.objects["data"] = fit
     res.notes += fit.notes
     boot = res.objects["data_boot"] = {}
     if Dc.shape[1] > 2:
         for lv, lf in fit.fits.items():
-            rows = pred[(pred["level"] == lv) & np.isfinite(pred["data"]) & pred["env"].isin(fit.thresholds[lv])]
+            envs = [e for e in fit.thresholds[lv] if e not in fit.order_fits]
+            rows = pred[(pred["level"] == lv) & np.isfinite(pred["data"]) & pred["env"].isin(envs)]
             D_r = Dc[rows.index.to_numpy() // Dc.shape[2], 1:, lv].T  # (resamples, points)
-            for g, theta in _refits(fit, lf, rows, D_r).items():
-                boot[(g, lv)] = theta
-                vals = np.exp(theta[np.isfinite(theta).all(1)])
-                if len(vals) > 1:
-                    lo, hi = percentile_interval(vals)
-                    lf.bootstrap_se[g] = dict(zip(lf.law.params, nanstd(vals, axis=0).tolist()))
-                    lf.interval[g] = {p: [float(a), float(b)] for p, a, b in zip(lf.law.params, lo, hi)}
+            for g, theta in (_refits(fit, lf, rows, D_r) if len(rows) else {}).items():
+                _store(boot, lf, g, lv, theta)
+        for env, of in fit.order_fits.items():
+            rows = pred[(pred["env"] == env) & pred["level"].isin(of["levels"]) & np.isfinite(pred["data"])]
+            D_r = Dc[rows.index.to_numpy() // Dc.shape[2], 1:, rows["level"].to_numpy()].T
+            for lv, theta in _ordered_refits(fit, of, rows, D_r).items():
+                _store(boot, fit.fits[lv], env, lv, theta)
     for lv, lf in fit.fits.items():
         J = next(iter(fit.thresholds[lv].values()))
         res.flags += law_flags(f"D_J law, level {lv} (J={J:.4g})", lf)
+    res.flags += fit.flags
     res.tables["predictions"] = with_intervals(res, pred)
     res.fits["fit"] = fit.to_dict()
+
+
+def _store(boot: dict, lf, g, lv, theta: np.ndarray) -> None:
+    """Keep one group's refits and set its bootstrap SEs and 90% intervals."""
+    boot[(g, lv)] = theta
+    vals = np.exp(theta[np.isfinite(theta).all(1)])
+    if len(vals) > 1:
+        lo, hi = percentile_interval(vals)
+        lf.bootstrap_se[g] = dict(zip(lf.law.params, nanstd(vals, axis=0).tolist()))
+        lf.interval[g] = {p: [float(a), float(b)] for p, a, b in zip(lf.law.params, lo, hi)}
+
+
+def _ordered_refits(fit, of: dict, rows: pd.DataFrame, D_r: np.ndarray) -> dict:
+    """level -> refitted log parameters of one env's ordered joint fit (every resample refitted
+    with the same order constraints)."""
+    law, levels = fit.law, of["levels"]
+    lx = {k: np.log(rows[k].to_numpy(float)) for k in law.inputs}
+    codes = pd.Categorical(rows["level"], categories=levels).codes
+    with np.errstate(all="ignore"):
+        theta = ordered_refit(law, lx, np.log(D_r), codes, len(levels), of["theta"])
+    return {lv: theta[:, j] for j, lv in enumerate(levels)}
 
 
 def _refits(fit, lf, rows: pd.DataFrame, D_r: np.ndarray) -> dict:

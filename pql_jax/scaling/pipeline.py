@@ -55,6 +55,9 @@ class PipelineConfig:
     # a fit of one env stands for every env. Written to fit_<name>.json with "source".
     hparam_fits: dict | None = None
     hparam_fits_source: str = "given (PipelineConfig.hparam_fits)"
+    # inputs predictions will be made at beyond the fitted ones ({"utd": [2.0]}): the D_J levels
+    # are kept ordered in J over them too (``ordering.order_levels``)
+    targets: dict | None = None
 
 
 @dataclass

@@ -180,7 +180,8 @@ def stage_fit_laws(wf: Workflow, out: Path, progress: bool = True, log=print) ->
         given["batch_size_n"] = batch_n
     pcfg = PipelineConfig(max_return=float(wf.max_return), thresholds=_thresholds(wf), n_thresholds=wf.n_thresholds,
                           resamples=wf.resamples, holdout=wf.fit.holdout, delta=wf.fit.delta, k=wf.fit.k,
-                          hparam_fits=given, hparam_fits_source="fit_hparams (hparam sweep)")
+                          hparam_fits=given, hparam_fits_source="fit_hparams (hparam sweep)",
+                          targets={"utd": [wf.verify.utd]} if wf.verify.utd else None)
     results = out / "utd_sweep" / "results.csv"
     try:
         res = fit_all(str(results), pcfg)
@@ -266,11 +267,13 @@ def _verify_plan(wf: Workflow, results: Path, res, prop: pd.DataFrame) -> pd.Dat
                     kw["model_size"] = n
                 boot = boot_predict(res, env, lv, **kw)
                 lo, hi = percentile_interval(boot[:, 0]) if boot is not None and len(boot) > 1 else (np.nan, np.nan)
+                refused = fit.refusal(env, lv, **kw)  # levels out of order in J here: no prediction
+                pred = np.nan if refused else float(np.squeeze(fit.predict(env, lv, **kw)))
+                lo, hi = (np.nan, np.nan) if refused else (lo, hi)
                 plan.append({"target": row["target"], "env": env, "level": lv, "threshold": fit.thresholds[lv][env],
                              "utd": format_utd(float(row["utd"])), "utd_value": float(row["utd"]),
                              "batch_size": int(row["batch_size"]), "lr": float(row["lr"]),
                              "critic_width": width if width is not None else np.nan, "model_size": n,
-                             "data_pred": float(np.squeeze(fit.predict(env, lv, **kw))),
-                             "data_pred_lo": float(lo), "data_pred_hi": float(hi),
-                             "extrapolated": bool(row.get("extrapolated", False))})
+                             "data_pred": pred, "data_pred_lo": float(lo), "data_pred_hi": float(hi),
+                             "extrapolated": bool(row.get("extrapolated", False)), "refused": refused or ""})
     return pd.DataFrame(plan)

@@ -108,8 +108,12 @@ LARGE_ERROR = 0.25
 
 def verdict(row) -> str:
     """The verification of one threshold in words: agrees, agrees only within the noise (a large
-    error the combined interval is too wide to contradict), disagrees, or cannot be judged."""
+    error the combined interval is too wide to contradict), disagrees, or cannot be judged (also
+    where fit_laws refused the prediction: the levels' laws out of order in J there)."""
     lo, hi = row.get("agree_lo", np.nan), row.get("agree_hi", np.nan)
+    refused = row.get("refused")
+    if isinstance(refused, str) and refused:
+        return f"no prediction to compare: refused ({refused})"
     if not row.get("reached", False):
         return "not reached by the verification runs: nothing to compare"
     if row.get("data_measured", np.nan) <= row.get("first_log", -np.inf) * (1 + 1e-9):
