@@ -218,3 +218,50 @@ def test_bad_input(run, tmp_path, capsys):
     assert "16x" in _bad(capsys, ["workflow", str(narrow), "--out", str(tmp_path / "o2")], tmp_path / "o2")
     held = _write(tmp_path / "held.yaml", {**MINI, "verify": {"utd": "1/4"}})
     assert "held out" in _bad(capsys, ["workflow", str(held), "--out", str(tmp_path / "o3")], tmp_path / "o3")
+
+
+def _refine_copy(out: Path, tmp_path: Path, budget: float):
+    """The finished run's fit_hparams and UTD sweep results in a fresh OUT, and the workflow with
+    a refinement budget (the refine stage reads nothing else)."""
+    import shutil
+
+    copy = tmp_path / "out"
+    shutil.copytree(out / "fit_hparams", copy / "fit_hparams")
+    (copy / "utd_sweep").mkdir(parents=True)
+    shutil.copy(out / "utd_sweep" / "results.csv", copy / "utd_sweep" / "results.csv")
+    (copy / "refine").mkdir()
+    wf = workflow.load_workflow(_write(tmp_path / "refined.yaml", {**MINI, "refine": {"budget": budget}}))
+    return wf, copy
+
+
+def test_refinement_rounds_stay_within_budget_and_resume(run, tmp_path):
+    from pql_jax.workflow.fits import fit_source
+    from pql_jax.workflow.refine_stage import stage_refine
+
+    _, out, _ = run
+    wf, copy = _refine_copy(out, tmp_path, budget=2 * 3200)  # at most 2 runs of the sweep's length
+    assert stage_refine(workflow.load_workflow(_write(tmp_path / "off.yaml", MINI)), copy, False,
+                        lambda *a: None) == {"rounds": 0}
+    assert fit_source(copy) == copy / "utd_sweep" / "results.csv" and not any((copy / "refine").iterdir())
+    info = stage_refine(wf, copy, False, lambda *a: None)
+    rounds = pd.read_csv(copy / "refine" / "rounds.csv") if info["rounds"] else pd.DataFrame()
+    sweep = pd.read_csv(copy / "utd_sweep" / "results.csv")
+    if info["rounds"]:
+        refined = pd.read_csv(fit_source(copy))
+        added = refined[refined["member"].str.startswith("round")]
+        assert len(refined) == len(sweep) + len(added) and fit_source(copy) == copy / "refine" / "results.csv"
+        spent = added.groupby("member")["env_steps"].max().sum()
+        assert spent == info["env_steps"] <= 2 * 3200
+        assert set(rounds["kind"]) <= {"more seeds", "utd below", "utd above"}
+        assert (np.abs(added["utd"] - 3 / 4) > 1e-9).all()  # the held-out verify UTD is never trained
+        # new seeds never repeat one a cell already has
+        assert not added.merge(sweep, on=["utd", "seed"]).shape[0]
+        assert rounds["se_before"].notna().all() and rounds["se_after"].notna().all()
+        before = {p: p.stat().st_mtime_ns for p in (copy / "refine").rglob("results.csv")}
+        again = stage_refine(wf, copy, False, lambda *a: None)  # resumed: finished rounds are not retrained
+        assert again == info
+        for p, t in before.items():
+            if p.parent.name.startswith("round"):
+                assert pd.read_csv(p)["wall_time"].tolist() == pd.read_csv(p)["wall_time"].tolist()
+    undetermined = copy / "refine" / "undetermined.csv"
+    assert undetermined.is_file()

@@ -225,14 +225,17 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     spec = read_sweep_spec(path)
     base = cfg_mod.load(spec.base, list(spec.overrides) + list(overrides))
     seeds = spec.seed_list(base.run.seed)
+    if "run.seed" in spec.axes and spec.seeds is not None:
+        raise UserError("sweep: give seeds or a run.seed axis, not both")
     members = []
     for combo in spec.combinations():
-        for seed in seeds:
+        # a run.seed axis gives each combination its own seed (e.g. more seeds at chosen cells only)
+        for seed in [combo["run.seed"]] if "run.seed" in combo else seeds:
             config = base
             for key, value in combo.items():
                 config = cfg_mod.set_value(config, key, value)
             config = cfg_mod.set_value(config, "run.seed", seed)
-            label = "_".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in combo.items())
+            label = "_".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in combo.items() if k != "run.seed")
             name = f"m{len(members):03d}" + (f"_{label}" if label else "") + f"_seed={seed}"
             try:
                 cfg_mod.validate(config)

@@ -30,17 +30,27 @@ def _thresholds(wf: Workflow):
     return list(wf.thresholds) if wf.thresholds else None
 
 
-def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Steps 2-4: best B and eta per UTD (bootstrap over seeds), then B*(sigma), eta*(sigma) through
-    the UTDs whose best value lies inside the swept grid, with the seed bootstrap's SEs and 90%
-    intervals and the slope at every threshold; ``flags.csv`` lists what the data do not determine."""
-    d = out / "fit_hparams"
-    df, notes = load_curves(str(out / "hparam_sweep" / "results.csv"), float(wf.max_return))
+def pick_best(wf: Workflow, results: Path):
+    """Best B and eta per cell (UTD, model size) of a sweep's ``results.csv``, as ``fit_hparams``
+    picks them: the seed bootstrap of the crossings (``crossing_bootstrap``, seed 0), the threshold
+    level (``_select_level``) and ``best_hparams`` there (its ``{hp}_edge`` column: 'high' / 'low'
+    where the best value is an unbracketed grid edge). Returns (crossing bootstrap, best table
+    with its ``threshold``, per-resample best values, level, thresholds J, notes)."""
+    df, notes = load_curves(str(results), float(wf.max_return))
     cb = crossing_bootstrap(df, _thresholds(wf), wf.resamples, 0, n_thresholds=wf.n_thresholds, shared=True)
     level = _select_level(wf, cb, notes)
     best, per_resample = best_hparams(cb.table, cb.D, level)
     J = next(iter(cb.thresholds.values()))
     best["threshold"] = float(J[level])
+    return cb, best, per_resample, level, J, notes
+
+
+def stage_fit_hparams(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
+    """Steps 2-4: best B and eta per UTD (bootstrap over seeds), then B*(sigma), eta*(sigma) through
+    the UTDs whose best value lies inside the swept grid, with the seed bootstrap's SEs and 90%
+    intervals and the slope at every threshold; ``flags.csv`` lists what the data do not determine."""
+    d = out / "fit_hparams"
+    cb, best, per_resample, level, J, notes = pick_best(wf, out / "hparam_sweep" / "results.csv")
     best.to_csv(d / "best_hparams.csv", index=False)
     fits, flags = {}, []
     sens = slope_by_threshold(cb.table, cb.D, J)
@@ -169,22 +179,56 @@ def round_utd(u: float) -> float:
     return min(cands, key=lambda c: abs(math.log(c / u)))
 
 
-def stage_fit_laws(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Steps 6-8: D_J(sigma) (and (sigma, N)), compute, budget, sigma*(F); proposal and verify plan."""
-    d = out / "fit_laws"
-    # B*(sigma), eta*(sigma) come from the hparam sweep (the UTD sweep has one B, eta per UTD)
+def fit_source(out: Path) -> Path:
+    """The table the laws are fitted on: the UTD sweep's, or with refinement rounds the refined
+    one (``refine/results.csv``: the UTD sweep's rows and every round's)."""
+    refined = out / "refine" / "results.csv"
+    return refined if refined.is_file() else out / "utd_sweep" / "results.csv"
+
+
+def _hparam_laws(out: Path) -> dict:
+    """The B*(sigma), eta*(sigma) (and used B*(sigma, N)) laws ``fit_hparams`` fitted, by file name."""
     given = {name: PowerFit.from_dict(json.loads((out / "fit_hparams" / f"fit_{name}.json").read_text()))
              for _, name in HPARAMS if (out / "fit_hparams" / f"fit_{name}.json").is_file()}
     batch_n = batch_size_n_law(out)
     if batch_n is not None:
         given["batch_size_n"] = batch_n
-    pcfg = PipelineConfig(max_return=float(wf.max_return), thresholds=_thresholds(wf), n_thresholds=wf.n_thresholds,
+    return given
+
+
+def pipeline_config(wf: Workflow, out: Path) -> PipelineConfig:
+    """``fit all``'s options for the UTD sweep's laws: B*(sigma), eta*(sigma) from the hparam sweep
+    (the UTD sweep has one B, eta per UTD) and the verify UTD as a prediction target."""
+    fixed = out / "refine" / "thresholds.json"  # auto thresholds as the refinement fixed them
+    thresholds = json.loads(fixed.read_text()) if fixed.is_file() and not wf.thresholds else _thresholds(wf)
+    return PipelineConfig(max_return=float(wf.max_return), thresholds=thresholds, n_thresholds=wf.n_thresholds,
                           resamples=wf.resamples, holdout=wf.fit.holdout, delta=wf.fit.delta, k=wf.fit.k,
-                          hparam_fits=given, hparam_fits_source="fit_hparams (hparam sweep)",
+                          hparam_fits=_hparam_laws(out), hparam_fits_source="fit_hparams (hparam sweep)",
                           targets={"utd": [wf.verify.utd]} if wf.verify.utd else None)
-    results = out / "utd_sweep" / "results.csv"
+
+
+def settings_at(wf: Workflow, out: Path, utd: float, width=None, model_size=None) -> dict:
+    """B*, eta* at a UTD (and critic width) as ``fit_hparams`` set them: its ``settings.csv`` row,
+    else (a UTD it did not set) from its laws or the nearest best value, by the same rule."""
+    s = read_settings(out)
+    match = s[np.isclose(s["utd_value"], utd, rtol=1e-9)]
+    if width is not None and "critic_width" in s and s["critic_width"].notna().any():
+        match = match[match["critic_width"] == width]
+    if len(match):
+        return match.iloc[0].to_dict()
+    best = pd.read_csv(out / "fit_hparams" / "best_hparams.csv")
+    laws = _hparam_laws(out)
+    batch_n = laws.pop("batch_size_n", None)
+    n = model_size if batch_n is not None else None
+    return _setting(wf, best, laws, utd, float(best["threshold"].iloc[0]), batch_n, width if n else None, n)
+
+
+def stage_fit_laws(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
+    """Steps 6-8: D_J(sigma) (and (sigma, N)), compute, budget, sigma*(F); proposal and verify plan."""
+    d = out / "fit_laws"
+    results = fit_source(out)
     try:
-        res = fit_all(str(results), pcfg)
+        res = fit_all(str(results), pipeline_config(wf, out))
     except UserError as exc:  # honest: no law through noise; the report states why
         write_json(str(d / "summary.json"), {"fitted": False, "reason": str(exc)})
         log(f"  no laws fitted: {exc}")

@@ -16,6 +16,7 @@ from pql_jax.plan.sweep import Sweep
 from pql_jax.run import launch
 from pql_jax.workflow.spec import Workflow, load_workflow, seed_count
 from pql_jax.workflow.sweeps import hparam_grid, write_sweep
+from pql_jax.workflow.widen import max_added_members
 
 
 def project_workflow(wf: Workflow, hparam: Sweep, speeds: dict[int, GroupSpeed] | None) -> list[str]:
@@ -37,6 +38,11 @@ def project_workflow(wf: Workflow, hparam: Sweep, speeds: dict[int, GroupSpeed] 
     lines = [f"workflow {wf.name}: hparam_sweep {len(hparam.members)} members in {len(hparam.groups)} program(s) "
              f"(planned above); utd_sweep {utd_members} members in up to {utd_programs} program(s) and verify "
              f"{verify_members} member(s) are projected (their batch sizes and learning rates come from fits)"]
+    if wf.refine.widen:  # rounds are decided by the grid's results: only their most is known here
+        one, both = max_added_members(wf, seeds)
+        lines.append(f"refine.widen = {wf.refine.widen}: widening the hparam grid where a best value lies on its "
+                     f"edge may add up to {one} members ({both} if both edges of an axis are widened at a UTD), "
+                     "not in the projections")
     if speeds:
         member_chunk = statistics.mean(s.chunk_seconds / s.members for s in speeds.values())
         eval_cost = statistics.mean(s.eval_seconds / s.members for s in speeds.values())

@@ -15,7 +15,9 @@ from pql_jax.values import format_utd
 from pql_jax.scaling import flag_lines, fmt, markdown_table
 from pql_jax.scaling import flagged_params, merge_flags, report_flags, unflagged_notes
 from pql_jax.workflow.spec import STAGES, Workflow, read_marker, seeds_value
+from pql_jax.workflow.refine_stage import refine_lines
 from pql_jax.workflow.verify import with_verdicts
+from pql_jax.workflow.widen import report_lines as widen_lines
 
 
 def _json(path: Path) -> dict:
@@ -191,7 +193,8 @@ def _stages_section(wf: Workflow, out: Path) -> list[str]:
          f"Workflow file: `{wf.path}` (copy: `workflow.yaml`); base config `{wf.base_path}`; returns normalised "
          f"to 0..1000 by max return {wf.max_return}.", "", "## Stages", ""]
     lines += _table(pd.DataFrame([{"stage": s, "seconds": read_marker(out, s).get("seconds", "running"),
-                                "finished": read_marker(out, s).get("finished", "")} for s in STAGES[:-1]]),
+                                "finished": read_marker(out, s).get("finished", "")} for s in STAGES[:-1]
+                                if s != "refine" or wf.refine.budget]),
                 ["stage", "seconds", "finished"])
 
     return lines
@@ -205,6 +208,7 @@ def _hparam_section(wf: Workflow, out: Path) -> list[str]:
           f"Sweep: UTD {', '.join(format_utd(u) for u in h.utd)} x batch size "
           f"{list(h.batch_size)} x learning rate {list(h.lr)}, seeds {seeds_value(wf.seeds) or 1}; "
           f"best values picked at threshold J = {_num(hparam_summary.get('threshold'))} (seed bootstrap, eqs. D.1/D.4).", ""]
+    lines += widen_lines(wf, out)  # the grid as widened (refine.widen), when it was
     lines += _table(_csv(out / "fit_hparams" / "best_hparams.csv"),
                 ["utd", "batch_size", "batch_size_std", "n_batch_size", "lr", "lr_std", "n_lr"])
     lines.append("")
@@ -401,6 +405,8 @@ def stage_report(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
     lines = _stages_section(wf, out)
     for section in (_hparam_section, _laws_section, _proposal_section, _td_section):
         lines += section(wf, out)
+        if section is _laws_section:  # the laws as fitted after the rounds, then the rounds
+            lines += refine_lines(out)
     if made:
         lines += ["## Figures", ""] + [f"- [{f}](report/figures/{f}): {desc}" for f, desc in made]
     (out / "report.md").write_text("\n".join(_notes_once(lines)) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 from pql_jax.errors import UserError
 from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.workflow.fits import stage_fit_hparams, stage_fit_laws
+from pql_jax.workflow.refine_stage import stage_refine
 from pql_jax.workflow.report import stage_report
 from pql_jax.workflow.spec import STAGES, is_done, load_workflow, mark_done, prepare_out
 from pql_jax.workflow.sweeps import PartsPending, stage_hparam_sweep, stage_utd_sweep
@@ -17,8 +18,8 @@ from pql_jax.workflow.verify import stage_verify
 
 #: Stage name -> stage function(wf, out, progress=, log=) -> info for its done.json.
 STAGE_FUNCTIONS = {"hparam_sweep": stage_hparam_sweep, "fit_hparams": stage_fit_hparams,
-                   "utd_sweep": stage_utd_sweep, "fit_laws": stage_fit_laws, "verify": stage_verify,
-                   "report": stage_report}
+                   "utd_sweep": stage_utd_sweep, "refine": stage_refine, "fit_laws": stage_fit_laws,
+                   "verify": stage_verify, "report": stage_report}
 assert tuple(STAGE_FUNCTIONS) == STAGES
 
 
@@ -74,7 +75,7 @@ def run_workflow(path: str | Path, out: str | Path, start: str | None = None, pr
 
 #: Stages that train: under several processes (pql_jax.run.distributed) every process runs them;
 #: the fitting and report stages run on process 0 alone, the others wait for them.
-TRAINING_STAGES = ("hparam_sweep", "utd_sweep", "verify")
+TRAINING_STAGES = ("hparam_sweep", "utd_sweep", "refine", "verify")
 
 
 def _run_stage(wf, out: Path, stage: str, progress: bool, log) -> dict:

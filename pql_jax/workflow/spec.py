@@ -50,7 +50,7 @@ from pql_jax.errors import UserError
 from pql_jax.plan.sweep import Seeds, parse_seeds, resolve_key
 from pql_jax.run.launch import open_run_dir
 
-STAGES = ("hparam_sweep", "fit_hparams", "utd_sweep", "fit_laws", "verify", "report")
+STAGES = ("hparam_sweep", "fit_hparams", "utd_sweep", "refine", "fit_laws", "verify", "report")
 KEYS = ("name", "base", "overrides", "seeds", "max_return", "thresholds", "n_thresholds", "select_level",
         "resamples", "hparam_sweep", "utd_sweep", "fit", "verify", "batching", "refine")
 REQUIRED = ("base", "max_return", "hparam_sweep", "utd_sweep", "verify")

@@ -32,6 +32,8 @@ def write_sweep(wf: Workflow, path: Path, overrides: Mapping | Overrides, grid: 
     spec = {"name": f"{wf.name}_{path.parent.name}", "base": str(wf.base_path),
             "overrides": {**dict(wf.overrides), **dict(overrides), **stop_overrides(wf)},
             "seeds": seeds_value(seeds) if seeds is not None else 1, "grid": grid}
+    if "run.seed" in zipped:  # each zipped run has its own seed (refinement rounds)
+        del spec["seeds"]
     if zipped:
         spec["zip"] = zipped
     text = yaml.safe_dump(spec, sort_keys=False)
@@ -124,9 +126,14 @@ def hparam_grid(wf: Workflow) -> tuple[dict, dict]:
 
 
 def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds."""
+    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds; with
+    ``refine.widen`` then widened where a best value lies on the grid's edge (``widen``'s rule)."""
     d = out / "hparam_sweep"
     write_sweep(wf, d / "sweep.yaml", {}, *hparam_grid(wf), wf.seeds)
+    if wf.refine.widen:
+        from pql_jax.workflow.widen import widen_stage  # noqa: PLC0415 - widen builds on this module
+
+        return widen_stage(wf, d, progress, log)
     return run_sweep_stage(wf, d, progress, log)
 
 
