@@ -61,11 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("workflow_file", metavar="WORKFLOW.yaml")
     wf.add_argument("--out", required=True, help="run directory (one folder per stage, report.md)")
     wf.add_argument("--from", dest="start", metavar="STAGE",
-                    help="rerun from this stage (hparam_sweep, fit_hparams, utd_sweep, fit_laws, verify, report)")
+                    help="rerun from this stage (hparam_sweep, fit_hparams, utd_sweep, refine, fit_laws, verify, report)")
     wf.add_argument("--no-progress", action="store_true", help="no progress bars")
     wf.add_argument("--part", metavar="I/N", help="train only the I-th of N shares of each sweep stage (a job-array "
                                                   "task; --out on a shared file system); the stage merges and the "
                                                   "workflow goes on once every part has finished")
+    wf.add_argument("--workers", default="auto", metavar="N",
+                    help="local worker processes per sweep stage on CPU (map batching), run side by side and "
+                         "merged, the same numbers as one process; auto: one per usable core; 1: in this process")
     _add_launch_flags(wf)
     _add_distributed_flags(wf)
     wf.set_defaults(func=_cmd_workflow)
@@ -199,6 +202,17 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _positive_int(text: str, flag: str) -> int:
+    """An integer >= 1 a flag gave; UserError naming the flag otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{flag} must be an integer >= 1 or auto, got {text!r}")
+    return value
+
+
 def _cmd_workflow(args) -> int:
     """Run the scaling workflow; finished stages are skipped, an interrupted sweep resumes."""
     from pql_jax.run import distributed
@@ -207,11 +221,12 @@ def _cmd_workflow(args) -> int:
 
     part = parse_part(args.part) if args.part else None
     launched = _launch_options(args)
+    workers = None if args.workers == "auto" else _positive_int(args.workers, "--workers")
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.distributed,
                            args.init_timeout)  # before any JAX computation
     primary = distributed.is_primary()
     report = run_workflow(args.workflow_file, args.out, start=args.start, progress=primary and not args.no_progress,
-                          part=part, launch=launched, log=print if primary else (lambda *a: None))
+                          part=part, launch=launched, workers=workers, log=print if primary else (lambda *a: None))
     if not primary:
         return 0
     if report is None:

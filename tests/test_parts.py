@@ -170,7 +170,7 @@ def test_workflow_sweep_stage_as_parts(whole_and_parts, tmp_path):
     spec = yaml.safe_load(text)
     spec["overrides"] = {"run.total_env_steps": 2400, "run.chunk_steps": 25, "run.checkpoint_every": 2}
     (stage / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    wf = lambda i: SimpleNamespace(batching="map", part=(i, 2), launch=None)
+    wf = lambda i: SimpleNamespace(batching="map", part=(i, 2), launch=None, workers=1)
     quiet = dict(progress=False, log=lambda *a: None)
     with pytest.raises(PartsPending, match="part2of2"):
         run_sweep_stage(wf(1), stage, **quiet)
@@ -274,3 +274,18 @@ def test_bad_launch_flags_are_one_line(args, needle, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_member_stopped_early_counts_as_finished(tmp_path):
+    """A part's member that stopped early (`stopped` = 1 on its last row) is finished; one that
+    is short of its last env step without a stop is not."""
+    from pql_jax.run.tables import write_rows_atomic
+
+    row = lambda member, steps, stopped: {"member": member, "env_steps": steps, "stopped": stopped}  # noqa: E731
+    write_rows_atomic(tmp_path / "results.csv", [row("a", 400, 0), row("a", 800, 0), row("b", 400, 1),
+                                                 row("c", 400, 0)], ["member", "env_steps", "stopped"])
+    record = {"part": "1/2", "part_members": {"a": 800, "b": 800}}
+    rows, _ = parts.finished_rows([tmp_path], [record], "results.csv")
+    assert [r["member"] for r in rows] == ["a", "a", "b"]
+    with pytest.raises(UserError, match="member c is unfinished"):
+        parts.finished_rows([tmp_path], [{**record, "part_members": {"c": 800}}], "results.csv")

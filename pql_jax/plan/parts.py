@@ -64,16 +64,28 @@ def compile_cost(group: Group, costs: dict[int, Costs]) -> float:
     return COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
 
 
-def split(sweep: Sweep, costs: dict[int, Costs], parts: int, lockstep: bool = False) -> list[Sweep]:
+WHOLE_GROUPS = False
+"""Default of `split`'s `whole_groups`. Local workers (pql_jax.run.local_parts) set it: on a CPU a
+compile costs about a fifth of a small group's training (quickstart: ~21 CPU s per program vs
+70-130 s per group) and an update's cost grows far slower than its FLOPs, so a group halved by
+the FLOP model made one of 2 workers compile all 3 programs and train 2.7x the other's share."""
+
+
+def split(sweep: Sweep, costs: dict[int, Costs], parts: int, lockstep: bool = False,
+          whole_groups: bool | None = None) -> list[Sweep]:
     """The `parts` shares of `sweep` (a part may be empty when there are fewer members than parts).
 
     Whole groups by LPT first; then the costliest group (or piece) is halved again and again, up
     to `MAX_PIECES_PER_PART` pieces per part, and the assignment with the smallest makespan wins
     (each extra piece pays its own compile). With about as many groups as parts, whole groups
     balance badly: 9 equal groups on 8 parts leave one part with twice the work of the rest.
-    `lockstep`: cost members as vmap batching runs them (`group_cost`)."""
+    `lockstep`: cost members as vmap batching runs them (`group_cost`). `whole_groups` (default
+    `WHOLE_GROUPS`): with at least as many groups as parts, whole groups by LPT only, each
+    program compiled by one part."""
     unit_cost = lambda g: group_cost(g, costs, lockstep)
     units = list(sweep.groups)
+    if (WHOLE_GROUPS if whole_groups is None else whole_groups) and len(units) >= parts:
+        return [_share(sweep, share) for share in _lpt(units, unit_cost, parts)[1]]
     while len(units) < parts and _halve_costliest(units, unit_cost):
         pass
     best = _lpt(units, unit_cost, parts)
@@ -180,13 +192,16 @@ def merge(dirs: list[str | Path], out: str | Path, table: str = "results.csv") -
 
 
 def finished_rows(dirs, records, table: str) -> tuple[list[dict], list[str]]:
-    """Every part's rows of its own members; UserError if one has not reached its last env step."""
+    """Every part's rows of its own members; UserError if one has neither reached its last env step
+    nor stopped early (a row with `stopped` = 1, pql_jax.run.early_stop)."""
     rows, columns = [], []
     for d, rec in zip(dirs, records):
         part_rows = read_rows(d / table)
         for name, final in rec["part_members"].items():
-            done = max((int(float(r["env_steps"])) for r in part_rows if r["member"] == name), default=0)
-            if done < final:
+            own = [r for r in part_rows if r["member"] == name]
+            done = max((int(float(r["env_steps"])) for r in own), default=0)
+            stopped = any(r.get("stopped") not in (None, "", "0", "0.0") for r in own)
+            if done < final and not stopped:
                 raise UserError(f"{d}: member {name} is unfinished ({done:,} of {final:,} env steps); "
                                 f"resume that part (pql-jax sweep ... --part {rec['part']} --resume) first")
         rows += [r for r in part_rows if r["member"] in rec["part_members"]]

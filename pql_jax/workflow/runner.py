@@ -25,18 +25,19 @@ assert tuple(STAGE_FUNCTIONS) == STAGES
 
 def run_workflow(path: str | Path, out: str | Path, start: str | None = None, progress: bool = True,
                  log=print, fail_after: str | None = None, part: tuple[int, int] | None = None,
-                 launch: dict | None = None) -> Path | None:
+                 launch: dict | None = None, workers: int | None = 1) -> Path | None:
     """Run every unfinished stage (or every stage from ``start`` on); returns OUT/report.md (None when
     ``part`` (I, N) trained its share of a sweep stage and waits for the other parts). ``launch``
     (``pql_jax.run.submit.launch_parts`` options: count, cluster, slurm) runs each sweep stage as
-    that many submitit parts, waits for them and merges them.
+    that many submitit parts, waits for them and merges them. ``workers`` (None: one per core) runs
+    each sweep stage that starts afresh in that many local processes (`pql_jax.run.local_parts`).
 
     Bad input raises UserError before anything is written. ``fail_after`` (tests) raises
     RuntimeError right after that stage is marked done.
     """
     if start is not None and start not in STAGES:
         raise UserError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
-    wf = replace(load_workflow(path), part=part, launch=launch)
+    wf = replace(load_workflow(path), part=part, launch=launch, workers=workers)
     if part and launch:
         raise UserError("give --part I/N (this machine's share) or --parts N --launch submitit, not both")
     out = Path(out)

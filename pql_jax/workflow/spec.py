@@ -186,6 +186,9 @@ class Workflow:
     launch: dict | None = None
     """submitit options (count, cluster, slurm): each sweep stage runs as that many submitted
     parts, waited for and merged (`--parts N --launch submitit`)."""
+    workers: int | None = 1
+    """Local worker processes per sweep stage (`--workers`; `pql_jax.run.local_parts`); None:
+    one per usable core (at most one per member); 1: the stage trains in this process."""
 
     @property
     def record(self) -> dict:

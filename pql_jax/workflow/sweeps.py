@@ -17,7 +17,9 @@ import yaml
 from pql_jax.errors import UserError
 from pql_jax.plan import parts
 from pql_jax.plan.sweep import Seeds
-from pql_jax.run.distributed import barrier, is_primary
+from pql_jax.run.distributed import barrier, is_primary, process_count
+from pql_jax.run.local_parts import default_workers, launch_local
+from pql_jax.run.program import resolve_batching
 from pql_jax.run.launch import train_sweep_file
 from pql_jax.run.submit import launch_parts
 from pql_jax.run.tables import read_rows
@@ -67,6 +69,9 @@ def run_sweep_stage(wf: Workflow, stage_dir: Path, progress: bool, log) -> dict:
     (submitit options) the stage's parts are submitted, waited for and merged into ``stage_dir/run``."""
     if wf.launch:
         return _launch_stage(wf, stage_dir, wf.launch, log)
+    workers = _local_workers(wf, stage_dir)
+    if workers > 1:
+        return _local_stage(wf, stage_dir, workers, progress, log)
     part = wf.part
     run = stage_dir / (f"part{part[0]}of{part[1]}" if part else "run")
     resume = (run / "members.yaml").is_file()
@@ -91,6 +96,28 @@ def _launch_stage(wf: Workflow, stage_dir: Path, launched: dict, log) -> dict:
                          log=lambda text: log(_indent(text)), **launched)
     shutil.copyfile(table, stage_dir / "results.csv")
     return {"members": len({r["member"] for r in read_rows(table)})}
+
+
+def _local_workers(wf: Workflow, stage_dir: Path) -> int:
+    """How many local worker processes train this stage: 1 (this process) under several processes,
+    a job-array part, vmap batching (one process owns an accelerator), or a stage this process
+    started training in (it resumes as it started); else ``wf.workers`` (None: one per core)."""
+    run = stage_dir / "run"
+    if wf.workers == 1 or wf.part or process_count() > 1 or resolve_batching(wf.batching) != "map":
+        return 1
+    if run.exists() and not (run / "parts").exists():
+        return 1
+    return wf.workers or default_workers(stage_dir / "sweep.yaml")
+
+
+def _local_stage(wf: Workflow, stage_dir: Path, workers: int, progress: bool, log) -> dict:
+    """Train the stage's sweep in ``workers`` local processes, merged into ``stage_dir/run`` (every
+    number as one process gives it: members are mapped, each alone in its program)."""
+    run = stage_dir / "run"
+    table = launch_local(stage_dir / "sweep.yaml", run, count=workers, resume=run.exists(), batching=wf.batching,
+                         progress=progress, log=lambda text: log(_indent(text)))
+    shutil.copyfile(table, stage_dir / "results.csv")
+    return {"members": len({r["member"] for r in read_rows(table)}), "workers": workers}
 
 
 def _merge_parts(stage_dir: Path, parts_total: int) -> list:
