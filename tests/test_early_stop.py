@@ -19,7 +19,7 @@ from pql_jax.scaling.curves import run_groups
 
 pytestmark = pytest.mark.slow  # the table tests compile and train a population
 
-SWEEP = {"seeds": 3, "grid": {"utd": ["1/16"]}}
+SWEEP = {"seeds": 2, "grid": {"utd": ["1/16"]}}
 LONG = [*SHORT, "run.total_env_steps=9600"]  # 12 chunks: room to stop before the end
 TIMING = {"wall_time", "env_steps_per_s", "updates_per_s", "chunk_seconds"}
 

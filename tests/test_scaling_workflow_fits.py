@@ -11,7 +11,7 @@ import yaml
 from pql_jax.scaling import PowerFit
 from pql_jax.scaling.laws import BATCH_SIGMA_N
 from pql_jax.scaling.synthetic import make_sweep
-from pql_jax.workflow import fits, load_workflow, sweeps
+from pql_jax.workflow import fits, load_workflow, sweeps, widen
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = {32: 3e4, 64: 1e5, 128: 4e5}  # critic width -> planted model size N
@@ -36,8 +36,9 @@ def _fit_hparams_on(tmp_path: Path, monkeypatch, planted: dict):
     out = tmp_path / "out"
     for stage in ("hparam_sweep", "fit_hparams", "utd_sweep"):
         (out / stage).mkdir(parents=True)
-    monkeypatch.setattr(sweeps, "run_sweep_stage", lambda wf, d, progress, log: {})
-    sweeps.stage_hparam_sweep(wf, out)
+    for module in (sweeps, widen):  # the grid and the UTD sweep: training stubbed
+        monkeypatch.setattr(module, "run_sweep_stage", lambda wf, d, progress, log: {})
+    widen.stage_hparam_sweep(wf, out)
     grid = yaml.safe_load((out / "hparam_sweep" / "sweep.yaml").read_text())["grid"]
     assert grid["agent.critic_width"] == list(WIDTHS)
     df = make_sweep(n_envs=1, utds=(0.25, 0.5, 1, 2, 4), batch_sizes=(32, 128, 512, 2048), lrs=(1e-4, 5e-4, 2.5e-3),

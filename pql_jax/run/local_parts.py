@@ -32,7 +32,7 @@ from pql_jax.counts import run_vector_steps
 from pql_jax.errors import UserError
 from pql_jax.plan import parts
 from pql_jax.plan.sweep import load_sweep
-from pql_jax.run.submit import _finished, _last_line, _merge_into, part_dir
+from pql_jax.run.submit import _last_line, _merge_into, part_dir, parts_to_train
 from pql_jax.run.tables import read_rows
 
 # No per-worker XLA thread flags: `--xla_cpu_multi_thread_eigen=false` (one Eigen thread per
@@ -74,11 +74,7 @@ def launch_local(sweep_file, out, overrides=(), count: int | None = None, batchi
     if count < 1:
         raise UserError(f"--workers must be >= 1 (got {count})")
     out = Path(out)
-    if (out / "results.csv").exists() and not resume:
-        raise UserError(f"{out} already holds a merged sweep; choose another --out")
-    if (out / "parts").exists() and not resume:
-        raise UserError(f"{out / 'parts'} already holds parts; pass --resume to continue them")
-    todo = [i for i in range(1, count + 1) if not _finished(part_dir(out, i, count))]
+    todo = parts_to_train(out, count, resume)
     if todo:
         (out / "parts").mkdir(parents=True, exist_ok=True)
         total = sum(run_vector_steps(m.config) * m.config.env.num_envs for m in spec.members)

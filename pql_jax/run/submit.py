@@ -82,6 +82,16 @@ def _finished(d: Path) -> bool:
     return True
 
 
+def parts_to_train(out: Path, count: int, resume: bool) -> list[int]:
+    """The parts (1-based) of `count` not yet finished in `out`; UserError when `out` holds a merged
+    sweep or parts and `resume` is not set (a rerun would mix two sweeps)."""
+    if (out / "results.csv").exists() and not resume:
+        raise UserError(f"{out} already holds a merged sweep; choose another --out")
+    if (out / "parts").exists() and not resume:
+        raise UserError(f"{out / 'parts'} already holds parts; pass --resume to continue them")
+    return [i for i in range(1, count + 1) if not _finished(part_dir(out, i, count))]
+
+
 def _executor(folder: Path, cluster: str, slurm: dict):
     """submitit's AutoExecutor for the parts (UserError naming the extra when submitit is missing)."""
     try:
@@ -106,11 +116,7 @@ def launch_parts(sweep_file, out, overrides=(), count: int = 2, cluster: str = "
     options = parse_slurm(slurm)
     load_sweep(sweep_file, list(overrides))  # bad sweep file or override: one line before anything is submitted
     out = Path(out)
-    if (out / "results.csv").exists() and not resume:
-        raise UserError(f"{out} already holds a merged sweep; choose another --out")
-    if (out / "parts").exists() and not resume:
-        raise UserError(f"{out / 'parts'} already holds parts; pass --resume to continue them")
-    todo = [i for i in range(1, count + 1) if not _finished(part_dir(out, i, count))]
+    todo = parts_to_train(out, count, resume)
     if todo:
         executor = _executor(out / "parts" / "submitit", cluster, options)
         dirs = [str(part_dir(out, i, count)) for i in todo]

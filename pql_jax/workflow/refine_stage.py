@@ -53,10 +53,12 @@ def stage_refine(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         flagged = _flagged(res)
         _record_after(rows, res, r - 1)
         remaining = wf.refine.budget - spent
-        plans = _plans(wf, res, table, flagged, remaining) if flagged and remaining > 0 and r <= MAX_ROUNDS else []
-        runs = _merge_runs(plans, _run_env_steps(table), remaining)
+        run_env_steps = _run_env_steps(table)
+        # at least one run's worth, so the last word on what stays flagged names the runs it needs
+        plans = _plans(wf, res, table, flagged, max(remaining, run_env_steps)) if flagged else []
+        runs = _merge_runs(plans, run_env_steps, _round_budget(remaining, run_env_steps)) if r <= MAX_ROUNDS else {}
         if not runs:
-            undetermined = _still_flagged(flagged, plans, remaining)
+            undetermined = _still_flagged(flagged, plans, remaining, run_env_steps)
             break
         log(f"  round {r}: {len(runs)} cell(s), " + "; ".join(f"{k} at utd {format_utd(u)} x{s}"
                                                           for (u, _), (k, s, _) in runs.items()))
@@ -144,9 +146,15 @@ def _plans(wf: Workflow, res, table: pd.DataFrame, flagged: dict, remaining: flo
         problem = RefineProblem(law_model(fit.law, fit.params(env, level), cells), tuple(cells), run_env_steps,
                                 new_cell_seeds=len(set(table["seed"])), utd_limits=(lo, hi),
                                 size_limits=(min(sizes), max(sizes)))
-        share = max(remaining / 2 / len(flagged), run_env_steps)
-        plans.append(((env, level), refine_round(problem, names, remaining, round_env_steps=share)))
+        plans.append(((env, level), refine_round(problem, names, remaining,
+                                                 round_env_steps=_round_budget(remaining, run_env_steps))))
     return plans
+
+
+def _round_budget(remaining: float, run_env_steps: float) -> float:
+    """What one round may spend: half of what is left (later rounds see what it changed), at
+    least one run, never more than is left (0: nothing can be trained)."""
+    return min(remaining, max(remaining / 2, run_env_steps)) if remaining >= run_env_steps else 0.0
 
 
 def _merge_runs(plans: list, run_env_steps: float, remaining: float) -> dict:
@@ -236,7 +244,7 @@ def _record_after(rows: list, res, r: int) -> None:
                 res, row["env"], row["level"], row["param"])
 
 
-def _still_flagged(flagged: dict, plans: list, remaining: float) -> list:
+def _still_flagged(flagged: dict, plans: list, remaining: float, run_env_steps: float) -> list:
     """[((env, level), what)] for every parameter still flagged at the end: the rule's
     ``Undetermined`` (why no runs, which would determine it and their cost) where it gave one,
     else the flag itself."""
@@ -247,7 +255,14 @@ def _still_flagged(flagged: dict, plans: list, remaining: float) -> list:
             if (key, name) in said:
                 out.append((key, said[key, name]))
             else:
-                end = "the refinement budget is spent" if remaining <= 0 else "no run the rule can add shrinks it"
+                wanted = [p for key2, plan in plans if key2 == key for p in plan.runs if p.param == name]
+                if remaining < run_env_steps:
+                    end = (f"the refinement budget left ({max(remaining, 0):,.0f} env steps) is less than a run "
+                           f"({run_env_steps:,.0f})")
+                    if wanted:
+                        end += "; next: " + ", ".join(f"{p.kind} at utd {format_utd(p.utd)} x{p.seeds}" for p in wanted)
+                else:
+                    end = "no run the rule can add shrinks it"
                 out.append((key, {"param": name, "reason": f"{problem}; {end}"}))
     return out
 

@@ -13,7 +13,8 @@ from pql_jax.workflow.fits import stage_fit_hparams, stage_fit_laws
 from pql_jax.workflow.refine_stage import stage_refine
 from pql_jax.workflow.report import stage_report
 from pql_jax.workflow.spec import STAGES, is_done, load_workflow, mark_done, prepare_out
-from pql_jax.workflow.sweeps import PartsPending, stage_hparam_sweep, stage_utd_sweep
+from pql_jax.workflow.sweeps import PartsPending, stage_utd_sweep
+from pql_jax.workflow.widen import stage_hparam_sweep
 from pql_jax.workflow.verify import stage_verify
 
 #: Stage name -> stage function(wf, out, progress=, log=) -> info for its done.json.

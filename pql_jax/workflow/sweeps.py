@@ -152,18 +152,6 @@ def hparam_grid(wf: Workflow) -> tuple[dict, dict]:
     return grid, {"agent.critic_lr": lr, "agent.actor_lr": lr}
 
 
-def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
-    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds; with
-    ``refine.widen`` then widened where a best value lies on the grid's edge (``widen``'s rule)."""
-    d = out / "hparam_sweep"
-    write_sweep(wf, d / "sweep.yaml", {}, *hparam_grid(wf), wf.seeds)
-    if wf.refine.widen:
-        from pql_jax.workflow.widen import widen_stage  # noqa: PLC0415 - widen builds on this module
-
-        return widen_stage(wf, d, progress, log)
-    return run_sweep_stage(wf, d, progress, log)
-
-
 def stage_utd_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
     """Step 5: the UTD list at the fitted B*, eta*, times the critic widths when given."""
     d = out / "utd_sweep"

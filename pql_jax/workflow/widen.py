@@ -37,7 +37,7 @@ from pql_jax.scaling import fmt
 from pql_jax.values import format_utd
 from pql_jax.workflow.fits import pick_best
 from pql_jax.workflow.spec import Workflow
-from pql_jax.workflow.sweeps import run_sweep_stage, write_sweep
+from pql_jax.workflow.sweeps import hparam_grid, run_sweep_stage, write_sweep
 
 #: The axes widened: (column of the tables, key of the sweep files).
 AXES = (("batch_size", "agent.batch_size"), ("lr", "agent.critic_lr"))
@@ -249,3 +249,13 @@ def max_added_members(wf: Workflow, seeds: int) -> tuple[int, int]:
     one = ((nb + wb) * (nl + wl) - nb * nl) * cells * seeds
     both = ((nb + 2 * wb) * (nl + 2 * wl) - nb * nl) * cells * seeds
     return one, both
+
+
+def stage_hparam_sweep(wf: Workflow, out: Path, progress: bool = True, log=print) -> dict:
+    """Step 1: UTD x batch size x learning rate (critic and actor) grid, several seeds; with
+    ``refine.widen`` then widened where a best value lies on the grid's edge (``widen_stage``)."""
+    d = out / "hparam_sweep"
+    write_sweep(wf, d / "sweep.yaml", {}, *hparam_grid(wf), wf.seeds)
+    if wf.refine.widen:
+        return widen_stage(wf, d, progress, log)
+    return run_sweep_stage(wf, d, progress, log)
