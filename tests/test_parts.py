@@ -289,3 +289,25 @@ def test_a_member_stopped_early_counts_as_finished(tmp_path):
     assert [r["member"] for r in rows] == ["a", "a", "b"]
     with pytest.raises(UserError, match="member c is unfinished"):
         parts.finished_rows([tmp_path], [{**record, "part_members": {"c": 800}}], "results.csv")
+
+
+def test_which_sweep_stages_run_in_local_workers(tmp_path, monkeypatch):
+    """Workers only for a stage that starts afresh under map batching in one process, without a
+    job-array part; a stage this process started resumes in it."""
+    from types import SimpleNamespace
+
+    from pql_jax.workflow import sweeps
+
+    monkeypatch.setattr(sweeps, "process_count", lambda: 1)
+    wf = lambda **kw: SimpleNamespace(**{"batching": "map", "part": None, "workers": 2, **kw})  # noqa: E731
+    stage = tmp_path / "stage"
+    assert sweeps._local_workers(wf(), stage) == 2
+    assert sweeps._local_workers(wf(workers=1), stage) == 1
+    assert sweeps._local_workers(wf(part=(1, 2)), stage) == 1
+    assert sweeps._local_workers(wf(batching="vmap"), stage) == 1
+    (stage / "run").mkdir(parents=True)  # started in this process: resumed in it
+    assert sweeps._local_workers(wf(), stage) == 1
+    (stage / "run" / "parts").mkdir()  # started in workers: resumed in them
+    assert sweeps._local_workers(wf(), stage) == 2
+    monkeypatch.setattr(sweeps, "process_count", lambda: 2)
+    assert sweeps._local_workers(wf(), stage) == 1

@@ -88,7 +88,8 @@ def _run(tmp: Path):
         sweeps.train_sweep_file = real
     assert calls == [False] and not workflow.is_done(out, "utd_sweep")
     partial = pd.read_csv(out / "utd_sweep" / "run" / "results.csv")
-    assert main(["workflow", str(wf), "--out", str(out), "--no-progress"]) == 0
+    # one process here (utd_sweep resumes in-process anyway); --from below runs verify in workers
+    assert main(["workflow", str(wf), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
     resumed = pd.read_csv(out / "utd_sweep" / "results.csv")
     first = resumed[resumed["step"] <= partial["step"].max()]
     assert partial["step"].max() == 4 * 400 and len(first) == len(partial)
