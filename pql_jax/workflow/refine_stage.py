@@ -30,6 +30,7 @@ from pql_jax.values import format_utd
 from pql_jax.workflow.fits import pipeline_config, settings_at
 from pql_jax.workflow.spec import Workflow
 from pql_jax.workflow.sweeps import run_sweep_stage, write_sweep
+from pql_jax.workflow.widen import combine_results
 
 MAX_ROUNDS = 8
 """A bound on rounds whatever the budget: each round costs a compile and a fit."""
@@ -55,7 +56,7 @@ def stage_refine(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         remaining = wf.refine.budget - spent
         run_env_steps = _run_env_steps(table)
         # at least one run's worth, so the last word on what stays flagged names the runs it needs
-        plans = _plans(wf, res, table, flagged, max(remaining, run_env_steps)) if flagged else []
+        plans = _plans(wf, res, table, flagged, max(remaining, run_env_steps), run_env_steps) if flagged else []
         runs = _merge_runs(plans, run_env_steps, _round_budget(remaining, run_env_steps)) if r <= MAX_ROUNDS else {}
         if not runs:
             undetermined = _still_flagged(flagged, plans, remaining, run_env_steps)
@@ -82,19 +83,17 @@ def _fix_thresholds(wf: Workflow, out: Path, res) -> None:
 
 
 def _combined(out: Path, rounds: int) -> pd.DataFrame:
-    """The UTD sweep's rows and those of rounds 1..``rounds`` (members prefixed), also written
-    to ``refine/results.csv``."""
-    parts = [pd.read_csv(out / "utd_sweep" / "results.csv")]
-    for r in range(1, rounds + 1):
-        t = pd.read_csv(out / "refine" / f"round{r}" / "results.csv")
-        parts.append(t.assign(member=f"round{r}/" + t["member"].astype(str)))
-    table = pd.concat(parts, ignore_index=True)
-    if is_primary() and rounds:
-        tmp = out / "refine" / "results.csv.tmp"
-        table.to_csv(tmp, index=False)
-        tmp.replace(out / "refine" / "results.csv")
+    """The UTD sweep's rows and those of rounds 1..``rounds`` (members prefixed ``round<r>/``,
+    program groups numbered uniquely), written to ``refine/results.csv`` with the CSV text kept."""
+    sweep = out / "utd_sweep" / "results.csv"
+    if not rounds:
+        return pd.read_csv(sweep)
+    dest = out / "refine" / "results.csv"
+    if is_primary():
+        combine_results([(sweep, "")] + [(out / "refine" / f"round{r}" / "results.csv", f"round{r}/")
+                                         for r in range(1, rounds + 1)], dest)
     barrier("pql_jax: refine table written")
-    return table
+    return pd.read_csv(dest)
 
 
 def _flagged(res) -> dict:
@@ -113,12 +112,12 @@ def _flagged(res) -> dict:
     return out
 
 
-def _cells(res, table: pd.DataFrame, env, level) -> list[Cell]:
-    """The fit's cells at one (env, level): UTD, model size, seeds so far and the per-seed
-    variance of log D (n x the bootstrap variance of the seed-mean crossing)."""
+def _cells(res, seeds: pd.Series, env, level) -> list[Cell]:
+    """The fit's cells at one (env, level): UTD, model size, seeds so far (``seeds``, per
+    (utd, model_size)) and the per-seed variance of log D (n x the bootstrap variance of the
+    seed-mean crossing)."""
     cross = res.tables["crossings"]
     c = cross[(cross["env"] == env) & (cross["level"] == level) & np.isfinite(cross["data"])]
-    seeds = table.groupby(["utd", "model_size"])["seed"].nunique()
     cells = []
     for _, row in c.iterrows():
         n = int(seeds.get((row["utd"], row["model_size"]), 1))
@@ -128,18 +127,18 @@ def _cells(res, table: pd.DataFrame, env, level) -> list[Cell]:
     return cells
 
 
-def _plans(wf: Workflow, res, table: pd.DataFrame, flagged: dict, remaining: float) -> list:
-    """[((env, level), RoundPlan)] for each flagged D_J law; the round's budget (half of what is
-    left, ``refine_round``'s default) is shared equally between them."""
+def _plans(wf: Workflow, res, table: pd.DataFrame, flagged: dict, remaining: float, run_env_steps: float) -> list:
+    """[((env, level), RoundPlan)] for each flagged D_J law, each given the round's budget
+    (``_round_budget``); ``run_env_steps`` is one run's full length."""
     fit = res.objects["data"]
-    run_env_steps = _run_env_steps(table)
+    seeds = table.groupby(["utd", "model_size"])["seed"].nunique()
     swept = sorted(wf.utd_sweep.utd)
     held = wf.verify.utd
     hi = held * (1 - 1e-6) if held and held > swept[-1] else swept[-1] * 8
     lo = held * (1 + 1e-6) if held and held < swept[0] else swept[0] / 8
     plans = []
     for (env, level), (names, _) in sorted(flagged.items()):
-        cells = _cells(res, table, env, level)
+        cells = _cells(res, seeds, env, level)
         if len(cells) < len(fit.law.params):
             continue
         sizes = [c.model_size for c in cells]
