@@ -12,7 +12,7 @@ import pytest
 from pql_jax.scaling.datafit import fit_data_efficiency
 from pql_jax.scaling.fit import fit_law
 from pql_jax.scaling.laws import DATA_SIGMA
-from pql_jax.scaling.ordering import QUANTITY, ordered_refit, to_vector
+from pql_jax.scaling.ordering import QUANTITY, ordered_refit, refused_points, to_vector
 from pql_jax.workflow.verify import verdict
 
 DATA = Path(__file__).parent / "data"
@@ -134,3 +134,50 @@ def test_to_vector_makes_any_start_feasible():
     params = [{"d_min": 500.0, "b": 0.3, "a": 0.8}, {"d_min": 400.0, "b": 0.2, "a": 0.6}]
     th = to_vector(DATA_SIGMA, params)
     assert th[0] == pytest.approx(np.log(0.7)) and (th[1:].reshape(2, 2)[:, 1] >= 0).all()
+
+
+def test_refused_points_are_where_the_laws_cross_point_by_point():
+    df = planted(1, dmin=(1000.0, 300.0, 5000.0), noise=0.01, a=(1.0, 1.0, 1.0), b=(0.1, 3.0, 0.5))
+    fit, _ = fit_data_efficiency(df, targets={"utd": [4.0]})
+    (c,) = fit.ordering["e"]["refused"]
+    utd = np.array([0.25, 0.5, 1.5, 3.0, 16.0, 64.0])
+    for level, below, above in ((0, None, 1), (1, 0, 2), (2, 1, None)):
+        why = refused_points(fit, "e", level, utd=utd)
+        here = fit.predict("e", level, utd=utd)
+        # by hand: inside the flagged region of a crossing level, or out of order with a neighbour
+        crossed = np.zeros(len(utd), bool)
+        if level in c["levels"]:
+            crossed |= (utd >= c["utd"][0]) & (utd <= c["utd"][1])
+        if below is not None:
+            crossed |= here < fit.predict("e", below, utd=utd) * (1 - 1e-9)
+        if above is not None:
+            crossed |= fit.predict("e", above, utd=utd) < here * (1 - 1e-9)
+        assert [bool(w) for w in why] == crossed.tolist(), level
+        assert (fit.refusal("e", level, utd=utd) is not None) == crossed.any()
+    assert refused_points(fit, "e", 0, utd=np.array([0.5]))[0] == ""
+
+
+def test_propose_skips_refused_optima_and_frontier_points(tmp_path):
+    from pql_jax.errors import UserError
+    from pql_jax.scaling.propose import propose
+
+    utd = np.geomspace(0.1, 10, 5)
+    law = {"coef": {"e": 1.0}, "exponent": 0.5, "n_fit": 3, "n_held_out": 0}
+    (tmp_path / "fit_budget.json").write_text(json.dumps({"delta": 0.0, "laws": {"utd": law}, "compute_unit": "FLOPs"}))
+    front = pd.DataFrame({"env": "e", "level": 0, "threshold": 400.0, "utd": utd, "model_size": 1.0,
+                          "data": [500.0, 300.0, 200.0, 150.0, 120.0], "compute": [10.0, 20.0, 40.0, 80.0, 160.0],
+                          "refused": ["", "", "", "laws cross", "laws cross"]})
+    front.to_csv(tmp_path / "pareto.csv", index=False)
+    # 250 env steps: utd 1 (200 steps) is the cheapest that reaches it; 130 only refused points reach
+    (row,) = propose(str(tmp_path), data=250.0, fill=False).to_dict("records")
+    assert row["data_pred"] == pytest.approx(250.0) and utd[1] <= row["utd"] <= utd[2]
+    with pytest.raises(UserError, match="needs 200"):
+        propose(str(tmp_path), data=130.0, fill=False)
+    front.assign(refused="laws cross").to_csv(tmp_path / "pareto.csv", index=False)
+    with pytest.raises(UserError, match="refused at every utd searched"):
+        propose(str(tmp_path), data=1e6, fill=False)
+    budget = pd.DataFrame({"env": "e", "level": [0, 1], "threshold": [400.0, 600.0], "budget": [100.0, 200.0],
+                           "refused": ["", "laws cross"]})
+    budget.to_csv(tmp_path / "budget.csv", index=False)
+    from pql_jax.scaling.propose import _budget_threshold
+    assert _budget_threshold(str(tmp_path), "e", 300.0)[0] == 400.0  # J = 600's refused optimum is not used

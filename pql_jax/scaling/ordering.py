@@ -264,20 +264,32 @@ def refusal(fit, env, level, **inputs) -> str | None:
     """Why a prediction of D_J for (env, level) at ``inputs`` is refused, or None: inside a
     flagged crossing region of that level, or where the env's laws are out of order in J at
     these inputs themselves (a point beyond the range checked at fit time)."""
+    reasons = refused_points(fit, env, level, **inputs)
+    return next((r for r in reasons if r), None)
+
+
+def refused_points(fit, env, level, **inputs) -> list:
+    """Per input point (inputs broadcast together), why its prediction of D_J for (env, level)
+    is refused ('' where it is not): the budget optima and Pareto frontiers reach beyond the
+    fitted range, where per-level laws may cross although they are ordered inside it."""
     pts = {k: np.atleast_1d(np.asarray(inputs[k], float)) for k in fit.law.inputs}
+    pts = dict(zip(pts, np.broadcast_arrays(*pts.values())))
+    n = len(next(iter(pts.values())))
+    out = [""] * n
     for c in (fit.ordering.get(env) or {}).get("refused", []):
-        if level in c["levels"] and all(((v >= c[k][0]) & (v <= c[k][1])).any() for k, v in pts.items()):
-            return f"D_J at J={c['thresholds'][1]:g} falls below J={c['thresholds'][0]:g} there (laws cross)"
+        if level in c["levels"]:
+            inside = np.logical_and.reduce([(v >= c[k][0]) & (v <= c[k][1]) for k, v in pts.items()])
+            why = f"D_J at J={c['thresholds'][1]:g} falls below J={c['thresholds'][0]:g} there (laws cross)"
+            out = [o or (why if hit else "") for o, hit in zip(out, inside)]
     levels = sorted(lv for lv in fit.fits if env in fit.thresholds.get(lv, {}))
     if level not in levels:
-        return None
+        return out
     i = levels.index(level)
-    here = fit.predict(env, level, **pts)
+    here = np.broadcast_to(fit.predict(env, level, **pts), (n,))
     for other in levels[max(i - 1, 0):i] + levels[i + 1:i + 2]:
-        there = fit.predict(env, other, **pts)
+        there = np.broadcast_to(fit.predict(env, other, **pts), (n,))
         low, high = (there, here) if other < level else (here, there)
-        if (high < low * (1 - 1e-9)).any():
-            a, b = sorted([level, other])
-            return (f"D_J at J={fit.thresholds[b][env]:g} falls below J={fit.thresholds[a][env]:g} at these "
-                    "inputs (laws cross)")
-    return None
+        a, b = sorted([level, other])
+        why = f"D_J at J={fit.thresholds[b][env]:g} falls below J={fit.thresholds[a][env]:g} at these inputs (laws cross)"
+        out = [o or (why if hit else "") for o, hit in zip(out, high < low * (1 - 1e-9))]
+    return out

@@ -21,6 +21,7 @@ from pql_jax.scaling.forms import compare_forms
 from pql_jax.scaling.hparams import (best_hparams, cell_crossings, cell_crossings_at, depends_on_n, fit_batch_size_n,
                                      fit_hparam_law, law_points, slope_by_threshold)
 from pql_jax.scaling.io import load_curves, require_columns, require_distinct
+from pql_jax.scaling.ordering import refused_points
 from pql_jax.scaling.laws import batch_size_b
 from pql_jax.scaling.powerlaw import percentile_interval
 
@@ -321,12 +322,15 @@ def _budgets(res: Results, df: pd.DataFrame, cells: pd.DataFrame) -> None:
         opt = m.solve_budget()
         opt.update(m.precision(opt))
         opt.update(_budget_bootstrap(res, m, key, samples))
+        opt["refused"] = _refused(fit, m, [opt["utd"]], opt["model_size"])[0]
         rows.append(opt)
-        fronts.append(m.frontier(model_size=opt["model_size"]))  # the frontier through the optimum
+        front = m.frontier(model_size=opt["model_size"])  # the frontier through the optimum
+        fronts.append(front.assign(refused=_refused(fit, m, front["utd"].to_numpy(), opt["model_size"])))
     res.objects["budget_models"] = models
     res.tables["budget"] = pd.DataFrame(rows)
     res.tables["pareto"] = pd.concat(fronts, ignore_index=True)
-    laws = bud.budget_power_laws(res.tables["budget"], samples=samples)
+    # an optimum where the levels' laws cross is no optimum: the budget laws leave it out
+    laws = bud.budget_power_laws(res.tables["budget"][res.tables["budget"]["refused"] == ""], samples=samples)
     fitted = {"utd_range": [float(cells["utd"].min()), float(cells["utd"].max())],
               "budget_range": [float(res.tables["budget"]["budget"].min()), float(res.tables["budget"]["budget"].max())]}
     if n_vary:
@@ -334,6 +338,9 @@ def _budgets(res: Results, df: pd.DataFrame, cells: pd.DataFrame) -> None:
     unit = "FLOPs" if "model_size" in df.columns else "FLOPs per critic parameter"  # N = 1 without the column
     res.fits["fit_budget"] = {"k": k, "delta": delta, "compute_unit": unit, "laws": laws, **fitted}
     for r in res.tables["budget"].itertuples():
+        if r.refused:
+            res.flags.append({"quantity": "budget optimum", "group": r.env, "param": f"level {r.level}",
+                              "problem": f"refused at utd {r.utd:.3g}: {r.refused}; left out of the budget laws"})
         if r.extrapolated:
             res.flags.append({"quantity": "budget optimum", "group": r.env, "param": f"level {r.level}",
                               "problem": f"optimum utd {r.utd:.3g}" + (f", N {r.model_size:.3g}" if n_vary else "")
@@ -343,6 +350,12 @@ def _budgets(res: Results, df: pd.DataFrame, cells: pd.DataFrame) -> None:
             res.flags.append({"quantity": f"{y}*(F) law", "group": "", "param": "exponent",
                               "problem": f"fitted from {law['n_fit']} point(s) with nothing held out: "
                                          "its extrapolation is untested"})
+
+
+def _refused(fit, m: bud.BudgetModel, utd, model_size) -> list:
+    """Per utd, why D_J of ``m``'s env and level is refused there ('' where it is not)."""
+    kw = {"model_size": np.full(len(utd), model_size, float)} if fit.law.name == "data_sigma_n" else {}
+    return refused_points(fit, m.env, m.level, utd=np.asarray(utd, float), **kw)
 
 
 def _data_fn(fit, env, lv):

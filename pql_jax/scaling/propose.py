@@ -184,11 +184,11 @@ def propose(dir_: str, utds=None, budget: float | None = None, env: str | None =
                 rows.append(_row(fits, e, u, sizes.get(e, np.nan)))
     if data is not None:
         if not rows:
-            e, J, least, at = min(misses, key=lambda m: m[2])
+            e, J, least, at = min(misses, key=lambda m: m[2] if np.isfinite(m[2]) else np.inf)
             raise UserError(f"propose --data {data:g}: no threshold is reached within {data:g} env steps at any utd "
-                            f"searched (the least data: {e} J={J:g} needs {least:.3g}, at utd {at:.3g})")
-        notes += [f"{e} J={J:g}: not reached within {data:g} env steps at any utd searched (the least is {least:.3g}, "
-                  f"at utd {at:.3g}): no row" for e, J, least, at in misses]
+                            f"searched (the least data: {e} J={J:g} {_least(least, at)})")
+        notes += [f"{e} J={J:g}: not reached within {data:g} env steps at any utd searched ({_least(least, at)}): "
+                  "no row" for e, J, least, at in misses]
     table = pd.DataFrame(rows)
     if len(table):
         table["extrapolated"] = [_outside(fits.get("fit_budget") or {}, r) for r in table.to_dict("records")]
@@ -286,7 +286,7 @@ def _budget_threshold(dir_: str | None, env: str, F: float) -> tuple[float, str]
     if not os.path.isfile(path):
         return float("nan"), "unknown (no budget.csv)"
     t = pd.read_csv(path)
-    t = t[(t["env"].astype(str) == str(env)) & np.isfinite(t["budget"])].sort_values("budget")
+    t = t[(t["env"].astype(str) == str(env)) & np.isfinite(t["budget"]) & ~_refused(t)].sort_values("budget")
     if t.empty:
         return float("nan"), "unknown (no budget optimum for this env)"
     Fs, Js = t["budget"].to_numpy(float), t["threshold"].to_numpy(float)
@@ -318,8 +318,12 @@ def _for_data(dir_: str, fits: dict, env: str, D: float, n_default: float, misse
         f = f.sort_values("utd")
         u, d, c = (f[k].to_numpy(float) for k in ("utd", "data", "compute"))
         J = float(f["threshold"].iloc[0])
+        d = np.where(_refused(f), np.nan, d)  # where the levels' laws cross, D_J is no prediction
         ok = np.isfinite(d) & np.isfinite(c) & (d <= D)
         if not ok.any():
+            if not np.isfinite(d).any():
+                misses.append((env, J, float("nan"), float("nan")))
+                continue
             i = int(np.nanargmin(d))
             misses.append((env, J, float(d[i]), float(u[i])))
             continue
@@ -338,6 +342,21 @@ def _for_data(dir_: str, fits: dict, env: str, D: float, n_default: float, misse
                      **{k: v for k, v in row.items() if k != "env"}, "data_pred": float(di), "compute_pred": float(ci),
                      "budget_pred": float(ci + delta * di)})
     return rows
+
+
+def _least(least: float, at: float) -> str:
+    """The least data a threshold needs on its frontier, for a miss's message."""
+    if not np.isfinite(least):
+        return "refused at every utd searched: the levels' D_J laws cross"
+    return f"needs {least:.3g}, at utd {at:.3g}"
+
+
+def _refused(table: pd.DataFrame) -> np.ndarray:
+    """Rows the pipeline refused (budget.csv / pareto.csv ``refused``: the levels' D_J laws cross
+    there); none in files written before the column existed."""
+    if "refused" not in table:
+        return np.zeros(len(table), bool)
+    return table["refused"].fillna("").astype(str).str.len().to_numpy() > 0
 
 
 def _budget_law(law: dict, env: str, F: float) -> tuple[float, np.ndarray]:
