@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pql_jax.cli import main
+from pql_jax.errors import UserError
 from pql_jax.scaling.laws import DATA_SIGMA, DATA_SIGMA_N
 from pql_jax.scaling.synthetic import make_sweep
 
@@ -196,3 +197,25 @@ def test_console_script_exit_keeps_output_and_status(tmp_path):
     bad = run("fit", "data-efficiency", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o"))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "not found" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_fit_all_targets_reach_the_pipeline(tmp_path, capsys, monkeypatch):
+    from pql_jax.scaling import cli
+
+    seen = {}
+
+    def fake(curves, out, cfg):
+        seen["targets"] = cfg.targets
+        raise UserError("stop here")
+
+    monkeypatch.setattr(cli, "fit_all_file", fake)
+    path = _write(tmp_path, _curves())
+    _bad(capsys, ["fit", "all", path, "--out", str(tmp_path / "o"), "--target-utd", "1/4,8"])
+    assert seen["targets"] == {"utd": [0.25, 8.0]}
+    _bad(capsys, ["fit", "all", path, "--out", str(tmp_path / "o")])
+    assert seen["targets"] is None
+    seen.clear()
+    for bad in ("0", "-2", "x", "inf"):
+        msg = _bad(capsys, ["fit", "all", path, "--out", str(tmp_path / "o"), "--target-utd", bad])
+        assert "--target-utd needs positive numbers" in msg and repr(bad) in msg
+    assert not seen  # refused before anything is fitted

@@ -74,7 +74,7 @@ def cmd_all(args) -> int:
         resamples=args.resamples, seed=args.seed, k=args.k, delta=_delta(args),
         model_size=args.model_size, shared=args.shared_exponents, per_env_slopes=args.per_env,
         normalise="median" if args.median_normalise else None, holdout=args.holdout,
-        crossings=args.crossings.replace("-", "_"), figures=not args.no_figures)
+        crossings=args.crossings.replace("-", "_"), figures=not args.no_figures, targets=_targets(args))
     res = fit_all_file(args.curves, args.out, cfg)
     print("stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items()))
     for note in res.notes:
@@ -89,6 +89,21 @@ def cmd_all(args) -> int:
             print(f"  ... and {len(flags) - 10} more")
     print(f"wrote {args.out}/report.md")
     return 0
+
+
+def _targets(args) -> dict | None:
+    """``--target-utd`` / ``--target-model-size`` as PipelineConfig.targets (None: neither)."""
+    out = {}
+    for key, text in (("utd", args.target_utd), ("model_size", args.target_model_size)):
+        if text is not None:
+            try:
+                values = read_numbers(text)
+            except UserError:
+                values = []
+            if not values or not all(np.isfinite(v) and v > 0 for v in values):
+                raise UserError(f"fit all: --target-{key.replace('_', '-')} needs positive numbers, got {text!r}")
+            out[key] = values
+    return out or None
 
 
 def _delta(args):
@@ -166,6 +181,9 @@ def add_subcommands(subparsers) -> None:
     al.add_argument("--model-size", type=_positive, help="critic parameters when not a column")
     al.add_argument("--per-env", action="store_true", help="B*, eta* slopes per env")
     al.add_argument("--no-figures", action="store_true")
+    al.add_argument("--target-utd", metavar="UTD,...",
+                    help="UTDs you will predict at beyond the fitted ones (e.g. 2,4): D_J is kept ordered in J there too")
+    al.add_argument("--target-model-size", metavar="N,...", help="the same for model sizes (with a model_size column)")
     al.add_argument("--crossings", choices=("at-best", "min"), default="at-best",
                     help="D_J per (env, utd, N): at the fitted B*, eta* interpolated across the grid (default, the "
                          "paper's procedure) or the minimum over the swept grid")
