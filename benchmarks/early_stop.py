@@ -11,6 +11,15 @@ in units of the full run's bootstrap SD.
     python benchmarks/early_stop.py --table runs/quickstart/hparam_sweep/results.csv \\
         --max-return 50 --thresholds 400,500,600
 
+Replayed (`--replay`): the whole workflow with `refine.stop_after: k` and nothing else refined, run on
+the full-length workflow's tables cut at k instead of training: each sweep stage's members must be
+the full run's (the same sweep file, stop overrides aside; else the replay stops and says where it
+diverged, and a real run is needed), so the fits, the verification and the report are exactly what
+the stopped workflow computes. The full run is refitted the same way (k = 0: its tables as they are),
+so both columns come from this code. Prints every D_J parameter and verdict side by side.
+
+    python benchmarks/early_stop.py --replay runs/quickstart_fixed --k 8 --out /tmp/stopped
+
 Timed (`--sweep`): the sweep file trained with and without `run.stop_after` under map and vmap
 (cold program per batching, compiled before the clock starts), wall seconds and env steps of each.
 
@@ -97,6 +106,87 @@ def timed(args) -> None:
             print(f"| {batching} | {k} | {wall:.1f} | {int(rows.groupby('member')['env_steps'].max().sum()):,} |")
 
 
+def replay(args) -> None:
+    """The full run's workflow refitted by this code (k = 0) and the stop-only workflow on its
+    tables cut at k (module docstring), side by side."""
+    full, new, k = Path(args.replay), Path(args.out), int(args.k)
+    outs = [new / "full_length", new / f"stop_after_{k}"]
+    for out, after in zip(outs, (0, k)):
+        saved = _replay_one(full, out, after)
+        print(f"{out}: " + ", ".join(f"{stage} {100 * share:.1f}% env steps saved" for stage, share in saved.items()))
+    _side_by_side(*outs)
+
+
+def _replay_one(full: Path, new: Path, k: int) -> dict:
+    """Run the workflow of ``full`` with ``refine.stop_after: k`` into ``new`` on ``full``'s tables cut
+    at k (0: as they are); {stage: share of env steps saved}."""
+    import yaml
+
+    from pql_jax import workflow
+    from pql_jax.workflow import sweeps, verify, widen
+
+    spec = yaml.safe_load((full / "workflow.yaml").read_text())
+    if spec.get("refine"):
+        raise SystemExit(f"{full}: a refined workflow; replay needs a fixed grid's full-length run")
+    if not spec.get("thresholds"):
+        raise SystemExit(f"{full}: auto thresholds: members train to full length, nothing to replay")
+    level = max(spec["thresholds"]) * float(spec["max_return"]) / 1000.0
+    new.mkdir(parents=True, exist_ok=False)
+    wf_path = new.parent / f"{new.name}.workflow.yaml"
+    wf_path.write_text(yaml.safe_dump({**spec, "refine": {"stop_after": k}}, sort_keys=False))
+    saved = {}
+
+    def cut_stage(wf, stage_dir: Path, progress, log) -> dict:
+        rel = stage_dir.relative_to(new)
+        mine, theirs = (yaml.safe_load((d / "sweep.yaml").read_text()) for d in (stage_dir, full / rel))
+        mine["overrides"] = {key: v for key, v in (mine.get("overrides") or {}).items()
+                             if key not in ("run.stop_after", "run.stop_return")}
+        if mine != theirs:
+            raise SystemExit(f"replay diverged at {rel}: the stopped workflow trains other members than the full run "
+                             "(a real run is needed)")
+        table = pd.read_csv(full / rel / "results.csv")
+        table, share = cut(table, level, k) if k else (table, 0.0)
+        table.to_csv(stage_dir / "results.csv", index=False)
+        saved[str(rel)] = share
+        return {"members": int(table["member"].nunique())}
+
+    for module in (sweeps, widen, verify):
+        module.run_sweep_stage = cut_stage
+    workflow.run_workflow(wf_path, new, progress=False, log=lambda *a: None)
+    return saved
+
+
+def _side_by_side(full: Path, new: Path) -> None:
+    """D_J parameters (value +- Hessian SE [bootstrap SE]) and verification verdicts of both runs."""
+    import json
+
+    fits = [json.loads((d / "fit_laws" / "fit.json").read_text())["levels"] for d in (full, new)]
+    print("| J | parameter | full length: value +- Hessian SE [bootstrap SE] | stopped | difference / larger Hessian SE |")
+    print("|---|---|---|---|---|")
+    for lv, fit in fits[0].items():
+        for env, params in fit["params"].items():
+            J = fit["thresholds"][env]
+            for name in params:
+                cells, pairs = [], []
+                for f in fits:
+                    g = f.get(lv, {})
+                    value = g.get("params", {}).get(env, {}).get(name, np.nan)
+                    se = g.get("se", {}).get(env, {}).get(name, np.nan)
+                    boot = (g.get("bootstrap_se") or {}).get(env, {}).get(name, np.nan)
+                    cells.append(f"{value:.3g} +- {se:.2g} [{boot:.2g}]")
+                    pairs.append((value, se))
+                gap = abs(pairs[0][0] - pairs[1][0]) / max(pairs[0][1], pairs[1][1])
+                print(f"| {J:g} | {name} | {cells[0]} | {cells[1]} | {gap:.2f} |")
+    ver = [pd.read_csv(d / "verify" / "verification.csv") for d in (full, new)]
+    print("\n| target | J | measured full / stopped | predicted full [90%] | predicted stopped [90%] | verified |")
+    print("|---|---|---|---|---|---|")
+    for (_, a), (_, b) in zip(ver[0].iterrows(), ver[1].iterrows()):
+        print(f"| {a['target']} | {a['threshold']:g} | {a['data_measured']:.0f} / {b['data_measured']:.0f} | "
+              f"{a['data_pred']:.0f} [{a['data_pred_lo']:.0f}, {a['data_pred_hi']:.0f}] | "
+              f"{b['data_pred']:.0f} [{b['data_pred_lo']:.0f}, {b['data_pred_hi']:.0f}] | "
+              f"{bool(a['verified'])} / {bool(b['verified'])} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--table", help="a full-length results.csv (offline comparison)")
@@ -106,7 +196,11 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=100)
     parser.add_argument("--sweep", help="a sweep file to time with and without stopping")
     parser.add_argument("--stop-return", type=float, default=0.0, help="raw stop return for --sweep")
+    parser.add_argument("--replay", help="a fixed grid's full-length workflow OUT to replay with early stopping")
+    parser.add_argument("--out", help="with --replay: the new OUT (must not exist)")
     args = parser.parse_args()
+    if args.replay:
+        replay(args)
     if args.table:
         offline(args)
     if args.sweep:
