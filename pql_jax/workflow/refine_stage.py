@@ -28,6 +28,7 @@ from pql_jax.run.distributed import barrier, is_primary
 from pql_jax.scaling import Cell, RefineProblem, fit_all, law_model, markdown_table, refine_round, write_json
 from pql_jax.values import format_utd
 from pql_jax.workflow.fits import pipeline_config, settings_at
+from pql_jax.workflow.refine_hparams import hparam_undetermined
 from pql_jax.workflow.spec import Workflow
 from pql_jax.workflow.sweeps import run_sweep_stage, write_sweep
 from pql_jax.workflow.widen import combine_results
@@ -68,7 +69,7 @@ def stage_refine(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         rows += _round_rows(r, plans, runs, res, cost)
         r += 1
     if is_primary():
-        _write(d, rows, undetermined, spent)
+        _write(d, rows, undetermined + hparam_undetermined(wf, out, _utd_limits(wf)), spent)
     barrier("pql_jax: refine written")
     return {"rounds": r - 1, "env_steps": spent, "undetermined": len(undetermined)}
 
@@ -132,10 +133,7 @@ def _plans(wf: Workflow, res, table: pd.DataFrame, flagged: dict, remaining: flo
     (``_round_budget``); ``run_env_steps`` is one run's full length."""
     fit = res.objects["data"]
     seeds = table.groupby(["utd", "model_size"])["seed"].nunique()
-    swept = sorted(wf.utd_sweep.utd)
-    held = wf.verify.utd
-    hi = held * (1 - 1e-6) if held and held > swept[-1] else swept[-1] * 8
-    lo = held * (1 + 1e-6) if held and held < swept[0] else swept[0] / 8
+    lo, hi = _utd_limits(wf)
     plans = []
     for (env, level), (names, _) in sorted(flagged.items()):
         cells = _cells(res, seeds, env, level)
@@ -148,6 +146,16 @@ def _plans(wf: Workflow, res, table: pd.DataFrame, flagged: dict, remaining: flo
         plans.append(((env, level), refine_round(problem, names, remaining,
                                                  round_env_steps=_round_budget(remaining, run_env_steps))))
     return plans
+
+
+def _utd_limits(wf: Workflow) -> tuple[float, float]:
+    """(lo, hi) new UTDs must lie within: up to 8x beyond the UTD sweep's range, never reaching the
+    held-out verify UTD."""
+    swept = sorted(wf.utd_sweep.utd)
+    held = wf.verify.utd
+    hi = held * (1 - 1e-6) if held and held > swept[-1] else swept[-1] * 8
+    lo = held * (1 + 1e-6) if held and held < swept[0] else swept[0] / 8
+    return lo, hi
 
 
 def _round_budget(remaining: float, run_env_steps: float) -> float:
@@ -270,12 +278,16 @@ def _write(d: Path, rows: list, undetermined: list, spent: float) -> None:
     d.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(d / "rounds.csv", index=False)
     out = []
-    for (env, level), u in undetermined:
+    for item in undetermined:
+        if isinstance(item, dict):  # an hparam law's (refine_hparams), complete
+            out.append(item)
+            continue
+        (env, level), u = item
         if isinstance(u, dict):
-            out.append({"env": env, "level": level, **u})
+            out.append({"env": env, "level": level, "law": "D_J", **u})
             continue
         runs = "; ".join(f"{p.kind} utd {format_utd(p.utd)} x{p.seeds}" for p in u.runs)
-        out.append({"env": env, "level": level, "param": u.param, "value": u.value, "reason": u.reason,
+        out.append({"env": env, "level": level, "law": "D_J", "param": u.param, "value": u.value, "reason": u.reason,
                     "runs_that_would_determine": runs, "env_steps": u.env_steps, "critic_updates": u.critic_updates})
     pd.DataFrame(out).to_csv(d / "undetermined.csv", index=False)
     write_json(str(d / "summary.json"), {"env_steps": spent, "rounds": int(max([r["round"] for r in rows], default=0))})
@@ -304,7 +316,9 @@ def refine_lines(out: Path) -> list[str]:
         left = pd.DataFrame()
     for _, u in left.iterrows():
         runs = u.get("runs_that_would_determine")
-        lines.append(f"- still undetermined: level {u['level']} `{u['param']}`: {u['reason']}"
+        law = u.get("law", "D_J")
+        where = f"{law} level {u['level']}" if law == "D_J" or pd.isna(law) else f"{law} law"
+        lines.append(f"- still undetermined: {where} `{u['param']}`: {u['reason']}"
                      + (f" (would need: {runs}, {u['env_steps']:.3g} env steps)" if isinstance(runs, str) and runs
                         else ""))
     return lines + [""]
