@@ -34,11 +34,11 @@ LAWS = (("batch_size", "batch_size", "B*(utd)"), ("lr", "learning_rate", "lr*(ut
 def hparam_undetermined(wf: Workflow, out: Path, utd_limits: tuple) -> list[dict]:
     """Rows for ``undetermined.csv`` (module docstring): one per flagged or unfitted hparam law,
     judged against the whole refinement budget (``refine.budget``)."""
-    path = out / "fit_hparams" / "best_hparams.csv"
-    if not path.is_file():
+    path, sweep = out / "fit_hparams" / "best_hparams.csv", out / "hparam_sweep" / "results.csv"
+    if not (path.is_file() and sweep.is_file()):
         return []
     best = pd.read_csv(path)
-    table = pd.read_csv(out / "hparam_sweep" / "results.csv", usecols=["member", "env_steps"])
+    table = pd.read_csv(sweep, usecols=["member", "env_steps"])
     run_env_steps = float(table.groupby("member")["env_steps"].max().max())
     h = wf.hparam_sweep
     grid = {"batch_size": h.batch_size, "lr": h.lr}

@@ -317,7 +317,8 @@ def refine_lines(out: Path) -> list[str]:
     for _, u in left.iterrows():
         runs = u.get("runs_that_would_determine")
         law = u.get("law", "D_J")
-        where = f"{law} level {u['level']}" if law == "D_J" or pd.isna(law) else f"{law} law"
+        level = int(u["level"]) if pd.notna(u["level"]) and float(u["level"]).is_integer() else u["level"]
+        where = f"{law} level {level}" if law == "D_J" or pd.isna(law) else f"{law} law"
         lines.append(f"- still undetermined: {where} `{u['param']}`: {u['reason']}"
                      + (f" (would need: {runs}, {u['env_steps']:.3g} env steps)" if isinstance(runs, str) and runs
                         else ""))
