@@ -18,16 +18,16 @@ TRAINED = ("hparam_sweep", "utd_sweep", "refine", "verify")
 
 
 def trained(out: Path) -> dict:
-    """stage -> (env steps, critic updates) trained: each member's last row, every results table
-    of the stage (a widened hparam sweep's rounds and the refinement rounds included)."""
+    """stage -> (env steps, critic updates) trained: the sum of each member's last row."""
     totals = {}
     for stage in TRAINED:
         d = out / stage
-        tables = {"hparam_sweep": [d / "run" / "results.csv", *sorted(d.glob("widen*/results.csv"))],
-                  "refine": sorted(d.glob("round*/results.csv"))}.get(stage, [d / "results.csv"])
+        # a stage's results.csv holds every member once (a widened sweep's rounds included); the
+        # refine stage's holds the UTD sweep's rows too, so its rounds are read one by one
+        tables = sorted(d.glob("round*/results.csv")) if stage == "refine" else [d / "results.csv"]
         env = upd = 0.0
         for t in (t for t in tables if t.is_file()):
-            last = pd.read_csv(t).sort_values("env_steps").groupby("member").tail(1)
+            last = pd.read_csv(t).groupby("member").max(numeric_only=True)  # eval rows carry NaN updates
             env += float(last["env_steps"].sum())
             upd += float(last["critic_updates"].sum()) if "critic_updates" in last else np.nan
         totals[stage] = (env, upd)
