@@ -68,6 +68,11 @@ def test_edges_are_left_out_and_a_determined_law_gets_no_row(tmp_path):
     assert row["reason"].startswith("1 UTD(s) with the best batch_size inside the grid")
     determined = _out(tmp_path / "d", [128.0, 64.0, 32.0], [5.0] * 3, fitted=(0.5, 0.05))
     assert hparam_undetermined(_wf(200_000), determined, (1 / 128, 8.0)) == []
+    # a fitted law whose slope fit_hparams flagged (its flags.csv, as the report shows it) is judged
+    (determined / "fit_hparams" / "flags.csv").write_text(
+        "quantity,group,param,problem\nbatch_size law,e,slope,no dependence on utd within the noise\n")
+    (row,) = hparam_undetermined(_wf(200_000), determined, (1 / 128, 8.0))
+    assert row["law"] == "B*(utd)" and row["reason"]
 
 
 def test_identical_seeds_still_carry_the_grids_rounding_variance(tmp_path):

@@ -2,7 +2,8 @@
 "too few UTDs for a law" and section 6's flat batch-size law): assessed, not trained.
 
 Per swept hyperparameter (two or more grid values) and env, where ``fit_hparams`` fitted no law
-or flagged its slope (SE above its value), the refinement rule (``scaling.refine_round``) is asked
+or flagged its slope (its flags.csv: SE above the value, or no dependence on the UTD within the
+noise), the refinement rule (``scaling.refine_round``) is asked
 whether the budget left could determine the slope of log best value = log coef - slope log utd:
 its cells are the UTDs whose best value lies inside the grid, one more seed at a cell is the whole
 B x lr grid there (``runs_per_seed``), a new UTD one grid step beyond an end. The answer, with the
@@ -47,10 +48,10 @@ def hparam_undetermined(wf: Workflow, out: Path, utd_limits: tuple) -> list[dict
         values = sorted(grid[column])
         if len(values) < 2:
             continue  # not swept: no law to determine
-        fitted = _fitted(out, name)
+        fitted, flagged = _fitted(out, name), _flagged(out, name)
         for env, cells in best.groupby("env"):
-            slope, se = fitted.get(str(env), (np.nan, np.nan))
-            if np.isfinite(se) and se <= abs(slope):
+            slope = fitted.get(str(env), np.nan)
+            if np.isfinite(slope) and str(env) not in flagged and "" not in flagged:
                 continue
             rows.append({"env": env, "level": "", "law": law, "param": "slope",
                          **_assess(cells, column, values, slope, run_env_steps, len(h.batch_size) * len(h.lr),
@@ -59,13 +60,22 @@ def hparam_undetermined(wf: Workflow, out: Path, utd_limits: tuple) -> list[dict
 
 
 def _fitted(out: Path, name: str) -> dict:
-    """env -> (slope, its SE) of ``fit_<name>.json`` (empty: no law fitted)."""
+    """env -> slope of ``fit_<name>.json`` (empty: no law fitted)."""
     path = out / "fit_hparams" / f"fit_{name}.json"
     if not path.is_file():
         return {}
-    fit = json.loads(path.read_text())
-    return {env: (float(p["slope"]), float((fit.get("se") or {}).get(env, {}).get("slope", np.nan)))
-            for env, p in fit["params"].items()}
+    return {env: float(p["slope"]) for env, p in json.loads(path.read_text())["params"].items()}
+
+
+def _flagged(out: Path, name: str) -> set:
+    """Envs ('' for all) whose ``name`` law fit_hparams flagged as the report does (its
+    flags.csv): the slope (SE above it by the seed bootstrap, or flat: a constant) or no law."""
+    path = out / "fit_hparams" / "flags.csv"
+    if not path.is_file():
+        return set()
+    f = pd.read_csv(path, dtype=str, keep_default_na=False)
+    f = f[(f["quantity"] == f"{name} law") & f["param"].isin(["slope", ""])]
+    return set(f["group"])
 
 
 def _assess(best: pd.DataFrame, column: str, values: list, slope: float, run_env_steps: float,

@@ -210,8 +210,15 @@ def _train_round(wf: Workflow, out: Path, r: int, table: pd.DataFrame, runs: dic
             zipped["run.seed"].append(seed)
             if widths:
                 zipped["agent.critic_width"].append(width)
+    before = (d / "sweep.yaml").read_text() if (d / "sweep.yaml").is_file() else None
+    barrier("pql_jax: refine round sweep read")
     write_sweep(wf, d / "sweep.yaml", wf.utd_sweep.overrides, {}, zipped, None)
-    run_sweep_stage(wf, d, progress, log)
+    # a resumed stage decides the same round again: a finished one (its results.csv copy written
+    # after training) is not even compiled again
+    if before == (d / "sweep.yaml").read_text() and (d / "results.csv").is_file():
+        log(f"  round {r}: trained already")
+    else:
+        run_sweep_stage(wf, d, progress, log)
     t = pd.read_csv(d / "results.csv")
     return float(t.groupby("member")["env_steps"].max().sum())
 
