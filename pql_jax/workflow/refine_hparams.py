@@ -98,7 +98,9 @@ def _assess(best: pd.DataFrame, column: str, values: list, slope: float, run_env
     problem = RefineProblem(power_model(float(np.exp(fit_coef)), -float(fit_slope)), tuple(cells), run_env_steps,
                             runs_per_seed=runs_per_seed, new_cell_seeds=seeds, utd_limits=utd_limits)
     plan = refine_round(problem, ["slope"], budget)
-    basis = f"from the best {column} at {len(cells)} UTDs inside the grid (one at an edge is a bound, left out): "
+    edges = len(best) - len(inside)
+    basis = f"from the best {column} at {len(cells)} UTDs inside the grid" + (
+        f" ({edges} at an edge, a bound, left out)" if edges else "") + ": "
     if plan.undetermined:
         u = plan.undetermined[0]
         return {"value": u.value, "reason": basis + u.reason, "runs_that_would_determine": _runs(u.runs),
