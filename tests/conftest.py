@@ -29,7 +29,8 @@ def pytest_addoption(parser):
 
 HEAVY_FIRST = ("test_workflow.py", "test_population.py", "test_train_e2e.py", "test_distributed.py",
                "test_parts.py", "test_early_stop.py", "test_local_parts.py", "test_compile_cache.py",
-               "test_nonfinite_and_start.py", "test_parallel_eval.py", "test_dmc_ports.py", "test_plan.py")
+               "test_nonfinite_and_start.py", "test_parallel_eval.py", "test_gpu_hour.py", "test_dmc_ports.py",
+               "test_tensorboard.py", "test_cpu_fusion.py", "test_plan.py")
 """Test files by their share of the suite's time, largest first (benchmarks/RESULTS.md#test-suite-time).
 pytest-xdist (`-n 2 --dist loadfile --no-loadscope-reorder`, in pyproject.toml) hands whole files to
 its two workers in collection order: the long ones first leave the short ones to fill the end,

@@ -88,7 +88,7 @@ def _run(tmp: Path):
         sweeps.train_sweep_file = real
     assert calls == [False] and not workflow.is_done(out, "utd_sweep")
     partial = pd.read_csv(out / "utd_sweep" / "run" / "results.csv")
-    # one process here (utd_sweep resumes in-process anyway); --from below runs verify in workers
+    # one process here (utd_sweep resumes in-process anyway)
     assert main(["workflow", str(wf), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
     resumed = pd.read_csv(out / "utd_sweep" / "results.csv")
     first = resumed[resumed["step"] <= partial["step"].max()]
@@ -186,7 +186,9 @@ def test_resume_redoes_nothing_finished(run):
 def test_from_stage_reruns_it_and_later_only(run):
     wf, out, _ = run
     before = _mtimes(out)
-    assert main(["workflow", str(wf), "--out", str(out), "--from", "fit_laws", "--no-progress"]) == 0
+    # in this process: verify's program is read from the fixture's compile cache (2 worker processes
+    # cost ~25 s more here; the worker path is tests/test_local_parts.py's and test_parts.py's)
+    assert main(["workflow", str(wf), "--out", str(out), "--from", "fit_laws", "--no-progress", "--workers", "1"]) == 0
     after = _mtimes(out)
     for f, t in before.items():
         if f.startswith(("hparam_sweep/", "fit_hparams/", "utd_sweep/")):
