@@ -356,7 +356,8 @@ def _refused(table: pd.DataFrame) -> np.ndarray:
     there); none in files written before the column existed."""
     if "refused" not in table:
         return np.zeros(len(table), bool)
-    return table["refused"].fillna("").astype(str).str.len().to_numpy() > 0
+    col = table["refused"]  # all-empty reads back as float NaN
+    return (col.notna() & (col.astype(str).str.len() > 0)).to_numpy()
 
 
 def _budget_law(law: dict, env: str, F: float) -> tuple[float, np.ndarray]:
