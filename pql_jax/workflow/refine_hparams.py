@@ -3,8 +3,9 @@
 
 Per swept hyperparameter (two or more grid values) and env, where ``fit_hparams`` fitted no law
 or flagged its slope (its flags.csv: SE above the value, or no dependence on the UTD within the
-noise), the refinement rule (``scaling.refine_round``) is asked
-whether the budget left could determine the slope of log best value = log coef - slope log utd:
+noise), the refinement rule (``scaling.refine_round``) is asked whether the whole refinement
+budget could determine the slope of log best value = log coef - slope log utd (pooled over the
+critic widths of a width sweep, as replicate cells):
 its cells are the UTDs whose best value lies inside the grid, one more seed at a cell is the whole
 B x lr grid there (``runs_per_seed``), a new UTD one grid step beyond an end. The answer, with the
 runs that would determine the slope and their cost, goes into ``refine/undetermined.csv``. Those
