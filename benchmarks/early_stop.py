@@ -158,25 +158,16 @@ def _replay_one(full: Path, new: Path, k: int) -> dict:
 
 def _side_by_side(full: Path, new: Path) -> None:
     """D_J parameters (value +- Hessian SE [bootstrap SE]) and verification verdicts of both runs."""
-    import json
+    from refine_compare import params  # this folder's reader of fit_laws/fit.json
 
-    fits = [json.loads((d / "fit_laws" / "fit.json").read_text())["levels"] for d in (full, new)]
+    fits = [params(d) for d in (full, new)]
     print("| J | parameter | full length: value +- Hessian SE [bootstrap SE] | stopped | difference / larger Hessian SE |")
     print("|---|---|---|---|---|")
-    for lv, fit in fits[0].items():
-        for env, params in fit["params"].items():
-            J = fit["thresholds"][env]
-            for name in params:
-                cells, pairs = [], []
-                for f in fits:
-                    g = f.get(lv, {})
-                    value = g.get("params", {}).get(env, {}).get(name, np.nan)
-                    se = g.get("se", {}).get(env, {}).get(name, np.nan)
-                    boot = (g.get("bootstrap_se") or {}).get(env, {}).get(name, np.nan)
-                    cells.append(f"{value:.3g} +- {se:.2g} [{boot:.2g}]")
-                    pairs.append((value, se))
-                gap = abs(pairs[0][0] - pairs[1][0]) / max(pairs[0][1], pairs[1][1])
-                print(f"| {J:g} | {name} | {cells[0]} | {cells[1]} | {gap:.2f} |")
+    for key in fits[0]:
+        pairs = [f.get(key, (np.nan,) * 3 + (False,))[:3] for f in fits]
+        cells = [f"{v:.3g} +- {se:.2g} [{boot:.2g}]" for v, se, boot in pairs]
+        gap = abs(pairs[0][0] - pairs[1][0]) / max(pairs[0][1], pairs[1][1])
+        print(f"| {key[0]:g} | {key[1]} | {cells[0]} | {cells[1]} | {gap:.2f} |")
     ver = [pd.read_csv(d / "verify" / "verification.csv") for d in (full, new)]
     print("\n| target | J | measured full / stopped | predicted full [90%] | predicted stopped [90%] | verified |")
     print("|---|---|---|---|---|---|")
