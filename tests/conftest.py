@@ -51,10 +51,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a file's last test (its module fixtures gone), drop the cached programs if this
+    worker holds over half of the kernel's memory-map limit, as a long workflow does before a new
+    program (`program.release_if_mapped_out`): one worker runs dozens of files' programs, and
+    executables read back from the compile cache map their kernels too."""
+    yield
+    if nextitem is None or nextitem.path != item.path:
+        from pql_jax.run import program
+        program.release_if_mapped_out()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_compile_cache(tmp_path_factory):
-    """A persistent compilation cache for the whole test run, inherited by subprocesses."""
-    path = tmp_path_factory.mktemp("jax_cache")
+    """A persistent compilation cache for the whole test run, inherited by subprocesses and shared
+    by pytest-xdist's workers (their temp folders have one parent): a program one worker compiled
+    is read back by the other. JAX writes an entry once and a reader that finds a half-written one
+    warns and compiles instead, so the two need no lock."""
+    base = tmp_path_factory.getbasetemp()
+    path = base.parent / "jax_cache" if os.environ.get("PYTEST_XDIST_WORKER") else base / "jax_cache"
+    path.mkdir(exist_ok=True)
     old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
                                                 "jax_persistent_cache_min_compile_time_secs")}
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
