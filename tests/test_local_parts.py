@@ -13,7 +13,7 @@ from pql_jax.plan import parts
 from pql_jax.plan.costs import sweep_costs
 from pql_jax.plan.sweep import load_sweep
 from pql_jax.run import launch
-from pql_jax.run.local_parts import default_workers, launch_local, log_path
+from pql_jax.run.local_parts import _claim, default_workers, launch_local, log_path
 from pql_jax.run.submit import part_dir
 from pql_jax.run.tables import read_rows
 
@@ -28,9 +28,10 @@ def _strip(rows):
 
 @pytest.fixture(scope="module")
 def whole_and_local(tmp_path_factory):
-    """2 groups (batch sizes) x 2 seeds, trained in this process and by 2 workers (one group each)."""
+    """2 groups (batch sizes) x 2 UTDs, trained in this process and by 2 workers (4 pieces of one
+    member: the UTD 1/16 one runs in its group's program of 8 update slots)."""
     root = tmp_path_factory.mktemp("local_parts")
-    path = write_sweep(root, {"grid": {"batch_size": [64, 128]}, "seeds": 2})
+    path = write_sweep(root, {"grid": {"batch_size": [64, 128], "utd": ["1/16", "1/4"]}, "seeds": 1})
     launch.train_sweep_file(path, root / "whole", OVERRIDES, **QUIET)
     table = launch_local(path, root / "local", OVERRIDES, count=2, **QUIET)
     return root, path, table
@@ -38,13 +39,20 @@ def whole_and_local(tmp_path_factory):
 
 @pytest.mark.slow
 def test_local_workers_give_the_in_process_table(whole_and_local):
-    root, _, table = whole_and_local
+    root, path, table = whole_and_local
     assert table == root / "local" / "results.csv"
     whole, merged = read_rows(root / "whole" / "results.csv"), read_rows(table)
     assert len(merged) == len(whole)
     assert _strip(merged) == _strip(whole)  # same rows, same order, bit-identical numbers (map batching)
-    records = [yaml.safe_load((part_dir(root / "local", i, 2) / parts.PART_FILE).read_text()) for i in (1, 2)]
-    assert [len(r["part_members"]) for r in records] == [2, 2]  # one whole group each: no compile paid twice
+    pieces = parts.queue(load_sweep(path, OVERRIDES), sweep_costs(load_sweep(path, OVERRIDES)), 2)
+    records = [yaml.safe_load((part_dir(root / "local", i, len(pieces)) / parts.PART_FILE).read_text())
+               for i in range(1, len(pieces) + 1)]
+    assert [list(r["part_members"]) for r in records] == [[m.name for m in p.members] for p in pieces]
+    assert [p.groups[0].max_updates for p in pieces] == [8] * 4  # ceil(1/4 x 32 envs), not 2 at UTD 1/16
+    logs = [log_path(root / "local", k, 2).read_text() for k in (1, 2)]
+    taken = sorted(int(line.split()[1].split("/")[0]) for text in logs for line in text.splitlines()
+                   if line.startswith("piece "))
+    assert taken == list(range(1, len(pieces) + 1))  # every piece trained once, by one worker
     assert sorted(p.name for p in (root / "local" / "tb").iterdir()) == sorted(p.name for p in (root / "whole" / "tb").iterdir())
 
 
@@ -62,7 +70,7 @@ def test_failed_worker_is_one_line_and_nothing_merged(tmp_path, monkeypatch):
     path = write_sweep(tmp_path, {"grid": {"batch_size": [64, 128]}, "seeds": 1})
     # XLA refuses an unknown flag when a worker starts its backend: a worker that fails at once.
     monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_pql_no_such_flag")
-    with pytest.raises(UserError, match=r"2 of 2 worker\(s\) failed: part 1/2 \(exit .*xla_pql_no_such_flag") as info:
+    with pytest.raises(UserError, match=r"2 of 2 worker\(s\) failed: worker 1/2 \(exit .*xla_pql_no_such_flag") as info:
         launch_local(path, tmp_path / "out", OVERRIDES, count=2, **QUIET)
     assert "\n" not in str(info.value) and "--resume" in str(info.value)
     assert not (tmp_path / "out" / "results.csv").exists()
@@ -81,17 +89,31 @@ def test_bad_input_is_refused_before_any_worker_starts(tmp_path):
     assert 1 <= default_workers(path, OVERRIDES) <= 3  # never more workers than members
 
 
-def test_workers_split_whole_groups_only(tmp_path):
-    """3 batch sizes on 2 parts: the FLOP model halves the largest group, so one part compiles all
-    3 programs; local workers (parts.WHOLE_GROUPS) keep each group, and its compile, in one part.
-    The default split (job arrays, `--part`) is unchanged."""
-    path = write_sweep(tmp_path, {"grid": {"batch_size": [32, 64, 128], "utd": ["1/16", "1/4", "1"]}, "seeds": 1})
+def test_queue_cuts_groups_into_equal_pieces_and_leads_with_distinct_groups(tmp_path):
+    """3 batch sizes x 3 UTDs x 2 seeds (3 groups of 6): pieces of at most 18 / (3 W) members,
+    equal within a group (one program), every member once; costliest first, the first W from W
+    different groups."""
+    path = write_sweep(tmp_path, {"grid": {"batch_size": [32, 64, 128], "utd": ["1/16", "1/4", "1"]}, "seeds": 2})
     spec = load_sweep(path, SHORT)
     costs = sweep_costs(spec)
-    default = parts.split(spec, costs, 2)
-    assert sum(len(s.groups) for s in default) == 4  # one group in both parts: compiled twice
-    assert parts.split(spec, costs, 2, whole_groups=False) == default
-    whole = parts.split(spec, costs, 2, whole_groups=True)
-    assert sorted(g.index for s in whole for g in s.groups) == [0, 1, 2]
-    assert [[g.index for g in s.groups] for s in whole] == [[2], [0, 1]]
-    assert len(parts.split(spec, costs, 4, whole_groups=True)) == 4  # more parts than groups: halving as before
+    work = lambda p: sum(parts.member_cost(m, costs[m.index]) for m in p.members)
+    for workers, size in ((2, 3), (3, 2), (4, 2), (6, 1)):  # ceil(18 / 3W), rounded down to a divisor of 6
+        pieces = parts.queue(spec, costs, workers)
+        assert [len(p.members) for p in pieces] == [size] * (18 // size)
+        assert sorted(m.name for p in pieces for m in p.members) == sorted(m.name for m in spec.members)
+        assert all(len(p.groups) == 1 for p in pieces)
+        assert [p.groups[0].max_updates for p in pieces] == [spec.groups[p.groups[0].index].max_updates for p in pieces]
+        lead = pieces[:workers]
+        assert len({p.groups[0].index for p in lead}) == min(workers, 3)
+        rest = [work(p) for p in pieces[min(workers, 3):]]
+        assert rest == sorted(rest, reverse=True) and work(pieces[0]) == max(map(work, pieces))
+    assert parts.queue(spec, costs, 1) == [spec]  # one worker: the sweep whole
+    five = load_sweep(write_sweep(tmp_path, {"grid": {"utd": ["1/16", "1/4"]}, "seeds": 5}, "five.yaml"), SHORT)
+    assert [len(p.members) for p in parts.queue(five, sweep_costs(five), 2)] == [2] * 5  # 10 members, at most 2
+
+
+def test_workers_take_pieces_in_order_and_never_a_taken_one(tmp_path):
+    (tmp_path / "parts").mkdir()
+    queue = {"pieces": 5, "todo": [4, 1, 3]}  # a resumed launch: piece 2 and 5 finished before
+    assert [_claim(tmp_path, queue) for _ in range(4)] == [4, 1, 3, None]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [f"part-{i}-of-5.claim" for i in (1, 3, 4)]

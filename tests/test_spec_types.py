@@ -287,6 +287,7 @@ BAD_WORKFLOWS = [
     (_with(None, refine={"stop_after": 2.5}), r"refine.stop_after must be an integer"),
     (_with(None, refine={"widen": "yes"}), r"refine.widen must be an integer >= 0"),
     (_with(None, refine={"budget": "lots"}), r"refine.budget must be a number >= 0"),
+    (_with(None, refine={"round_runs": 0}), r"refine.round_runs must be an integer > 0"),
 ]
 
 
@@ -303,3 +304,16 @@ def test_the_cli_turns_a_bad_workflow_into_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "hparam_sweep.batch_size" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("remaining, round_runs, budget", [
+    (48000, 1, 24000),   # half of what is left
+    (48000, 2, 32000),   # two runs of 16,000 side by side: more than half
+    (96000, 2, 48000),   # half is more than two runs
+    (20000, 2, 20000),   # never more than is left
+    (10000, 2, 0),       # less than one run left: nothing
+])
+def test_a_round_spends_at_least_round_runs_runs(remaining, round_runs, budget):
+    from pql_jax.workflow.refine_stage import _round_budget
+
+    assert _round_budget(remaining, 16000, round_runs) == budget

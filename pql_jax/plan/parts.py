@@ -16,6 +16,7 @@ whole sweep's.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -64,28 +65,16 @@ def compile_cost(group: Group, costs: dict[int, Costs]) -> float:
     return COMPILE_UPDATES * costs[group.members[0].index].flops_per_critic_update
 
 
-WHOLE_GROUPS = False
-"""Default of `split`'s `whole_groups`. Local workers (pql_jax.run.local_parts) set it: on a CPU a
-compile costs about a fifth of a small group's training (quickstart: ~21 CPU s per program vs
-70-130 s per group) and an update's cost grows far slower than its FLOPs, so a group halved by
-the FLOP model made one of 2 workers compile all 3 programs and train 2.7x the other's share."""
-
-
-def split(sweep: Sweep, costs: dict[int, Costs], parts: int, lockstep: bool = False,
-          whole_groups: bool | None = None) -> list[Sweep]:
+def split(sweep: Sweep, costs: dict[int, Costs], parts: int, lockstep: bool = False) -> list[Sweep]:
     """The `parts` shares of `sweep` (a part may be empty when there are fewer members than parts).
 
     Whole groups by LPT first; then the costliest group (or piece) is halved again and again, up
     to `MAX_PIECES_PER_PART` pieces per part, and the assignment with the smallest makespan wins
     (each extra piece pays its own compile). With about as many groups as parts, whole groups
     balance badly: 9 equal groups on 8 parts leave one part with twice the work of the rest.
-    `lockstep`: cost members as vmap batching runs them (`group_cost`). `whole_groups` (default
-    `WHOLE_GROUPS`): with at least as many groups as parts, whole groups by LPT only, each
-    program compiled by one part."""
+    `lockstep`: cost members as vmap batching runs them (`group_cost`)."""
     unit_cost = lambda g: group_cost(g, costs, lockstep)
     units = list(sweep.groups)
-    if (WHOLE_GROUPS if whole_groups is None else whole_groups) and len(units) >= parts:
-        return [_share(sweep, share) for share in _lpt(units, unit_cost, parts)[1]]
     while len(units) < parts and _halve_costliest(units, unit_cost):
         pass
     best = _lpt(units, unit_cost, parts)
@@ -98,6 +87,42 @@ def split(sweep: Sweep, costs: dict[int, Costs], parts: int, lockstep: bool = Fa
 
 MAX_PIECES_PER_PART = 4
 """How finely `split` may cut groups to balance the parts (pieces per part, on average)."""
+
+
+PIECES_PER_WORKER = 3
+"""Queue pieces per local worker (`queue`): enough that the last pieces even out the workers'
+finishing times, few enough that each still trains several members per start."""
+
+
+def queue(sweep: Sweep, costs: dict[int, Costs], workers: int) -> list[Sweep]:
+    """`sweep` cut into pieces for `workers` local workers that take them from a queue as they
+    finish (pql_jax.run.local_parts), in the order they are to be taken.
+
+    Static shares balance only as well as their cost model: on a CPU the planned FLOPs miss the
+    env and evaluation steps and the compiles (the quickstart's UTD sweep: 43 s against 95 s), so
+    a queue balances by what the pieces really take. Pieces hold at most 1/(`PIECES_PER_WORKER` x
+    `workers`) of the members (by count: on a CPU a small member's time is mostly its env steps,
+    which every member of a sweep shares), each group cut into equal pieces (lax.map's member
+    count and update slots are part of the program's shape: equal pieces of a group, given the
+group's update slots, share one program). Costliest
+    (planned FLOPs) first, but the first `workers` pieces come from different groups where there
+    are enough, so no two workers compile one program at once."""
+    if workers <= 1:
+        return [sweep]
+    most = math.ceil(len(sweep.members) / (PIECES_PER_WORKER * workers))
+    pieces = []
+    for g in sweep.groups:
+        n = len(g.members)
+        size = n // min(d for d in range(1, n + 1) if n % d == 0 and n // d <= most)
+        pieces += [replace(g, members=g.members[i:i + size], update_slots=g.max_updates) for i in range(0, n, size)]
+    work = lambda p: sum(member_cost(m, costs[m.index]) for m in p.members)
+    pieces.sort(key=lambda p: (-work(p), p.index, p.members[0].index))
+    first = []
+    for p in pieces:  # the costliest piece of each group, costliest groups first, leads
+        if len(first) < workers and all(f.index != p.index for f in first):
+            first.append(p)
+    rest = [p for p in pieces if all(p is not f for f in first)]
+    return [_share(sweep, [p]) for p in first + rest]
 
 
 def _halve_costliest(units: list[Group], unit_cost) -> bool:
@@ -127,7 +152,7 @@ def _share(sweep: Sweep, share: list[Group]) -> Sweep:
     groups = {}
     for unit in sorted(share, key=lambda u: (u.index, u.members[0].index)):
         joined = groups[unit.index].members if unit.index in groups else ()
-        groups[unit.index] = Group(unit.index, joined + unit.members)
+        groups[unit.index] = replace(unit, members=joined + unit.members)
     members = tuple(m for g in groups.values() for m in g.members)
     return replace(sweep, members=members, groups=tuple(groups.values()))
 

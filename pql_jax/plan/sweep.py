@@ -46,6 +46,10 @@ class Group:
 
     index: int
     members: tuple[Member, ...]
+    update_slots: int = 0
+    """A piece of a larger group (`pql_jax.plan.parts.queue`): that group's `max_updates`, so
+    every piece of it shares one compiled program (map batching runs each member's own updates
+    whatever the slots); 0: its own members'."""
 
     @property
     def config(self) -> Config:
@@ -54,7 +58,7 @@ class Group:
     @property
     def max_updates(self) -> int:
         """Updates per vector step the program must allow: the fastest member's ceil(utd * num_envs)."""
-        return max(updates_needed(m.config) for m in self.members)
+        return max(self.update_slots, max(updates_needed(m.config) for m in self.members))
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[str] = (), resume: bool = False,
                      progress: bool = True, batching: str = "auto", log=print,
-                     part: tuple[int, int] | None = None) -> list[dict]:
+                     part: tuple[int, int] | None = None, queue_workers: int | None = None) -> list[dict]:
     """Train every member of a sweep file into `out` (resuming when asked); the last row per member.
 
     `part` (I, N): only the I-th of N job-array shares (`pql_jax.plan.parts`), merged later by
-    `pql-jax merge`. Bad input (sweep file, overrides, memory, an `out` holding something else)
-    raises UserError before anything is written.
+    `pql-jax merge`; with `queue_workers` W, the I-th of the N pieces of `parts.queue` for W
+    local workers instead. Bad input (sweep file, overrides, memory, an `out` holding something
+    else) raises UserError before anything is written.
     """
     spec = load_sweep(sweep_file, overrides)
     out = Path(out)
@@ -94,7 +95,11 @@ def train_sweep_file(sweep_file: str | Path, out: str | Path, overrides: list[st
     if part is not None:
         whole = spec
         lockstep = resolve_batching(batching) == "vmap"  # vmapped members pay the costliest member's updates
-        spec = parts.split(whole, sweep_costs(whole), part[1], lockstep=lockstep)[part[0] - 1]
+        shares = (parts.queue(whole, sweep_costs(whole), queue_workers) if queue_workers else
+                  parts.split(whole, sweep_costs(whole), part[1], lockstep=lockstep))
+        if len(shares) != part[1]:
+            raise UserError(f"--part {part[0]}/{part[1]}: this sweep has {len(shares)} queue pieces")
+        spec = shares[part[0] - 1]
         record = parts.part_record(whole, spec, *part, files[SWEEP_FILE], overrides)
         files = {parts.PART_FILE: record, **files}
         log(f"part {part[0]}/{part[1]}: {len(spec.members)} of {len(whole.members)} members in "

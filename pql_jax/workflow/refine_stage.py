@@ -58,7 +58,8 @@ def stage_refine(wf: Workflow, out: Path, progress: bool = True, log=print) -> d
         run_env_steps = _run_env_steps(table)
         # at least one run's worth, so the last word on what stays flagged names the runs it needs
         plans = _plans(wf, res, table, flagged, max(remaining, run_env_steps), run_env_steps) if flagged else []
-        runs = _merge_runs(plans, run_env_steps, _round_budget(remaining, run_env_steps)) if r <= MAX_ROUNDS else {}
+        round_budget = _round_budget(remaining, run_env_steps, wf.refine.round_runs)
+        runs = _merge_runs(plans, run_env_steps, round_budget) if r <= MAX_ROUNDS else {}
         if not runs:
             undetermined = _still_flagged(flagged, plans, remaining, run_env_steps)
             break
@@ -134,7 +135,7 @@ def _plans(wf: Workflow, res, table: pd.DataFrame, flagged: dict, remaining: flo
     fit = res.objects["data"]
     seeds = table.groupby(["utd", "model_size"])["seed"].nunique()
     lo, hi = _utd_limits(wf)
-    plans = []
+    plans, budget = [], _round_budget(remaining, run_env_steps, wf.refine.round_runs)
     for (env, level), (names, _) in sorted(flagged.items()):
         cells = _cells(res, seeds, env, level)
         if len(cells) < len(fit.law.params):
@@ -143,8 +144,7 @@ def _plans(wf: Workflow, res, table: pd.DataFrame, flagged: dict, remaining: flo
         problem = RefineProblem(law_model(fit.law, fit.params(env, level), cells), tuple(cells), run_env_steps,
                                 new_cell_seeds=len(set(table["seed"])), utd_limits=(lo, hi),
                                 size_limits=(min(sizes), max(sizes)))
-        plans.append(((env, level), refine_round(problem, names, remaining,
-                                                 round_env_steps=_round_budget(remaining, run_env_steps))))
+        plans.append(((env, level), refine_round(problem, names, remaining, round_env_steps=budget)))
     return plans
 
 
@@ -158,10 +158,12 @@ def _utd_limits(wf: Workflow) -> tuple[float, float]:
     return lo, hi
 
 
-def _round_budget(remaining: float, run_env_steps: float) -> float:
+def _round_budget(remaining: float, run_env_steps: float, round_runs: int = 1) -> float:
     """What one round may spend: half of what is left (later rounds see what it changed), at
-    least one run, never more than is left (0: nothing can be trained)."""
-    return min(remaining, max(remaining / 2, run_env_steps)) if remaining >= run_env_steps else 0.0
+    least ``round_runs`` runs (``refine.round_runs``: they train side by side), never more than
+    is left (0: nothing can be trained)."""
+    floor = max(1, round_runs) * run_env_steps
+    return min(remaining, max(remaining / 2, floor)) if remaining >= run_env_steps else 0.0
 
 
 def _merge_runs(plans: list, run_env_steps: float, remaining: float) -> dict:

@@ -58,7 +58,7 @@ HPARAM_KEYS = ("utd", "batch_size", "lr", "critic_width")
 UTD_KEYS = ("utd", "critic_width", "batch_size_range", "overrides")
 FIT_KEYS = ("holdout", "delta", "k")
 VERIFY_KEYS = ("utd", "budget", "seeds")
-REFINE_KEYS = ("stop_after", "widen", "budget")
+REFINE_KEYS = ("stop_after", "widen", "budget", "round_runs")
 MARKER = "done.json"
 
 Overrides = tuple[tuple[str, Any], ...]
@@ -134,6 +134,11 @@ class RefineSpec:
     the best batch size or learning rate lies on the grid's edge; 0: never widen."""
     budget: float = 0.0
     """Extra env steps the refinement rounds may spend on runs that determine flagged fits; 0: none."""
+    round_runs: int = 2
+    """A round may spend at least this many runs' worth of the budget (otherwise half of what is
+    left): runs of one round train side by side (local workers, or a vmapped population) and pay
+    one fit and one start-up, while later rounds see less of what each run changed. 2 fills a
+    2-core machine's workers; 1: one run at a time once the budget is low."""
 
     def early_stop_note(self, thresholds) -> str | None:
         """Why `stop_after` is not applied, or None."""
@@ -330,8 +335,9 @@ def _thresholds(value: Any) -> tuple[float, ...] | None:
 
 def _refine(part: dict) -> RefineSpec:
     stop_after = _number(part.get("stop_after", 0), "refine.stop_after", int, strict=False)
+    round_runs = _number(part.get("round_runs", RefineSpec.round_runs), "refine.round_runs", int, strict=True)
     return RefineSpec(stop_after, _number(part.get("widen", 0), "refine.widen", int, strict=False),
-                      float(_number(part.get("budget", 0), "refine.budget", strict=False)))
+                      float(_number(part.get("budget", 0), "refine.budget", strict=False)), round_runs)
 
 
 def parse_workflow(spec: dict, path: str | Path) -> Workflow:
