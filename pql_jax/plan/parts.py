@@ -1,4 +1,5 @@
-"""A sweep split into job-array parts (one machine each, no communication), and the parts merged back.
+"""A sweep split into job-array parts (one machine each, no communication), and the parts merged back;
+also the queue of pieces local workers take (`queue`, pql_jax.run.local_parts).
 
 `pql-jax sweep SWEEP.yaml --part I/N` trains a deterministic share of the members into its own run
 directory; `pql-jax merge DIR... --out DIR` checks the parts and writes one results table and one
@@ -102,11 +103,11 @@ def queue(sweep: Sweep, costs: dict[int, Costs], workers: int) -> list[Sweep]:
     env and evaluation steps and the compiles (the quickstart's UTD sweep: 43 s against 95 s), so
     a queue balances by what the pieces really take. Pieces hold at most 1/(`PIECES_PER_WORKER` x
     `workers`) of the members (by count: on a CPU a small member's time is mostly its env steps,
-    which every member of a sweep shares), each group cut into equal pieces (lax.map's member
-    count and update slots are part of the program's shape: equal pieces of a group, given the
-group's update slots, share one program). Costliest
-    (planned FLOPs) first, but the first `workers` pieces come from different groups where there
-    are enough, so no two workers compile one program at once."""
+    which every member of a sweep shares), each group cut into equal pieces that keep the group's
+    update slots (lax.map's member count and the update slots are part of the program's shape, so
+    the pieces of a group share one program). Costliest (planned FLOPs) first, but the first
+    `workers` pieces come from different groups where there are enough, so no two workers compile
+    one program at once."""
     if workers <= 1:
         return [sweep]
     most = math.ceil(len(sweep.members) / (PIECES_PER_WORKER * workers))

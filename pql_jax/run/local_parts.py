@@ -4,8 +4,9 @@ On CPU one sweep process keeps about one core busy: its groups (one compiled pro
 one after another, and XLA's CPU backend runs these small programs on one thread. Here the sweep
 is cut into pieces (`pql_jax.plan.parts.queue`: equal pieces of each compiled group, about
 `PIECES_PER_WORKER` per worker) and each of W worker processes (`worker_main`) takes the next
-piece as it finishes one and trains it as `pql-jax sweep ... --part I/N` would. A queue needs no cost model: static shares by planned
-FLOPs left one of 2 workers idle for half of the quickstart's UTD sweep. The pieces are merged as
+piece as it finishes one and trains it as `pql-jax sweep ... --part I/N` would. A queue needs no
+cost model: static shares by planned FLOPs left one of 2 workers idle for half of the
+quickstart's UTD sweep. The pieces are merged as
 `--launch submitit` merges parts (`pql_jax.run.submit`, itself `parts.merge`): with map batching
 (the CPU default) a member's numbers do not depend on which members share its program, so the
 merged table equals the in-process sweep's on every non-timing column (tests/test_local_parts.py).
@@ -85,7 +86,7 @@ def launch_local(sweep_file, out, overrides=(), count: int | None = None, batchi
         (out / "parts").mkdir(parents=True, exist_ok=True)
         for claim in (out / "parts").glob("*.claim"):  # a previous launch's: its workers are gone
             claim.unlink()
-        queue = {"workers": count, "pieces": len(pieces), "todo": todo}
+        queue = {"pieces": len(pieces), "todo": todo}
         (out / "parts" / QUEUE_FILE).write_text(yaml.safe_dump(queue, sort_keys=False))
         total = sum(run_vector_steps(m.config) * m.config.env.num_envs for m in spec.members)
         workers: dict[int, subprocess.Popen] = {}
@@ -232,8 +233,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     queue = yaml.safe_load((out / "parts" / QUEUE_FILE).read_text())
     try:
         compile_cache.enable(log=lambda m: print(m, file=sys.stderr))
+        count = queue["pieces"]
         while (index := _claim(out, queue)) is not None:
-            count = queue["pieces"]
             run = part_dir(out, index, count)
             resume = all((run / name).is_file() for name in (parts.PART_FILE, "members.yaml", "sweep.yaml"))
             if run.exists() and not resume:  # a worker died before it wrote the run files: start over
