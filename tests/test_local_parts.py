@@ -66,6 +66,27 @@ def test_rerun_with_finished_parts_only_merges_again(whole_and_local):
         launch_local(path, root / "local", OVERRIDES, count=2, **QUIET)
 
 
+@pytest.mark.slow
+def test_resume_trains_only_the_lost_piece_past_the_last_launchs_claims(whole_and_local, tmp_path):
+    """A copy of the finished launch with one piece's run directory gone (a worker killed before
+    it wrote anything): the rerun clears the old claims, trains that piece alone in one worker,
+    and merges the same table."""
+    import shutil
+
+    root, path, table = whole_and_local
+    copy = tmp_path / "local"
+    shutil.copytree(root / "local", copy)
+    pieces = len(list((copy / "parts").glob("part-*-of-*.claim")))
+    shutil.rmtree(part_dir(copy, 3, pieces))
+    logs = [log_path(copy, k, 2).read_text() for k in (1, 2)]
+    assert launch_local(path, copy, OVERRIDES, count=2, resume=True, **QUIET) == copy / "results.csv"
+    assert yaml.safe_load((copy / "parts" / "queue.yaml").read_text()) == {"pieces": pieces, "todo": [3]}
+    after = [log_path(copy, k, 2).read_text() for k in (1, 2)]
+    assert after[0].startswith(logs[0]) and after[0][len(logs[0]):].count("piece ") == 1  # one worker, one piece
+    assert f"piece 3/{pieces}" in after[0][len(logs[0]):] and after[1] == logs[1]
+    assert _strip(read_rows(copy / "results.csv")) == _strip(read_rows(table))
+
+
 def test_failed_worker_is_one_line_and_nothing_merged(tmp_path, monkeypatch):
     path = write_sweep(tmp_path, {"grid": {"batch_size": [64, 128]}, "seeds": 1})
     # XLA refuses an unknown flag when a worker starts its backend: a worker that fails at once.
@@ -90,14 +111,14 @@ def test_bad_input_is_refused_before_any_worker_starts(tmp_path):
 
 
 def test_queue_cuts_groups_into_equal_pieces_and_leads_with_distinct_groups(tmp_path):
-    """3 batch sizes x 3 UTDs x 2 seeds (3 groups of 6): pieces of at most 18 / (3 W) members,
+    """3 batch sizes x 3 UTDs x 2 seeds (3 groups of 6): pieces of at most 18 / (2 W) members,
     equal within a group (one program), every member once; costliest first, the first W from W
     different groups."""
     path = write_sweep(tmp_path, {"grid": {"batch_size": [32, 64, 128], "utd": ["1/16", "1/4", "1"]}, "seeds": 2})
     spec = load_sweep(path, SHORT)
     costs = sweep_costs(spec)
     work = lambda p: sum(parts.member_cost(m, costs[m.index]) for m in p.members)
-    for workers, size in ((2, 3), (3, 2), (4, 2), (6, 1)):  # ceil(18 / 3W), rounded down to a divisor of 6
+    for workers, size in ((2, 3), (3, 3), (4, 3), (6, 2)):  # ceil(18 / 2W), rounded down to a divisor of 6
         pieces = parts.queue(spec, costs, workers)
         assert [len(p.members) for p in pieces] == [size] * (18 // size)
         assert sorted(m.name for p in pieces for m in p.members) == sorted(m.name for m in spec.members)

@@ -90,9 +90,12 @@ MAX_PIECES_PER_PART = 4
 """How finely `split` may cut groups to balance the parts (pieces per part, on average)."""
 
 
-PIECES_PER_WORKER = 3
-"""Queue pieces per local worker (`queue`): enough that the last pieces even out the workers'
-finishing times, few enough that each still trains several members per start."""
+PIECES_PER_WORKER = 2
+"""Queue pieces per local worker (`queue`): taken costliest first, 2 per worker leave no worker
+idle for longer than about one piece at a stage's end; more cut groups into smaller pieces, and
+every new piece size is a program to compile (15-25 CPU s each on a 2-core CPU; the quickstart's
+widening round with 3 per worker cut its groups of 9 into pieces of 3, 3 programs the grid's
+pieces of 9 would have shared, RESULTS#quickstart-queue)."""
 
 
 def queue(sweep: Sweep, costs: dict[int, Costs], workers: int) -> list[Sweep]:
