@@ -158,11 +158,11 @@ def _utd_limits(wf: Workflow) -> tuple[float, float]:
     return lo, hi
 
 
-def _round_budget(remaining: float, run_env_steps: float, round_runs: int = 1) -> float:
+def _round_budget(remaining: float, run_env_steps: float, round_runs: int) -> float:
     """What one round may spend: half of what is left (later rounds see what it changed), at
     least ``round_runs`` runs (``refine.round_runs``: they train side by side), never more than
     is left (0: nothing can be trained)."""
-    floor = max(1, round_runs) * run_env_steps
+    floor = round_runs * run_env_steps  # round_runs >= 1: the workflow file's parser refuses less
     return min(remaining, max(remaining / 2, floor)) if remaining >= run_env_steps else 0.0
 
 
